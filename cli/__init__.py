@@ -1,0 +1,1 @@
+"""posenc's command-line interface (Typer)."""

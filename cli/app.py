@@ -1,0 +1,100 @@
+"""The ``posenc`` command. Heavy imports (torch, datasets, tensorboard) stay inside commands
+so that ``posenc --help`` answers at once."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="posenc",
+    help="Compare positional encodings in transformers on synthetic length-generalization tasks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Hydra overrides, e.g. encoding=alibi task=copy train.steps=2000 seed=1"),
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One red line on stderr, then exit with ``code``."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _compose(overrides: list[str] | None):
+    from posenc.config import compose
+    from posenc.errors import PosencError
+
+    try:
+        return compose(overrides or [])
+    except PosencError as exc:
+        fail(str(exc))
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(overrides: Overrides = None) -> None:
+    """Train one model on one task with one encoding, evaluate every length, log everything."""
+    cfg = _compose(overrides)
+    from posenc.console import Reporter, RichReporter
+    from posenc.errors import PosencError
+    from posenc.run import run
+
+    reporter = RichReporter() if cfg.progress else Reporter()
+    try:
+        metrics = run(cfg, reporter)
+    except PosencError as exc:
+        reporter.close()
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; the last checkpoint is saved: run the same command again to resume", 130)
+    print(f"run folder: {metrics_dir(cfg)}")
+
+
+def metrics_dir(cfg) -> str:
+    from posenc.run import default_run_dir
+
+    return str(cfg.run_dir or default_run_dir(cfg))
+
+
+@app.command("list")
+def list_() -> None:
+    """List the encodings and tasks, one line each."""
+    from rich.console import Console
+
+    import tasks
+    from posenc import encodings
+
+    console = Console(highlight=False, soft_wrap=True)
+    console.print("[bold]encodings[/]")
+    for name in encodings.names():
+        e = encodings.info(name)
+        console.print(f"  {name:<16} {e.family:<11} {e.description} ({e.paper})")
+    console.print("[bold]tasks[/]")
+    for name in tasks.names():
+        console.print(f"  {name:<16} {tasks.task_class(name).description}")
+
+
+@app.command()
+def config(overrides: Overrides = None) -> None:
+    """Print the resolved config for these overrides."""
+    cfg = _compose(overrides)
+    from posenc.config import to_yaml
+
+    sys.stdout.write(to_yaml(cfg))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

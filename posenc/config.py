@@ -1,0 +1,88 @@
+"""Compose Hydra configs from ``configs/`` and check them before anything runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from posenc.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_GROUP_OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>[A-Za-z_]+)=(?P<value>[^=]*)$")
+
+
+def groups() -> list[str]:
+    """Config groups: the sub-folders of ``configs/``."""
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the YAML files in a config group."""
+    folder = CONFIG_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def check_group_overrides(overrides: list[str]) -> None:
+    """Reject ``encoding=nope``-style overrides with the valid choices, before Hydra does.
+
+    Sweep values (``encoding=rope,alibi``) are checked one by one; sweep functions
+    (``range(...)``, ``choice(...)``) are left to Hydra.
+    """
+    known = set(groups())
+    for item in overrides:
+        m = _GROUP_OVERRIDE.match(item)
+        if not m or m["group"] not in known or item.startswith("~") or "(" in m["value"]:
+            continue
+        options = group_options(m["group"])
+        for value in filter(None, (v.strip() for v in m["value"].split(","))):
+            if value not in options and value != "null":
+                raise ConfigError(
+                    f"unknown {m['group']} {value!r}; valid choices: {', '.join(options)}"
+                )
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The resolved root config with ``overrides`` applied (Hydra's Compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(overrides or [])
+    check_group_overrides(overrides)
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+    except Exception as exc:  # Hydra's messages are good but multi-line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"bad override: {first}") from exc
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def encoding_label(enc_cfg: DictConfig) -> str:
+    """Folder and table name of an encoding config: its ``label`` if set, else its ``name``."""
+    label = enc_cfg.get("label") or enc_cfg.get("name")
+    return str(label)
+
+
+def encoding_params(enc_cfg: DictConfig) -> dict:
+    """The encoding's own hyperparameters: everything but ``name`` and ``label``."""
+    params = OmegaConf.to_container(enc_cfg, resolve=True)
+    assert isinstance(params, dict)
+    params.pop("name", None)
+    params.pop("label", None)
+    return params
+
+
+def task_params(task_cfg: DictConfig) -> dict:
+    params = OmegaConf.to_container(task_cfg, resolve=True)
+    assert isinstance(params, dict)
+    params.pop("name", None)
+    return params

@@ -1,0 +1,147 @@
+"""Batches from tasks: seeded on-the-fly training batches and frozen evaluation sets.
+
+Evaluation sets are Hugging Face `datasets` saved on disk under a key that hashes every
+task parameter, the lengths, the sample count, the seed and the data-format version, so
+every encoding in a comparison is scored on exactly the same examples and a changed
+parameter never returns stale data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tasks.base import Task
+from tasks.format import FORMAT_VERSION, PAD, answer_ids, prompt_ids
+
+
+@dataclass
+class Batch:
+    tokens: Tensor  # (B, T) int64: [BOS] input [SEP] target [EOS] <pad>...
+    loss_mask: Tensor  # (B, T-1) bool: True where tokens[:, 1:] is a target or EOS token
+
+    @property
+    def inputs(self) -> Tensor:
+        return self.tokens[:, :-1]
+
+    @property
+    def labels(self) -> Tensor:
+        return self.tokens[:, 1:]
+
+
+def collate(pairs: list[tuple[list[int], list[int]]]) -> Batch:
+    """(input, target) pairs -> right-padded tokens and the loss mask."""
+    seqs, starts = [], []
+    for inputs, target in pairs:
+        prompt = prompt_ids(inputs)
+        seqs.append(prompt + answer_ids(target))
+        starts.append(len(prompt))
+    T = max(map(len, seqs))
+    tokens = torch.full((len(seqs), T), PAD, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T - 1), dtype=torch.bool)
+    for b, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
+        tokens[b, : len(seq)] = torch.tensor(seq)
+        mask[b, start - 1 : len(seq) - 1] = True  # predictions of target tokens and EOS
+    return Batch(tokens, mask)
+
+
+class TrainStream:
+    """An endless, seeded stream of training batches with lengths uniform in [min_len, max_len]."""
+
+    def __init__(self, task: Task, min_len: int, max_len: int, batch_size: int, seed: int) -> None:
+        self.task, self.min_len, self.max_len, self.batch_size = task, min_len, max_len, batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def next(self) -> Batch:
+        lengths = self.rng.integers(self.min_len, self.max_len + 1, size=self.batch_size)
+        return collate([self.task.sample(int(n), self.rng) for n in lengths])
+
+    def state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state
+
+
+def eval_set_key(task: Task, lengths: list[int], n_samples: int, seed: int) -> str:
+    """A stable hash of everything that determines an evaluation set."""
+    spec = {
+        "task": task.name,
+        "params": task.params(),
+        "lengths": sorted(lengths),
+        "n_samples": n_samples,
+        "seed": seed,
+        "format_version": FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def generate_eval_rows(
+    task: Task, lengths: list[int], n_samples: int, seed: int
+) -> dict[str, list]:
+    """Columns ``length``, ``input``, ``target``; each length has its own seeded stream."""
+    rows: dict[str, list] = {"length": [], "input": [], "target": []}
+    for n in sorted(lengths):
+        rng = np.random.default_rng([seed, n])  # independent of which other lengths exist
+        for _ in range(n_samples):
+            inputs, target = task.sample(n, rng)
+            rows["length"].append(n)
+            rows["input"].append(inputs)
+            rows["target"].append(target)
+    return rows
+
+
+def load_eval_set(task: Task, lengths: list[int], n_samples: int, seed: int, cache_dir: str | Path):
+    """The frozen evaluation set as a `datasets.Dataset`, built and saved on first use."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    key = eval_set_key(task, lengths, n_samples, seed)
+    path = Path(cache_dir) / f"{task.name}-{key}"
+    if (path / "dataset_info.json").exists():
+        return datasets.load_from_disk(str(path))
+    ds = datasets.Dataset.from_dict(generate_eval_rows(task, lengths, n_samples, seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        ds.save_to_disk(str(tmp))
+        (tmp / "spec.json").write_text(
+            json.dumps(
+                {
+                    "task": task.name,
+                    "params": task.params(),
+                    "lengths": sorted(lengths),
+                    "n_samples": n_samples,
+                    "seed": seed,
+                    "format_version": FORMAT_VERSION,
+                },
+                default=str,
+            )
+        )
+        try:
+            os.replace(tmp, path)  # atomic; a concurrent builder may have won the race
+        except OSError:
+            if not (path / "dataset_info.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(path))
+
+
+def by_length(ds) -> dict[int, list[tuple[list[int], list[int]]]]:
+    """Group an evaluation set's rows into {length: [(input, target), ...]}."""
+    groups: dict[int, list] = {}
+    cols = ds.to_dict()
+    for n, inputs, target in zip(cols["length"], cols["input"], cols["target"], strict=True):
+        groups.setdefault(int(n), []).append((list(inputs), list(target)))
+    return groups

@@ -1,0 +1,26 @@
+"""Positional encodings behind one three-hook interface, and their registry.
+
+Public API::
+
+    from posenc import encodings
+    encodings.names()                       # ['alibi', 'learned', 'none', ...]
+    enc = encodings.build("rope", d_model=128, n_heads=4, max_len=256, rotary_fraction=0.5)
+    x = enc.embed(x, pos)                   # (B, T, D)
+    q, k = enc.rotate(q, k, pos_q, pos_k)   # (B, H, T, Dh)
+    b = enc.bias(q, k, pos_q, pos_k)        # (B|1, H, Tq, Tk) or None, added after 1/sqrt(Dh)
+
+Importing this package registers every encoding module listed below.
+"""
+
+from posenc.encodings import absolute, bias, rotary  # noqa: F401  (registration)
+from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.registry import EncodingInfo, build, info, names, parameters, register
+
+register(
+    "none",
+    family="none",
+    paper="Kazemnejad et al. 2023, The Impact of Positional Encoding on Length Generalization",
+    description="NoPE: no positional information; order comes from the causal mask alone",
+)(PositionalEncoding)
+
+__all__ = ["EncodingInfo", "PositionalEncoding", "build", "info", "names", "parameters", "register"]

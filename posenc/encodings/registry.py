@@ -1,0 +1,87 @@
+"""The registry of positional encodings: names, descriptions, and `build`."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from posenc.encodings.base import PositionalEncoding
+from posenc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EncodingInfo:
+    name: str
+    cls: type[PositionalEncoding]
+    family: str  # "none", "absolute", "rotary", "bias", "combination", "wrapper"
+    hooks: tuple[str, ...]  # which of embed / rotate / bias / positions it overrides
+    paper: str
+    description: str
+
+
+_REGISTRY: dict[str, EncodingInfo] = {}
+
+
+def register(name: str, *, family: str, paper: str, description: str):
+    """Class decorator: register an encoding under ``name``."""
+
+    def wrap(cls: type[PositionalEncoding]) -> type[PositionalEncoding]:
+        if name in _REGISTRY:
+            raise ValueError(f"encoding {name!r} is registered twice")
+        hooks = tuple(
+            hook
+            for hook in ("positions", "embed", "rotate", "bias")
+            if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
+        )
+        _REGISTRY[name] = EncodingInfo(name, cls, family, hooks, paper, description)
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def names() -> list[str]:
+    """Every registered encoding name, sorted."""
+    return sorted(_REGISTRY)
+
+
+def info(name: str) -> EncodingInfo:
+    """The registry entry for ``name``; a `ConfigError` naming the valid choices if unknown."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown encoding {name!r}; valid choices: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def parameters(name: str) -> dict[str, Any]:
+    """The encoding's own hyperparameters and their defaults."""
+    sig = inspect.signature(info(name).cls.__init__)
+    common = {"self", "d_model", "n_heads", "max_len", "n_layers"}
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.name not in common and p.kind is p.KEYWORD_ONLY
+    }
+
+
+def build(
+    name: str, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1, **params: Any
+) -> PositionalEncoding:
+    """Build the encoding ``name`` for a model of this shape.
+
+    ``params`` are the encoding's own hyperparameters (see ``parameters(name)``); an
+    unknown one raises a `ConfigError` that lists the valid ones.
+    """
+    entry = info(name)
+    if d_model <= 0 or n_heads <= 0 or d_model % n_heads:
+        raise ConfigError(
+            f"model.d_model={d_model} must be a positive multiple of model.n_heads={n_heads}"
+        )
+    valid = parameters(name)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        choices = ", ".join(sorted(valid)) or "none"
+        raise ConfigError(
+            f"encoding {name!r} has no parameter {unknown[0]!r}; valid parameters: {choices}"
+        )
+    return entry.cls(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers, **params)

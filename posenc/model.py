@@ -1,0 +1,214 @@
+"""A small decoder-only, pre-LayerNorm transformer that knows nothing about any encoding.
+
+The model calls the three hooks of whatever `PositionalEncoding` it is given (embed,
+rotate, bias; see `posenc.encodings.base`) and never asks which one it has. Positions are
+an explicit (B, T) tensor; a KV cache keeps rotated keys and their positions so greedy
+decoding costs one token's forward pass per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posenc.encodings.base import PositionalEncoding
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.0
+    max_len: int = 256
+
+
+@dataclass
+class LayerCache:
+    """Keys (after rotation), values and key positions seen so far by one layer."""
+
+    k: Tensor  # (B, H, Tk, Dh)
+    v: Tensor  # (B, H, Tk, Dh)
+    pos: Tensor  # (B, Tk)
+
+
+def causal_mask(t_q: int, t_k: int, device: torch.device) -> Tensor:
+    """(Tq, Tk) bool, True where query i (the last Tq of Tk positions) may see key j."""
+    offset = t_k - t_q
+    i = torch.arange(t_q, device=device)[:, None] + offset
+    j = torch.arange(t_k, device=device)[None, :]
+    return j <= i
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention: one scaled_dot_product_attention call."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        encoding: PositionalEncoding,
+        cache: LayerCache | None = None,
+    ) -> tuple[Tensor, LayerCache]:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        # (B, nh, T, hs) each
+        q, k = encoding.rotate(q, k, pos, pos, layer=self.layer)
+        if cache is not None:  # keys were cached after rotation, so only the new ones rotate
+            k = torch.cat((cache.k, k), dim=2)
+            v = torch.cat((cache.v, v), dim=2)
+            pos_k = torch.cat((cache.pos, pos), dim=1)
+        else:
+            pos_k = pos
+        bias = encoding.bias(q, k, pos, pos_k, layer=self.layer)  # (B|1, nh, T, Tk) or None
+        t_k = k.shape[2]
+        p = self.dropout if self.training else 0.0
+        if bias is None and T == t_k:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        else:
+            visible = causal_mask(T, t_k, x.device)
+            if bias is None:
+                mask = visible
+            else:
+                mask = bias.to(q.dtype).masked_fill(~visible, float("-inf"))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return F.dropout(self.proj(y), p, self.training), LayerCache(k, v, pos_k)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self, x: Tensor, pos: Tensor, encoding: PositionalEncoding, cache: LayerCache | None
+    ) -> tuple[Tensor, LayerCache]:
+        a, new_cache = self.attn(self.ln1(x), pos, encoding, cache)
+        x = x + a
+        x = x + self.mlp(self.ln2(x))
+        return x, new_cache
+
+
+class Transformer(nn.Module):
+    """Token embedding -> encoding.embed -> blocks -> final LayerNorm -> LM head.
+
+    Token embeddings are initialised N(0, 1/d_model) and multiplied by sqrt(d_model), as
+    in Vaswani et al. 2017, so they enter the residual stream with unit variance and an
+    absolute encoding of comparable size does not swamp them.
+    """
+
+    def __init__(self, cfg: ModelConfig, encoding: PositionalEncoding) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoding = encoding
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.embed_scale = math.sqrt(cfg.d_model)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if name.startswith("encoding."):
+                continue  # each encoding initialises its own parameters
+            if name == "tok_emb.weight":
+                nn.init.normal_(p, std=self.cfg.d_model**-0.5)
+            elif p.dim() >= 2:
+                nn.init.normal_(p, std=0.02)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+        for block in self.blocks:  # GPT-2's scaled init of residual projections
+            for p in (block.attn.proj.weight, block.mlp.down.weight):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
+
+    def forward(
+        self,
+        tokens: Tensor,
+        pos: Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+    ) -> tuple[Tensor, list[LayerCache]]:
+        """tokens (B, T), positions (B, T) -> logits (B, T, V) and the updated cache.
+
+        Without ``pos`` the encoding chooses positions (offset by the cache length).
+        """
+        B, T = tokens.shape
+        if pos is None:
+            past = cache[0].pos.shape[1] if cache else 0
+            pos = self.encoding.positions(B, past + T, device=tokens.device)[:, past:]
+        x = self.tok_emb(tokens) * self.embed_scale  # (B, T, D)
+        x = self.drop(self.encoding.embed(x, pos, tokens))
+        new_cache = []
+        for layer, block in enumerate(self.blocks):
+            x, c = block(x, pos, self.encoding, cache[layer] if cache else None)
+            new_cache.append(c)
+        return self.head(self.ln_f(x)), new_cache
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        n_new: int,
+        *,
+        pos: Tensor | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Greedy decoding: prompt (B, Tp) -> the next ``n_new`` tokens (B, n_new).
+
+        ``pos`` (B, Tp + n_new) fixes the positions of the whole sequence up front (the
+        encoding draws them otherwise), so randomized and interpolated positions decode
+        exactly as they would be scored by teacher forcing.
+        """
+        B, Tp = prompt.shape
+        if pos is None:
+            pos = self.encoding.positions(B, Tp + n_new, device=prompt.device)
+        out = []
+        if use_cache:
+            logits, cache = self(prompt, pos[:, :Tp])
+            for t in range(n_new):
+                nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+                out.append(nxt)
+                if t + 1 < n_new:
+                    logits, cache = self(nxt, pos[:, Tp + t : Tp + t + 1], cache)
+        else:
+            seq = prompt
+            for t in range(n_new):
+                logits, _ = self(seq, pos[:, : Tp + t])
+                nxt = logits[:, -1].argmax(-1, keepdim=True)
+                out.append(nxt)
+                seq = torch.cat((seq, nxt), dim=1)
+        return torch.cat(out, dim=1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

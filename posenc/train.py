@@ -1,0 +1,106 @@
+"""The training step: AdamW, linear warm-up then cosine decay, gradient clipping."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posenc.data import Batch
+from posenc.model import Transformer
+
+
+def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based): linear warm-up, cosine decay."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (not norms, biases or embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_matrix = p.dim() >= 2 and "emb" not in name and not name.startswith("encoding.")
+        (decay if is_matrix else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
+def masked_loss(logits: Tensor, batch: Batch) -> Tensor:
+    """Mean cross-entropy over target and EOS tokens only."""
+    labels = batch.labels.masked_fill(~batch.loss_mask, -100)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    lr: float
+    tokens: int  # non-padding tokens processed
+
+
+class Trainer:
+    """Owns the optimizer and schedule; ``step(batch)`` is one optimizer step."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        *,
+        steps: int,
+        lr: float,
+        warmup_steps: int,
+        min_lr_ratio: float,
+        weight_decay: float,
+        betas: tuple[float, float],
+        grad_clip: float,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.grad_clip = grad_clip
+        self.optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, warmup=warmup_steps, total=steps, min_ratio=min_lr_ratio),
+        )
+        self.step_count = 0
+
+    def step(self, batch: Batch) -> StepResult:
+        self.model.train()
+        tokens = batch.tokens.to(self.device)
+        batch = Batch(tokens, batch.loss_mask.to(self.device))
+        logits, _ = self.model(batch.inputs)
+        loss = masked_loss(logits, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+        return StepResult(loss.item(), lr, int((tokens != 0).sum()))
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step_count,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_count = state["step"]

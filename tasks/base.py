@@ -1,0 +1,90 @@
+"""The task interface and its registry.
+
+A task knows its symbols and draws ``(input, target)`` pairs for a length ``n`` from a
+seeded ``numpy.random.Generator``. Symbols are task-local integers ``0 .. len(symbols)-1``;
+`tasks.format` maps them to model token ids after the special tokens. Contract: the
+input's length depends on ``n`` only (so every example of one length shares a prompt
+length), and ``solve(input)`` is a plain reference solver the tests check ``sample`` against.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import numpy as np
+
+from posenc.errors import ConfigError
+
+
+class Task:
+    """Base class: subclasses set ``name``/``description`` and implement ``sample``/``solve``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    min_length: ClassVar[int] = 1
+    max_length: ClassVar[int | None] = None
+
+    @property
+    def symbols(self) -> list[str]:
+        """Display names of the task's symbols; their index is the symbol id."""
+        raise NotImplementedError
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        """One (input, target) pair of length ``n``."""
+        raise NotImplementedError
+
+    def solve(self, inputs: list[int]) -> list[int]:
+        """The target for ``inputs``, computed plainly (the reference solver)."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """Every parameter that changes the data (part of the evaluation-set cache key)."""
+        sig = inspect.signature(type(self).__init__)
+        return {p: getattr(self, p) for p in sig.parameters if p != "self"}
+
+    def check_length(self, n: int, what: str = "length") -> None:
+        """Raise a `ConfigError` if this task cannot make examples of length ``n``."""
+        hi = self.max_length
+        if n < self.min_length or (hi is not None and n > hi):
+            bound = f"[{self.min_length}, {hi}]" if hi is not None else f">= {self.min_length}"
+            raise ConfigError(f"task {self.name!r} cannot make {what} {n}; valid lengths: {bound}")
+
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator: register a task under its ``name``."""
+    if not cls.name or cls.name in _TASKS:
+        raise ValueError(f"task name {cls.name!r} is empty or registered twice")
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def task_class(name: str) -> type[Task]:
+    if name not in _TASKS:
+        raise ConfigError(f"unknown task {name!r}; valid choices: {', '.join(names())}")
+    return _TASKS[name]
+
+
+def build(name: str, **params: Any) -> Task:
+    """Build task ``name``; an unknown parameter raises a `ConfigError` listing the valid ones."""
+    cls = task_class(name)
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"task {name!r} has no parameter {unknown[0]!r}; valid parameters: "
+            f"{', '.join(valid) or 'none'}"
+        )
+    return cls(**params)
+
+
+def check_vocab_size(name: str, vocab_size: int, minimum: int) -> None:
+    if vocab_size < minimum:
+        raise ConfigError(f"task {name!r} needs task.vocab_size >= {minimum}, got {vocab_size}")
