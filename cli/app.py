@@ -50,7 +50,7 @@ def train(overrides: Overrides = None) -> None:
 
     reporter = RichReporter() if cfg.progress else Reporter()
     try:
-        metrics = run(cfg, reporter)
+        run(cfg, reporter)
     except PosencError as exc:
         reporter.close()
         fail(str(exc))

@@ -296,7 +296,6 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                 rate = window_steps / max(now - window_t, 1e-9)
                 writer.add_scalar("train/loss", loss, step)
                 writer.add_scalar("train/lr", result.lr, step)
-                elapsed = elapsed_before + now - t0
                 writer.add_scalar(
                     "train/tokens_per_sec", (tokens - tokens_before) / max(now - t0, 1e-9), step
                 )
