@@ -13,6 +13,15 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 _GROUP_OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>[A-Za-z_]+)=(?P<value>[^=]*)$")
 
 
+def parts_label(parts) -> str:
+    """``${parts_label:${encoding.parts}}``: a combination's name, e.g. ``learned+t5``."""
+    names = [p if isinstance(p, str) else str(p.get("name")) for p in parts]
+    return "+".join(names)
+
+
+OmegaConf.register_new_resolver("parts_label", parts_label, replace=True)
+
+
 def groups() -> list[str]:
     """Config groups: the sub-folders of ``configs/``."""
     return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("."))

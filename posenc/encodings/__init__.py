@@ -12,7 +12,15 @@ Public API::
 Importing this package registers every encoding module listed below.
 """
 
-from posenc.encodings import absolute, bias, rotary  # noqa: F401  (registration)
+from posenc.encodings import (  # noqa: F401  (registration)
+    absolute,
+    bias,
+    combination,
+    contextual,
+    randomized,
+    relative,
+    rotary,
+)
 from posenc.encodings.base import PositionalEncoding
 from posenc.encodings.registry import EncodingInfo, build, info, names, parameters, register
 

@@ -84,3 +84,128 @@ class Learned(PositionalEncoding):
                 f"position {int(pos.max())} is beyond the learned table (model.max_len={self.max_len})"
             )
         return x + self.table(pos.long())
+
+
+def legendre_features(s: Tensor, degree: int) -> Tensor:
+    """P_1(s), ..., P_degree(s) (Legendre polynomials) stacked on a new last axis.
+
+    Bonnet's recursion (n + 1)·P_(n+1) = (2n + 1)·s·P_n - n·P_(n-1), P_0 = 1, P_1 = s.
+    """
+    prev, cur = torch.ones_like(s), s
+    out = [cur]
+    for n in range(1, degree):
+        prev, cur = cur, ((2 * n + 1) * s * cur - n * prev) / (n + 1)
+        out.append(cur)
+    return torch.stack(out, dim=-1)
+
+
+BEYOND = ("clamp", "extend")
+
+
+@register(
+    "polynomial",
+    family="absolute",
+    paper="defined in posenc: fixed Legendre polynomials of the scaled position",
+    description="fixed Legendre-polynomial features P_1..P_K of the position scaled to [-1, 1]",
+)
+class Polynomial(PositionalEncoding):
+    """A fixed polynomial absolute encoding: orthogonal-polynomial features of the position.
+
+    With s(t) = 2t/``span`` - 1, which maps positions 0..span onto [-1, 1]:
+        x_t <- x_t + [P_1(s), P_2(s), ..., P_K(s), 0, ..., 0],  K = ``degree``,
+    P_n the Legendre polynomials (orthogonal on [-1, 1], |P_n(s)| <= 1 there, P_n(1) = 1),
+    in the first K dims; the other d_model - K dims get nothing. Low degrees give a coarse,
+    smooth code of where in [0, span] a token sits, high degrees finer detail.
+
+    Beyond ``span`` (``beyond``): ``clamp`` (default) holds s at 1, so every position
+    >= span gets the vector of position span; ``extend`` evaluates the polynomials at
+    s > 1, where they grow like s^n (P_16(3) ≈ 1e9): the encoding then swamps the tokens
+    and a model cannot be expected to cope. Keep span at least the longest evaluated
+    sequence (default 128 tokens > 123, the default eval.max_len=60 on copy).
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        max_len: int,
+        n_layers: int = 1,
+        degree: int = 16,
+        span: float = 128.0,
+        beyond: str = "clamp",
+    ) -> None:
+        super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        if not isinstance(degree, int) or not 1 <= degree <= d_model:
+            raise ConfigError(
+                f"encoding.degree must be an integer in [1, model.d_model={d_model}], got {degree!r}"
+            )
+        if span <= 0:
+            raise ConfigError(f"encoding.span must be > 0, got {span}")
+        if beyond not in BEYOND:
+            raise ConfigError(
+                f"unknown encoding.beyond {beyond!r}; valid choices: {', '.join(BEYOND)}"
+            )
+        self.degree, self.span, self.beyond = degree, float(span), beyond
+
+    def table(self, pos: Tensor) -> Tensor:
+        """Positions (...) -> encodings (..., d_model)."""
+        s = 2 * pos.to(torch.float64) / self.span - 1
+        if self.beyond == "clamp":
+            s = s.clamp(max=1.0)
+        features = legendre_features(s, self.degree)  # (..., K)
+        pad = self.d_model - self.degree
+        return torch.nn.functional.pad(features, (0, pad)).to(torch.float32)
+
+    def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
+        return x + self.table(pos).to(x.dtype)
+
+
+@register(
+    "exponential",
+    family="absolute",
+    paper="defined in posenc: fixed multi-timescale exponential decays of the position",
+    description="fixed decays 2·exp(-t/τ_k) - 1 over geometric timescales τ_k",
+)
+class Exponential(PositionalEncoding):
+    """A fixed exponential absolute encoding: one decay per dimension, many timescales.
+
+        x_t <- x_t + E(t),  E(t)_k = 2·exp(-t/τ_k) - 1,
+        τ_k = τ_min·(τ_max/τ_min)^(k/(d-1)),  k = 0..d-1 (d = d_model),
+
+    τ_min = ``min_timescale``, τ_max = ``max_timescale``: a geometric ladder like the
+    sinusoidal frequencies, but with monotone decays instead of oscillations. Each entry
+    runs from +1 at t = 0 towards -1; dimension k resolves positions up to a few τ_k.
+
+    Beyond the training range the code never blows up: it saturates. Dimensions with
+    τ_k well below t already sit at -1, so far positions are told apart only by the slow
+    dimensions, and as t -> ∞ every position tends to the same vector (-1, ..., -1); with
+    the default τ_max = 1024 that happens far beyond any length posenc evaluates.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        max_len: int,
+        n_layers: int = 1,
+        min_timescale: float = 1.0,
+        max_timescale: float = 1024.0,
+    ) -> None:
+        super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        if not 0 < min_timescale <= max_timescale:
+            raise ConfigError(
+                f"need 0 < encoding.min_timescale <= encoding.max_timescale, got "
+                f"{min_timescale} and {max_timescale}"
+            )
+        k = torch.arange(d_model, dtype=torch.float64) / max(d_model - 1, 1)
+        tau = min_timescale * (max_timescale / min_timescale) ** k
+        self.register_buffer("timescales", tau.to(torch.float32), persistent=False)
+
+    def table(self, pos: Tensor) -> Tensor:
+        """Positions (...) -> encodings (..., d_model)."""
+        return 2 * torch.exp(-pos.to(torch.float32)[..., None] / self.timescales) - 1
+
+    def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
+        return x + self.table(pos).to(x.dtype)

@@ -118,3 +118,163 @@ class T5Bias(PositionalEncoding):
             relative_distance(pos_q, pos_k)[:, 0], self.num_buckets, self.max_distance
         )
         return self.table(buckets).permute(0, 3, 1, 2).to(q.dtype)  # (B, H, Tq, Tk)
+
+
+def shared_rows(pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor]:
+    """Keep one row of positions when every row of the batch has the same ones.
+
+    Positions are usually ``arange`` expanded over the batch (randomized positions are
+    shared by the batch too), so a position-only bias can be computed once and broadcast.
+    """
+    if pos_q.shape[0] > 1 and bool((pos_q == pos_q[:1]).all()) and bool((pos_k == pos_k[:1]).all()):
+        return pos_q[:1], pos_k[:1]
+    return pos_q, pos_k
+
+
+KERPLE_EPS = 1e-2  # the reference code's lower bound on r1 and r2
+
+
+class _Kerple(PositionalEncoding):
+    """Shared machinery of the two KERPLE kernels: per-layer, per-head r1 and r2."""
+
+    r1_init: float  # r1 ~ U(0, r1_init)
+    r2_init: float  # r2 ~ U(0, r2_init)
+    r2_max: float | None
+
+    def __init__(self, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1) -> None:
+        super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        # One parameter per layer, so clamping one layer's in place cannot disturb the
+        # autograd graph of another layer in the same forward pass.
+        self.r1 = nn.ParameterList(
+            nn.Parameter(torch.rand(n_heads) * self.r1_init) for _ in range(n_layers)
+        )
+        self.r2 = nn.ParameterList(
+            nn.Parameter(torch.rand(n_heads) * self.r2_init) for _ in range(n_layers)
+        )
+
+    def _clamped(self, layer: int) -> tuple[Tensor, Tensor]:
+        # As the reference code: clamp the stored values (so a parameter pushed out of range
+        # restarts from the boundary) and use the clamped values.
+        if self.training:
+            with torch.no_grad():
+                self.r1[layer].clamp_(min=KERPLE_EPS)
+                self.r2[layer].clamp_(min=KERPLE_EPS, max=self.r2_max)
+        r1 = self.r1[layer].clamp(min=KERPLE_EPS)
+        r2 = self.r2[layer].clamp(min=KERPLE_EPS, max=self.r2_max)
+        return r1[None, :, None, None], r2[None, :, None, None]  # (1, H, 1, 1)
+
+    def kernel(self, dist: Tensor, r1: Tensor, r2: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
+        pos_q, pos_k = shared_rows(pos_q, pos_k)
+        dist = relative_distance(pos_q, pos_k).abs().to(torch.float32)  # (B|1, 1, Tq, Tk)
+        r1, r2 = self._clamped(layer)
+        return self.kernel(dist, r1, r2).to(q.dtype)  # (B|1, H, Tq, Tk)
+
+
+@register(
+    "kerple_log",
+    family="bias",
+    paper="Chi et al. 2022, KERPLE: Kernelized Relative Positional Embedding for Length Extrapolation",
+    description="learned logarithmic decay -r1·log(1 + r2·|i-j|) per head and layer",
+)
+class KerpleLog(_Kerple):
+    """KERPLE, logarithmic variant (Chi et al. 2022, eq. 7): b_ij = -r1·log(1 + r2·|i - j|).
+
+    r1, r2 > 0 are learned per head and per layer (the reference code gives each attention
+    layer its own), initialised r1 ~ U(0, 2), r2 ~ U(0, 1) and kept >= 0.01 by clamping,
+    as the reference code does. Added after the 1/sqrt(d_head) scaling.
+    """
+
+    r1_init, r2_init, r2_max = 2.0, 1.0, None
+
+    def kernel(self, dist: Tensor, r1: Tensor, r2: Tensor) -> Tensor:
+        return -r1 * torch.log1p(r2 * dist)
+
+
+@register(
+    "kerple_power",
+    family="bias",
+    paper="Chi et al. 2022, KERPLE: Kernelized Relative Positional Embedding for Length Extrapolation",
+    description="learned power decay -r1·|i-j|^r2 (0 < r2 <= 2) per head and layer",
+)
+class KerplePower(_Kerple):
+    """KERPLE, power variant (Chi et al. 2022, eq. 6): b_ij = -r1·|i - j|^r2.
+
+    r1 > 0 and 0 < r2 <= 2 (the range in which the kernel is conditionally positive
+    definite) are learned per head and per layer, initialised r1 ~ U(0, 1), r2 ~ U(0, 2)
+    and clamped to [0.01, ∞) and [0.01, 2] as the reference code does.
+    """
+
+    r1_init, r2_init, r2_max = 1.0, 2.0, 2.0
+
+    def kernel(self, dist: Tensor, r1: Tensor, r2: Tensor) -> Tensor:
+        # |i-j|^r2 with a zero-safe gradient: d/dr2 of 0^r2 is 0·log 0, which autograd turns
+        # into NaN; exp(r2·log d) on d >= 1 and 0 on d = 0 has the same values.
+        safe = dist.clamp(min=1.0)
+        return -r1 * torch.where(dist > 0, torch.exp(r2 * torch.log(safe)), torch.zeros_like(safe))
+
+
+@register(
+    "fire",
+    family="bias",
+    paper="Li et al. 2023, Functional Interpolation for Relative Positions Improves Long Context Transformers",
+    description="an MLP of the log-scaled distance divided by the log-scaled query position",
+)
+class FIRE(PositionalEncoding):
+    """FIRE (Li et al. 2023, eq. 5 and their Appendix pseudocode).
+
+    b_ij = f_θ(ψ(i - j) / ψ(max(i, L))), ψ(x) = log(|c|·x + 1), i the query position,
+    f_θ: 1 -> ``mlp_width`` -> heads with ReLU. The division by ψ(max(i, L)) is the
+    progressive interpolation: once i > L every query sees its distances squeezed into
+    [0, 1]. As in the paper's pseudocode, c is learned (init ``init_c`` = 0.1) and
+    L = |m·L0| with L0 = ``init_L`` fixed (512) and a learned multiplier m (init 1);
+    ψ(max(i, L)) gets + 1e-6. Each layer has its own f_θ, c and m (the module sits in
+    every attention layer in the reference code). For queries below L the bias depends on
+    i - j only; beyond L it also depends on i, by design.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        max_len: int,
+        n_layers: int = 1,
+        mlp_width: int = 32,
+        init_c: float = 0.1,
+        init_L: float = 512.0,
+    ) -> None:
+        super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        if not isinstance(mlp_width, int) or mlp_width < 1:
+            raise ConfigError(f"encoding.mlp_width must be an integer >= 1, got {mlp_width!r}")
+        if init_c <= 0:
+            raise ConfigError(f"encoding.init_c must be > 0, got {init_c}")
+        if init_L <= 0:
+            raise ConfigError(f"encoding.init_L must be > 0, got {init_L}")
+        self.mlp = nn.ModuleList(
+            nn.Sequential(nn.Linear(1, mlp_width), nn.ReLU(), nn.Linear(mlp_width, n_heads))
+            for _ in range(n_layers)
+        )
+        self.c = nn.Parameter(torch.full((n_layers,), float(init_c)))
+        self.L_multiplier = nn.Parameter(torch.ones(n_layers))
+        self.register_buffer("init_L", torch.tensor(float(init_L)))
+        self.eps = 1e-6
+
+    def threshold(self, layer: int = 0) -> Tensor:
+        """The learned threshold L = |m·L0| of ``layer``."""
+        return (self.L_multiplier[layer] * self.init_L).abs()
+
+    def normalized_distance(self, pos_q: Tensor, pos_k: Tensor, layer: int = 0) -> Tensor:
+        """(B, Tq), (B, Tk) -> (B, 1, Tq, Tk): ψ(i - j) / ψ(max(i, L)), in [0, 1] for j <= i."""
+        c = self.c[layer].abs()
+        rel = relative_distance(pos_q, pos_k).clamp(min=0).to(torch.float32)  # j > i is masked
+        i = pos_q.to(torch.float32)[:, None, :, None]  # (B, 1, Tq, 1)
+        norm = torch.log(c * torch.maximum(i, self.threshold(layer)) + 1) + self.eps
+        return torch.log(c * rel + 1) / norm
+
+    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
+        pos_q, pos_k = shared_rows(pos_q, pos_k)
+        x = self.normalized_distance(pos_q, pos_k, layer)[:, 0, :, :, None]  # (B, Tq, Tk, 1)
+        return self.mlp[layer](x).permute(0, 3, 1, 2).to(q.dtype)  # (B, H, Tq, Tk)

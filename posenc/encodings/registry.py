@@ -85,3 +85,17 @@ def build(
             f"encoding {name!r} has no parameter {unknown[0]!r}; valid parameters: {choices}"
         )
     return entry.cls(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers, **params)
+
+
+def parse_spec(spec: Any, what: str = "encoding part") -> tuple[str, dict[str, Any]]:
+    """An encoding given as a name (``"t5"``) or a mapping (``{"name": "t5", "num_buckets": 16}``)
+    -> (name, params)."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        params = dict(spec)
+        return params.pop("name"), params
+    raise ConfigError(
+        f"{what} must be an encoding name or a mapping with a 'name' key, e.g. "
+        f"{{name: t5, num_buckets: 16}}; got {spec!r}"
+    )

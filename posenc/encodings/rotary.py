@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -29,6 +31,9 @@ def apply_rotary(x: Tensor, angle: Tensor) -> Tensor:
     return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
 
 
+SCALINGS = ("pi", "ntk", "yarn")
+
+
 @register(
     "rope",
     family="rotary",
@@ -36,7 +41,7 @@ def apply_rotary(x: Tensor, angle: Tensor) -> Tensor:
     description="rotates query/key pairs by position·θ_i so q·k depends on the offset only",
 )
 class RoPE(PositionalEncoding):
-    """Rotary position embedding (Su et al. 2021).
+    """Rotary position embedding (Su et al. 2021), with optional context extension.
 
     For each rotary pair i < r/2, with θ_i = base^(-2i/r) (r = rotary dims, base 10000), a
     query or key at position m is rotated by the angle m·θ_i:
@@ -47,6 +52,24 @@ class RoPE(PositionalEncoding):
     interleaved pairs (2i, 2i+1) are the same up to a fixed permutation of head dims.
     ``rotary_fraction`` < 1 rotates only the first ``rotary_fraction · d_head`` dims
     (partial rotary: 25% in the NoPE paper's code, 50% in x-transformers); default: all.
+
+    Context extension (``scaling``, factor s = ``scaling_factor``), usually switched on at
+    evaluation of a model trained without it (``posenc eval RUN encoding.scaling=yarn``):
+
+    - ``pi``, position interpolation (Chen et al. 2023): angle (m/s)·θ_i, i.e. θ_i <- θ_i/s.
+    - ``ntk``, NTK-aware scaling (bloc97 2023, as in Peng et al. 2023 §3.1):
+      base <- base · s^(r/(r-2)), so the lowest frequency is interpolated by s and the
+      highest is left alone.
+    - ``yarn`` (Peng et al. 2023, eqs. 17-20): with the wavelength λ_i = 2π/θ_i and
+      ρ_i = L/λ_i (L = ``original_max_len``, the longest training sequence), the ramp
+      γ_i = clamp((ρ_i - α)/(β - α), 0, 1) blends θ_i <- (1 - γ_i)·θ_i/s + γ_i·θ_i
+      (α = ``yarn_alpha``, β = ``yarn_beta``; the paper's 1 and 32), and the logits get the
+      temperature 1/t with sqrt(1/t) = 0.1·ln s + 1, applied by multiplying queries and keys
+      by sqrt(1/t). The paper's continuous ramp in ρ is used, not the Hugging Face variant
+      that rounds the ramp's ends to whole dimensions. The temperature scales whole
+      queries and keys, rotary or not, as the paper's softmax(q·k/(t·sqrt(d))) says.
+
+    The default (``scaling: null``, factor 1) is plain RoPE.
     """
 
     def __init__(
@@ -58,6 +81,11 @@ class RoPE(PositionalEncoding):
         n_layers: int = 1,
         base: float = 10000.0,
         rotary_fraction: float = 1.0,
+        scaling: str | None = None,
+        scaling_factor: float = 1.0,
+        original_max_len: int | None = None,
+        yarn_alpha: float = 1.0,
+        yarn_beta: float = 32.0,
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
         if not 0.0 < rotary_fraction <= 1.0:
@@ -74,12 +102,63 @@ class RoPE(PositionalEncoding):
         self.rotary_dim = int(rot)
         self.base = float(base)
         self.rotary_fraction = rotary_fraction
+        self._check_scaling(scaling, scaling_factor, original_max_len, yarn_alpha, yarn_beta)
+        self.scaling = None if scaling in (None, "none") else scaling
+        self.scaling_factor = float(scaling_factor)
+        self.original_max_len = original_max_len
+        self.yarn_alpha, self.yarn_beta = float(yarn_alpha), float(yarn_beta)
+        # sqrt(1/t) of YaRN, multiplied into queries and keys; 1 otherwise.
+        self.attention_factor = (
+            0.1 * math.log(self.scaling_factor) + 1.0 if self.scaling == "yarn" else 1.0
+        )
         self.register_buffer("inv_freq", self.frequencies(), persistent=False)
 
+    def _check_scaling(
+        self,
+        scaling: str | None,
+        factor: float,
+        original_max_len: int | None,
+        alpha: float,
+        beta: float,
+    ) -> None:
+        if scaling not in (None, "none", *SCALINGS):
+            raise ConfigError(
+                f"unknown encoding.scaling {scaling!r}; valid choices: null, {', '.join(SCALINGS)}"
+            )
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor < 1:
+            raise ConfigError(f"encoding.scaling_factor must be a number >= 1, got {factor!r}")
+        if scaling in (None, "none") and factor != 1:
+            raise ConfigError(
+                f"encoding.scaling_factor={factor} has no effect without encoding.scaling; "
+                f"set encoding.scaling to one of {', '.join(SCALINGS)}"
+            )
+        if scaling == "ntk" and self.rotary_dim <= 2:
+            raise ConfigError("NTK-aware scaling needs more than 2 rotary dimensions")
+        if scaling == "yarn":
+            if not isinstance(original_max_len, int) or original_max_len < 1:
+                raise ConfigError(
+                    "encoding.scaling=yarn needs encoding.original_max_len, the longest training "
+                    f"sequence in tokens (posenc eval fills it in), got {original_max_len!r}"
+                )
+            if not 0 <= alpha < beta:
+                raise ConfigError(
+                    f"encoding.yarn_alpha={alpha} and yarn_beta={beta} need 0 <= alpha < beta"
+                )
+
     def frequencies(self) -> Tensor:
-        """θ_i = base^(-2i/r), i = 0 .. r/2 - 1."""
+        """θ_i = base^(-2i/r), i = 0 .. r/2 - 1, after the context-extension ``scaling``."""
         i = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32)
-        return self.base ** (-i / self.rotary_dim)
+        s, scaling, base = self.scaling_factor, self.scaling, self.base
+        if scaling == "ntk":
+            base = base * s ** (self.rotary_dim / (self.rotary_dim - 2))
+        theta = base ** (-i / self.rotary_dim)
+        if scaling == "pi":
+            theta = theta / s
+        elif scaling == "yarn":
+            ratio = self.original_max_len * theta / (2 * math.pi)  # L / λ_i
+            ramp = ((ratio - self.yarn_alpha) / (self.yarn_beta - self.yarn_alpha)).clamp(0, 1)
+            theta = (1 - ramp) * theta / s + ramp * theta
+        return theta
 
     def angles(self, pos: Tensor) -> Tensor:
         """(B, T) positions -> (B, 1, T, r/2) rotation angles m·θ_i."""
@@ -88,4 +167,65 @@ class RoPE(PositionalEncoding):
     def rotate(
         self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
     ) -> tuple[Tensor, Tensor]:
-        return apply_rotary(q, self.angles(pos_q)), apply_rotary(k, self.angles(pos_k))
+        q, k = apply_rotary(q, self.angles(pos_q)), apply_rotary(k, self.angles(pos_k))
+        if self.attention_factor != 1.0:
+            q, k = q * self.attention_factor, k * self.attention_factor
+        return q, k
+
+
+@register(
+    "xpos",
+    family="rotary",
+    paper="Sun et al. 2022, A Length-Extrapolatable Transformer (xPos)",
+    description="RoPE whose pair i is also scaled by ζ_i^(n/B) on queries, ζ_i^(-m/B) on keys",
+)
+class XPos(RoPE):
+    """Extrapolatable position embedding, xPos (Sun et al. 2022, §3.2), causal.
+
+    RoPE (full head, θ_i = base^(-2i/d)) plus an exponential scale per rotary pair i:
+    ζ_i = (2i/d + γ)/(1 + γ), γ = 0.4; the query at position n is multiplied by ζ_i^(n/B)
+    and the key at position m by ζ_i^(-m/B), B = ``scale_base`` = 512, so that
+    q_n·k_m = Σ_i ζ_i^((n-m)/B)·(rotary term): a decay in the offset n - m only. As
+    ζ_i < 1 the fastest-rotating pairs (small i) decay fastest.
+
+    The reference code (torchscale) shifts positions by half the sequence length before
+    scaling, only to keep the factors near 1; the product depends on n - m either way, and
+    with a KV cache a shift would have to be fixed in advance, so raw positions are used:
+    keys at position m are multiplied by ζ^(-m/B), at most 0.286^(-m/512), which stays far
+    from float32 overflow for any position posenc handles.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        max_len: int,
+        n_layers: int = 1,
+        base: float = 10000.0,
+        scale_base: float = 512.0,
+        gamma: float = 0.4,
+    ) -> None:
+        super().__init__(
+            d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers, base=base
+        )
+        if scale_base <= 0:
+            raise ConfigError(f"encoding.scale_base must be > 0, got {scale_base}")
+        if gamma <= 0:
+            raise ConfigError(f"encoding.gamma must be > 0, got {gamma}")
+        self.scale_base = float(scale_base)
+        self.gamma = float(gamma)
+        i = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32)
+        zeta = (i / self.rotary_dim + self.gamma) / (1 + self.gamma)
+        self.register_buffer("zeta", zeta, persistent=False)
+
+    def scales(self, pos: Tensor) -> Tensor:
+        """(B, T) positions -> (B, 1, T, d) factors ζ_i^(pos/B), repeated for both halves."""
+        s = self.zeta ** (pos.to(torch.float32)[:, None, :, None] / self.scale_base)
+        return torch.cat((s, s), dim=-1)
+
+    def rotate(
+        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        q, k = super().rotate(q, k, pos_q, pos_k, layer=layer)
+        return q * self.scales(pos_q).to(q.dtype), k / self.scales(pos_k).to(k.dtype)
