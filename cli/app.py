@@ -92,6 +92,35 @@ def config(overrides: Overrides = None) -> None:
     sys.stdout.write(to_yaml(cfg))
 
 
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[str, typer.Argument(help="a finished run folder")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="evaluation-time overrides, e.g. encoding.scaling=yarn encoding.scaling_factor=2"
+        ),
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option(help="writes eval-TAG.json; default: made from the overrides")
+    ] = None,
+) -> None:
+    """Re-evaluate a finished run on its frozen eval set under overrides (e.g. RoPE scaling)."""
+    from rich.console import Console
+
+    from posenc.console import results_table
+    from posenc.errors import PosencError
+    from posenc.reevaluate import reevaluate
+
+    try:
+        metrics, path = reevaluate(run_dir, overrides or [], tag=tag)
+    except PosencError as exc:
+        fail(str(exc))
+    shown = metrics | {"encoding": f"{metrics['encoding']} · eval {metrics['eval']['tag']}"}
+    Console().print(results_table(shown))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     app()
 

@@ -61,7 +61,7 @@ class RoPE(PositionalEncoding):
       base <- base · s^(r/(r-2)), so the lowest frequency is interpolated by s and the
       highest is left alone.
     - ``yarn`` (Peng et al. 2023, eqs. 17-20): with the wavelength λ_i = 2π/θ_i and
-      ρ_i = L/λ_i (L = ``original_max_len``, the longest training sequence), the ramp
+      ρ_i = L/λ_i (L = ``yarn_original_len``, the longest training sequence), the ramp
       γ_i = clamp((ρ_i - α)/(β - α), 0, 1) blends θ_i <- (1 - γ_i)·θ_i/s + γ_i·θ_i
       (α = ``yarn_alpha``, β = ``yarn_beta``; the paper's 1 and 32), and the logits get the
       temperature 1/t with sqrt(1/t) = 0.1·ln s + 1, applied by multiplying queries and keys
@@ -83,9 +83,9 @@ class RoPE(PositionalEncoding):
         rotary_fraction: float = 1.0,
         scaling: str | None = None,
         scaling_factor: float = 1.0,
-        original_max_len: int | None = None,
         yarn_alpha: float = 1.0,
         yarn_beta: float = 32.0,
+        yarn_original_len: int | None = None,
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
         if not 0.0 < rotary_fraction <= 1.0:
@@ -102,10 +102,10 @@ class RoPE(PositionalEncoding):
         self.rotary_dim = int(rot)
         self.base = float(base)
         self.rotary_fraction = rotary_fraction
-        self._check_scaling(scaling, scaling_factor, original_max_len, yarn_alpha, yarn_beta)
+        self._check_scaling(scaling, scaling_factor, yarn_original_len, yarn_alpha, yarn_beta)
         self.scaling = None if scaling in (None, "none") else scaling
         self.scaling_factor = float(scaling_factor)
-        self.original_max_len = original_max_len
+        self.yarn_original_len = yarn_original_len
         self.yarn_alpha, self.yarn_beta = float(yarn_alpha), float(yarn_beta)
         # sqrt(1/t) of YaRN, multiplied into queries and keys; 1 otherwise.
         self.attention_factor = (
@@ -117,7 +117,7 @@ class RoPE(PositionalEncoding):
         self,
         scaling: str | None,
         factor: float,
-        original_max_len: int | None,
+        yarn_original_len: int | None,
         alpha: float,
         beta: float,
     ) -> None:
@@ -135,10 +135,10 @@ class RoPE(PositionalEncoding):
         if scaling == "ntk" and self.rotary_dim <= 2:
             raise ConfigError("NTK-aware scaling needs more than 2 rotary dimensions")
         if scaling == "yarn":
-            if not isinstance(original_max_len, int) or original_max_len < 1:
+            if not isinstance(yarn_original_len, int) or yarn_original_len < 1:
                 raise ConfigError(
-                    "encoding.scaling=yarn needs encoding.original_max_len, the longest training "
-                    f"sequence in tokens (posenc eval fills it in), got {original_max_len!r}"
+                    "encoding.scaling=yarn needs encoding.yarn_original_len, the longest training "
+                    f"sequence in tokens (posenc eval fills it in), got {yarn_original_len!r}"
                 )
             if not 0 <= alpha < beta:
                 raise ConfigError(
@@ -155,7 +155,7 @@ class RoPE(PositionalEncoding):
         if scaling == "pi":
             theta = theta / s
         elif scaling == "yarn":
-            ratio = self.original_max_len * theta / (2 * math.pi)  # L / λ_i
+            ratio = self.yarn_original_len * theta / (2 * math.pi)  # L / λ_i
             ramp = ((ratio - self.yarn_alpha) / (self.yarn_beta - self.yarn_alpha)).clamp(0, 1)
             theta = (1 - ramp) * theta / s + ramp * theta
         return theta

@@ -1,0 +1,162 @@
+"""Re-evaluate a finished run with evaluation-time overrides (``posenc eval RUN_DIR ...``).
+
+The run's ``config.yaml`` and ``checkpoint.pt`` are loaded, overrides such as
+``encoding.scaling=yarn encoding.scaling_factor=2`` are applied, the model is rebuilt and
+loaded, and every length is scored again on the same frozen evaluation set. The result has
+the schema of ``metrics.json`` and goes to ``eval-<tag>.json`` beside it, written
+atomically; ``metrics.json`` itself is never touched.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+import tasks
+from posenc.config import encoding_label, task_params
+from posenc.data import by_length, load_eval_set
+from posenc.errors import ConfigError
+from posenc.evaluate import evaluate_lengths
+from posenc.io import atomic_write_json, read_json
+from posenc.metrics import summarize
+from posenc.run import CHECKPOINT, CONFIG, METRICS, plan
+from tasks.format import sequence_length
+
+# Keys outside ``encoding.*`` that may change at evaluation: none of them changes the model.
+EVAL_KEYS = ("eval.batch_size", "eval.greedy", "eval.threshold", "device", "threads", "data_dir")
+_TAG = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["encoding.scaling=yarn", ...]`` -> ``[("encoding.scaling", "yarn"), ...]``.
+
+    Values are read as YAML (``2`` is an int, ``null`` is None, ``[a,b]`` a list). Only
+    ``encoding.*`` (but not ``encoding.name``) and `EVAL_KEYS` may be set: anything else
+    would change the model or the evaluation set the run was scored on.
+    """
+    pairs = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip().lstrip("+")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE, e.g. encoding.scaling=pi")
+        if key == "encoding.name":
+            raise ConfigError(
+                "encoding.name cannot change at evaluation: the checkpoint belongs to the "
+                "encoding it was trained with"
+            )
+        if not (key.startswith("encoding.") or key in EVAL_KEYS):
+            raise ConfigError(
+                f"{key} cannot change at evaluation; allowed: encoding.* (except encoding.name), "
+                f"{', '.join(EVAL_KEYS)}"
+            )
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot read the value of override {item!r}: {exc}") from exc
+        pairs.append((key, value))
+    return pairs
+
+
+def default_tag(pairs: list[tuple[str, Any]]) -> str:
+    """``[("encoding.scaling", "yarn"), ("encoding.scaling_factor", 2)]`` ->
+    ``scaling-yarn_scaling_factor-2``; ``base`` without overrides."""
+    if not pairs:
+        return "base"
+    text = "_".join(f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in pairs)
+    return re.sub(r"[^A-Za-z0-9._+-]", "", text) or "custom"
+
+
+def longest_training_sequence(cfg: DictConfig, samples: int = 16) -> int:
+    """The longest training sequence in tokens (YaRN's original context length L)."""
+    task = tasks.build(cfg.task.name, **task_params(cfg.task))
+    rng = np.random.default_rng(0)
+    n = int(cfg.train.max_len)
+    return max(sequence_length(*map(len, task.sample(n, rng))) for _ in range(samples))
+
+
+def reevaluate(
+    run_dir: str | Path,
+    overrides: list[str],
+    *,
+    tag: str | None = None,
+    on_length: Callable[[int, dict], None] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Score a finished run again under ``overrides``; returns the metrics and the file written."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise ConfigError(f"run folder {d} does not exist")
+    for name in (CONFIG, CHECKPOINT, METRICS):
+        if not (d / name).is_file():
+            raise ConfigError(f"{d} has no {name}: not a finished posenc run")
+    pairs = parse_overrides(overrides)
+    tag = default_tag(pairs) if tag is None else tag
+    if not _TAG.match(tag):
+        raise ConfigError(f"tag {tag!r} may only use letters, digits and . _ + -")
+
+    cfg = OmegaConf.load(d / CONFIG)
+    assert isinstance(cfg, DictConfig)
+    for key, value in pairs:
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    applied = [f"{key}={value}" for key, value in pairs]
+    enc = cfg.encoding
+    if enc.get("scaling") == "yarn" and enc.get("yarn_original_len") is None:
+        enc.yarn_original_len = longest_training_sequence(cfg)
+        applied.append(f"encoding.yarn_original_len={enc.yarn_original_len}")
+
+    p = plan(cfg)
+    state = torch.load(d / CHECKPOINT, map_location=p.device, weights_only=False)
+    try:
+        p.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        raise ConfigError(
+            f"the checkpoint in {d} does not fit the model these overrides build "
+            f"({detail[1].strip() if len(detail) > 1 else detail[0]}); override only "
+            "settings that leave the parameters alone"
+        ) from exc
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+
+    eval_ds = load_eval_set(p.task, p.eval_lengths, cfg.eval.n_samples, cfg.eval.seed, cfg.data_dir)
+    generator = torch.Generator(device=p.device).manual_seed(cfg.eval.seed)
+    t0 = time.perf_counter()
+    per_length = evaluate_lengths(
+        p.model,
+        by_length(eval_ds),
+        batch_size=cfg.eval.batch_size,
+        greedy=cfg.eval.greedy,
+        device=p.device,
+        generator=generator,
+        on_length=on_length,
+    )
+    seconds = time.perf_counter() - t0
+    trained = read_json(d / METRICS)
+    metrics = {
+        "status": "complete",
+        "experiment": str(cfg.experiment),
+        "task": p.task.name,
+        "encoding": encoding_label(cfg.encoding),
+        "seed": int(cfg.seed),
+        "train_range": [int(cfg.train.min_len), int(cfg.train.max_len)],
+        "summary": summarize(per_length, cfg.train.min_len, cfg.train.max_len, cfg.eval.threshold),
+        "per_length": {str(n): v for n, v in per_length.items()},
+        "train": trained.get("train", {}),
+        "eval": {
+            "seconds": round(seconds, 3),
+            "greedy": bool(cfg.eval.greedy),
+            "tag": tag,
+            "overrides": applied,
+        },
+    }
+    path = d / f"eval-{tag}.json"
+    atomic_write_json(path, metrics)
+    return metrics, path
