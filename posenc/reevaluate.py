@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 import tasks
@@ -38,16 +37,27 @@ _TAG = re.compile(r"^[A-Za-z0-9._+-]+$")
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     """``["encoding.scaling=yarn", ...]`` -> ``[("encoding.scaling", "yarn"), ...]``.
 
-    Values are read as YAML (``2`` is an int, ``null`` is None, ``[a,b]`` a list). Only
-    ``encoding.*`` (but not ``encoding.name``) and `EVAL_KEYS` may be set: anything else
-    would change the model or the evaluation set the run was scored on.
+    Values are read by Hydra's override grammar, as ``posenc train`` reads them (``2`` is an
+    int, ``null`` None, ``[learned,{name:t5}]`` a list). Only ``encoding.*`` (but not
+    ``encoding.name``) and `EVAL_KEYS` may be set: anything else would change the model or
+    the evaluation set the run was scored on.
     """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
     pairs = []
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip().lstrip("+")
-        if not sep or not key:
+        if "=" not in item:
             raise ConfigError(f"override {item!r} is not KEY=VALUE, e.g. encoding.scaling=pi")
+        try:
+            (override,) = parser.parse_overrides([item])
+        except HydraException as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"cannot read override {item!r}: {first}") from exc
+        key = override.key_or_group
+        if override.is_delete() or override.is_sweep_override():
+            raise ConfigError(f"override {item!r}: posenc eval takes plain KEY=VALUE overrides")
         if key == "encoding.name":
             raise ConfigError(
                 "encoding.name cannot change at evaluation: the checkpoint belongs to the "
@@ -58,11 +68,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
                 f"{key} cannot change at evaluation; allowed: encoding.* (except encoding.name), "
                 f"{', '.join(EVAL_KEYS)}"
             )
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot read the value of override {item!r}: {exc}") from exc
-        pairs.append((key, value))
+        pairs.append((key, override.value()))
     return pairs
 
 
@@ -81,6 +87,31 @@ def longest_training_sequence(cfg: DictConfig, samples: int = 16) -> int:
     rng = np.random.default_rng(0)
     n = int(cfg.train.max_len)
     return max(sequence_length(*map(len, task.sample(n, rng))) for _ in range(samples))
+
+
+def fill_yarn_length(
+    spec: dict, length: Callable[[], int], path: str = "encoding", is_rope: bool | None = None
+) -> list[str]:
+    """Set ``yarn_original_len`` wherever a RoPE under YaRN scaling lacks it: the encoding
+    itself, a combination's parts (``length()``, the longest training sequence) and a
+    randomized wrapper's ``base_params`` (its ``max_position``: the positions it was trained
+    on span [0, max_position)). Returns the ``key=value`` settings made."""
+    made = []
+    if is_rope is None:
+        is_rope = spec.get("name") == "rope"
+    if is_rope and spec.get("scaling") == "yarn" and spec.get("yarn_original_len") is None:
+        spec["yarn_original_len"] = length()
+        made.append(f"{path}.yarn_original_len={spec['yarn_original_len']}")
+    if spec.get("name") == "randomized" and isinstance(spec.get("base_params"), dict):
+        # trained on positions drawn from [0, max_position): that is its context in positions
+        span = int(spec.get("max_position", 2048))
+        made += fill_yarn_length(
+            spec["base_params"], lambda: span, f"{path}.base_params", spec.get("base") == "rope"
+        )
+    for i, part in enumerate(spec.get("parts") or []):
+        if isinstance(part, dict):
+            made += fill_yarn_length(part, length, f"{path}.parts.{i}")
+    return made
 
 
 def reevaluate(
@@ -107,10 +138,11 @@ def reevaluate(
     for key, value in pairs:
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
     applied = [f"{key}={value}" for key, value in pairs]
-    enc = cfg.encoding
-    if enc.get("scaling") == "yarn" and enc.get("yarn_original_len") is None:
-        enc.yarn_original_len = longest_training_sequence(cfg)
-        applied.append(f"encoding.yarn_original_len={enc.yarn_original_len}")
+    enc = OmegaConf.to_container(cfg.encoding)
+    filled = fill_yarn_length(enc, lambda: longest_training_sequence(cfg))
+    if filled:
+        cfg.encoding = OmegaConf.create(enc)
+        applied += filled
 
     p = plan(cfg)
     state = torch.load(d / CHECKPOINT, map_location=p.device, weights_only=False)

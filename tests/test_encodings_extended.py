@@ -21,7 +21,7 @@ from posenc.encodings.absolute import sinusoidal_table
 from posenc.encodings.contextual import cope_positions
 from posenc.errors import ConfigError
 from posenc.model import ModelConfig, Transformer
-from posenc.reevaluate import reevaluate
+from posenc.reevaluate import default_tag, fill_yarn_length, parse_overrides, reevaluate
 from posenc.run import plan, run
 from posenc.train import Trainer
 
@@ -612,3 +612,43 @@ def test_eval_refuses_unfinished_runs_and_mismatched_checkpoints(rope_run, tmp_p
     run(cfg)
     with pytest.raises(ConfigError, match="does not fit the model"):
         reevaluate(tmp_path / "shaw", ["encoding.max_distance=4"])
+
+
+def test_eval_overrides_use_the_train_grammar():
+    pairs = parse_overrides(
+        ["encoding.parts=[learned,{name:t5,num_buckets:16}]", "eval.greedy=false"]
+    )
+    assert pairs == [
+        ("encoding.parts", ["learned", {"name": "t5", "num_buckets": 16}]),
+        ("eval.greedy", False),
+    ]
+    assert (
+        default_tag([("encoding.scaling", "pi"), ("encoding.scaling_factor", 2)])
+        == "scaling-pi_scaling_factor-2"
+    )
+    with pytest.raises(ConfigError, match="plain KEY=VALUE"):
+        parse_overrides(["encoding.scaling=pi,ntk"])
+
+
+def test_yarn_length_is_filled_in_wherever_a_rope_sits():
+    spec = {
+        "name": "combo",
+        "parts": [
+            "learned",
+            {"name": "rope", "scaling": "yarn", "scaling_factor": 2},
+            {
+                "name": "randomized",
+                "base": "rope",
+                "max_position": 99,
+                "base_params": {"scaling": "yarn"},
+            },
+            {"name": "rope", "scaling": "yarn", "yarn_original_len": 7},
+        ],
+    }
+    made = fill_yarn_length(spec, lambda: 19)
+    assert made == [
+        "encoding.parts.1.yarn_original_len=19",
+        "encoding.parts.2.base_params.yarn_original_len=99",  # its positions span [0, 99)
+    ]
+    assert spec["parts"][3]["yarn_original_len"] == 7
+    build("combo", parts=spec["parts"])  # now a valid encoding
