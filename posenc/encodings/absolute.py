@@ -119,7 +119,7 @@ class Polynomial(PositionalEncoding):
 
     Beyond ``span`` (``beyond``): ``clamp`` (default) holds s at 1, so every position
     >= span gets the vector of position span; ``extend`` evaluates the polynomials at
-    s > 1, where they grow like s^n (P_16(3) ≈ 1e9): the encoding then swamps the tokens
+    s > 1, where they grow like s^n (P_16(3) ≈ 2.5e11): the encoding then swamps the tokens
     and a model cannot be expected to cope. Keep span at least the longest evaluated
     sequence (default 128 tokens > 123, the default eval.max_len=60 on copy).
     """

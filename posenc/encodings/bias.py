@@ -180,7 +180,7 @@ class _Kerple(PositionalEncoding):
     description="learned logarithmic decay -r1·log(1 + r2·|i-j|) per head and layer",
 )
 class KerpleLog(_Kerple):
-    """KERPLE, logarithmic variant (Chi et al. 2022, eq. 7): b_ij = -r1·log(1 + r2·|i - j|).
+    """KERPLE, logarithmic variant (Chi et al. 2022): b_ij = -r1·log(1 + r2·|i - j|).
 
     r1, r2 > 0 are learned per head and per layer (the reference code gives each attention
     layer its own), initialised r1 ~ U(0, 2), r2 ~ U(0, 1) and kept >= 0.01 by clamping,
@@ -200,7 +200,7 @@ class KerpleLog(_Kerple):
     description="learned power decay -r1·|i-j|^r2 (0 < r2 <= 2) per head and layer",
 )
 class KerplePower(_Kerple):
-    """KERPLE, power variant (Chi et al. 2022, eq. 6): b_ij = -r1·|i - j|^r2.
+    """KERPLE, power variant (Chi et al. 2022): b_ij = -r1·|i - j|^r2.
 
     r1 > 0 and 0 < r2 <= 2 (the range in which the kernel is conditionally positive
     definite) are learned per head and per layer, initialised r1 ~ U(0, 1), r2 ~ U(0, 2)
@@ -223,7 +223,7 @@ class KerplePower(_Kerple):
     description="an MLP of the log-scaled distance divided by the log-scaled query position",
 )
 class FIRE(PositionalEncoding):
-    """FIRE (Li et al. 2023, eq. 5 and their Appendix pseudocode).
+    """FIRE (Li et al. 2023, and the pseudocode in their appendix).
 
     b_ij = f_θ(ψ(i - j) / ψ(max(i, L))), ψ(x) = log(|c|·x + 1), i the query position,
     f_θ: 1 -> ``mlp_width`` -> heads with ReLU. The division by ψ(max(i, L)) is the

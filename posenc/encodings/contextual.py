@@ -32,7 +32,7 @@ def cope_positions(gates: Tensor, max_position: int) -> Tensor:
     description="positions counted by learned gates σ(q·k); logit term q·e(p), interpolated",
 )
 class CoPE(PositionalEncoding):
-    """Contextual position encoding (Golovneva et al. 2024, eqs. 3-5; reference code).
+    """Contextual position encoding (Golovneva et al. 2024, and their reference code).
 
     Gates g_ij = σ(q_i·k_j / sqrt(d_head)) over the causal past (the reference code takes the
     sigmoid of the already scaled logits), contextual positions p_ij = Σ_{t=j..i} g_it

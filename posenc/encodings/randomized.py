@@ -47,7 +47,7 @@ def random_positions(
     description="any positional scheme, fed a sorted random subset of [0, max_position) as positions",
 )
 class Randomized(PositionalEncoding):
-    """Randomized positional encodings (Ruoss et al. 2023, §3) around any ``base`` scheme.
+    """Randomized positional encodings (Ruoss et al. 2023) around any ``base`` scheme.
 
     For a sequence of T tokens the positions are a sorted random T-subset of
     [0, ``max_position``) (the paper's L ≫ the longest test length: 2048 for tests up to

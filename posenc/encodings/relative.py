@@ -21,17 +21,17 @@ from posenc.errors import ConfigError
     description="learned key vectors a_(j-i) for distances clipped to ±k, logit term q_i·a_(j-i)",
 )
 class Shaw(PositionalEncoding):
-    """Relative position representations (Shaw et al. 2018, eqs. 4-5), keys only.
+    """Relative position representations (Shaw et al. 2018), keys only.
 
     e_ij = q_i·(k_j + a^K_ij) / sqrt(d_head), a^K_ij = w^K_clip(j - i, k), k = ``max_distance``:
     2k + 1 learned vectors of d_head dims per layer, shared by the heads of that layer as
-    in the paper (§3.3). The hook returns the extra term q_i·a^K_ij / sqrt(d_head) (the
+    in the paper. The hook returns the extra term q_i·a^K_ij / sqrt(d_head) (the
     model adds the bias after its own 1/sqrt(d_head) scaling, so the division is done here).
     Under the causal mask only j - i <= 0 occurs, so the k vectors for positive offsets
     stay at their initialisation; the table keeps the paper's 2k + 1 rows anyway.
 
-    The value term a^V (eq. 3) is left out: it would change the attention output, which
-    no hook reaches, and the paper's own ablation (Table 3) found it adds nothing.
+    The value term a^V is left out: it would change the attention output, which
+    no hook reaches, and the paper's own ablation found it adds nothing.
     """
 
     def __init__(

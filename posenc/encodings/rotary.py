@@ -57,10 +57,10 @@ class RoPE(PositionalEncoding):
     evaluation of a model trained without it (``posenc eval RUN encoding.scaling=yarn``):
 
     - ``pi``, position interpolation (Chen et al. 2023): angle (m/s)·θ_i, i.e. θ_i <- θ_i/s.
-    - ``ntk``, NTK-aware scaling (bloc97 2023, as in Peng et al. 2023 §3.1):
+    - ``ntk``, NTK-aware scaling (bloc97 2023, as described by Peng et al. 2023):
       base <- base · s^(r/(r-2)), so the lowest frequency is interpolated by s and the
       highest is left alone.
-    - ``yarn`` (Peng et al. 2023, eqs. 17-20): with the wavelength λ_i = 2π/θ_i and
+    - ``yarn`` (Peng et al. 2023, "NTK-by-parts" plus a temperature): with the wavelength λ_i = 2π/θ_i and
       ρ_i = L/λ_i (L = ``yarn_original_len``, the longest training sequence), the ramp
       γ_i = clamp((ρ_i - α)/(β - α), 0, 1) blends θ_i <- (1 - γ_i)·θ_i/s + γ_i·θ_i
       (α = ``yarn_alpha``, β = ``yarn_beta``; the paper's 1 and 32), and the logits get the
@@ -180,7 +180,7 @@ class RoPE(PositionalEncoding):
     description="RoPE whose pair i is also scaled by ζ_i^(n/B) on queries, ζ_i^(-m/B) on keys",
 )
 class XPos(RoPE):
-    """Extrapolatable position embedding, xPos (Sun et al. 2022, §3.2), causal.
+    """Extrapolatable position embedding, xPos (Sun et al. 2022), causal.
 
     RoPE (full head, θ_i = base^(-2i/d)) plus an exponential scale per rotary pair i:
     ζ_i = (2i/d + γ)/(1 + γ), γ = 0.4; the query at position n is multiplied by ζ_i^(n/B)
