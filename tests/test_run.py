@@ -134,3 +134,23 @@ def test_greedy_exact_match_equals_teacher_forced_exact_match(tiny_cfg):
     greedy = evaluate_pairs(model, pairs, greedy=True)
     forced = evaluate_pairs(model, pairs, greedy=False)
     assert 0 < greedy["exact_match"] and greedy == forced
+
+
+def test_tensorboard_events_hold_the_documented_tags(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tiny_cfg("encoding=t5", "train.eval_every=6", "train.eval_lengths=[3,8]"))
+    d = tmp_path / "run"
+    assert [p for p in d.iterdir() if p.is_dir()] == [], "hparams must stay in the run's own folder"
+    acc = EventAccumulator(str(d), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/tokens_per_sec"} <= scalars
+    assert {f"eval/exact_match/len_{n}" for n in range(1, 10)} <= scalars
+    assert {f"eval/token_accuracy/len_{n}" for n in range(1, 10)} <= scalars
+    assert [e.step for e in acc.Scalars("eval/exact_match/len_8")] == [6, 12]  # quick + final
+    curve = acc.Scalars("length_curve/exact_match")
+    assert [e.step for e in curve] == list(range(1, 10))  # x axis = length
+    assert "eval/accuracy_vs_length" in acc.Tags()["images"]
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    assert "custom_scalars__config__" in acc.PluginTagToContent("custom_scalars")
