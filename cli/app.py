@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from cli.data import app as data_app
+
 app = typer.Typer(
     name="posenc",
     help="Compare positional encodings in transformers on synthetic length-generalization tasks.",
@@ -90,6 +92,9 @@ def config(overrides: Overrides = None) -> None:
     from posenc.config import to_yaml
 
     sys.stdout.write(to_yaml(cfg))
+
+
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:
