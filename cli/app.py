@@ -76,13 +76,14 @@ def list_() -> None:
     from posenc import encodings
 
     console = Console(highlight=False, soft_wrap=True)
+    width = max(map(len, [*encodings.names(), *tasks.names()])) + 2
     console.print("[bold]encodings[/]")
     for name in encodings.names():
         e = encodings.info(name)
-        console.print(f"  {name:<16} {e.family:<11} {e.description} ({e.paper})")
+        console.print(f"  {name:<{width}}{e.family:<12}{e.description} ({e.paper})")
     console.print("[bold]tasks[/]")
     for name in tasks.names():
-        console.print(f"  {name:<16} {tasks.task_class(name).description}")
+        console.print(f"  {name:<{width}}{tasks.task_class(name).description}")
 
 
 @app.command()

@@ -29,7 +29,7 @@ from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, r
 from posenc.metrics import summarize
 from posenc.model import ModelConfig, Transformer
 from posenc.train import Trainer
-from tasks.format import sequence_length, vocab_size
+from tasks.format import vocab_size
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
@@ -91,11 +91,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _longest_sequence(task: tasks.Task, n: int, seed: int, samples: int = 16) -> int:
-    rng = np.random.default_rng(seed)
-    return max(sequence_length(*map(len, task.sample(n, rng))) for _ in range(samples))
-
-
 def plan(cfg: DictConfig) -> Plan:
     """Check the whole config and build task and model; writes nothing."""
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
@@ -144,7 +139,7 @@ def plan(cfg: DictConfig) -> Plan:
         **encoding_params(cfg.encoding),
     )
     longest = max(
-        _longest_sequence(task, n, cfg.eval.seed) for n in sorted({*lengths, *quick, hi})[-3:]
+        task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed)) for n in sorted({*lengths, *quick, hi})[-3:]
     )
     limit = min(m.max_len, encoding.max_positions or m.max_len)
     if longest > limit:

@@ -72,6 +72,10 @@ class Addition(Task):
                 break
         return [*self._write(a), self.plus, *self._write(b)], self._write(digits[::-1])
 
+    def max_sequence_length(self, n: int, rng: np.random.Generator) -> int:
+        # two n-digit operands and "+", an (n+1)-digit sum, plus BOS, SEP and EOS
+        return (2 * n + 1) + (n + 1) + 3
+
     def _value(self, msb_first: list[int]) -> int:
         value = 0
         for d in msb_first:

@@ -40,6 +40,16 @@ class Task:
         """The target for ``inputs``, computed plainly (the reference solver)."""
         raise NotImplementedError
 
+    def max_sequence_length(self, n: int, rng: np.random.Generator) -> int:
+        """An upper bound on len(``[BOS] input [SEP] target [EOS]``) at length ``n``.
+
+        The default takes the longest of 64 samples; override it when the longest case is
+        rare, so `posenc.run.plan` can check it against ``model.max_len`` up front.
+        """
+        from tasks.format import sequence_length
+
+        return max(sequence_length(*map(len, self.sample(n, rng))) for _ in range(64))
+
     def params(self) -> dict[str, Any]:
         """Every parameter that changes the data (part of the evaluation-set cache key)."""
         sig = inspect.signature(type(self).__init__)
