@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from cli.data import app as data_app
+
 app = typer.Typer(
     name="posenc",
     help="Compare positional encodings in transformers on synthetic length-generalization tasks.",
@@ -74,13 +76,14 @@ def list_() -> None:
     from posenc import encodings
 
     console = Console(highlight=False, soft_wrap=True)
+    width = max(map(len, [*encodings.names(), *tasks.names()])) + 2
     console.print("[bold]encodings[/]")
     for name in encodings.names():
         e = encodings.info(name)
-        console.print(f"  {name:<16} {e.family:<11} {e.description} ({e.paper})")
+        console.print(f"  {name:<{width}}{e.family:<12}{e.description} ({e.paper})")
     console.print("[bold]tasks[/]")
     for name in tasks.names():
-        console.print(f"  {name:<16} {tasks.task_class(name).description}")
+        console.print(f"  {name:<{width}}{tasks.task_class(name).description}")
 
 
 @app.command()
@@ -119,6 +122,9 @@ def eval_(
     shown = metrics | {"encoding": f"{metrics['encoding']} · eval {metrics['eval']['tag']}"}
     Console().print(results_table(shown))
     print(f"wrote {path}")
+
+
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,12 +49,12 @@ def collate(pairs: list[tuple[list[int], list[int]]]) -> Batch:
         seqs.append(prompt + answer_ids(target))
         starts.append(len(prompt))
     T = max(map(len, seqs))
-    tokens = torch.full((len(seqs), T), PAD, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T - 1), dtype=torch.bool)
+    tokens = np.full((len(seqs), T), PAD, dtype=np.int64)
+    mask = np.zeros((len(seqs), T - 1), dtype=bool)
     for b, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
-        tokens[b, : len(seq)] = torch.tensor(seq)
+        tokens[b, : len(seq)] = seq
         mask[b, start - 1 : len(seq) - 1] = True  # predictions of target tokens and EOS
-    return Batch(tokens, mask)
+    return Batch(torch.from_numpy(tokens), torch.from_numpy(mask))
 
 
 class TrainStream:
@@ -71,6 +73,50 @@ class TrainStream:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
+
+
+class Prefetcher:
+    """Draws a stream's batches in a background thread so the training step never waits.
+
+    Batches arrive in exactly the stream's order; ``state()`` is the stream state after the
+    last batch handed out (not the last one drawn), so a checkpoint resumes at the right batch.
+    Torch releases the GIL inside its kernels, which is when the Python sampling runs.
+    """
+
+    def __init__(self, stream: TrainStream, depth: int = 4) -> None:
+        self.stream = stream
+        self._state = stream.state()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, daemon=True, name="posenc-prefetch")
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = (self.stream.next(), self.stream.state())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # surface sampling errors in the training thread
+            self._queue.put((exc, None))
+
+    def next(self) -> Batch:
+        batch, state = self._queue.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        self._state = state
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        return self._state
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def eval_set_key(task: Task, lengths: list[int], n_samples: int, seed: int) -> str:

@@ -27,7 +27,6 @@ from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json, read_json
 from posenc.metrics import summarize
 from posenc.run import CHECKPOINT, CONFIG, METRICS, plan
-from tasks.format import sequence_length
 
 # Keys outside ``encoding.*`` that may change at evaluation: none of them changes the model.
 EVAL_KEYS = ("eval.batch_size", "eval.greedy", "eval.threshold", "device", "threads", "data_dir")
@@ -81,12 +80,10 @@ def default_tag(pairs: list[tuple[str, Any]]) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "", text) or "custom"
 
 
-def longest_training_sequence(cfg: DictConfig, samples: int = 16) -> int:
+def longest_training_sequence(cfg: DictConfig) -> int:
     """The longest training sequence in tokens (YaRN's original context length L)."""
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
-    rng = np.random.default_rng(0)
-    n = int(cfg.train.max_len)
-    return max(sequence_length(*map(len, task.sample(n, rng))) for _ in range(samples))
+    return task.max_sequence_length(int(cfg.train.max_len), np.random.default_rng(0))
 
 
 def fill_yarn_length(

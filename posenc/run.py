@@ -22,14 +22,14 @@ import tasks
 from posenc import encodings
 from posenc.config import encoding_label, encoding_params, task_params, to_yaml
 from posenc.console import Reporter
-from posenc.data import TrainStream, by_length, generate_eval_rows, load_eval_set
+from posenc.data import Prefetcher, TrainStream, by_length, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from posenc.metrics import summarize
 from posenc.model import ModelConfig, Transformer
 from posenc.train import Trainer
-from tasks.format import sequence_length, vocab_size
+from tasks.format import vocab_size
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
@@ -91,11 +91,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _longest_sequence(task: tasks.Task, n: int, seed: int, samples: int = 16) -> int:
-    rng = np.random.default_rng(seed)
-    return max(sequence_length(*map(len, task.sample(n, rng))) for _ in range(samples))
-
-
 def plan(cfg: DictConfig) -> Plan:
     """Check the whole config and build task and model; writes nothing."""
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
@@ -144,7 +139,7 @@ def plan(cfg: DictConfig) -> Plan:
         **encoding_params(cfg.encoding),
     )
     longest = max(
-        _longest_sequence(task, n, cfg.eval.seed) for n in sorted({*lengths, *quick, hi})[-3:]
+        task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed)) for n in sorted({*lengths, *quick, hi})[-3:]
     )
     limit = min(m.max_len, encoding.max_positions or m.max_len)
     if longest > limit:
@@ -259,7 +254,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             {
                 "model": model.state_dict(),
                 "trainer": trainer.state_dict(),
-                "stream": stream.state(),
+                "stream": batches.state(),
                 "torch_rng": torch.get_rng_state(),
                 "seconds": seconds,
                 "tokens": tokens,
@@ -280,6 +275,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             quick_groups.setdefault(n, []).append((inputs, target))
     title = f"{task.name} · {encoding_label(cfg.encoding)} · seed {cfg.seed} → {d}"
     log(f"start ({mode}) {title}; {model.num_parameters():,} parameters")
+    batches = Prefetcher(stream)
     reporter.start(title, tr.steps, trainer.step_count)
     t0 = time.perf_counter()
     tokens = tokens_before
@@ -287,7 +283,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     loss = float("nan")
     try:
         while trainer.step_count < tr.steps:
-            result = trainer.step(stream.next())
+            result = trainer.step(batches.next())
             step, loss = trainer.step_count, result.loss
             tokens += result.tokens
             window_steps += 1
@@ -317,12 +313,15 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             if tr.checkpoint_every and step % tr.checkpoint_every == 0:
                 save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
     except KeyboardInterrupt:
+        batches.close()
         save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
         log(f"interrupted at step {trainer.step_count}; checkpoint saved")
         writer.close()
         reporter.close()
         log.close()
         raise
+    finally:
+        batches.close()
     train_seconds = elapsed_before + time.perf_counter() - t0
     save_checkpoint(train_seconds, tokens)
 

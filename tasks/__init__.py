@@ -3,7 +3,20 @@
 Importing this package registers every task module listed below.
 """
 
-from tasks import copy  # noqa: F401  (registration)
+from tasks import (  # noqa: F401  (registration)
+    addition,
+    associative_recall,
+    bucket_sort,
+    copy,
+    count,
+    duplicate,
+    missing_duplicate,
+    mode,
+    odds_first,
+    parity,
+    reverse,
+    sort,
+)
 from tasks.base import Task, build, names, register, task_class
 
 __all__ = ["Task", "build", "names", "register", "task_class"]

@@ -2,9 +2,11 @@
 
 A task knows its symbols and draws ``(input, target)`` pairs for a length ``n`` from a
 seeded ``numpy.random.Generator``. Symbols are task-local integers ``0 .. len(symbols)-1``;
-`tasks.format` maps them to model token ids after the special tokens. Contract: the
-input's length depends on ``n`` only (so every example of one length shares a prompt
-length), and ``solve(input)`` is a plain reference solver the tests check ``sample`` against.
+`tasks.format` maps them to model token ids after the special tokens. Contract: where
+natural, the input's length depends on ``n`` only (every example of one length then shares
+a prompt length; the evaluator groups by input length, so a task such as variable-digit
+addition may vary it), and ``solve(input)`` is a plain reference solver the tests check
+``sample`` against.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ class Task:
     def solve(self, inputs: list[int]) -> list[int]:
         """The target for ``inputs``, computed plainly (the reference solver)."""
         raise NotImplementedError
+
+    def max_sequence_length(self, n: int, rng: np.random.Generator) -> int:
+        """An upper bound on len(``[BOS] input [SEP] target [EOS]``) at length ``n``.
+
+        The default takes the longest of 64 samples; override it when the longest case is
+        rare, so `posenc.run.plan` can check it against ``model.max_len`` up front.
+        """
+        from tasks.format import sequence_length
+
+        return max(sequence_length(*map(len, self.sample(n, rng))) for _ in range(64))
 
     def params(self) -> dict[str, Any]:
         """Every parameter that changes the data (part of the evaluation-set cache key)."""
@@ -85,6 +97,24 @@ def build(name: str, **params: Any) -> Task:
     return cls(**params)
 
 
-def check_vocab_size(name: str, vocab_size: int, minimum: int) -> None:
-    if vocab_size < minimum:
-        raise ConfigError(f"task {name!r} needs task.vocab_size >= {minimum}, got {vocab_size}")
+def check_int(name: str, param: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    """Raise a `ConfigError` unless ``value`` is an integer in ``[minimum, maximum]``."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if ok and (maximum is None or value <= maximum):
+        return
+    valid = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+    raise ConfigError(f"task {name!r} needs task.{param} {valid}, got {value!r}")
+
+
+def check_bool(name: str, param: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"task {name!r} needs task.{param} true or false, got {value!r}")
+
+
+def check_vocab_size(name: str, vocab_size: int, minimum: int, maximum: int | None = None) -> None:
+    check_int(name, "vocab_size", vocab_size, minimum, maximum)
+
+
+def hex_symbols(k: int) -> list[str]:
+    """Names of ``k`` plain symbols: hex digits up to 16, decimal numbers beyond."""
+    return [format(i, "x") if k <= 16 else str(i) for i in range(k)]

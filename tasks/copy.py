@@ -12,8 +12,8 @@ class Copy(Task):
     """Copy the input: n symbols drawn uniformly from ``vocab_size`` symbols -> the same n.
 
     Length n: the number of input symbols. Example (vocab 16):
-    ``<bos> 3 f 0 <sep> 3 f 0 <eos>``. Used by Kazemnejad et al. 2023 and Delétang et al. 2023
-    (as "duplicate string").
+    ``<bos> 3 f 0 <sep> 3 f 0 <eos>``. Used by Kazemnejad et al. 2023. (Delétang et al. 2023's
+    "duplicate string" writes the input twice: that is the `duplicate` task.)
     """
 
     name = "copy"

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny configs that train in a second or two."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posenc import encodings
+from posenc.config import compose
+from posenc.model import ModelConfig, Transformer
+
+TINY = [
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.d_ff=64",
+    "train.steps=12",
+    "train.batch_size=8",
+    "train.max_len=6",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.checkpoint_every=0",
+    "train.warmup_steps=2",
+    "eval.max_len=9",
+    "eval.n_samples=6",
+    "progress=false",
+    "threads=1",
+]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """Compose a tiny config writing into tmp_path; extra overrides win."""
+
+    def make(*overrides: str):
+        return compose(
+            [*TINY, f"run_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'data'}", *overrides]
+        )
+
+    return make
+
+
+def tiny_model(name: str, *, seed: int = 0, vocab: int = 12, **params) -> Transformer:
+    torch.manual_seed(seed)
+    enc = encodings.build(name, d_model=32, n_heads=4, max_len=128, n_layers=2, **params)
+    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=128)
+    return Transformer(cfg, enc).eval()

@@ -1,0 +1,82 @@
+"""Sequence format, training stream, frozen evaluation sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import tasks
+from posenc.data import TrainStream, by_length, collate, eval_set_key, load_eval_set
+from tasks.format import BOS, EOS, PAD, SEP, render
+
+
+def test_collate_formats_pads_and_masks_target_and_eos_only():
+    batch = collate([([0, 1], [0, 1]), ([5], [5])])
+    assert batch.tokens.tolist() == [
+        [BOS, 4, 5, SEP, 4, 5, EOS],
+        [BOS, 9, SEP, 9, EOS, PAD, PAD],
+    ]
+    # labels are tokens[1:]; the mask marks the target tokens and EOS
+    assert batch.loss_mask.tolist() == [
+        [False, False, False, True, True, True],
+        [False, False, True, True, False, False],
+    ]
+    assert batch.labels[batch.loss_mask].tolist() == [4, 5, EOS, 9, EOS]
+
+
+def test_render_shows_what_the_model_sees():
+    task = tasks.build("copy")
+    assert render([BOS, 4, 19, SEP, 4, 19, EOS], task.symbols) == "<bos> 0 f <sep> 0 f <eos>"
+
+
+def test_train_stream_is_seeded_and_resumable():
+    task = tasks.build("copy")
+    a = TrainStream(task, 1, 5, 4, seed=3)
+    b = TrainStream(task, 1, 5, 4, seed=3)
+    assert torch.equal(a.next().tokens, b.next().tokens)
+    state = a.state()
+    x = a.next().tokens
+    b.load_state(state)
+    assert torch.equal(b.next().tokens, x)
+    lengths = [
+        (r[1:] != PAD).sum().item() for r in TrainStream(task, 3, 3, 5, seed=0).next().tokens
+    ]
+    assert lengths == [3 + 1 + 3 + 1] * 5  # input, SEP, target, EOS
+
+
+def test_eval_set_is_frozen_shared_and_keyed_by_every_parameter(tmp_path):
+    copy16, copy8 = tasks.build("copy", vocab_size=16), tasks.build("copy", vocab_size=8)
+    a = load_eval_set(copy16, [1, 4], 5, 0, tmp_path)
+    b = load_eval_set(copy16, [1, 4], 5, 0, tmp_path)  # from disk
+    assert a.to_dict() == b.to_dict()
+    assert len(list(tmp_path.iterdir())) == 1
+    c = load_eval_set(copy8, [1, 4], 5, 0, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2, "a changed task parameter must not reuse data"
+    assert max(max(x) for x in c["input"]) < 8
+    keys = {
+        eval_set_key(copy16, [1, 4], 5, 0),
+        eval_set_key(copy8, [1, 4], 5, 0),
+        eval_set_key(copy16, [1, 5], 5, 0),
+        eval_set_key(copy16, [1, 4], 6, 0),
+        eval_set_key(copy16, [1, 4], 5, 1),
+    }
+    assert len(keys) == 5
+    groups = by_length(a)
+    assert sorted(groups) == [1, 4] and all(len(v) == 5 for v in groups.values())
+    assert all(len(i) == 4 and i == t for i, t in groups[4])
+
+
+def test_eval_examples_of_a_length_do_not_depend_on_the_other_lengths(tmp_path):
+    task = tasks.build("copy")
+    a = by_length(load_eval_set(task, [3, 7], 4, 0, tmp_path))
+    b = by_length(load_eval_set(task, [7, 30], 4, 0, tmp_path))
+    assert a[7] == b[7]
+
+
+def test_copy_task_samples_uniform_symbols():
+    task = tasks.build("copy", vocab_size=4)
+    rng = np.random.default_rng(0)
+    inputs, target = task.sample(4000, rng)
+    assert inputs == target
+    counts = np.bincount(inputs, minlength=4)
+    assert counts.min() > 900
