@@ -130,6 +130,7 @@ def plan(cfg: DictConfig) -> Plan:
         )
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
     encoding = encodings.build(
         cfg.encoding.name,
         d_model=m.d_model,
@@ -162,7 +163,6 @@ def plan(cfg: DictConfig) -> Plan:
         dropout=m.dropout,
         max_len=m.max_len,
     )
-    torch.manual_seed(cfg.seed)
     model = Transformer(model_cfg, encoding).to(device)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     return Plan(cfg, task, model, lengths, quick, run_dir, device)

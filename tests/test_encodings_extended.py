@@ -652,3 +652,15 @@ def test_yarn_length_is_filled_in_wherever_a_rope_sits():
     ]
     assert spec["parts"][3]["yarn_original_len"] == 7
     build("combo", parts=spec["parts"])  # now a valid encoding
+
+
+def test_plan_seeds_the_encodings_initial_parameters():
+    """Learned encodings draw their initial values in plan(): same seed, same values, whatever
+    the global RNG did before (torch seeds itself at random in every new process)."""
+    cfg = compose(["encoding=combo", "encoding.parts=[learned,kerple_log,fire]", "seed=3"])
+    a = plan(cfg).model.encoding.state_dict()
+    torch.rand(7)
+    b = plan(cfg).model.encoding.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = plan(compose(["encoding=combo", "encoding.parts=[learned,kerple_log,fire]", "seed=4"]))
+    assert not torch.equal(c.model.encoding.state_dict()["parts.1.r1.0"], a["parts.1.r1.0"])
