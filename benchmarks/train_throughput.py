@@ -44,7 +44,15 @@ def build_model(cfg, task) -> Transformer:
         cfg.encoding.name, d_model=m.d_model, n_heads=m.n_heads, max_len=m.max_len,
         n_layers=m.n_layers, **encoding_params(cfg.encoding),
     )  # fmt: skip
-    mc = ModelConfig(vocab_size(len(task.symbols)), m.d_model, m.n_layers, m.n_heads, m.d_ff, m.dropout, m.max_len)
+    mc = ModelConfig(
+        vocab_size(len(task.symbols)),
+        m.d_model,
+        m.n_layers,
+        m.n_heads,
+        m.d_ff,
+        m.dropout,
+        m.max_len,
+    )
     torch.manual_seed(cfg.seed)
     return Transformer(mc, enc)
 
@@ -69,14 +77,26 @@ def main() -> None:
         torch.set_num_threads(cfg.threads)
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
     tr = cfg.train
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoding {cfg.encoding.name}, "
-          f"d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, batch {tr.batch_size}, {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoding {cfg.encoding.name}, "
+        f"d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, batch {tr.batch_size}, {args.steps} steps"
+    )
 
     # 1. posenc's own loop, exactly as `posenc train` runs it (eval kept tiny; not timed).
     with tempfile.TemporaryDirectory() as tmp:
-        loop_cfg = compose([*args.overrides, f"train.steps={args.steps}", "train.eval_every=0",
-                            "train.checkpoint_every=0", "eval.lengths=[1]", "eval.n_samples=1",
-                            "progress=false", f"run_dir={tmp}/run", f"data_dir={tmp}/data"])
+        loop_cfg = compose(
+            [
+                *args.overrides,
+                f"train.steps={args.steps}",
+                "train.eval_every=0",
+                "train.checkpoint_every=0",
+                "eval.lengths=[1]",
+                "eval.n_samples=1",
+                "progress=false",
+                f"run_dir={tmp}/run",
+                f"data_dir={tmp}/data",
+            ]
+        )
         metrics = run(loop_cfg)
     posenc_tps = metrics["train"]["tokens_per_sec"]
 
@@ -84,9 +104,16 @@ def main() -> None:
     stream = TrainStream(task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed)
     batches = [stream.next() for _ in range(args.steps)]
     model = build_model(cfg, task)
-    trainer = Trainer(model, steps=args.steps, lr=tr.lr, warmup_steps=tr.warmup_steps,
-                      min_lr_ratio=tr.min_lr_ratio, weight_decay=tr.weight_decay,
-                      betas=tuple(tr.betas), grad_clip=tr.grad_clip)
+    trainer = Trainer(
+        model,
+        steps=args.steps,
+        lr=tr.lr,
+        warmup_steps=tr.warmup_steps,
+        min_lr_ratio=tr.min_lr_ratio,
+        weight_decay=tr.weight_decay,
+        betas=tuple(tr.betas),
+        grad_clip=tr.grad_clip,
+    )
     from posenc.train import masked_loss
 
     opt, sched = trainer.optimizer, trainer.scheduler
@@ -113,7 +140,9 @@ def main() -> None:
     print(f"training tokens/s   posenc loop {posenc_tps:10,.0f}")
     print(f"                    bare loop   {bare_tps:10,.0f}")
     print(f"                    ratio       {posenc_tps / bare_tps:10.3f}   (target >= 0.95)")
-    print(f"fp32 matmul         {gflops:10.1f} GFLOP/s (1024x1024, {torch.get_num_threads()} threads)")
+    print(
+        f"fp32 matmul         {gflops:10.1f} GFLOP/s (1024x1024, {torch.get_num_threads()} threads)"
+    )
     print(f"training step       {achieved:10.1f} GFLOP/s = {achieved / gflops:.1%} of matmul peak")
 
     # 3. Greedy decoding at n = decode_n, with and without the KV cache.
@@ -131,10 +160,14 @@ def main() -> None:
         outs[use_cache] = model.generate(prompt, n_new, use_cache=use_cache)
         timings[use_cache] = time.perf_counter() - t0
     assert torch.equal(outs[True], outs[False]), "cached and uncached decoding disagree"
-    print(f"greedy decoding n={args.decode_n}, {args.decode_batch} sequences, {n_new} new tokens each:")
+    print(
+        f"greedy decoding n={args.decode_n}, {args.decode_batch} sequences, {n_new} new tokens each:"
+    )
     print(f"                    KV cache    {timings[True]:8.2f} s")
     print(f"                    recompute   {timings[False]:8.2f} s")
-    print(f"                    speed-up    {timings[False] / timings[True]:8.1f}x   (target >= 10x)")
+    print(
+        f"                    speed-up    {timings[False] / timings[True]:8.1f}x   (target >= 10x)"
+    )
 
 
 if __name__ == "__main__":

@@ -140,7 +140,8 @@ def plan(cfg: DictConfig) -> Plan:
         **encoding_params(cfg.encoding),
     )
     longest = max(
-        task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed)) for n in sorted({*lengths, *quick, hi})[-3:]
+        task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
+        for n in sorted({*lengths, *quick, hi})[-3:]
     )
     limit = min(m.max_len, encoding.max_positions or m.max_len)
     if longest > limit:
