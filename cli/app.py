@@ -92,6 +92,11 @@ def config(overrides: Overrides = None) -> None:
     sys.stdout.write(to_yaml(cfg))
 
 
+from cli import experiments  # noqa: E402  (compare, sweep, report, tb)
+
+experiments.register(app)
+
+
 def main() -> None:
     app()
 
