@@ -385,6 +385,8 @@ def accuracy_plot(records: Sequence[RunRecord], task: str, order: Sequence[str])
     """PNG: exact match and token accuracy against length, one line per encoding (mean over
     seeds) with a min–max band over seeds; the training range is shaded."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     ranges = train_ranges(records, task)
     colours = plt.get_cmap("tab10" if len(order) <= 10 else "tab20")
@@ -416,8 +418,10 @@ def accuracy_plot(records: Sequence[RunRecord], task: str, order: Sequence[str])
                     lw=0,
                 )
         ax.set(xlabel="length n", ylabel=name, ylim=(-0.02, 1.02), title=f"{task}: {name}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[1].legend(loc="upper right", fontsize=8)
+    axes[1].legend(loc="lower left", fontsize=8)
+    fig.text(0.99, 0.01, "line: mean over seeds · band: min–max over seeds", ha="right", fontsize=7)
     fig.tight_layout()
     return _png(fig)
 
@@ -442,16 +446,15 @@ def heatmap_plot(records: Sequence[RunRecord], tasks: Sequence[str], encodings: 
     fig, ax = plt.subplots(
         figsize=(max(4.0, 1.1 * len(encodings) + 2), max(2.2, 0.6 * len(tasks) + 1.6))
     )
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(encodings)), encodings, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
     for i in range(len(tasks)):
         for j in range(len(encodings)):
             text = "–" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
-            dark = not np.isnan(grid[i, j]) and grid[i, j] > 0.6
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="k" if dark else "w")
+            light = np.isnan(grid[i, j]) or grid[i, j] > 0.6  # grey cell or bright colour
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="k" if light else "w")
     fig.colorbar(im, ax=ax, label="OOD exact match (mean over seeds)")
     ax.set_title("exact match beyond the training lengths")
     fig.tight_layout()
@@ -590,15 +593,13 @@ def rich_tables(report: Report) -> list:
         ranges = ", ".join(f"{lo}–{hi}" for lo, hi in train_ranges(report.records, task))
         table = Table(
             title=f"[bold]{task}[/]" + (f" · trained on lengths {ranges}" if ranges else ""),
-            caption="mean ± 95% CI over seeds (Student t) · best seed by OOD: ID / OOD / horizon",
+            caption="mean ± 95% CI over seeds · best seed (by OOD): ID / OOD / horizon",
             box=box.SIMPLE_HEAD,
             pad_edge=False,
         )
-        show_status = any(row.failed or row.unfinished for row in rows)
-        for name in ("encoding", "seeds", "ID exact", "OOD exact", "horizon", "best seed"):
-            table.add_column(name, justify="left" if name == "encoding" else "right")
-        if show_status:
-            table.add_column("status")
+        table.add_column("encoding", no_wrap=True)
+        for name in ("seeds", "ID exact", "OOD exact", "horizon", "best seed"):
+            table.add_column(name, justify="right")
         for row in rows:
             b = row.best
             best = (
@@ -607,17 +608,18 @@ def rich_tables(report: Report) -> list:
                 else f"{row.best_seed}: {_value(b.get('id_exact_match'), 2)} / "
                 f"{_value(b.get('ood_exact_match'), 2)} / {_value(b.get('extrapolation_horizon'))}"
             )
+            seeds = str(len(row.seeds))
+            if row.failed or row.unfinished:  # "1 of 3": the others failed or are unfinished
+                total = len(row.seeds) + len(row.failed) + row.unfinished
+                seeds = f"[red]{seeds} of {total}[/]"
             cells = [
                 row.encoding,
-                str(len(row.seeds)),
+                seeds,
                 format_stat(row.id_exact_match, 2),
                 format_stat(row.ood_exact_match, 2),
                 format_stat(row.extrapolation_horizon, 1),
                 best,
             ]
-            if show_status:
-                status = status_text(row)
-                cells.append(status if status == "ok" else f"[red]{status}[/]")
             table.add_row(*cells)
         out.append(table)
     failed = [r for r in report.records if r.status == "failed"]

@@ -102,7 +102,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         (run_dir / ERROR).unlink(missing_ok=True)
         job["summary"] = metrics["summary"]
         return metrics
-    except Exception as exc:  # recorded, so the other jobs go on; Ctrl-C still stops
+    except KeyboardInterrupt:  # run() saved a checkpoint; the next sweep resumes it
+        job["status"] = "interrupted"
+        raise
+    except Exception as exc:  # recorded, so the other jobs go on
         job["status"] = "failed"
         job["error"] = error_message(exc)
         atomic_write_json(
@@ -277,6 +280,7 @@ def plan_sweep(
         f"threads={threads}",
         "progress=false",
         f"hydra.sweep.dir={sweep_dir}",
+        "hydra.job.name=posenc",  # the Slurm job name and Hydra's per-job log file
         "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(exclude) + "]",
     ]
     if experiment is not None and "experiment" not in keys:
