@@ -191,16 +191,21 @@ def _launch(
                 "command again to resume",
                 130,
             )
+    from posenc.report import load_experiment
+    from posenc.sweep import sweep_progress
+
+    if load_experiment(plan.experiment_dir):  # also after a crash: report what is there
+        _report(plan.experiment_dir)
     if child.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
         console.print("\n".join(tail), markup=False)
         fail(f"the sweep process exited with status {child.returncode}; see {log_path}", 1)
-    _report(plan.experiment_dir)
-    from posenc.sweep import sweep_progress
 
     mine = sweep_progress(plan.sweep_dir, plan.total)
     if mine.failed:
-        fail(f"{mine.failed} of {total} runs failed; see the failed runs above", 1)
+        for err in mine.errors:
+            console.print(f"[red]failed[/] {err}", soft_wrap=True)
+        fail(f"{mine.failed} of {total} runs failed (listed above)", 1)
 
 
 def _watch(child: subprocess.Popen, plan, console) -> None:

@@ -151,13 +151,18 @@ def _skipped(path: Path, root: Path) -> bool:
 
 
 def load_experiment(exp_dir: str | Path) -> list[RunRecord]:
-    """Every run folder under ``exp_dir`` (skipping ``_sweeps``, ``_data`` and hidden ones)."""
+    """Every run folder ``<task>/<encoding>/seed<k>/`` of an experiment folder (skipping
+    ``_sweeps``, ``_data`` and hidden folders)."""
     root = Path(exp_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     folders = set()
     for name in (METRICS, ERROR, CHECKPOINT):
-        folders |= {p.parent for p in root.rglob(name) if not _skipped(p.parent, root)}
+        folders |= {
+            p.parent
+            for p in root.glob(f"*/*/seed*/{name}")
+            if p.parent.name[4:].isdigit() and not _skipped(p.parent, root)
+        }
     records = []
     for d in sorted(folders):
         rel = str(d.relative_to(root))

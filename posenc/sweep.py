@@ -108,6 +108,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     except Exception as exc:  # recorded, so the other jobs go on
         job["status"] = "failed"
         job["error"] = error_message(exc)
+        if (run_dir / METRICS).exists():  # the folder's finished run stays valid as it is
+            return {"status": "failed", "error": job["error"]}
         atomic_write_json(
             run_dir / ERROR,
             {
