@@ -121,13 +121,12 @@ def sweep(
 
     Swept keys other than encoding, task and seed become part of each run's name (rope@model.n_layers=2), so variants get their own folders and table rows. Runs land in runs/<experiment> (experiment=NAME; default: sweep).
     """
-    given = any(o.split("=", 1)[0].lstrip("+") == "experiment" for o in overrides or [])
     _launch(
         [],
         list(overrides or []),
         launcher=launcher,
         jobs=jobs,
-        experiment=None if given else "sweep",
+        experiment="sweep",  # unless the overrides name one
         reserved=None,
         what="sweep",
     )
@@ -161,11 +160,9 @@ def _launch(
         fail(str(exc))
     console = Console(stderr=True, highlight=False)
     total = "?" if plan.total is None else str(plan.total)
-    parallel = (
-        f"{plan.jobs} jobs x {plan.threads} threads"
-        if plan.launcher == "local"
-        else f"threads {plan.threads}"
-    )
+    parallel = f"threads per run: {plan.threads}"
+    if plan.launcher == "local":
+        parallel = f"{plan.jobs} at once, {parallel}"
     console.print(
         f"[bold]{total} runs[/] ({what}) -> {plan.experiment_dir} · launcher {plan.launcher}, "
         f"{parallel}"
@@ -180,12 +177,7 @@ def _launch(
         try:
             _watch(child, plan, console)
         except KeyboardInterrupt:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)  # a no-op if the terminal already sent it
-                try:
-                    child.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            _stop(child)
             fail(
                 "interrupted; finished runs are kept and checkpoints saved: run the same "
                 "command again to resume",
@@ -206,6 +198,21 @@ def _launch(
         for err in mine.errors:
             console.print(f"[red]failed[/] {err}", soft_wrap=True)
         fail(f"{mine.failed} of {total} runs failed (listed above)", 1)
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """After Ctrl-C: the terminal interrupted the whole process group, so give the sweep a
+    moment to save checkpoints and exit; interrupt it ourselves if it did not get the signal."""
+    for interrupt, wait in ((False, 5), (True, 60)):
+        if interrupt:
+            child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    child.kill()
+    child.wait()
 
 
 def _watch(child: subprocess.Popen, plan, console) -> None:
@@ -234,7 +241,8 @@ def _watch(child: subprocess.Popen, plan, console) -> None:
             if p.skipped:
                 info += f" · {p.skipped} done before"
             if p.best:
-                info += f" · best [bold]{p.best[0]}[/] ({p.best[2]} {p.best[1]:.2f})"
+                name = p.best[0] if len(p.best[0]) <= 24 else p.best[0][:23] + "…"
+                info += f" · best [bold]{name}[/] ({p.best[2]} {p.best[1]:.2f})"
             progress.update(bar, completed=p.done, info=info)
             for err in p.errors[seen_errors:]:
                 progress.console.print(f"[red]failed[/] {err}", markup=True)

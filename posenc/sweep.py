@@ -36,6 +36,10 @@ LAUNCHER_GROUP = "hydra/launcher"
 # never become part of a variant label; every other swept key does.
 NAMING_KEYS = ("encoding", "task", "seed", "experiment", "runs_root", "data_dir", "run_dir")
 EXECUTION_KEYS = ("progress", "threads", "device", "overwrite")
+# Sweeping these would send several jobs to one run folder (or to several experiments).
+UNSWEPT_KEYS = ("experiment", "runs_root", "data_dir", "run_dir", *EXECUTION_KEYS)
+# Set by the sweep itself (runs_root made absolute, threads from the launcher, no progress bars).
+SET_HERE = ("runs_root", "threads", "progress")
 
 
 # ---------------------------------------------------------------- inside a Hydra job
@@ -227,7 +231,7 @@ def plan_sweep(
             raise ConfigError(f"{o.input_line!r}: choose the launcher with --launcher")
         if key == "run_dir" and not o.is_delete() and o.value() is not None:
             raise ConfigError("run_dir names one run folder; a sweep gives each run its own")
-        if key in ("experiment", "runs_root", "data_dir") and o.is_sweep_override():
+        if o.is_sweep_override() and key in UNSWEPT_KEYS:
             raise ConfigError(f"{o.input_line!r}: {key} cannot be swept; run one sweep per value")
 
     # Compose one combination (first value of every sweep) to catch bad keys and read paths.
@@ -260,24 +264,29 @@ def plan_sweep(
         sweep_dir = experiment_dir / SWEEPS / f"{stamp}_{n}"
 
     n_cores = cores()
-    if jobs is None:
-        jobs = max(1, min(n_cores, total or n_cores)) if launcher == "local" else 1
-    if launcher in ("local", "basic"):
-        threads = str(max(1, n_cores // (jobs if launcher == "local" else 1)))
+    if launcher == "local":
+        jobs = jobs or max(1, min(n_cores, total or n_cores))
+        threads = str(max(1, n_cores // jobs))
+    elif launcher == "basic":
+        threads = str(n_cores)
     elif launcher == "slurm":
         threads = "${hydra:launcher.cpus_per_task}"
     else:  # submitit_local starts every job at once
         threads = "1"
-    threads = next(
-        (o.input_line.split("=", 1)[1] for o in parsed if o.key_or_group == "threads"), threads
-    )
+    user_threads = [o for o in parsed if o.key_or_group == "threads"]
+    if user_threads:
+        threads = str(user_threads[-1].input_line.split("=", 1)[1])
 
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
     fixed = sorted({o.key_or_group for o in parsed if not o.is_hydra_override()} - swept)
     exclude = sorted({*NAMING_KEYS, *EXECUTION_KEYS, *fixed})
     child = [
         f"hydra/launcher={launcher}",
-        *(o for o in overrides if not any(o.startswith(f"{k}=") for k in ("threads", "runs_root"))),
+        *(
+            line
+            for line, o in zip(overrides, parsed, strict=True)
+            if o.key_or_group not in SET_HERE
+        ),
         f"runs_root={runs_root}",
         f"threads={threads}",
         "progress=false",
@@ -291,7 +300,7 @@ def plan_sweep(
         child.append(f"hydra.launcher.n_jobs={jobs}")
     elif launcher == "slurm" and jobs is not None:
         child.append(f"hydra.launcher.array_parallelism={jobs}")
-    return SweepPlan(child, sweep_dir, experiment_dir, total, launcher, jobs, threads)
+    return SweepPlan(child, sweep_dir, experiment_dir, total, launcher, jobs or 1, threads)
 
 
 def child_command(plan: SweepPlan) -> list[str]:

@@ -104,6 +104,14 @@ def test_plan_gives_each_local_job_its_share_of_the_cores(monkeypatch, tmp_path)
     slurm = sweep.plan_sweep([], base=base, experiment="e", launcher="slurm", jobs=8)
     assert slurm.threads == "${hydra:launcher.cpus_per_task}"
     assert "hydra.launcher.array_parallelism=8" in slurm.overrides
+    preset = sweep.plan_sweep([], base=base, experiment="e", launcher="slurm")
+    assert not any("array_parallelism" in o for o in preset.overrides)  # the preset's value
+
+
+@pytest.mark.parametrize("key", ["threads", "device", "experiment", "runs_root"])
+def test_keys_that_name_no_run_cannot_be_swept(key):
+    with pytest.raises(sweep.ConfigError, match=f"{key} cannot be swept"):
+        sweep.plan_sweep([f"{key}=a,b"], experiment="e")
 
 
 def test_sweep_progress_counts_job_files_and_finds_the_best_encoding(tmp_path):
@@ -201,7 +209,7 @@ def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
         ("alibi", "finished"),
         ("rope", "skipped"),
     ]
-    assert "2 jobs x 1 threads" in result.stderr or "2 jobs x 2 threads" in result.stderr
+    assert "2 at once, threads per run: " in result.stderr
     assert len(read_csv(runs / "rerun" / "results.csv")) == 2 * 6
 
 
