@@ -186,8 +186,9 @@ def _launch(
     from posenc.report import load_experiment
     from posenc.sweep import sweep_progress
 
+    shown: set[str] = set()
     if load_experiment(plan.experiment_dir):  # also after a crash: report what is there
-        _report(plan.experiment_dir)
+        shown = _report(plan.experiment_dir)
     if child.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
         console.print("\n".join(tail), markup=False)
@@ -195,8 +196,9 @@ def _launch(
 
     mine = sweep_progress(plan.sweep_dir, plan.total)
     if mine.failed:
-        for err in mine.errors:
-            console.print(f"[red]failed[/] {err}", soft_wrap=True)
+        for err in mine.errors:  # those the report does not list (a finished folder's run)
+            if err.split(": ", 1)[0] not in shown:
+                console.print(f"[red]failed[/] {err}", soft_wrap=True)
         fail(f"{mine.failed} of {total} runs failed (listed above)", 1)
 
 
@@ -252,8 +254,8 @@ def _watch(child: subprocess.Popen, plan, console) -> None:
             time.sleep(0.5)
 
 
-def _report(exp_dir: Path) -> int:
-    """Aggregate, write and print the report; returns the number of failed runs."""
+def _report(exp_dir: Path) -> set[str]:
+    """Aggregate, write and print the report; returns the failed runs it lists."""
     from rich.console import Console
 
     from posenc.report import report_experiment, rich_tables
@@ -269,7 +271,7 @@ def _report(exp_dir: Path) -> int:
     )
     for path in written:
         out.print(f"wrote {path}")
-    return c["failed"]
+    return {r.path for r in report.records if r.status == "failed"}
 
 
 def report(

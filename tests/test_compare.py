@@ -160,7 +160,7 @@ def test_failing_run_is_recorded_and_the_others_finish(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "1 of 2 runs failed" in result.stderr and "different config" in result.stderr
+    assert "1 of 2 runs failed" in result.stderr and "different config" in result.stdout
     exp = tmp_path / "runs" / "fail"
     error = json.loads((bad / "error.json").read_text())
     assert error["status"] == "failed" and error["encoding"] == "alibi"
