@@ -212,6 +212,25 @@ def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
     assert "2 at once, threads per run: " in result.stderr
     assert len(read_csv(runs / "rerun" / "results.csv")) == 2 * 6
 
+    # A finished run is never replaced by a run of another config: reported, not overwritten.
+    mtime = (alibi / "metrics.json").stat().st_mtime_ns
+    changed = [o for o in TINY if not o.startswith("train.steps")] + ["train.steps=6"]
+    result = posenc(
+        "compare",
+        "-e",
+        "alibi",
+        "--launcher",
+        "basic",
+        "--experiment",
+        "rerun",
+        *changed,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "holds a finished run with a different config" in result.stderr
+    assert (alibi / "metrics.json").stat().st_mtime_ns == mtime
+    assert not (alibi / "error.json").exists()
+
 
 @pytest.mark.slow
 def test_submitit_local_sweep_names_swept_variants(tmp_path):
