@@ -126,6 +126,10 @@ def eval_(
 
 app.add_typer(data_app, name="data")
 
+from cli import experiments  # noqa: E402  (compare, sweep, report, tb)
+
+experiments.register(app)
+
 
 def main() -> None:
     app()

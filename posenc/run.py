@@ -376,6 +376,19 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         train_max=tr.max_len,
         title=title.split(" → ")[0],
     )
+    # Attention maps (posenc.attention): one image per layer, at a training length and beyond.
+    from posenc import attention
+
+    attention.log_attention_maps(
+        writer,
+        model,
+        groups,
+        tr.min_len,
+        tr.max_len,
+        step=trainer.step_count,
+        device=p.device,
+        seed=cfg.eval.seed,
+    )
     writer.close()
     atomic_write_json(d / METRICS, metrics)  # last: its presence marks the run finished
     log(f"finished: {summary}")

@@ -1,0 +1,314 @@
+"""``posenc compare``, ``posenc sweep``, ``posenc report`` and ``posenc tb``.
+
+A sweep runs as a Hydra multirun in a child process (``python -m posenc.sweep``) whose
+output goes to a log file, while this process shows live progress by reading the job
+status files and aggregates the experiment folder when the child is done.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.app import Overrides, fail
+
+CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``posenc`` app."""
+    app.command(context_settings={"allow_extra_args": False})(compare)
+    app.command(context_settings={"allow_extra_args": False})(sweep)
+    app.command()(report)
+    app.command("tb")(tensorboard)
+
+
+Jobs = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        "-j",
+        help="Runs at once (local: joblib processes, each with cores/jobs threads; "
+        "slurm: array parallelism). Default: one per core.",
+    ),
+]
+Launcher = Annotated[
+    str,
+    typer.Option(
+        "--launcher",
+        help="local (joblib), slurm (submitit), submitit_local, or basic (one after another).",
+    ),
+]
+
+
+def _names(text: str, group: str, option: str) -> list[str]:
+    from posenc.config import group_options
+
+    names = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    valid = group_options(group)
+    if not names:
+        fail(f"{option} is empty; valid choices: {', '.join(valid)}")
+    for name in names:
+        if name not in valid:
+            fail(f"unknown {group} {name!r} in {option}; valid choices: {', '.join(valid)}")
+    return names
+
+
+def compare(
+    overrides: Overrides = None,
+    encodings: Annotated[
+        str, typer.Option("--encodings", "-e", help="Comma-separated encodings.")
+    ] = CORE_ENCODINGS,
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks.")] = "copy",
+    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds 0..N-1 per pair.")] = 1,
+    jobs: Jobs = None,
+    launcher: Launcher = "local",
+    experiment: Annotated[
+        str, typer.Option("--experiment", help="Folder under runs/ for every run and the report.")
+    ] = "compare",
+) -> None:
+    """Train every encoding x task x seed (a Hydra multirun), then report and plot.
+
+    Finished runs are skipped and interrupted ones resume, so the same command picks up where it stopped. Extra arguments are Hydra overrides for every run (train.steps=1000 model.n_layers=4); a comma-separated value sweeps that key too.
+    """
+    enc = _names(encodings, "encoding", "--encodings")
+    tsk = _names(tasks, "task", "--tasks")
+    if seeds < 1:
+        fail(f"--seeds must be >= 1, got {seeds}")
+    owned = {
+        "encoding": "--encodings",
+        "task": "--tasks",
+        "seed": "--seeds",
+        "experiment": "--experiment",
+    }
+    base = [
+        f"encoding={','.join(enc)}",
+        f"task={','.join(tsk)}",
+        f"seed={','.join(str(s) for s in range(seeds))}",
+    ]
+    _launch(
+        base,
+        list(overrides or []),
+        launcher=launcher,
+        jobs=jobs,
+        experiment=experiment,
+        reserved=owned,
+        what=" x ".join(
+            f"{k} {noun}{'s' * (k != 1)}"
+            for k, noun in ((len(enc), "encoding"), (len(tsk), "task"), (seeds, "seed"))
+        ),
+    )
+
+
+def sweep(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Hydra multirun overrides, e.g. encoding=rope,alibi model.n_layers=2,4 "
+            "train.lr=1e-3,3e-3 experiment=depth"
+        ),
+    ] = None,
+    jobs: Jobs = None,
+    launcher: Launcher = "local",
+) -> None:
+    """Run any Hydra multirun (every combination of comma-separated values), then report.
+
+    Swept keys other than encoding, task and seed become part of each run's name (rope@model.n_layers=2), so variants get their own folders and table rows. Runs land in runs/<experiment> (experiment=NAME; default: sweep).
+    """
+    _launch(
+        [],
+        list(overrides or []),
+        launcher=launcher,
+        jobs=jobs,
+        experiment="sweep",  # unless the overrides name one
+        reserved=None,
+        what="sweep",
+    )
+
+
+def _launch(
+    base: list[str],
+    overrides: list[str],
+    *,
+    launcher: str,
+    jobs: int | None,
+    experiment: str | None,
+    reserved: dict[str, str] | None,
+    what: str,
+) -> None:
+    from rich.console import Console
+
+    from posenc.errors import PosencError
+    from posenc.sweep import child_command, child_env, plan_sweep
+
+    try:
+        plan = plan_sweep(
+            overrides,
+            base=base,
+            launcher=launcher,
+            jobs=jobs,
+            experiment=experiment,
+            reserved=reserved,
+        )
+    except PosencError as exc:
+        fail(str(exc))
+    console = Console(stderr=True, highlight=False)
+    total = "?" if plan.total is None else str(plan.total)
+    parallel = f"threads per run: {plan.threads}"
+    if plan.launcher == "local":
+        parallel = f"{plan.jobs} at once, {parallel}"
+    console.print(
+        f"[bold]{total} runs[/] ({what}) -> {plan.experiment_dir} · launcher {plan.launcher}, "
+        f"{parallel}"
+    )
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    log_path = plan.sweep_dir / "launcher.log"
+    console.print(f"sweep log: {log_path}")
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            child_command(plan), stdout=log, stderr=subprocess.STDOUT, env=child_env()
+        )
+        try:
+            _watch(child, plan, console)
+        except KeyboardInterrupt:
+            _stop(child)
+            fail(
+                "interrupted; finished runs are kept and checkpoints saved: run the same "
+                "command again to resume",
+                130,
+            )
+    from posenc.report import load_experiment
+    from posenc.sweep import sweep_progress
+
+    shown: set[str] = set()
+    if load_experiment(plan.experiment_dir):  # also after a crash: report what is there
+        shown = _report(plan.experiment_dir)
+    if child.returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+        console.print("\n".join(tail), markup=False)
+        fail(f"the sweep process exited with status {child.returncode}; see {log_path}", 1)
+
+    mine = sweep_progress(plan.sweep_dir, plan.total)
+    if mine.failed:
+        for err in mine.errors:  # those the report does not list (a finished folder's run)
+            if err.split(": ", 1)[0] not in shown:
+                console.print(f"[red]failed[/] {err}", soft_wrap=True)
+        fail(f"{mine.failed} of {total} runs failed (listed above)", 1)
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """After Ctrl-C: the terminal interrupted the whole process group, so give the sweep a
+    moment to save checkpoints and exit; interrupt it ourselves if it did not get the signal."""
+    for interrupt, wait in ((False, 5), (True, 60)):
+        if interrupt:
+            child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    child.kill()
+    child.wait()
+
+
+def _watch(child: subprocess.Popen, plan, console) -> None:
+    """Live progress (finished / running / failed, best so far) until the child exits."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from posenc.sweep import sweep_progress
+
+    progress = Progress(
+        TextColumn("[bold]runs"),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    seen_errors = 0
+    with progress:
+        bar = progress.add_task("runs", total=plan.total, info="starting")
+        while True:
+            running = child.poll() is None
+            p = sweep_progress(plan.sweep_dir, plan.total)
+            info = f"{p.running} running"
+            info += f" · [red]{p.failed} failed[/]" if p.failed else " · 0 failed"
+            if p.skipped:
+                info += f" · {p.skipped} done before"
+            if p.best:
+                name = p.best[0] if len(p.best[0]) <= 24 else p.best[0][:23] + "…"
+                info += f" · best [bold]{name}[/] ({p.best[2]} {p.best[1]:.2f})"
+            progress.update(bar, completed=p.done, info=info)
+            for err in p.errors[seen_errors:]:
+                progress.console.print(f"[red]failed[/] {err}", markup=True)
+            seen_errors = len(p.errors)
+            if not running:
+                break
+            time.sleep(0.5)
+
+
+def _report(exp_dir: Path) -> set[str]:
+    """Aggregate, write and print the report; returns the failed runs it lists."""
+    from rich.console import Console
+
+    from posenc.report import report_experiment, rich_tables
+
+    report, written = report_experiment(exp_dir)
+    out = Console(highlight=False)
+    for table in rich_tables(report):
+        out.print(table)
+    c = report.counts
+    out.print(
+        f"{len(report.records)} runs: {c['complete']} complete, {c['failed']} failed, "
+        f"{c['unfinished']} unfinished"
+    )
+    for path in written:
+        out.print(f"wrote {path}")
+    return {r.path for r in report.records if r.status == "failed"}
+
+
+def report(
+    directory: Annotated[Path, typer.Argument(help="An experiment folder, e.g. runs/compare")],
+) -> None:
+    """Aggregate an experiment folder into results.csv, report.md and plots (also while it runs)."""
+    from posenc.report import load_experiment
+
+    if not directory.is_dir():
+        fail(f"{directory} is not a folder")
+    if not load_experiment(directory):
+        fail(f"no runs under {directory} (expected <task>/<encoding>/seed<k>/ folders)")
+    _report(directory)
+
+
+def tensorboard(
+    directory: Annotated[
+        Path, typer.Argument(help="An experiment folder, or every experiment (runs)")
+    ] = Path("runs"),
+    port: Annotated[
+        int | None, typer.Option("--port", help="Default: 6006, else a free port.")
+    ] = None,
+) -> None:
+    """Start TensorBoard on 127.0.0.1 for an experiment and print its URL (Ctrl-C stops it)."""
+    from posenc.tbserver import TensorBoardError, start, stop
+
+    if not directory.is_dir():
+        fail(f"{directory} is not a folder")
+    try:
+        server = start(directory, port=port)
+    except TensorBoardError as exc:
+        fail(str(exc), 1)
+    print(f"TensorBoard for {directory}: {server.url}  (pid {server.process.pid}; Ctrl-C stops it)")
+    sys.stdout.flush()
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(server)

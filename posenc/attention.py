@@ -1,0 +1,145 @@
+"""Attention maps: each layer's attention probabilities, for TensorBoard.
+
+The model makes one ``scaled_dot_product_attention`` call per layer, which returns no
+weights. A forward hook on each `CausalSelfAttention` receives the exact arguments of
+that call (x, positions, encoding, cache) and recomputes
+
+    softmax(q·kᵀ / √d_head + bias) over the causal past
+
+with the module's own projections and the encoding's own ``rotate`` and ``bias`` hooks,
+so the maps are those of the trained model whatever its encoding, and the model needs no
+flag. A test checks that ``probabilities @ v`` reproduces the layer's output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from posenc.model import CausalSelfAttention, LayerCache, Transformer, causal_mask
+
+
+@torch.no_grad()
+def attention_probabilities(
+    attn: CausalSelfAttention,
+    x: Tensor,
+    pos: Tensor,
+    encoding,
+    cache: LayerCache | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Recompute one layer's attention: probabilities (B, H, Tq, Tk) and values (B, H, Tk, Dh)."""
+    B, T, D = x.shape
+    q, k, v = attn.qkv(x).split(D, dim=2)
+    q, k, v = (t.view(B, T, attn.n_heads, D // attn.n_heads).transpose(1, 2) for t in (q, k, v))
+    q, k = encoding.rotate(q, k, pos, pos, layer=attn.layer)  # (B, H, T, Dh)
+    if cache is not None:
+        k = torch.cat((cache.k, k), dim=2)
+        v = torch.cat((cache.v, v), dim=2)
+        pos_k = torch.cat((cache.pos, pos), dim=1)
+    else:
+        pos_k = pos
+    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    bias = encoding.bias(q, k, pos, pos_k, layer=attn.layer)
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)
+    visible = causal_mask(T, k.shape[2], x.device)
+    return logits.masked_fill(~visible, float("-inf")).softmax(-1), v
+
+
+@contextmanager
+def capture(model: Transformer) -> Iterator[list[Tensor]]:
+    """While active, every forward pass appends each layer's (B, H, Tq, Tk) probabilities."""
+    maps: list[Tensor] = []
+
+    def hook(module, args, kwargs, output):
+        names = ("x", "pos", "encoding", "cache")
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        probs, _ = attention_probabilities(module, **bound)
+        maps.append(probs.detach().cpu())
+
+    handles = [block.attn.register_forward_hook(hook, with_kwargs=True) for block in model.blocks]
+    try:
+        yield maps
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def attention_maps(model: Transformer, tokens: Tensor, pos: Tensor) -> list[Tensor]:
+    """One sequence (1, T) and its positions (1, T) -> per layer (H, T, T) probabilities."""
+    was_training = model.training
+    model.eval()
+    with capture(model) as maps:
+        model(tokens, pos)
+    model.train(was_training)
+    return [m[0] for m in maps]
+
+
+def attention_figure(probs: Tensor, title: str, boundary: int | None = None):
+    """(H, T, T) probabilities -> a matplotlib figure with one panel per head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_heads = probs.shape[0]
+    fig, axes = plt.subplots(1, n_heads, figsize=(2.6 * n_heads, 2.9), squeeze=False)
+    for h, ax in enumerate(axes[0]):
+        ax.imshow(probs[h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        if boundary is not None:  # the separator: prompt above/left, answer below/right
+            ax.axhline(boundary, color="white", lw=0.6, ls=":")
+            ax.axvline(boundary, color="white", lw=0.6, ls=":")
+        ax.set_title(f"head {h}", fontsize=8)
+        ax.set_xlabel("key position", fontsize=7)
+        if h == 0:
+            ax.set_ylabel("query position", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def pick_lengths(lengths: Sequence[int], train_min: int, train_max: int) -> dict[str, int]:
+    """A training length (the longest) and one beyond it (the longest up to twice it, else the
+    shortest beyond), among the evaluated ``lengths``: {"train": n, "beyond": m}."""
+    inside = [n for n in lengths if train_min <= n <= train_max]
+    beyond = [n for n in lengths if n > train_max]
+    picked = {}
+    if inside:
+        picked["train"] = max(inside)
+    if beyond:
+        near = [n for n in beyond if n <= 2 * train_max]
+        picked["beyond"] = max(near) if near else min(beyond)
+    return picked
+
+
+def log_attention_maps(
+    writer,
+    model: Transformer,
+    groups: Mapping[int, Sequence[tuple[list[int], list[int]]]],
+    train_min: int,
+    train_max: int,
+    *,
+    step: int,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> None:
+    """Log one image per layer (``attention/<train|beyond>_len_<n>/layer_<l>``) for the first
+    evaluation example at a training length and one beyond it."""
+    from posenc.data import collate
+    from tasks.format import prompt_ids
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for where, n in pick_lengths(sorted(groups), train_min, train_max).items():
+        inputs, target = groups[n][0]
+        tokens = collate([(inputs, target)]).tokens.to(device)  # (1, T)
+        pos = model.encoding.positions(1, tokens.shape[1], device=device, generator=generator)
+        for layer, probs in enumerate(attention_maps(model, tokens, pos)):
+            title = f"layer {layer} · length {n} ({'training' if where == 'train' else where})"
+            fig = attention_figure(probs, title, boundary=len(prompt_ids(inputs)) - 1)
+            writer.add_figure(f"attention/{where}_len_{n}/layer_{layer}", fig, step)

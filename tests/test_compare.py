@@ -1,0 +1,260 @@
+"""posenc compare / sweep / report end to end: bad input, failing runs, skip and resume,
+the joblib and submitit_local launchers, variant names, and the live-progress counts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from posenc import sweep
+from posenc.io import atomic_write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "model.d_model=16",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.d_ff=32",
+    "train.steps=5",
+    "train.max_len=3",
+    "train.eval_every=0",
+    "train.log_every=1",
+    "eval.max_len=6",
+    "eval.n_samples=4",
+]
+
+
+def posenc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the CLI of this checkout in a child process, as a user would."""
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# ---------------------------------------------------------------- bad input, before anything runs
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--encodings", "rope,nope"], "unknown encoding 'nope' in --encodings; valid choices: "),
+        (["--tasks", "copy,sort_of"], "unknown task 'sort_of' in --tasks; valid choices: "),
+        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (["--jobs", "0"], "--jobs must be an integer >= 1, got 0"),
+        (["--launcher", "cloud"], "unknown launcher 'cloud'; valid choices: basic, local, slurm"),
+        (["encoding=rope"], "encoding is set by --encodings"),
+        (["experiment=x"], "experiment is set by --experiment"),
+        (["run_dir=somewhere"], "run_dir names one run folder"),
+        (["model.nope=3"], "bad override"),
+        (["hydra/launcher=joblib"], "choose the launcher with --launcher"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_before_anything_runs(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["compare", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    if "valid choices" in message:
+        assert "rope" in lines[0] or "copy" in lines[0] or "local" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_rejects_a_swept_experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["sweep", "experiment=a,b"])
+    assert result.exit_code == 2 and "experiment cannot be swept" in result.output
+
+
+# ---------------------------------------------------------------- planning
+
+
+def test_plan_gives_each_local_job_its_share_of_the_cores(monkeypatch, tmp_path):
+    monkeypatch.setattr(sweep, "cores", lambda: 4)
+    base = ["encoding=rope,alibi,t5", "seed=0,1", f"runs_root={tmp_path}"]
+    plan = sweep.plan_sweep(["model.n_layers=2,4", "train.lr=1e-3"], base=base, experiment="e")
+    assert plan.total == 3 * 2 * 2
+    assert (plan.jobs, plan.threads) == (4, "1")
+    assert "hydra.launcher.n_jobs=4" in plan.overrides and "threads=1" in plan.overrides
+    assert plan.experiment_dir == tmp_path / "e"
+    assert plan.sweep_dir.parent == tmp_path / "e" / "_sweeps"
+    exclude = next(o for o in plan.overrides if "override_dirname.exclude_keys" in o)
+    assert "train.lr" in exclude and "model.n_layers" not in exclude  # only swept keys name runs
+    two = sweep.plan_sweep([], base=base, experiment="e", jobs=2)
+    assert (two.jobs, two.threads) == (2, "2")
+    mine = sweep.plan_sweep(["threads=3"], base=base, experiment="e", jobs=2)
+    assert mine.threads == "3" and mine.overrides.count("threads=3") == 1
+    slurm = sweep.plan_sweep([], base=base, experiment="e", launcher="slurm", jobs=8)
+    assert slurm.threads == "${hydra:launcher.cpus_per_task}"
+    assert "hydra.launcher.array_parallelism=8" in slurm.overrides
+    preset = sweep.plan_sweep([], base=base, experiment="e", launcher="slurm")
+    assert not any("array_parallelism" in o for o in preset.overrides)  # the preset's value
+
+
+@pytest.mark.parametrize("key", ["threads", "device", "experiment", "runs_root"])
+def test_keys_that_name_no_run_cannot_be_swept(key):
+    with pytest.raises(sweep.ConfigError, match=f"{key} cannot be swept"):
+        sweep.plan_sweep([f"{key}=a,b"], experiment="e")
+
+
+def test_sweep_progress_counts_job_files_and_finds_the_best_encoding(tmp_path):
+    def job(num, status, encoding, ood=None, error=None):
+        data = {"status": status, "task": "copy", "encoding": encoding, "seed": num}
+        if ood is not None:
+            data["summary"] = {"id_exact_match": 1.0, "ood_exact_match": ood}
+        if error:
+            data["error"] = error
+        atomic_write_json(tmp_path / str(num) / sweep.JOB_STATUS, data)
+
+    job(0, "finished", "rope", 0.1)
+    job(1, "skipped", "alibi", 0.5)
+    job(2, "finished", "alibi", 0.3)
+    job(3, "running", "t5")
+    job(4, "failed", "learned", error="ValueError: x")
+    p = sweep.sweep_progress(tmp_path, total=6)
+    assert (p.running, p.finished, p.skipped, p.failed, p.done) == (1, 2, 1, 1, 4)
+    assert p.best == ("alibi", pytest.approx(0.4), "OOD")
+    assert p.errors == ["copy/learned/seed4: ValueError: x"]
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_failing_run_is_recorded_and_the_others_finish(tmp_path):
+    # A run folder holding an unfinished run of another config makes that one run fail.
+    bad = tmp_path / "runs" / "fail" / "copy" / "alibi" / "seed0"
+    bad.mkdir(parents=True)
+    (bad / "config.yaml").write_text("something: else\n")
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    result = posenc(
+        "compare",
+        "--encodings",
+        "rope,alibi",
+        "--launcher",
+        "basic",
+        "--experiment",
+        "fail",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 of 2 runs failed" in result.stderr and "different config" in result.stdout
+    exp = tmp_path / "runs" / "fail"
+    error = json.loads((bad / "error.json").read_text())
+    assert error["status"] == "failed" and error["encoding"] == "alibi"
+    assert error["error"].startswith("RunExistsError:") and "different config" in error["error"]
+    assert not (bad / "metrics.json").exists()
+    assert (exp / "copy" / "rope" / "seed0" / "metrics.json").exists()
+    assert {row["encoding"] for row in read_csv(exp / "results.csv")} == {"rope"}
+    md = (exp / "report.md").read_text()
+    assert "## Failed runs" in md and "copy/alibi/seed0" in md and "different config" in md
+    assert "failed runs" in result.stdout and "rope" in result.stdout
+    for name in ("plots/accuracy_vs_length_copy.png", "plots/ood_heatmap.png"):
+        assert (exp / name).stat().st_size > 1000
+
+
+def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
+    from posenc.config import compose
+    from posenc.console import Reporter
+    from posenc.run import run
+
+    class StopAtStep3(Reporter):
+        def step(self, step, loss, steps_per_sec):
+            if step == 3:
+                raise KeyboardInterrupt
+
+    runs = tmp_path / "runs"
+    common = ["experiment=rerun", "task=copy", "seed=0", f"runs_root={runs}", "progress=false"]
+    run(compose([*common, "encoding=rope", *TINY]))
+    with pytest.raises(KeyboardInterrupt):
+        run(compose([*common, "encoding=alibi", *TINY]), StopAtStep3())
+    rope, alibi = (runs / "rerun" / "copy" / e / "seed0" for e in ("rope", "alibi"))
+    assert (alibi / "checkpoint.pt").exists() and not (alibi / "metrics.json").exists()
+    mtime = (rope / "metrics.json").stat().st_mtime_ns
+
+    result = posenc(
+        "compare", "-e", "rope,alibi", "--jobs", "2", "--experiment", "rerun", *TINY, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (rope / "metrics.json").stat().st_mtime_ns == mtime  # skipped, not retrained
+    assert "resumed from step 3" in (alibi / "train.log").read_text()
+    assert json.loads((alibi / "metrics.json").read_text())["train"]["steps"] == 5
+    jobs = [
+        json.loads(p.read_text())
+        for p in (runs / "rerun" / "_sweeps").glob(f"*/*/{sweep.JOB_STATUS}")
+    ]
+    assert sorted((j["encoding"], j["status"]) for j in jobs) == [
+        ("alibi", "finished"),
+        ("rope", "skipped"),
+    ]
+    assert "2 at once, threads per run: " in result.stderr
+    assert len(read_csv(runs / "rerun" / "results.csv")) == 2 * 6
+
+    # A finished run is never replaced by a run of another config: reported, not overwritten.
+    mtime = (alibi / "metrics.json").stat().st_mtime_ns
+    changed = [o for o in TINY if not o.startswith("train.steps")] + ["train.steps=6"]
+    result = posenc(
+        "compare",
+        "-e",
+        "alibi",
+        "--launcher",
+        "basic",
+        "--experiment",
+        "rerun",
+        *changed,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "holds a finished run with a different config" in result.stderr
+    assert (alibi / "metrics.json").stat().st_mtime_ns == mtime
+    assert not (alibi / "error.json").exists()
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_names_swept_variants(tmp_path):
+    result = posenc(
+        "sweep",
+        "--launcher",
+        "submitit_local",
+        "experiment=variants",
+        "encoding=rope",
+        *[o for o in TINY if not o.startswith("model.d_ff")],
+        "model.d_ff=16,32",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    exp = tmp_path / "runs" / "variants"
+    for d_ff in (16, 32):
+        metrics = json.loads(
+            (exp / "copy" / f"rope@model.d_ff={d_ff}" / "seed0" / "metrics.json").read_text()
+        )
+        assert metrics["encoding"] == f"rope@model.d_ff={d_ff}"
+    assert list(exp.glob("_sweeps/*/.submitit"))  # it went through submitit
+    assert {row["encoding"] for row in read_csv(exp / "results.csv")} == {
+        "rope@model.d_ff=16",
+        "rope@model.d_ff=32",
+    }
+    again = posenc("report", str(exp), cwd=tmp_path)
+    assert again.returncode == 0 and "rope@model.d_ff=16" in again.stdout
