@@ -169,7 +169,7 @@ def plan(cfg: DictConfig) -> Plan:
     return Plan(cfg, task, model, lengths, quick, run_dir, device)
 
 
-def _identity(cfg: DictConfig) -> dict:
+def config_identity(cfg: DictConfig) -> dict:
     """The part of the config that determines the numbers (for resume checks)."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
@@ -192,7 +192,7 @@ def check_run_dir(p: Plan) -> str:
         if p.cfg.overwrite:
             return "overwrite"
         old = OmegaConf.load(d / CONFIG)
-        if _identity(old) != _identity(p.cfg):
+        if config_identity(old) != config_identity(p.cfg):
             raise RunExistsError(
                 f"{d} holds an unfinished run with a different config; pass overwrite=true to "
                 "start over or choose another run_dir/experiment"

@@ -63,17 +63,11 @@ def apply_variant(cfg: DictConfig, variant: str) -> None:
         cfg.encoding.label = f"{encoding_label(cfg.encoding)}@{variant}".replace("/", "_")
 
 
-def _identity(cfg: DictConfig) -> dict:
-    from posenc.run import _identity as run_identity
-
-    return run_identity(cfg)
-
-
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """The Hydra task function: run (or skip, or resume) one run; never raises on failure."""
     from hydra.core.hydra_config import HydraConfig
 
-    from posenc.run import CONFIG, METRICS, run
+    from posenc.run import CONFIG, METRICS, config_identity, run
 
     hc = HydraConfig.get()
     apply_variant(cfg, hc.job.override_dirname)
@@ -93,7 +87,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     try:
         if (run_dir / METRICS).exists() and not cfg.overwrite:
             saved = OmegaConf.load(run_dir / CONFIG) if (run_dir / CONFIG).exists() else None
-            if saved is None or _identity(saved) != _identity(cfg):
+            if saved is None or config_identity(saved) != config_identity(cfg):
                 raise ConfigError(
                     f"{run_dir} holds a finished run with a different config; choose another "
                     "experiment name or pass overwrite=true"
