@@ -40,10 +40,10 @@ def test_list_shows_every_encoding_and_task_on_one_line_each():
 
 
 def test_config_prints_the_resolved_config_with_overrides():
-    result = runner.invoke(app, ["config", "encoding=alibi", "model.n_layers=4"])
+    result = runner.invoke(app, ["config", "encoding=alibi", "model.n_layers=3"])
     assert result.exit_code == 0
     assert "encoding:\n  name: alibi\n" in result.output
-    assert "n_layers: 4" in result.output
+    assert "n_layers: 3" in result.output
     assert "data_dir: runs/_data" in result.output  # interpolations resolved
 
 
