@@ -119,9 +119,9 @@ class Prefetcher:
         self._thread.join()
 
 
-def eval_set_key(task: Task, lengths: list[int], n_samples: int, seed: int) -> str:
-    """A stable hash of everything that determines an evaluation set."""
-    spec = {
+def eval_set_spec(task: Task, lengths: list[int], n_samples: int, seed: int) -> dict[str, Any]:
+    """Everything that determines an evaluation set."""
+    return {
         "task": task.name,
         "params": task.params(),
         "lengths": sorted(lengths),
@@ -129,6 +129,11 @@ def eval_set_key(task: Task, lengths: list[int], n_samples: int, seed: int) -> s
         "seed": seed,
         "format_version": FORMAT_VERSION,
     }
+
+
+def eval_set_key(task: Task, lengths: list[int], n_samples: int, seed: int) -> str:
+    """A stable hash of `eval_set_spec`."""
+    spec = eval_set_spec(task, lengths, n_samples, seed)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -161,19 +166,8 @@ def load_eval_set(task: Task, lengths: list[int], n_samples: int, seed: int, cac
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         ds.save_to_disk(str(tmp))
-        (tmp / "spec.json").write_text(
-            json.dumps(
-                {
-                    "task": task.name,
-                    "params": task.params(),
-                    "lengths": sorted(lengths),
-                    "n_samples": n_samples,
-                    "seed": seed,
-                    "format_version": FORMAT_VERSION,
-                },
-                default=str,
-            )
-        )
+        spec = eval_set_spec(task, lengths, n_samples, seed)
+        (tmp / "spec.json").write_text(json.dumps(spec, default=str))
         try:
             os.replace(tmp, path)  # atomic; a concurrent builder may have won the race
         except OSError:

@@ -228,17 +228,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     tr = cfg.train
     model, task = p.model, p.task
     stream = TrainStream(task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed)
-    trainer = Trainer(
-        model,
-        steps=tr.steps,
-        lr=tr.lr,
-        warmup_steps=tr.warmup_steps,
-        min_lr_ratio=tr.min_lr_ratio,
-        weight_decay=tr.weight_decay,
-        betas=tuple(tr.betas),
-        grad_clip=tr.grad_clip,
-        device=p.device,
-    )
+    trainer = Trainer.from_config(model, tr, p.device)
     elapsed_before = 0.0
     tokens_before = 0
     if mode == "resume":

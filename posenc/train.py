@@ -77,6 +77,23 @@ class Trainer:
         )
         self.step_count = 0
 
+    @classmethod
+    def from_config(
+        cls, model: Transformer, train_cfg, device: torch.device | str = "cpu"
+    ) -> Trainer:
+        """A trainer for the ``train.*`` section of a posenc config."""
+        return cls(
+            model,
+            steps=train_cfg.steps,
+            lr=train_cfg.lr,
+            warmup_steps=train_cfg.warmup_steps,
+            min_lr_ratio=train_cfg.min_lr_ratio,
+            weight_decay=train_cfg.weight_decay,
+            betas=tuple(train_cfg.betas),
+            grad_clip=train_cfg.grad_clip,
+            device=device,
+        )
+
     def step(self, batch: Batch) -> StepResult:
         self.model.train()
         tokens = batch.tokens.to(self.device)

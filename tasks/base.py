@@ -63,6 +63,30 @@ class Task:
             raise ConfigError(f"task {self.name!r} cannot make {what} {n}; valid lengths: {bound}")
 
 
+class SymbolTask(Task):
+    """A task over n symbols drawn uniformly from ``vocab_size`` plain symbols (hex digits).
+
+    Subclasses give ``solve``; ``sample`` draws the input and applies it. A subclass with
+    another default vocabulary overrides ``__init__`` with that default and calls this one.
+    """
+
+    def __init__(self, vocab_size: int = 16) -> None:
+        check_vocab_size(self.name, vocab_size, 2)
+        self.vocab_size = vocab_size
+
+    @property
+    def symbols(self) -> list[str]:
+        return hex_symbols(self.vocab_size)
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The n input symbols."""
+        return rng.integers(0, self.vocab_size, size=n)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        inputs = self.draw(n, rng).tolist()
+        return inputs, self.solve(inputs)
+
+
 _TASKS: dict[str, type[Task]] = {}
 
 

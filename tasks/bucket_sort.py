@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.base import check_vocab_size, register
+from tasks.base import register
 from tasks.sort import Sort
 
 
@@ -19,5 +19,4 @@ class BucketSort(Sort):
     description = "sort n symbols from a small alphabet (Delétang et al.)"
 
     def __init__(self, vocab_size: int = 5) -> None:
-        check_vocab_size(self.name, vocab_size, 2)
-        self.vocab_size = vocab_size
+        super().__init__(vocab_size)

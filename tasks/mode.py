@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.base import Task, check_vocab_size, hex_symbols, register
+from tasks.base import SymbolTask, register
 
 
 @register
-class Mode(Task):
+class Mode(SymbolTask):
     """n symbols -> the most frequent one; a tie goes to the smallest symbol id.
 
     Length n: the number of input symbols, drawn uniformly from ``vocab_size``; the target
@@ -24,12 +24,7 @@ class Mode(Task):
     description = "the most frequent of n symbols (ties: the smallest symbol)"
 
     def __init__(self, vocab_size: int = 4) -> None:
-        check_vocab_size(self.name, vocab_size, 2)
-        self.vocab_size = vocab_size
-
-    @property
-    def symbols(self) -> list[str]:
-        return hex_symbols(self.vocab_size)
+        super().__init__(vocab_size)
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
         inputs = rng.integers(0, self.vocab_size, size=n)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from tasks.base import Task, check_vocab_size, hex_symbols, register
+from tasks.base import SymbolTask, register
 
 
 @register
-class OddsFirst(Task):
+class OddsFirst(SymbolTask):
     """Odd positions first: s_1 s_2 ... s_n -> s_1 s_3 s_5 ... s_2 s_4 ... (1-based positions).
 
     Length n: the number of input symbols; the target has n. Vocabulary: ``vocab_size``
@@ -20,18 +18,6 @@ class OddsFirst(Task):
 
     name = "odds_first"
     description = "symbols at odd positions (1st, 3rd, ...), then those at even positions"
-
-    def __init__(self, vocab_size: int = 16) -> None:
-        check_vocab_size(self.name, vocab_size, 2)
-        self.vocab_size = vocab_size
-
-    @property
-    def symbols(self) -> list[str]:
-        return hex_symbols(self.vocab_size)
-
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
-        inputs = rng.integers(0, self.vocab_size, size=n).tolist()
-        return inputs, self.solve(inputs)
 
     def solve(self, inputs: list[int]) -> list[int]:
         odd = [s for i, s in enumerate(inputs, start=1) if i % 2 == 1]

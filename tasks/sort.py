@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.base import Task, check_vocab_size, hex_symbols, register
+from tasks.base import SymbolTask, register
 
 
 @register
-class Sort(Task):
+class Sort(SymbolTask):
     """Sort the input: n symbols drawn uniformly (repeats allowed) -> the same n, ascending.
 
     Length n: the number of input symbols; the target has n. Vocabulary: ``vocab_size``
@@ -19,14 +19,6 @@ class Sort(Task):
 
     name = "sort"
     description = "the n input symbols in ascending order"
-
-    def __init__(self, vocab_size: int = 16) -> None:
-        check_vocab_size(self.name, vocab_size, 2)
-        self.vocab_size = vocab_size
-
-    @property
-    def symbols(self) -> list[str]:
-        return hex_symbols(self.vocab_size)
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
         inputs = rng.integers(0, self.vocab_size, size=n)
