@@ -7,12 +7,13 @@ Prints, for the default model (override anything with Hydra overrides on the com
 - the machine's measured fp32 matmul GFLOP/s and the fraction a training step achieves;
 - greedy decoding time at n=60 with and without the KV cache (target >= 10x).
 
-    python benchmarks/train_throughput.py [--steps 200] [OVERRIDES...]
+    python benchmarks/train_throughput.py [--steps 100] [--repeats 3] [OVERRIDES...]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -34,6 +35,10 @@ def matmul_gflops(n: int = 1024, repeat: int = 20) -> float:
     for _ in range(repeat):
         a @ b
     return 2 * n**3 * repeat / (time.perf_counter() - t0) / 1e9
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:,.0f}" for v in values)
 
 
 def bare_loop(model, trainer: Trainer, batches: list, grad_clip: float) -> tuple[float, int]:
@@ -64,7 +69,8 @@ def train_flops(model: Transformer, batch_tokens: int, seq_len: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decode-n", type=int, default=60)
     parser.add_argument("--decode-batch", type=int, default=128)
     parser.add_argument("overrides", nargs="*")
@@ -89,40 +95,42 @@ def main() -> None:
         tr.grad_clip,
     )
 
-    # 1. posenc's own loop, exactly as `posenc train` runs it (eval kept tiny; not timed).
-    with tempfile.TemporaryDirectory() as tmp:
-        loop_cfg = compose(
-            [
-                *args.overrides,
-                f"train.steps={args.steps}",
-                "train.eval_every=0",
-                "train.checkpoint_every=0",
-                "eval.lengths=[1]",
-                "eval.n_samples=1",
-                "progress=false",
-                f"run_dir={tmp}/run",
-                f"data_dir={tmp}/data",
-            ]
+    # 1. posenc's own loop, exactly as `posenc train` runs it (eval kept tiny; not timed),
+    # 2. the bare loop: the same model and seed (built by plan, as run does), the same
+    #    batches drawn up front, and nothing else. Alternated --repeats times; medians, since
+    #    a shared or virtual machine drifts by 10-20% between back-to-back runs.
+    posenc_runs, bare_runs = [], []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            loop_cfg = compose(
+                [
+                    *args.overrides,
+                    f"train.steps={args.steps}",
+                    "train.eval_every=0",
+                    "train.checkpoint_every=0",
+                    "eval.lengths=[1]",
+                    "eval.n_samples=1",
+                    "progress=false",
+                    f"run_dir={tmp}/run",
+                    f"data_dir={tmp}/data",
+                ]
+            )
+            posenc_runs.append(run(loop_cfg)["train"]["tokens_per_sec"])
+        stream = TrainStream(task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed)
+        batches = [stream.next() for _ in range(args.steps)]
+        model = plan(loop_cfg).model
+        bare_seconds, tokens = bare_loop(
+            model, Trainer.from_config(model, loop_cfg.train), batches, tr.grad_clip
         )
-        metrics = run(loop_cfg)
-    posenc_tps = metrics["train"]["tokens_per_sec"]
-
-    # 2. The bare loop: the same model and seed (built by plan, as run does), the same
-    #    batches drawn up front, and nothing else.
-    stream = TrainStream(task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed)
-    batches = [stream.next() for _ in range(args.steps)]
-    model = plan(loop_cfg).model
-    trainer = Trainer.from_config(model, loop_cfg.train)
-    bare_seconds, tokens = bare_loop(model, trainer, batches, tr.grad_clip)
-    flops = 0.0
-    for b in batches:
-        flops += train_flops(model, b.inputs.numel(), b.inputs.shape[1])
-    bare_tps = tokens / bare_seconds
+        bare_runs.append(tokens / bare_seconds)
+    posenc_tps, bare_tps = statistics.median(posenc_runs), statistics.median(bare_runs)
+    flops = sum(train_flops(model, b.inputs.numel(), b.inputs.shape[1]) for b in batches)
+    bare_seconds = tokens / bare_tps
     gflops = matmul_gflops()
     achieved = flops / bare_seconds / 1e9
 
-    print(f"training tokens/s   posenc loop {posenc_tps:10,.0f}")
-    print(f"                    bare loop   {bare_tps:10,.0f}")
+    print(f"training tokens/s   posenc loop {posenc_tps:10,.0f}   (median of {_runs(posenc_runs)})")
+    print(f"                    bare loop   {bare_tps:10,.0f}   (median of {_runs(bare_runs)})")
     print(f"                    ratio       {posenc_tps / bare_tps:10.3f}   (target >= 0.95)")
     print(
         f"fp32 matmul         {gflops:10.1f} GFLOP/s (1024x1024, {torch.get_num_threads()} threads)"

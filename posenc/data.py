@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,50 +71,6 @@ class TrainStream:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
-
-
-class Prefetcher:
-    """Draws a stream's batches in a background thread so the training step never waits.
-
-    Batches arrive in exactly the stream's order; ``state()`` is the stream state after the
-    last batch handed out (not the last one drawn), so a checkpoint resumes at the right batch.
-    Torch releases the GIL inside its kernels, which is when the Python sampling runs.
-    """
-
-    def __init__(self, stream: TrainStream, depth: int = 4) -> None:
-        self.stream = stream
-        self._state = stream.state()
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, daemon=True, name="posenc-prefetch")
-        self._thread.start()
-
-    def _fill(self) -> None:
-        try:
-            while not self._stop.is_set():
-                item = (self.stream.next(), self.stream.state())
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as exc:  # surface sampling errors in the training thread
-            self._queue.put((exc, None))
-
-    def next(self) -> Batch:
-        batch, state = self._queue.get()
-        if isinstance(batch, BaseException):
-            raise batch
-        self._state = state
-        return batch
-
-    def state(self) -> dict[str, Any]:
-        return self._state
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def eval_set_spec(task: Task, lengths: list[int], n_samples: int, seed: int) -> dict[str, Any]:

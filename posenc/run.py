@@ -22,7 +22,7 @@ import tasks
 from posenc import encodings
 from posenc.config import encoding_label, encoding_params, task_params, to_yaml
 from posenc.console import Reporter
-from posenc.data import Prefetcher, TrainStream, by_length, generate_eval_rows, load_eval_set
+from posenc.data import TrainStream, by_length, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
@@ -245,7 +245,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             {
                 "model": model.state_dict(),
                 "trainer": trainer.state_dict(),
-                "stream": batches.state(),
+                "stream": stream.state(),
                 "torch_rng": torch.get_rng_state(),
                 "seconds": seconds,
                 "tokens": tokens,
@@ -266,7 +266,6 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             quick_groups.setdefault(n, []).append((inputs, target))
     title = f"{task.name} · {encoding_label(cfg.encoding)} · seed {cfg.seed} → {d}"
     log(f"start ({mode}) {title}; {model.num_parameters():,} parameters")
-    batches = Prefetcher(stream)
     reporter.start(title, tr.steps, trainer.step_count)
     t0 = time.perf_counter()
     tokens = tokens_before
@@ -274,7 +273,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     loss = float("nan")
     try:
         while trainer.step_count < tr.steps:
-            result = trainer.step(batches.next())
+            result = trainer.step(stream.next())
             step, loss = trainer.step_count, result.loss
             tokens += result.tokens
             window_steps += 1
@@ -304,15 +303,12 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             if tr.checkpoint_every and step % tr.checkpoint_every == 0:
                 save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
     except KeyboardInterrupt:
-        batches.close()
         save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
         log(f"interrupted at step {trainer.step_count}; checkpoint saved")
         writer.close()
         reporter.close()
         log.close()
         raise
-    finally:
-        batches.close()
     train_seconds = elapsed_before + time.perf_counter() - t0
     save_checkpoint(train_seconds, tokens)
 
