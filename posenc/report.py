@@ -262,12 +262,18 @@ class SummaryRow:
     best: dict[str, Any] = field(default_factory=dict)
     failed: list[RunRecord] = field(default_factory=list)
     unfinished: int = 0
+    train_minutes: Stat = field(default_factory=Stat)
 
 
 def _best_key(record: RunRecord) -> tuple[float, float, int]:
     s = record.metrics["summary"] if record.metrics else {}
     ood, idm = s.get("ood_exact_match"), s.get("id_exact_match")
     return (-1.0 if ood is None else ood, -1.0 if idm is None else idm, -record.seed)
+
+
+def _train_minutes(record: RunRecord) -> float | None:
+    seconds = (record.metrics or {}).get("train", {}).get("seconds")
+    return None if seconds is None else seconds / 60
 
 
 def summary_rows(records: Iterable[RunRecord], task: str) -> list[SummaryRow]:
@@ -292,6 +298,7 @@ def summary_rows(records: Iterable[RunRecord], task: str) -> list[SummaryRow]:
                 best=dict(best.metrics["summary"]) if best else {},
                 failed=sorted((r for r in runs if r.status == "failed"), key=lambda r: r.seed),
                 unfinished=sum(r.status == "unfinished" for r in runs),
+                train_minutes=Stat.of([_train_minutes(r) for r in complete]),
                 **stats,
             )
         )
@@ -346,6 +353,7 @@ TABLE_HEADER = [
     "best ID",
     "best OOD",
     "best horizon",
+    "train min",
     "status",
 ]
 
@@ -363,6 +371,7 @@ def table_cells(row: SummaryRow, digits: int = 3) -> list[str]:
         _value(b.get("id_exact_match"), digits),
         _value(b.get("ood_exact_match"), digits),
         _value(b.get("extrapolation_horizon")),
+        format_stat(row.train_minutes, 1),
         status_text(row),
     ]
 

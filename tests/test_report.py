@@ -219,3 +219,14 @@ def test_rich_tables_fit_80_columns():
     text = console.export_text()
     assert "alibi" in text and "0.43 ± 0.63" in text and "Boom: bad" in text
     assert "…" not in text  # nothing cut off
+
+
+def test_summary_rows_carry_mean_training_minutes():
+    runs = []
+    for seed, seconds in enumerate((60.0, 120.0, 180.0)):
+        m = metrics("copy", "rope", seed, {1: 1.0, 2: 1.0, 3: 0.0})
+        m["train"] = {"seconds": seconds}
+        runs.append(rp.record_from_metrics(m))
+    (row,) = rp.summary_rows(runs, "copy")
+    assert row.train_minutes.mean == pytest.approx(2.0)
+    assert rp.table_cells(row)[rp.TABLE_HEADER.index("train min")].startswith("2.0 ± ")
