@@ -73,7 +73,11 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 def default_tag(pairs: list[tuple[str, Any]]) -> str:
     """``[("encoding.scaling", "yarn"), ("encoding.scaling_factor", 2)]`` ->
-    ``scaling-yarn_scaling_factor-2``; ``base`` without overrides."""
+    ``scaling-yarn_scaling_factor-2``; ``base`` without overrides. Settings that cannot
+    change the scores (threads, device, data_dir, eval.batch_size) are left out."""
+    pairs = [
+        (k, v) for k, v in pairs if k not in ("threads", "device", "data_dir", "eval.batch_size")
+    ]
     if not pairs:
         return "base"
     text = "_".join(f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in pairs)

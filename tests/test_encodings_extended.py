@@ -626,6 +626,11 @@ def test_eval_overrides_use_the_train_grammar():
         default_tag([("encoding.scaling", "pi"), ("encoding.scaling_factor", 2)])
         == "scaling-pi_scaling_factor-2"
     )
+    assert (
+        default_tag([("encoding.scaling", "ntk"), ("threads", 1), ("device", "cpu")])
+        == "scaling-ntk"
+    )
+    assert default_tag([("threads", 1)]) == "base"
     with pytest.raises(ConfigError, match="plain KEY=VALUE"):
         parse_overrides(["encoding.scaling=pi,ntk"])
 
