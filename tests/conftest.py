@@ -9,6 +9,20 @@ from posenc import encodings
 from posenc.config import compose
 from posenc.model import ModelConfig, Transformer
 
+# The smallest config that still runs every stage: sweeps and servers start many of them.
+MICRO = [
+    "model.d_model=16",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.d_ff=32",
+    "train.steps=5",
+    "train.max_len=3",
+    "train.eval_every=0",
+    "train.log_every=1",
+    "eval.max_len=6",
+    "eval.n_samples=4",
+]
+
 TINY = [
     "model.d_model=32",
     "model.n_layers=2",

@@ -16,20 +16,10 @@ from typer.testing import CliRunner
 from cli.app import app
 from posenc import sweep
 from posenc.io import atomic_write_json
+from tests.conftest import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "model.d_model=16",
-    "model.n_layers=1",
-    "model.n_heads=2",
-    "model.d_ff=32",
-    "train.steps=5",
-    "train.max_len=3",
-    "train.eval_every=0",
-    "train.log_every=1",
-    "eval.max_len=6",
-    "eval.n_samples=4",
-]
+TINY = MICRO
 
 
 def posenc(*args: str, cwd: Path) -> subprocess.CompletedProcess:

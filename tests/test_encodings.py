@@ -32,7 +32,6 @@ NOT_SHIFT_INVARIANT = {
     "fire": "normalises i - j by the query position max(i, L)",
     "combo": "depends on its parts",
     "randomized": "depends on its base",
-    "abacus": "absolute within digit runs",
 }
 
 

@@ -19,22 +19,10 @@ import pytest
 from posenc.config import compose
 from posenc.run import run
 from posenc.tbserver import free_port
+from tests.conftest import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "model.d_model=16",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "model.d_ff=32",
-    "train.steps=5",
-    "train.max_len=3",
-    "train.eval_every=0",
-    "train.log_every=1",
-    "eval.max_len=6",
-    "eval.n_samples=4",
-    "progress=false",
-    "threads=1",
-]
+TINY = [*MICRO, "model.n_layers=2", "progress=false", "threads=1"]
 RUNS = ["copy/rope/seed0", "copy/alibi/seed0"]
 
 
