@@ -3,6 +3,7 @@ so that ``posenc --help`` answers at once."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -132,6 +133,10 @@ experiments.register(app)
 
 
 def main() -> None:
+    # OpenMP threads that sleep instead of spin-waiting: two posenc processes sharing the
+    # cores (a train beside an eval, two terminals) otherwise collapse to a fraction of one.
+    # It must be set before torch loads its OpenMP runtime; an explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
 
 

@@ -55,15 +55,40 @@ def collate(pairs: list[tuple[list[int], list[int]]]) -> Batch:
     return Batch(torch.from_numpy(tokens), torch.from_numpy(mask))
 
 
-class TrainStream:
-    """An endless, seeded stream of training batches with lengths uniform in [min_len, max_len]."""
+BATCHING = ("by_length", "mixed")
 
-    def __init__(self, task: Task, min_len: int, max_len: int, batch_size: int, seed: int) -> None:
+
+class TrainStream:
+    """An endless, seeded stream of training batches with lengths uniform in [min_len, max_len].
+
+    ``batching="by_length"`` draws one length n per step and fills the whole batch with
+    length-n examples (the protocol of the randomized-PE and Chomsky-hierarchy code of
+    Ruoss et al. 2023 and Delétang et al. 2023): no padding for tasks whose sequence length
+    depends on n alone. ``"mixed"`` draws a length per example and pads to the longest row.
+    Either way every length is equally likely at every step.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        min_len: int,
+        max_len: int,
+        batch_size: int,
+        seed: int,
+        batching: str = "by_length",
+    ) -> None:
+        if batching not in BATCHING:
+            raise ValueError(f"unknown batching {batching!r}; valid choices: {', '.join(BATCHING)}")
         self.task, self.min_len, self.max_len, self.batch_size = task, min_len, max_len, batch_size
+        self.batching = batching
         self.rng = np.random.default_rng(seed)
 
     def next(self) -> Batch:
-        lengths = self.rng.integers(self.min_len, self.max_len + 1, size=self.batch_size)
+        if self.batching == "by_length":
+            n = int(self.rng.integers(self.min_len, self.max_len + 1))
+            lengths = [n] * self.batch_size
+        else:
+            lengths = self.rng.integers(self.min_len, self.max_len + 1, size=self.batch_size)
         return collate([self.task.sample(int(n), self.rng) for n in lengths])
 
     def state(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Per-length evaluation: greedy exact match (KV cache) and teacher-forced token accuracy."""
+"""Per-length evaluation: exact match (teacher forcing, or greedy KV-cache decoding) and token accuracy."""
 
 from __future__ import annotations
 
@@ -17,27 +17,31 @@ def evaluate_pairs(
     pairs: list[tuple[list[int], list[int]]],
     *,
     batch_size: int = 128,
-    greedy: bool = True,
+    greedy: bool = False,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
-) -> dict[str, float | int]:
+) -> dict[str, float | int | str]:
     """Score (input, target) pairs.
 
     ``token_accuracy``: fraction of target and EOS tokens predicted right by teacher forcing.
-    ``exact_match``: fraction of examples whose whole answer (EOS included) greedy decoding
-    reproduces (with ``greedy=False``, every teacher-forced argmax right, which is the same
-    number whenever positions are deterministic). Positions come from the encoding, drawn
-    once per batch for the whole sequence so both scores see the same ones.
+    ``exact_match``: fraction of examples whose whole answer (EOS included) is right. By
+    default by teacher forcing (every argmax right given the right prefix), which is exactly
+    greedy decoding's number whenever positions are fixed for the batch, as they are for
+    every encoding here (randomized positions are drawn once per batch for the whole
+    sequence); ``greedy=True`` decodes with the KV cache instead. ``examples``: one '0'/'1'
+    per pair, in the order given, for paired statistics across runs.
     """
     was_training = model.training
     model.eval()
-    by_prompt: dict[int, list] = {}
-    for inputs, target in pairs:  # greedy decoding needs one prompt length per batch
-        by_prompt.setdefault(len(inputs), []).append((inputs, target))
-    exact = tok_correct = tok_total = 0
-    for group in by_prompt.values():
-        for start in range(0, len(group), batch_size):
-            chunk = group[start : start + batch_size]
+    by_prompt: dict[int, list[int]] = {}
+    for i, (inputs, _) in enumerate(pairs):  # greedy decoding needs one prompt length per batch
+        by_prompt.setdefault(len(inputs), []).append(i)
+    hits = [False] * len(pairs)
+    tok_correct = tok_total = 0
+    for indices in by_prompt.values():
+        for start in range(0, len(indices), batch_size):
+            chunk_ids = indices[start : start + batch_size]
+            chunk = [pairs[i] for i in chunk_ids]
             batch = collate(chunk)
             tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
             B, T = tokens.shape
@@ -46,20 +50,22 @@ def evaluate_pairs(
             correct = (logits.argmax(-1) == tokens[:, 1:]) & mask
             tok_correct += int(correct.sum())
             tok_total += int(mask.sum())
-            if not greedy:
-                exact += int((correct | ~mask).all(dim=1).sum())
-                continue
-            t_prompt = len(chunk[0][0]) + 2
-            answers = [answer_ids(target) for _, target in chunk]
-            n_new = max(map(len, answers))
-            out = model.generate(tokens[:, :t_prompt], n_new, pos=pos[:, : t_prompt + n_new])
-            for b, ans in enumerate(answers):
-                exact += int(out[b, : len(ans)].tolist() == ans)
+            if greedy:
+                t_prompt = len(chunk[0][0]) + 2
+                answers = [answer_ids(target) for _, target in chunk]
+                n_new = max(map(len, answers))
+                out = model.generate(tokens[:, :t_prompt], n_new, pos=pos[:, : t_prompt + n_new])
+                right = [out[b, : len(ans)].tolist() == ans for b, ans in enumerate(answers)]
+            else:
+                right = (correct | ~mask).all(dim=1).tolist()
+            for i, ok in zip(chunk_ids, right, strict=True):
+                hits[i] = bool(ok)
     model.train(was_training)
     return {
-        "exact_match": exact / len(pairs),
+        "exact_match": sum(hits) / len(pairs),
         "token_accuracy": tok_correct / max(tok_total, 1),
         "n_samples": len(pairs),
+        "examples": "".join("1" if h else "0" for h in hits),
     }
 
 

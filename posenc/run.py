@@ -22,13 +22,13 @@ import tasks
 from posenc import encodings
 from posenc.config import encoding_label, encoding_params, task_params, to_yaml
 from posenc.console import Reporter
-from posenc.data import TrainStream, by_length, generate_eval_rows, load_eval_set
+from posenc.data import BATCHING, TrainStream, by_length, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from posenc.metrics import summarize
 from posenc.model import ModelConfig, Transformer
-from posenc.train import Trainer
+from posenc.train import PRECISIONS, Trainer
 from tasks.format import vocab_size
 
 METRICS = "metrics.json"
@@ -112,7 +112,26 @@ def plan(cfg: DictConfig) -> Plan:
     lengths = eval_lengths(cfg)
     for n in lengths:
         task.check_length(n, "evaluation length")
-    quick = sorted(set(tr.eval_lengths or []))
+    if tr.batching not in BATCHING:
+        raise ConfigError(
+            f"unknown train.batching {tr.batching!r}; valid choices: {', '.join(BATCHING)}"
+        )
+    if tr.precision not in PRECISIONS:
+        raise ConfigError(
+            f"unknown train.precision {tr.precision!r}; valid choices: {', '.join(PRECISIONS)}"
+        )
+    if not isinstance(tr.compile, bool):
+        raise ConfigError(f"train.compile must be true or false, got {tr.compile!r}")
+    if tr.stop_at is not None:
+        if isinstance(tr.stop_at, bool) or not isinstance(tr.stop_at, int | float):
+            raise ConfigError(
+                f"train.stop_at must be a number in (0, 1] or null, got {tr.stop_at!r}"
+            )
+        if not 0 < tr.stop_at <= 1:
+            raise ConfigError(f"train.stop_at must be in (0, 1] or null, got {tr.stop_at}")
+        if not tr.eval_every:
+            raise ConfigError("train.stop_at needs quick evaluations; set train.eval_every > 0")
+    quick = quick_lengths(cfg)
     for n in quick:
         _positive_int(n, "every entry of train.eval_lengths")
         task.check_length(n, "train.eval_lengths entry")
@@ -212,136 +231,219 @@ class _Log:
         self.f.close()
 
 
-def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train and evaluate one run; returns the metrics written to ``metrics.json``."""
-    reporter = reporter or Reporter()
-    p = plan(cfg)
-    mode = check_run_dir(p)
+@dataclass
+class Session:
+    """A run in progress: its plan, folder, trainer, data stream, log and counters."""
+
+    p: Plan
+    mode: str
+    trainer: Trainer
+    stream: TrainStream
+    log: _Log
+    writer: Any
+    title: str
+    quick_groups: dict[int, list]
+    seconds_before: float = 0.0  # training time of earlier, interrupted attempts
+    tokens: int = 0  # non-padding training tokens so far
+    slots: int = 0  # training token slots so far, padding included
+    stop_hits: int = 0  # consecutive quick evaluations at or above train.stop_at
+    stopped_at: int | None = None  # the step train.stop_at ended training at
+    loss: float = float("nan")
+
+    def checkpoint(self, seconds: float) -> None:
+        atomic_torch_save(
+            {
+                "model": self.p.model.state_dict(),
+                "trainer": self.trainer.state_dict(),
+                "stream": self.stream.state(),
+                "torch_rng": torch.get_rng_state(),
+                "seconds": seconds,
+                "tokens": self.tokens,
+                "slots": self.slots,
+                "stop_hits": self.stop_hits,
+                "config": to_yaml(self.p.cfg),
+            },
+            self.p.run_dir / CHECKPOINT,
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+        self.log.close()
+
+
+def quick_lengths(cfg: DictConfig) -> list[int]:
+    """Lengths of the quick evaluations: ``train.eval_lengths``, plus every training length
+    when ``train.stop_at`` is set (it needs the in-distribution exact match)."""
+    quick = set(cfg.train.eval_lengths or [])
+    if cfg.train.get("stop_at") is not None:
+        quick |= set(range(cfg.train.min_len, cfg.train.max_len + 1))
+    return sorted(quick)
+
+
+def prepare(p: Plan, mode: str) -> Session:
+    """Make the run folder, write the config, build the trainer, resume if a checkpoint is there."""
+    cfg, d, tr = p.cfg, p.run_dir, p.cfg.train
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    d = p.run_dir
     if mode == "overwrite":
         shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_text(d / CONFIG, to_yaml(cfg))
     log = _Log(d / LOG)
-    tr = cfg.train
-    model, task = p.model, p.task
-    stream = TrainStream(task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed)
-    trainer = Trainer.from_config(model, tr, p.device)
-    elapsed_before = 0.0
-    tokens_before = 0
+    stream = TrainStream(p.task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed, tr.batching)
+    trainer = Trainer.from_config(p.model, tr, p.device)
+    resumed: dict[str, Any] = {}
     if mode == "resume":
         state = torch.load(d / CHECKPOINT, map_location=p.device, weights_only=False)
-        model.load_state_dict(state["model"])
+        p.model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
         stream.load_state(state["stream"])
         torch.set_rng_state(state["torch_rng"])
-        elapsed_before, tokens_before = state["seconds"], state["tokens"]
+        resumed = state
         log(f"resumed from step {trainer.step_count}")
-
-    def save_checkpoint(seconds: float, tokens: int) -> None:
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "trainer": trainer.state_dict(),
-                "stream": stream.state(),
-                "torch_rng": torch.get_rng_state(),
-                "seconds": seconds,
-                "tokens": tokens,
-                "config": to_yaml(cfg),
-            },
-            d / CHECKPOINT,
-        )
 
     from posenc import tblog
 
     writer = tblog.open_writer(d, purge_step=trainer.step_count if mode == "resume" else None)
-    quick_groups = {}
+    quick_groups: dict[int, list] = {}
     if p.quick_lengths and tr.eval_every:  # small, in memory, disjoint seed from the final set
         rows = generate_eval_rows(
-            task, p.quick_lengths, min(32, cfg.eval.n_samples), cfg.eval.seed + 1
+            p.task, p.quick_lengths, min(32, cfg.eval.n_samples), cfg.eval.seed + 1
         )
         for n, inputs, target in zip(rows["length"], rows["input"], rows["target"], strict=True):
             quick_groups.setdefault(n, []).append((inputs, target))
-    title = f"{task.name} · {encoding_label(cfg.encoding)} · seed {cfg.seed} → {d}"
-    log(f"start ({mode}) {title}; {model.num_parameters():,} parameters")
-    reporter.start(title, tr.steps, trainer.step_count)
+    title = f"{p.task.name} · {encoding_label(cfg.encoding)} · seed {cfg.seed} → {d}"
+    log(f"start ({mode}) {title}; {p.model.num_parameters():,} parameters")
+    return Session(
+        p,
+        mode,
+        trainer,
+        stream,
+        log,
+        writer,
+        title,
+        quick_groups,
+        seconds_before=resumed.get("seconds", 0.0),
+        tokens=resumed.get("tokens", 0),
+        slots=resumed.get("slots", 0),
+        stop_hits=resumed.get("stop_hits", 0),
+    )
+
+
+def quick_evaluation(s: Session, step: int, reporter: Reporter) -> None:
+    """Score the quick lengths (teacher forcing); count a hit towards ``train.stop_at``."""
+    from posenc import tblog
+
+    cfg, tr = s.p.cfg, s.p.cfg.train
+    scores = evaluate_lengths(
+        s.p.model, s.quick_groups, device=s.p.device, batch_size=cfg.eval.batch_size
+    )
+    tblog.log_per_length(s.writer, scores, step)
+    shown = {n: v for n, v in scores.items() if n in (tr.eval_lengths or scores)}
+    summary = ", ".join(f"n={n}: {v['exact_match']:.2f}" for n, v in shown.items())
+    inside = [v["exact_match"] for n, v in scores.items() if tr.min_len <= n <= tr.max_len]
+    if tr.stop_at is not None and inside:
+        id_em = sum(inside) / len(inside)
+        s.stop_hits = s.stop_hits + 1 if id_em >= tr.stop_at else 0
+        s.writer.add_scalar("train/quick_id_exact_match", id_em, step)
+        summary += f"; ID {id_em:.3f}"
+    reporter.message(f"step {step}: exact match {summary}")
+    s.log(f"step {step} quick eval exact match {summary}")
+
+
+def train_phase(s: Session, reporter: Reporter) -> float:
+    """The training loop, until ``train.steps`` or ``train.stop_at``; returns training seconds.
+
+    Ctrl-C saves a checkpoint before it propagates, so the same command resumes the run.
+    """
+    tr, trainer = s.p.cfg.train, s.trainer
+    reporter.start(s.title, tr.steps, trainer.step_count)
     t0 = time.perf_counter()
-    tokens = tokens_before
+    tokens_at_start = s.tokens
     window_t, window_steps = t0, 0
-    loss = float("nan")
     try:
-        while trainer.step_count < tr.steps:
-            result = trainer.step(stream.next())
-            step, loss = trainer.step_count, result.loss
-            tokens += result.tokens
+        while trainer.step_count < tr.steps and s.stop_hits < 2:
+            result = trainer.step(s.stream.next())
+            step, s.loss = trainer.step_count, result.loss
+            s.tokens += result.tokens
+            s.slots += result.slots
             window_steps += 1
             if step % max(tr.log_every, 1) == 0 or step == tr.steps:
                 now = time.perf_counter()
                 rate = window_steps / max(now - window_t, 1e-9)
-                writer.add_scalar("train/loss", loss, step)
-                writer.add_scalar("train/lr", result.lr, step)
-                writer.add_scalar(
-                    "train/tokens_per_sec", (tokens - tokens_before) / max(now - t0, 1e-9), step
+                s.writer.add_scalar("train/loss", s.loss, step)
+                s.writer.add_scalar("train/lr", result.lr, step)
+                s.writer.add_scalar(
+                    "train/tokens_per_sec", (s.tokens - tokens_at_start) / max(now - t0, 1e-9), step
                 )
-                reporter.step(step, loss, rate)
-                log(f"step {step} loss {loss:.4f} lr {result.lr:.2e} {rate:.1f} steps/s")
+                reporter.step(step, s.loss, rate)
+                s.log(f"step {step} loss {s.loss:.4f} lr {result.lr:.2e} {rate:.1f} steps/s")
                 window_t, window_steps = now, 0
-            if quick_groups and step % tr.eval_every == 0 and step < tr.steps:
-                scores = evaluate_lengths(
-                    model,
-                    quick_groups,
-                    greedy=False,
-                    device=p.device,
-                    batch_size=cfg.eval.batch_size,
-                )
-                tblog.log_per_length(writer, scores, step)
-                summary = ", ".join(f"n={n}: {s['exact_match']:.2f}" for n, s in scores.items())
-                reporter.message(f"step {step}: exact match {summary}")
-                log(f"step {step} quick eval exact match {summary}")
+            if s.quick_groups and step % tr.eval_every == 0 and step < tr.steps:
+                quick_evaluation(s, step, reporter)
+                if s.stop_hits >= 2:
+                    s.stopped_at = step
+                    s.log(f"stopped at step {step}: ID exact match >= {tr.stop_at} twice running")
             if tr.checkpoint_every and step % tr.checkpoint_every == 0:
-                save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
+                s.checkpoint(s.seconds_before + time.perf_counter() - t0)
     except KeyboardInterrupt:
-        save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
-        log(f"interrupted at step {trainer.step_count}; checkpoint saved")
-        writer.close()
+        s.checkpoint(s.seconds_before + time.perf_counter() - t0)
+        s.log(f"interrupted at step {trainer.step_count}; checkpoint saved")
+        s.close()
         reporter.close()
-        log.close()
         raise
-    train_seconds = elapsed_before + time.perf_counter() - t0
-    save_checkpoint(train_seconds, tokens)
+    seconds = s.seconds_before + time.perf_counter() - t0
+    s.checkpoint(seconds)
+    return seconds
 
-    eval_ds = load_eval_set(task, p.eval_lengths, cfg.eval.n_samples, cfg.eval.seed, cfg.data_dir)
+
+def evaluate_phase(s: Session, reporter: Reporter) -> tuple[dict, dict, float]:
+    """Every evaluation length on the frozen set: (per-length scores, groups, seconds)."""
+    cfg = s.p.cfg
+    eval_ds = load_eval_set(
+        s.p.task, s.p.eval_lengths, cfg.eval.n_samples, cfg.eval.seed, cfg.data_dir
+    )
     groups = by_length(eval_ds)
     reporter.eval_start(len(groups))
     t_eval = time.perf_counter()
-    generator = torch.Generator(device=p.device).manual_seed(cfg.eval.seed)
+    generator = torch.Generator(device=s.p.device).manual_seed(cfg.eval.seed)
     per_length = evaluate_lengths(
-        model,
+        s.p.model,
         groups,
         batch_size=cfg.eval.batch_size,
         greedy=cfg.eval.greedy,
-        device=p.device,
+        device=s.p.device,
         generator=generator,
         on_length=reporter.eval_length,
     )
-    eval_seconds = time.perf_counter() - t_eval
+    return per_length, groups, time.perf_counter() - t_eval
+
+
+def write_phase(
+    s: Session, per_length: dict, groups: dict, train_seconds: float, eval_seconds: float
+) -> dict[str, Any]:
+    """TensorBoard summaries and attention maps, then ``metrics.json`` last, atomically."""
+    from posenc import attention, tblog
+
+    cfg, tr, model = s.p.cfg, s.p.cfg.train, s.p.model
+    step = s.trainer.step_count
     summary = summarize(per_length, tr.min_len, tr.max_len, cfg.eval.threshold)
     metrics = {
         "status": "complete",
         "experiment": str(cfg.experiment),
-        "task": task.name,
+        "task": s.p.task.name,
         "encoding": encoding_label(cfg.encoding),
         "seed": int(cfg.seed),
         "train_range": [int(tr.min_len), int(tr.max_len)],
         "summary": summary,
         "per_length": {str(n): v for n, v in per_length.items()},
         "train": {
-            "steps": trainer.step_count,
+            "steps": step,
+            "stopped_at": s.stopped_at,
             "seconds": round(train_seconds, 3),
-            "tokens_per_sec": round(tokens / max(train_seconds, 1e-9), 1),
-            "final_loss": loss,
+            "tokens_per_sec": round(s.tokens / max(train_seconds, 1e-9), 1),
+            "padding_share": round(1 - s.tokens / s.slots, 4) if s.slots else None,
+            "final_loss": s.loss,
             "parameters": model.num_parameters(),
         },
         "eval": {"seconds": round(eval_seconds, 3), "greedy": bool(cfg.eval.greedy)},
@@ -353,32 +455,35 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         }
         | {"seed": int(cfg.seed)}
     )
+    title = s.title.split(" → ")[0]
     tblog.log_final(
-        writer,
-        per_length,
-        summary,
-        hparams,
-        step=trainer.step_count,
-        train_max=tr.max_len,
-        title=title.split(" → ")[0],
+        s.writer, per_length, summary, hparams, step=step, train_max=tr.max_len, title=title
     )
-    # Attention maps (posenc.attention): one image per layer, at a training length and beyond.
-    from posenc import attention
-
-    attention.log_attention_maps(
-        writer,
+    attention.log_attention_maps(  # one image per layer, at a training length and beyond
+        s.writer,
         model,
         groups,
         tr.min_len,
         tr.max_len,
-        step=trainer.step_count,
-        device=p.device,
+        step=step,
+        device=s.p.device,
         seed=cfg.eval.seed,
     )
-    writer.close()
-    atomic_write_json(d / METRICS, metrics)  # last: its presence marks the run finished
-    log(f"finished: {summary}")
-    log.close()
+    s.writer.close()
+    atomic_write_json(s.p.run_dir / METRICS, metrics)  # last: its presence marks the run finished
+    s.log(f"finished: {summary}")
+    s.log.close()
+    return metrics
+
+
+def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train and evaluate one run; returns the metrics written to ``metrics.json``."""
+    reporter = reporter or Reporter()
+    p = plan(cfg)
+    session = prepare(p, check_run_dir(p))
+    train_seconds = train_phase(session, reporter)
+    per_length, groups, eval_seconds = evaluate_phase(session, reporter)
+    metrics = write_phase(session, per_length, groups, train_seconds, eval_seconds)
     reporter.finish(metrics)
     return metrics
 

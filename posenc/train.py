@@ -1,7 +1,15 @@
-"""The training step: AdamW, linear warm-up then cosine decay, gradient clipping."""
+"""The training step: AdamW, linear warm-up then cosine decay, gradient clipping.
+
+``precision="bf16"`` runs the forward and backward passes under ``torch.autocast`` in
+bfloat16 (matmuls and attention in bf16; weights, gradients and AdamW state stay fp32, so
+the optimizer keeps full-precision master weights). ``compile=True`` trains through
+``torch.compile(model, dynamic=True)`` (one graph for every sequence length). Both are off
+by default: measured on CPU, neither pays at this model size (README, "Speed").
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -44,11 +52,15 @@ def masked_loss(logits: Tensor, batch: Batch) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass
 class StepResult:
     loss: float
     lr: float
     tokens: int  # non-padding tokens processed
+    slots: int  # token slots processed, padding included
 
 
 class Trainer:
@@ -66,10 +78,19 @@ class Trainer:
         betas: tuple[float, float],
         grad_clip: float,
         device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}"
+            )
         self.model = model
         self.device = device
         self.grad_clip = grad_clip
+        self.precision = precision
+        # The compiled module shares parameters with `model`; checkpoints use `model`.
+        self.forward = torch.compile(model, dynamic=True) if compile else model
         self.optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -92,14 +113,24 @@ class Trainer:
             betas=tuple(train_cfg.betas),
             grad_clip=train_cfg.grad_clip,
             device=device,
+            precision=train_cfg.get("precision", "fp32"),
+            compile=bool(train_cfg.get("compile", False)),
         )
+
+    def autocast(self):
+        """The context of a forward pass at this trainer's precision."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        device_type = torch.device(self.device).type
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
     def step(self, batch: Batch) -> StepResult:
         self.model.train()
         tokens = batch.tokens.to(self.device)
         batch = Batch(tokens, batch.loss_mask.to(self.device))
-        logits, _ = self.model(batch.inputs)
-        loss = masked_loss(logits, batch)
+        with self.autocast():
+            logits, _ = self.forward(batch.inputs)
+        loss = masked_loss(logits.float(), batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip > 0:
@@ -108,7 +139,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
-        return StepResult(loss.item(), lr, int((tokens != 0).sum()))
+        return StepResult(loss.item(), lr, int((tokens != 0).sum()), tokens.numel())
 
     def state_dict(self) -> dict:
         return {

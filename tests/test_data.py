@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import tasks
@@ -80,3 +81,31 @@ def test_copy_task_samples_uniform_symbols():
     assert inputs == target
     counts = np.bincount(inputs, minlength=4)
     assert counts.min() > 900
+
+
+def test_by_length_batches_have_one_length_and_no_padding():
+    task = tasks.build("copy")
+    stream = TrainStream(task, 1, 20, 16, seed=0, batching="by_length")
+    lengths = []
+    for _ in range(2000):
+        b = stream.next()
+        assert (b.tokens != PAD).all(), "a one-length batch of copy has no padding"
+        n = (b.tokens.shape[1] - 3) // 2
+        lengths.append(n)
+    counts = np.bincount(lengths, minlength=21)[1:]
+    assert counts.min() > 0
+    # Uniform over 1..20 across steps: chi-square with 19 dof, p = 0.001 at 43.8.
+    expected = len(lengths) / 20
+    assert ((counts - expected) ** 2 / expected).sum() < 43.8
+
+
+def test_mixed_batches_draw_a_length_per_example_and_pad():
+    stream = TrainStream(tasks.build("copy"), 1, 20, 64, seed=0, batching="mixed")
+    b = stream.next()
+    real = (b.tokens != PAD).sum(dim=1)
+    assert len(set(real.tolist())) > 5 and (b.tokens == PAD).any()
+
+
+def test_unknown_batching_is_rejected():
+    with pytest.raises(ValueError, match="unknown batching 'sorted'; valid choices: by_length"):
+        TrainStream(tasks.build("copy"), 1, 5, 4, seed=0, batching="sorted")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from posenc.console import Reporter
+from posenc.data import TrainStream
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_pairs
 from posenc.run import plan, run
@@ -27,8 +28,18 @@ def test_run_writes_every_file_with_the_documented_schema(tiny_cfg, tmp_path):
     assert (on_disk["task"], on_disk["encoding"], on_disk["seed"]) == ("copy", "alibi", 0)
     assert on_disk["train_range"] == [1, 6]
     assert set(on_disk["per_length"]) == {str(n) for n in range(1, 10)}
-    assert set(on_disk["per_length"]["3"]) == {"exact_match", "token_accuracy", "n_samples"}
-    assert on_disk["per_length"]["3"]["n_samples"] == 6
+    assert set(on_disk["per_length"]["3"]) == {
+        "exact_match",
+        "token_accuracy",
+        "n_samples",
+        "examples",
+    }
+    scores = on_disk["per_length"]["3"]
+    assert scores["n_samples"] == 6 and len(scores["examples"]) == 6
+    assert set(scores["examples"]) <= {"0", "1"}
+    assert scores["examples"].count("1") / 6 == scores["exact_match"]
+    assert 0 <= on_disk["train"]["padding_share"] < 0.05  # one length per batch
+    assert on_disk["train"]["stopped_at"] is None
     assert set(on_disk["summary"]) == {"id_exact_match", "ood_exact_match", "extrapolation_horizon"}
     assert on_disk["train"]["steps"] == 12 and on_disk["train"]["tokens_per_sec"] > 0
     assert "encoding:\n  name: alibi" in (d / "config.yaml").read_text()
@@ -111,29 +122,102 @@ def test_bad_configs_fail_before_anything_is_written(tiny_cfg, tmp_path, overrid
     assert not (tmp_path / "run").exists()
 
 
-def test_greedy_exact_match_equals_teacher_forced_exact_match(tiny_cfg):
-    """Exact match by greedy KV-cache decoding and by teacher forcing agree by construction."""
-    model = tiny_model("rope", vocab=20)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+CORE_ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5")
+
+
+@pytest.mark.parametrize("name", CORE_ENCODINGS)
+def test_greedy_exact_match_equals_teacher_forced_exact_match(name):
+    """On a trained model, greedy KV-cache decoding and teacher forcing get every example
+    of every length, inside and beyond the training range, equally right or wrong."""
+    import numpy as np
+
     import tasks
     from posenc.data import TrainStream
     from posenc.train import masked_loss
 
-    stream = TrainStream(tasks.build("copy"), 1, 4, 32, seed=0)
+    model = tiny_model(name, vocab=12)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    task = tasks.build("copy", vocab_size=8)
+    stream = TrainStream(task, 1, 4, 32, seed=0)
     model.train()
-    for _ in range(150):
+    for _ in range(200):
         b = stream.next()
         loss = masked_loss(model(b.inputs)[0], b)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    import numpy as np
-
     rng = np.random.default_rng(0)
-    pairs = [tasks.build("copy").sample(3, rng) for _ in range(64)]
-    greedy = evaluate_pairs(model, pairs, greedy=True)
-    forced = evaluate_pairs(model, pairs, greedy=False)
-    assert 0 < greedy["exact_match"] and greedy == forced
+    hits = ""
+    for n in (1, 2, 4, 6):
+        pairs = [task.sample(n, rng) for _ in range(48)]
+        greedy = evaluate_pairs(model, pairs, greedy=True)
+        forced = evaluate_pairs(model, pairs, greedy=False)
+        assert greedy == forced
+        hits += forced["examples"]
+    assert "1" in hits and "0" in hits, "a trained but imperfect model makes the test bite"
+
+
+def test_stop_at_ends_training_after_two_consecutive_good_checks(tiny_cfg, tmp_path, monkeypatch):
+    import posenc.run
+
+    script = iter([0.5, 0.995, 0.3, 0.995, 0.995, 1.0, 1.0])  # quick ID exact match per check
+    real = posenc.run.evaluate_lengths
+
+    def scripted(model, groups, **kwargs):
+        scores = real(model, groups, **kwargs)
+        value = next(script) if 1 in groups else None  # the quick set has every training length
+        return {n: {**v, "exact_match": value} for n, v in scores.items()} if value else scores
+
+    monkeypatch.setattr(posenc.run, "evaluate_lengths", scripted)
+    out = run(tiny_cfg("train.stop_at=0.99", "train.eval_every=2", "train.steps=50"))
+    # Checks at steps 2, 4, 6, 8, 10: the hit at 4 is broken by 6; 8 and 10 are two running.
+    assert out["train"]["stopped_at"] == 10 and out["train"]["steps"] == 10
+    assert "stopped at step 10" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_stop_at_never_reached_trains_every_step(tiny_cfg):
+    out = run(tiny_cfg("train.stop_at=1.0", "train.eval_every=4"))
+    assert out["train"]["stopped_at"] is None and out["train"]["steps"] == 12
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "train.batching=sorted",
+            "unknown train.batching 'sorted'; valid choices: by_length, mixed",
+        ),
+        ("train.precision=fp16", "unknown train.precision 'fp16'; valid choices: fp32, bf16"),
+        ("train.stop_at=1.5", "train.stop_at must be in (0, 1] or null, got 1.5"),
+        ("train.compile=maybe", "train.compile must be true or false, got 'maybe'"),
+    ],
+)
+def test_bad_speed_options_are_rejected_before_anything_is_written(
+    tiny_cfg, tmp_path, override, message
+):
+    with pytest.raises(ConfigError) as err:
+        run(tiny_cfg(override))
+    assert str(err.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_trains_in_bf16_with_fp32_master_weights(tiny_cfg, tmp_path):
+    from posenc.train import Trainer
+
+    p = plan(tiny_cfg("train.precision=bf16"))
+    trainer = Trainer.from_config(p.model, p.cfg.train)
+    seen = []
+    hook = p.model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    batch = TrainStream(p.task, 1, 6, 8, seed=0).next()
+    first = trainer.step(batch).loss
+    hook.remove()
+    assert seen == [torch.bfloat16]  # the matmuls ran in bf16 ...
+    assert all(q.dtype == torch.float32 for q in p.model.parameters())  # ... the weights did not
+    state = trainer.optimizer.state_dict()["state"]
+    assert all(v["exp_avg"].dtype == torch.float32 for v in state.values())
+    for _ in range(20):
+        last = trainer.step(batch).loss
+    assert last < first
 
 
 def test_tensorboard_events_hold_the_documented_tags(tiny_cfg, tmp_path):
