@@ -1,0 +1,379 @@
+"""How fast posenc is on this machine, row by row against the speed targets (README, "Speed").
+
+    python benchmarks/speed.py                      # every row (about 20 minutes on 2 cores)
+    python benchmarks/speed.py --rows step,bf16     # only some rows
+    python benchmarks/speed.py --peer ../shared/peer --rows peer,train
+
+Rows:
+- ``machine``: CPU model, the ISA extensions that decide bf16 speed (AVX512-BF16, AMX), torch's
+  kernel level, and the matmul peak: the best of several shapes (a square one and the
+  model's own), fp32 and bf16.
+- ``step``: a bare forward/backward/AdamW loop over one-length batches: GFLOP/s counted on
+  real (non-padding) tokens, as a share of the fp32 peak; posenc's own loop (`posenc.run`)
+  next to it on the same model and batches.
+- ``padding``: share of padding tokens under ``train.batching=by_length`` and ``mixed``.
+- ``bf16``: the bare loop with ``train.precision=bf16`` against fp32, same batches.
+- ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
+- ``smoke``, ``train``, ``compare``: wall seconds of ``posenc train preset=smoke``,
+  ``posenc train`` and ``posenc compare`` with their defaults, in fresh folders, with the
+  in-distribution exact match they reached and the peak memory (RSS) of the train run.
+- ``peer``: the plain loop a researcher writes by hand (``--peer`` folder: mixed-length
+  batches padded to the longest row), its steps/s for the default model, and its time for
+  the 3,000 steps its recipe needs, against ``posenc train``'s wall time.
+- ``pair``: two ``posenc train`` started side by side against one alone: combined throughput.
+
+Timings on a shared or virtual machine drift by 10-20%; repeated loops report medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# As the posenc command does (cli/app.py): sleeping OpenMP threads, set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from posenc.config import compose  # noqa: E402
+from posenc.data import TrainStream  # noqa: E402
+from posenc.run import plan, run  # noqa: E402
+from posenc.train import Trainer, masked_loss  # noqa: E402
+
+ROWS = (
+    "machine",
+    "step",
+    "padding",
+    "bf16",
+    "compile",
+    "smoke",
+    "train",
+    "peer",
+    "pair",
+    "compare",
+)
+DEFAULT_ROWS = tuple(r for r in ROWS if r != "compile")
+results: list[tuple[str, str, str]] = []  # (what, measured, target)
+
+
+def row(what: str, measured: str, target: str = "") -> None:
+    results.append((what, measured, target))
+    print(f"{what:<58} {measured:<44} {target}", flush=True)
+
+
+# ------------------------------------------------------------------ the machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def isa_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return [f for f in wanted if f in flags]
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.4) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+
+
+def model_shapes(cfg) -> list[tuple[int, int, int]]:
+    """The matmuls of a training step of the default model at a typical length (n = 10)."""
+    tokens = cfg.train.batch_size * (2 * 10 + 2)
+    d, ff = cfg.model.d_model, cfg.model.d_ff
+    return [(1024, 1024, 1024), (tokens, d, 3 * d), (tokens, d, ff), (tokens, ff, d)]
+
+
+def peaks(cfg) -> dict[torch.dtype, float]:
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        rates = [matmul_gflops(*shape, dtype) for shape in model_shapes(cfg)]
+        best[dtype] = max(rates)
+    return best
+
+
+# ------------------------------------------------------------------ in-process loops
+
+
+def batches(cfg, n: int, seed: int = 0, batching: str | None = None) -> list:
+    p = plan(cfg)
+    tr = cfg.train
+    stream = TrainStream(
+        p.task, tr.min_len, tr.max_len, tr.batch_size, seed, batching or tr.batching
+    )
+    return [stream.next() for _ in range(n)]
+
+
+def step_flops(model, batch) -> float:
+    """FLOPs of one training step counted on real tokens: 6·N per token for the weight
+    matmuls, plus QK^T and AV (4·T·d per token forward, x3 with the backward pass)."""
+    n_weights = sum(p.numel() for n, p in model.named_parameters() if "emb" not in n)
+    real = int((batch.tokens != 0).sum())
+    seq = batch.inputs.shape[1]
+    return real * (6 * n_weights + 12 * model.cfg.n_layers * seq * model.cfg.d_model)
+
+
+def bare_loop(cfg, data: list, precision: str = "fp32", compile: bool = False) -> dict:
+    """Forward, backward, clip, AdamW over ``data``: seconds (after 10 warm-up steps), FLOPs."""
+    p = plan(cfg)
+    trainer = Trainer(
+        p.model,
+        steps=len(data),
+        lr=cfg.train.lr,
+        warmup_steps=cfg.train.warmup_steps,
+        min_lr_ratio=cfg.train.min_lr_ratio,
+        weight_decay=cfg.train.weight_decay,
+        betas=tuple(cfg.train.betas),
+        grad_clip=cfg.train.grad_clip,
+        precision=precision,
+        compile=compile,
+    )
+    t0 = time.perf_counter()
+    for b in data[:10]:
+        trainer.step(b)
+    warm = time.perf_counter() - t0
+    timed = data[10:]
+    t0 = time.perf_counter()
+    for b in timed:
+        with trainer.autocast():
+            logits, _ = trainer.forward(b.inputs)
+        loss = masked_loss(logits.float(), b)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(p.model.parameters(), cfg.train.grad_clip)
+        trainer.optimizer.step()
+    seconds = time.perf_counter() - t0
+    flops = sum(step_flops(p.model, b) for b in timed)
+    tokens = sum(int((b.tokens != 0).sum()) for b in timed)
+    return {"seconds": seconds, "steps": len(timed), "flops": flops, "tokens": tokens, "warm": warm}
+
+
+def posenc_loop(overrides: list[str], steps: int) -> float:
+    """Tokens/s of `posenc.run.run` itself (logging, schedule, batches drawn on the fly)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose(
+            [
+                *overrides,
+                f"train.steps={steps}",
+                "train.eval_every=0",
+                "train.checkpoint_every=0",
+                "eval.lengths=[1]",
+                "eval.n_samples=1",
+                "progress=false",
+                f"run_dir={tmp}/run",
+                f"data_dir={tmp}/data",
+            ]
+        )
+        return run(cfg)["train"]["tokens_per_sec"]
+
+
+# ------------------------------------------------------------------ commands
+
+
+def posenc_cmd(*args: str, runs_root: Path, env_extra: dict | None = None) -> dict:
+    """Run ``posenc ARGS`` in a fresh runs_root: wall seconds, exit code, peak child RSS."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    cmd = [sys.executable, "-m", "cli", *args, f"runs_root={runs_root}"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return {"wall": wall, "rss_mib": max(rss, before) / 1024}
+
+
+def run_metrics(runs_root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(runs_root.rglob("metrics.json"))]
+
+
+def id_range(metrics: list[dict]) -> str:
+    values = [m["summary"]["id_exact_match"] for m in metrics]
+    return f"{min(values):.4f}" if len(values) == 1 else f"{min(values):.4f}-{max(values):.4f}"
+
+
+def start_side_by_side(n: int, overrides: list[str], root: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        cmd = [sys.executable, "-m", "cli", "train", *overrides, f"runs_root={root / str(i)}"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"posenc train {' '.join(overrides)} failed")
+    return time.perf_counter() - t0
+
+
+def peer_steps_per_s(peer: Path) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "train.py", "--pe", "rope", "--layers", "4", "--bench", "3"]
+        cmd += ["--bench_steps", "20", "--threads", "2", "--out", str(out)]
+        subprocess.run(cmd, cwd=peer, check=True, capture_output=True)
+        return json.loads(out.read_text())["steps_per_s"]
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"of {', '.join(ROWS)}")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps of the in-process loops")
+    parser.add_argument("--peer", default=str(ROOT.parent / "shared" / "peer"))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the model under test")
+    args = parser.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        parser.error(f"unknown rows {', '.join(unknown)}; valid choices: {', '.join(ROWS)}")
+    cfg = compose(args.overrides)
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    threads = torch.get_num_threads()
+    print(f"posenc speed benchmark · torch {torch.__version__} · {threads} threads", flush=True)
+    peak = peaks(cfg) if {"machine", "step", "bf16"} & set(rows) else {}
+    if "machine" in rows:
+        row("CPU", cpu_model())
+        row(
+            "ISA",
+            f"{', '.join(isa_flags()) or 'none listed'} (torch: {torch.backends.cpu.get_cpu_capability()})",
+        )
+        shapes = ", ".join("x".join(map(str, s)) for s in model_shapes(cfg))
+        row(
+            f"matmul peak, best of {shapes}",
+            f"fp32 {peak[torch.float32]:.1f}, bf16 {peak[torch.bfloat16]:.1f} GFLOP/s",
+        )
+
+    data = batches(cfg, args.steps + 10) if {"step", "bf16", "compile"} & set(rows) else []
+    fp32 = bare_loop(cfg, data) if {"step", "bf16", "compile"} & set(rows) else {}
+    if "step" in rows:
+        achieved = fp32["flops"] / fp32["seconds"] / 1e9
+        row(
+            "training step, GFLOP/s on real tokens / fp32 peak",
+            f"{achieved:.1f} GFLOP/s = {achieved / peak[torch.float32]:.1%}",
+            ">= 50%",
+        )
+        bare_tps = fp32["tokens"] / fp32["seconds"]
+        loops = [posenc_loop(args.overrides, args.steps) for _ in range(3)]
+        row(
+            "posenc loop / bare loop, tokens/s",
+            f"{statistics.median(loops):,.0f} / {bare_tps:,.0f} = {statistics.median(loops) / bare_tps:.2f}",
+            ">= 0.95",
+        )
+    if "padding" in rows:
+        for mode in ("by_length", "mixed"):
+            sample = batches(cfg, 300, seed=1, batching=mode)
+            real = sum(int((b.tokens != 0).sum()) for b in sample)
+            slots = sum(b.tokens.numel() for b in sample)
+            row(
+                f"padding share of training tokens, batching={mode}",
+                f"{1 - real / slots:.1%}",
+                "<= 5%" if mode == "by_length" else "",
+            )
+    if "bf16" in rows:
+        bf16 = bare_loop(cfg, data, precision="bf16")
+        row(
+            "bf16 (autocast, fp32 master weights) / fp32 step speed",
+            f"{fp32['seconds'] / bf16['seconds']:.2f}x",
+            ">= 1.3x or a measured negative result",
+        )
+    if "compile" in rows:
+        compiled = bare_loop(cfg, data, compile=True)
+        row(
+            "torch.compile / eager step speed (after warm-up)",
+            f"{fp32['seconds'] / compiled['seconds']:.2f}x; first 10 steps {compiled['warm']:.0f} s",
+            "default off unless it wins incl. compile time",
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "smoke" in rows:
+            out = posenc_cmd("train", "preset=smoke", "progress=false", runs_root=tmp / "smoke")
+            row("posenc train preset=smoke, wall", f"{out['wall']:.1f} s", "<= 15 s")
+        train_wall = None
+        if {"train", "peer"} & set(rows):
+            out = posenc_cmd("train", "progress=false", *args.overrides, runs_root=tmp / "train")
+            train_wall = out["wall"]
+            m = run_metrics(tmp / "train")[0]
+            row(
+                "posenc train (defaults), wall; ID exact match; peak RSS",
+                f"{out['wall']:.0f} s; {m['summary']['id_exact_match']:.4f}; {out['rss_mib']:.0f} MiB",
+                "<= 180 s, ID >= 0.99",
+            )
+        if "peer" in rows:
+            peer = Path(args.peer)
+            if not (peer / "train.py").exists():
+                row("peer loop", f"skipped: no {peer}/train.py (--peer)")
+            else:
+                rate = peer_steps_per_s(peer)
+                peer_seconds = 3000 / rate
+                row(
+                    "posenc train wall / peer's 3,000 steps",
+                    f"{train_wall:.0f} s / {peer_seconds:.0f} s ({rate:.2f} steps/s) = {train_wall / peer_seconds:.2f}x",
+                    "<= 0.4x",
+                )
+        if "pair" in rows:
+            short = ["progress=false", "train.steps=400", "train.eval_every=0", "eval.max_len=20"]
+            alone = start_side_by_side(1, short, tmp / "alone")
+            both = start_side_by_side(2, short, tmp / "both")
+            row(
+                "two posenc train side by side, combined throughput / one alone",
+                f"{2 * alone / both:.2f}x ({alone:.0f} s alone, {both:.0f} s for both)",
+                ">= 0.8x",
+            )
+        if "compare" in rows:
+            out = posenc_cmd("compare", runs_root=tmp / "compare")
+            row(
+                "posenc compare (defaults), wall; ID exact match, every encoding",
+                f"{out['wall']:.0f} s; {id_range(run_metrics(tmp / 'compare'))}",
+                "<= 600 s, each >= 0.99",
+            )
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"posenc speed · {cpu_model()} · {threads} threads")
+    for col in ("what", "measured", "target"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(*r)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
