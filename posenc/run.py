@@ -26,7 +26,7 @@ from posenc.data import TrainStream, by_length, generate_eval_rows, load_eval_se
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
-from posenc.metrics import summarize
+from posenc.metrics import SUMMARY_VERSION, summarize
 from posenc.model import ModelConfig, Transformer
 from posenc.train import Trainer
 from tasks.format import vocab_size
@@ -335,6 +335,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         "encoding": encoding_label(cfg.encoding),
         "seed": int(cfg.seed),
         "train_range": [int(tr.min_len), int(tr.max_len)],
+        "summary_version": SUMMARY_VERSION,
         "summary": summary,
         "per_length": {str(n): v for n, v in per_length.items()},
         "train": {

@@ -29,7 +29,14 @@ def test_run_writes_every_file_with_the_documented_schema(tiny_cfg, tmp_path):
     assert set(on_disk["per_length"]) == {str(n) for n in range(1, 10)}
     assert set(on_disk["per_length"]["3"]) == {"exact_match", "token_accuracy", "n_samples"}
     assert on_disk["per_length"]["3"]["n_samples"] == 6
-    assert set(on_disk["summary"]) == {"id_exact_match", "ood_exact_match", "extrapolation_horizon"}
+    assert on_disk["summary_version"] == 2
+    assert set(on_disk["summary"]) == {
+        "id_exact_match",
+        "min_id_exact_match",
+        "ood_exact_match",
+        "ood_token_accuracy",
+        "extrapolation_horizon",
+    }
     assert on_disk["train"]["steps"] == 12 and on_disk["train"]["tokens_per_sec"] > 0
     assert "encoding:\n  name: alibi" in (d / "config.yaml").read_text()
     ckpt = torch.load(d / "checkpoint.pt", weights_only=False)
