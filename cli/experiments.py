@@ -254,13 +254,17 @@ def _watch(child: subprocess.Popen, plan, console) -> None:
             time.sleep(0.5)
 
 
-def _report(exp_dir: Path) -> set[str]:
+def _report(exp_dir: Path, baseline: str | None = None) -> set[str]:
     """Aggregate, write and print the report; returns the failed runs it lists."""
     from rich.console import Console
 
+    from posenc.errors import PosencError
     from posenc.report import report_experiment, rich_tables
 
-    report, written = report_experiment(exp_dir)
+    try:
+        report, written = report_experiment(exp_dir, baseline=baseline)
+    except PosencError as exc:
+        fail(str(exc))
     out = Console(highlight=False)
     for table in rich_tables(report):
         out.print(table)
@@ -276,6 +280,14 @@ def _report(exp_dir: Path) -> set[str]:
 
 def report(
     directory: Annotated[Path, typer.Argument(help="An experiment folder, e.g. runs/compare")],
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="An encoding of the experiment: every other one's difference to it in OOD "
+            "exact match, with a 95% paired-bootstrap CI over seeds and evaluation examples.",
+        ),
+    ] = None,
 ) -> None:
     """Aggregate an experiment folder into results.csv, report.md and plots (also while it runs)."""
     from posenc.report import load_experiment
@@ -284,7 +296,7 @@ def report(
         fail(f"{directory} is not a folder")
     if not load_experiment(directory):
         fail(f"no runs under {directory} (expected <task>/<encoding>/seed<k>/ folders)")
-    _report(directory)
+    _report(directory, baseline)
 
 
 def tensorboard(
