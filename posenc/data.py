@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from tasks.base import Task
-from tasks.format import FORMAT_VERSION, PAD, answer_ids, prompt_ids
+from tasks.format import DEFAULT_FORMAT, FORMAT_VERSION, PAD, SequenceFormat
 
 
 @dataclass
@@ -39,32 +39,43 @@ class Batch:
         return self.tokens[:, 1:]
 
 
-def collate(pairs: list[tuple[list[int], list[int]]]) -> Batch:
-    """(input, target) pairs -> right-padded tokens and the loss mask."""
+def collate(
+    pairs: list[tuple[list[int], list[int]]], fmt: SequenceFormat = DEFAULT_FORMAT
+) -> Batch:
+    """(input, target) pairs -> right-padded tokens and the loss mask (the answer only)."""
     seqs, starts = [], []
     for inputs, target in pairs:
-        prompt = prompt_ids(inputs)
-        seqs.append(prompt + answer_ids(target))
+        prompt = fmt.prompt_ids(inputs)
+        seqs.append(prompt + fmt.answer_ids(target))
         starts.append(len(prompt))
     T = max(map(len, seqs))
     tokens = np.full((len(seqs), T), PAD, dtype=np.int64)
     mask = np.zeros((len(seqs), T - 1), dtype=bool)
     for b, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
         tokens[b, : len(seq)] = seq
-        mask[b, start - 1 : len(seq) - 1] = True  # predictions of target tokens and EOS
+        mask[b, start - 1 : len(seq) - 1] = True  # predictions of the answer's tokens
     return Batch(torch.from_numpy(tokens), torch.from_numpy(mask))
 
 
 class TrainStream:
     """An endless, seeded stream of training batches with lengths uniform in [min_len, max_len]."""
 
-    def __init__(self, task: Task, min_len: int, max_len: int, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        task: Task,
+        min_len: int,
+        max_len: int,
+        batch_size: int,
+        seed: int,
+        fmt: SequenceFormat = DEFAULT_FORMAT,
+    ) -> None:
         self.task, self.min_len, self.max_len, self.batch_size = task, min_len, max_len, batch_size
+        self.fmt = fmt
         self.rng = np.random.default_rng(seed)
 
     def next(self) -> Batch:
         lengths = self.rng.integers(self.min_len, self.max_len + 1, size=self.batch_size)
-        return collate([self.task.sample(int(n), self.rng) for n in lengths])
+        return collate([self.task.sample(int(n), self.rng) for n in lengths], self.fmt)
 
     def state(self) -> dict[str, Any]:
         return self.rng.bit_generator.state

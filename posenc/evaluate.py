@@ -8,7 +8,7 @@ import torch
 
 from posenc.data import collate
 from posenc.model import Transformer
-from tasks.format import answer_ids
+from tasks.format import DEFAULT_FORMAT, SequenceFormat
 
 
 @torch.no_grad()
@@ -20,12 +20,14 @@ def evaluate_pairs(
     greedy: bool = True,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    fmt: SequenceFormat = DEFAULT_FORMAT,
 ) -> dict[str, float | int]:
     """Score (input, target) pairs.
 
-    ``token_accuracy``: fraction of target and EOS tokens predicted right by teacher forcing.
-    ``exact_match``: fraction of examples whose whole answer (EOS included) greedy decoding
-    reproduces (with ``greedy=False``, every teacher-forced argmax right, which is the same
+    ``token_accuracy``: fraction of answer tokens (target, and EOS in the ``eos`` format)
+    predicted right by teacher forcing. ``exact_match``: fraction of examples whose whole
+    answer greedy decoding reproduces (in the ``known_length`` format it decodes exactly
+    ``len(target)`` tokens) (with ``greedy=False``, every teacher-forced argmax right, which is the same
     number whenever positions are deterministic). Positions come from the encoding, drawn
     once per batch for the whole sequence so both scores see the same ones.
     """
@@ -38,7 +40,7 @@ def evaluate_pairs(
     for group in by_prompt.values():
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            batch = collate(chunk)
+            batch = collate(chunk, fmt)
             tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
             B, T = tokens.shape
             pos = model.encoding.positions(B, T, device=device, generator=generator)
@@ -49,8 +51,8 @@ def evaluate_pairs(
             if not greedy:
                 exact += int((correct | ~mask).all(dim=1).sum())
                 continue
-            t_prompt = len(chunk[0][0]) + 2
-            answers = [answer_ids(target) for _, target in chunk]
+            t_prompt = len(fmt.prompt_ids(chunk[0][0]))
+            answers = [fmt.answer_ids(target) for _, target in chunk]
             n_new = max(map(len, answers))
             out = model.generate(tokens[:, :t_prompt], n_new, pos=pos[:, : t_prompt + n_new])
             for b, ans in enumerate(answers):

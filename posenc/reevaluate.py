@@ -170,6 +170,7 @@ def reevaluate(
         device=p.device,
         generator=generator,
         on_length=on_length,
+        fmt=p.fmt,
     )
     seconds = time.perf_counter() - t0
     trained = read_json(d / METRICS)

@@ -20,16 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 
 import tasks
 from posenc import encodings
-from posenc.config import encoding_label, encoding_params, task_params, to_yaml
+from posenc.config import encoding_label, encoding_params, task_format, task_params, to_yaml
 from posenc.console import Reporter
 from posenc.data import TrainStream, by_length, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from posenc.metrics import SUMMARY_VERSION, summarize
-from posenc.model import ModelConfig, Transformer
+from posenc.model import EMBED_INITS, ModelConfig, Transformer
 from posenc.train import Trainer
-from tasks.format import vocab_size
+from tasks.format import DEFAULT_FORMAT, SequenceFormat, vocab_size
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
@@ -37,6 +37,18 @@ CONFIG = "config.yaml"
 LOG = "train.log"
 # Settings that change how a run is executed or shown, not what it computes.
 EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir")
+# Metadata carried into config.yaml for the report and `posenc compare --preset`: never numbers.
+METADATA_KEYS = ("paper", "compare")
+# Options added after runs were written, at the values that reproduce the older behaviour: a
+# config saved before they existed still matches one that has them at these values.
+LEGACY_DEFAULTS = {
+    ("task", "answer"): "eos",
+    ("task", "bos"): True,
+    ("model", "embed_init"): "scaled",
+    ("model", "bias"): True,
+    ("model", "tie_embeddings"): False,
+    ("train", "decay_embeddings"): False,
+}
 
 
 @dataclass
@@ -48,6 +60,7 @@ class Plan:
     quick_lengths: list[int]
     run_dir: Path
     device: torch.device
+    fmt: SequenceFormat = DEFAULT_FORMAT
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -94,6 +107,7 @@ def resolve_device(name: str) -> torch.device:
 def plan(cfg: DictConfig) -> Plan:
     """Check the whole config and build task and model; writes nothing."""
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
+    fmt = task_format(cfg.task)
     tr = cfg.train
     lo = _positive_int(tr.min_len, "train.min_len")
     hi = _positive_int(tr.max_len, "train.max_len")
@@ -130,6 +144,16 @@ def plan(cfg: DictConfig) -> Plan:
         )
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    embed_init = m.get("embed_init", "scaled")
+    if embed_init not in EMBED_INITS:
+        raise ConfigError(
+            f"unknown model.embed_init {embed_init!r}; valid choices: {', '.join(EMBED_INITS)}"
+        )
+    for (section, name), default in LEGACY_DEFAULTS.items():
+        value = OmegaConf.select(cfg, f"{section}.{name}", default=default)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            key = f"{section}.{name}"
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
     torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
     encoding = encodings.build(
         cfg.encoding.name,
@@ -163,18 +187,26 @@ def plan(cfg: DictConfig) -> Plan:
         d_ff=m.d_ff,
         dropout=m.dropout,
         max_len=m.max_len,
+        embed_init=embed_init,
+        bias=m.get("bias", True),
+        tie_embeddings=m.get("tie_embeddings", False),
     )
     model = Transformer(model_cfg, encoding).to(device)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-    return Plan(cfg, task, model, lengths, quick, run_dir, device)
+    return Plan(cfg, task, model, lengths, quick, run_dir, device, fmt)
 
 
 def config_identity(cfg: DictConfig) -> dict:
-    """The part of the config that determines the numbers (for resume checks)."""
+    """The part of the config that determines the numbers (for resume and skip checks):
+    no execution or metadata keys, and no option at its `LEGACY_DEFAULTS` value."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
-    for key in EXECUTION_KEYS:
+    for key in (*EXECUTION_KEYS, *METADATA_KEYS):
         tree.pop(key, None)
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        part = tree.get(section)
+        if isinstance(part, dict) and key in part and part[key] == value:
+            del part[key]
     return tree
 
 
@@ -227,7 +259,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     log = _Log(d / LOG)
     tr = cfg.train
     model, task = p.model, p.task
-    stream = TrainStream(task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed)
+    stream = TrainStream(task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed, p.fmt)
     trainer = Trainer.from_config(model, tr, p.device)
     elapsed_before = 0.0
     tokens_before = 0
@@ -295,6 +327,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                     greedy=False,
                     device=p.device,
                     batch_size=cfg.eval.batch_size,
+                    fmt=p.fmt,
                 )
                 tblog.log_per_length(writer, scores, step)
                 summary = ", ".join(f"n={n}: {s['exact_match']:.2f}" for n, s in scores.items())
@@ -325,6 +358,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         device=p.device,
         generator=generator,
         on_length=reporter.eval_length,
+        fmt=p.fmt,
     )
     eval_seconds = time.perf_counter() - t_eval
     summary = summarize(per_length, tr.min_len, tr.max_len, cfg.eval.threshold)
@@ -375,6 +409,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         step=trainer.step_count,
         device=p.device,
         seed=cfg.eval.seed,
+        fmt=p.fmt,
     )
     writer.close()
     atomic_write_json(d / METRICS, metrics)  # last: its presence marks the run finished

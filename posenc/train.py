@@ -22,14 +22,22 @@ def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def make_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float]
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    decay_embeddings: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (not norms, biases or embeddings)."""
+    """AdamW with weight decay on weight matrices only (not norms, biases, the encoding's
+    parameters, or the token embeddings unless ``decay_embeddings``: nanoGPT decays them)."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters():  # a tied head appears once, as tok_emb.weight
         if not p.requires_grad:
             continue
-        is_matrix = p.dim() >= 2 and "emb" not in name and not name.startswith("encoding.")
+        is_matrix = p.dim() >= 2 and not name.startswith("encoding.")
+        if "emb" in name and not decay_embeddings:
+            is_matrix = False
         (decay if is_matrix else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
@@ -66,11 +74,18 @@ class Trainer:
         betas: tuple[float, float],
         grad_clip: float,
         device: torch.device | str = "cpu",
+        decay_embeddings: bool = False,
     ) -> None:
         self.model = model
         self.device = device
         self.grad_clip = grad_clip
-        self.optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas)
+        self.optimizer = make_optimizer(
+            model,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            decay_embeddings=decay_embeddings,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_factor(s, warmup=warmup_steps, total=steps, min_ratio=min_lr_ratio),
@@ -92,6 +107,7 @@ class Trainer:
             betas=tuple(train_cfg.betas),
             grad_clip=train_cfg.grad_clip,
             device=device,
+            decay_embeddings=bool(train_cfg.get("decay_embeddings", False)),
         )
 
     def step(self, batch: Batch) -> StepResult:
