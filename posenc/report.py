@@ -420,6 +420,8 @@ def compare_with_paper(
     metric = block.get("metric", "ood_exact_match")
     aggregation = block.get("aggregation", "mean")
     published = ((block.get("values") or {}).get(task)) or {}
+    if not published:  # figures for other tasks only (or none: a preset with a lift only)
+        return None
     pairs = []
     for row in rows:
         row.as_paper = aggregate(records, task, row.encoding, metric, aggregation)
@@ -727,6 +729,9 @@ class Report:
     plots: dict[str, bytes]  # relative path -> PNG
     papers: dict[str, PaperComparison] = field(default_factory=dict)  # task -> comparison
     lifts: dict[str, list[Lift]] = field(default_factory=dict)  # task -> randomized vs base
+    published_lift: dict[str, tuple[str, float]] = field(
+        default_factory=dict
+    )  # task -> (source, lift)
     baseline: str | None = None
     differences: dict[str, list[Difference]] = field(default_factory=dict)  # task -> rows
 
@@ -755,7 +760,7 @@ def build_report(
         check_baseline(records, baseline)
     tasks = tasks_of(records)
     tables = {task: summary_rows(records, task) for task in tasks}
-    papers, lifts = {}, {}
+    papers, lifts, published = {}, {}, {}
     for task in tasks:
         comparison = compare_with_paper(records, task, tables[task])
         if comparison is not None:
@@ -765,6 +770,8 @@ def build_report(
         found = randomized_lifts(records, task, metric, block.get("aggregation", "mean"))
         if found:
             lifts[task] = found
+            if isinstance(block.get("lift"), int | float):
+                published[task] = (str(block.get("source", "paper")), float(block["lift"]))
     differences = {}
     if baseline is not None:
         differences = {task: baseline_differences(records, task, baseline) for task in tasks}
@@ -780,7 +787,16 @@ def build_report(
         encodings = _overall_order(tables)
         images[f"{PLOTS}/ood_heatmap.png"] = heatmap_plot(complete, tasks, encodings)
     return Report(
-        name, records, tables, results_rows(records), images, papers, lifts, baseline, differences
+        name,
+        records,
+        tables,
+        results_rows(records),
+        images,
+        papers,
+        lifts,
+        published,
+        baseline,
+        differences,
     )
 
 
@@ -847,7 +863,10 @@ def render_markdown(report: Report) -> str:
         lines.append("")
         if paper:
             lines += [paper_sentence(paper), ""]
-        lines += _lift_lines(report.lifts.get(task), paper)
+        lines += _lift_lines(report.lifts.get(task), paper_block(report.records, task))
+        if task in report.published_lift:
+            source, lift = report.published_lift[task]
+            lines += [f"Published: {source} report a mean lift of {lift:+.3f}.", ""]
         lines += _difference_lines(report.differences.get(task), report.baseline)
         plot = f"{PLOTS}/accuracy_vs_length_{_slug(task)}.png"
         if plot in report.plots:
@@ -901,11 +920,11 @@ def paper_caption(paper: PaperComparison) -> str:
     return f"{paper.metric}, {how} · {tau}"
 
 
-def _lift_lines(lifts: list[Lift] | None, paper: PaperComparison | None) -> list[str]:
+def _lift_lines(lifts: list[Lift] | None, block: dict[str, Any] | None) -> list[str]:
     if not lifts:
         return []
-    metric = paper.metric if paper else "ood_exact_match"
-    how = "best seed" if paper and paper.aggregation == "best" else "mean over seeds"
+    metric = (block or {}).get("metric", "ood_exact_match")
+    how = "best seed" if (block or {}).get("aggregation") == "best" else "mean over seeds"
     lines = [
         f"Randomized positions against their base (`{metric}`, {how}; lift = randomized − base):",
         "",
@@ -1033,10 +1052,16 @@ def rich_tables(report: Report) -> list:
             out.append(paper_table)
         lifts = report.lifts.get(task)
         if lifts:
+            block = paper_block(report.records, task) or {}
+            caption = f"{block.get('metric', 'ood_exact_match')}, " + (
+                "best seed" if block.get("aggregation") == "best" else "mean over seeds"
+            )
+            if task in report.published_lift:
+                source, lift = report.published_lift[task]
+                caption += f" · {source}: mean lift {lift:+.3f}"
             lift_table = Table(
                 title=f"{task}: randomized positions against their base",
-                caption=f"{paper.metric if paper else 'ood_exact_match'}, "
-                + ("best seed" if paper and paper.aggregation == "best" else "mean over seeds"),
+                caption=caption,
                 box=box.SIMPLE_HEAD,
             )
             for name in ("randomized", "base", "randomized value", "base value", "lift"):
