@@ -26,9 +26,9 @@ def evaluate_pairs(
 
     ``token_accuracy``: fraction of answer tokens (target, and EOS in the ``eos`` format)
     predicted right by teacher forcing. ``exact_match``: fraction of examples whose whole
-    answer greedy decoding reproduces (in the ``known_length`` format it decodes exactly
-    ``len(target)`` tokens) (with ``greedy=False``, every teacher-forced argmax right, which is the same
-    number whenever positions are deterministic). Positions come from the encoding, drawn
+    answer greedy decoding reproduces; in the ``known_length`` format it decodes exactly
+    ``len(target)`` tokens. With ``greedy=False``: every teacher-forced argmax right, which
+    is the same number whenever positions are deterministic. Positions come from the encoding, drawn
     once per batch for the whole sequence so both scores see the same ones.
     """
     was_training = model.training
