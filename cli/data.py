@@ -55,14 +55,15 @@ def show(
     eval.seed), generated in memory: nothing is written.
     """
     import tasks
-    from posenc.config import compose, task_params
+    from posenc.config import compose, task_format, task_params
     from posenc.data import generate_eval_rows
     from posenc.errors import PosencError
-    from tasks.format import answer_ids, prompt_ids, render
+    from tasks.format import render
 
     try:
         cfg = compose([f"task={task}", *(overrides or [])])
         t = tasks.build(cfg.task.name, **task_params(cfg.task))
+        fmt = task_format(cfg.task)
         if lengths is None:
             from posenc.run import eval_lengths
 
@@ -83,7 +84,7 @@ def show(
         if n != previous:
             typer.echo(f"n = {n}")
             previous = n
-        typer.echo("  " + render(prompt_ids(inputs) + answer_ids(target), t.symbols))
+        typer.echo("  " + render(fmt.prompt_ids(inputs) + fmt.answer_ids(target), t.symbols))
 
 
 @app.command()

@@ -63,20 +63,54 @@ def _names(text: str, group: str, option: str) -> list[str]:
 def compare(
     overrides: Overrides = None,
     encodings: Annotated[
-        str, typer.Option("--encodings", "-e", help="Comma-separated encodings.")
-    ] = CORE_ENCODINGS,
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks.")] = "copy",
-    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds 0..N-1 per pair.")] = 1,
+        str | None,
+        typer.Option(
+            "--encodings",
+            "-e",
+            help=f"Comma-separated encodings. Default: {CORE_ENCODINGS}, or the preset's.",
+        ),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            "--tasks", "-t", help="Comma-separated tasks. Default: copy, or the preset's."
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option("--seeds", "-s", help="Seeds 0..N-1 per pair. Default: 1, or the preset's."),
+    ] = None,
     jobs: Jobs = None,
     launcher: Launcher = "local",
     experiment: Annotated[
-        str, typer.Option("--experiment", help="Folder under runs/ for every run and the report.")
-    ] = "compare",
+        str | None,
+        typer.Option(
+            "--experiment",
+            help="Folder under runs/ for every run and the report. Default: compare, or the preset's.",
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="A preset (configs/preset/NAME.yaml) applied to every run; its compare: block "
+            "gives the encodings, tasks, seeds and experiment that options do not.",
+        ),
+    ] = None,
 ) -> None:
     """Train every encoding x task x seed (a Hydra multirun), then report and plot.
 
-    Finished runs are skipped and interrupted ones resume, so the same command picks up where it stopped. Extra arguments are Hydra overrides for every run (train.steps=1000 model.n_layers=4); a comma-separated value sweeps that key too.
+    Finished runs are skipped and interrupted ones resume, so the same command picks up where it stopped. Extra arguments are Hydra overrides for every run (train.steps=1000 model.n_layers=4); a comma-separated value sweeps that key too. --preset kazemnejad_copy runs a paper reproduction as its preset describes.
     """
+    block = _preset_compare_block(preset) if preset is not None else {}
+    if encodings is None:
+        encodings = ",".join(block.get("encodings") or []) or CORE_ENCODINGS
+    if tasks is None:
+        tasks = ",".join(block.get("tasks") or []) or "copy"
+    if seeds is None:
+        seeds = int(block.get("seeds") or 1)
+    if experiment is None:
+        experiment = str(block.get("experiment") or "compare")
     enc = _names(encodings, "encoding", "--encodings")
     tsk = _names(tasks, "task", "--tasks")
     if seeds < 1:
@@ -92,6 +126,9 @@ def compare(
         f"task={','.join(tsk)}",
         f"seed={','.join(str(s) for s in range(seeds))}",
     ]
+    if preset is not None:
+        owned["preset"] = "--preset"
+        base.append(f"preset={preset}")
     _launch(
         base,
         list(overrides or []),
@@ -104,6 +141,28 @@ def compare(
             for k, noun in ((len(enc), "encoding"), (len(tsk), "task"), (seeds, "seed"))
         ),
     )
+
+
+def _preset_compare_block(name: str) -> dict:
+    """The ``compare:`` block of ``configs/preset/NAME.yaml`` ({} if it has none)."""
+    from omegaconf import OmegaConf
+
+    from posenc.config import CONFIG_DIR, group_options
+
+    valid = group_options("preset")
+    if name not in valid:
+        fail(f"unknown preset {name!r} in --preset; valid choices: {', '.join(valid)}")
+    tree = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "preset" / f"{name}.yaml"))
+    block = (tree or {}).get("compare") or {}
+    if not isinstance(block, dict):
+        fail(f"preset {name!r}: compare must be a mapping of encodings, tasks, seeds, experiment")
+    unknown = sorted(set(block) - {"encodings", "tasks", "seeds", "experiment"})
+    if unknown:
+        fail(
+            f"preset {name!r}: unknown compare key {unknown[0]!r}; valid choices: "
+            "encodings, tasks, seeds, experiment"
+        )
+    return block
 
 
 def sweep(
@@ -254,13 +313,17 @@ def _watch(child: subprocess.Popen, plan, console) -> None:
             time.sleep(0.5)
 
 
-def _report(exp_dir: Path) -> set[str]:
+def _report(exp_dir: Path, baseline: str | None = None) -> set[str]:
     """Aggregate, write and print the report; returns the failed runs it lists."""
     from rich.console import Console
 
+    from posenc.errors import PosencError
     from posenc.report import report_experiment, rich_tables
 
-    report, written = report_experiment(exp_dir)
+    try:
+        report, written = report_experiment(exp_dir, baseline=baseline)
+    except PosencError as exc:
+        fail(str(exc))
     out = Console(highlight=False)
     for table in rich_tables(report):
         out.print(table)
@@ -276,6 +339,14 @@ def _report(exp_dir: Path) -> set[str]:
 
 def report(
     directory: Annotated[Path, typer.Argument(help="An experiment folder, e.g. runs/compare")],
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="An encoding of the experiment: every other one's difference to it in OOD "
+            "exact match, with a 95% paired-bootstrap CI over seeds and evaluation examples.",
+        ),
+    ] = None,
 ) -> None:
     """Aggregate an experiment folder into results.csv, report.md and plots (also while it runs)."""
     from posenc.report import load_experiment
@@ -284,7 +355,7 @@ def report(
         fail(f"{directory} is not a folder")
     if not load_experiment(directory):
         fail(f"no runs under {directory} (expected <task>/<encoding>/seed<k>/ folders)")
-    _report(directory)
+    _report(directory, baseline)
 
 
 def tensorboard(

@@ -128,18 +128,20 @@ def log_attention_maps(
     step: int,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    fmt=None,
 ) -> None:
     """Log one image per layer (``attention/<train|beyond>_len_<n>/layer_<l>``) for the first
     evaluation example at a training length and one beyond it."""
     from posenc.data import collate
-    from tasks.format import prompt_ids
+    from tasks.format import DEFAULT_FORMAT
 
+    fmt = fmt or DEFAULT_FORMAT
     generator = torch.Generator(device=device).manual_seed(seed)
     for where, n in pick_lengths(sorted(groups), train_min, train_max).items():
         inputs, target = groups[n][0]
-        tokens = collate([(inputs, target)]).tokens.to(device)  # (1, T)
+        tokens = collate([(inputs, target)], fmt).tokens.to(device)  # (1, T)
         pos = model.encoding.positions(1, tokens.shape[1], device=device, generator=generator)
         for layer, probs in enumerate(attention_maps(model, tokens, pos)):
             title = f"layer {layer} · length {n} ({'training' if where == 'train' else where})"
-            fig = attention_figure(probs, title, boundary=len(prompt_ids(inputs)) - 1)
+            fig = attention_figure(probs, title, boundary=len(fmt.prompt_ids(inputs)) - 1)
             writer.add_figure(f"attention/{where}_len_{n}/layer_{layer}", fig, step)

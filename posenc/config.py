@@ -90,8 +90,21 @@ def encoding_params(enc_cfg: DictConfig) -> dict:
     return params
 
 
+# Keys of ``task.*`` that choose the sequence format (`tasks.format.SequenceFormat`), not data.
+FORMAT_KEYS = ("answer", "bos")
+
+
 def task_params(task_cfg: DictConfig) -> dict:
+    """The task's own parameters: everything but ``name`` and the format keys."""
     params = OmegaConf.to_container(task_cfg, resolve=True)
     assert isinstance(params, dict)
-    params.pop("name", None)
+    for key in ("name", *FORMAT_KEYS):
+        params.pop(key, None)
     return params
+
+
+def task_format(task_cfg: DictConfig):
+    """The `tasks.format.SequenceFormat` of ``task.answer`` and ``task.bos`` (checked)."""
+    from tasks.format import SequenceFormat
+
+    return SequenceFormat(answer=str(task_cfg.get("answer", "eos")), bos=task_cfg.get("bos", True))

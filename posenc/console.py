@@ -95,9 +95,10 @@ def results_table(metrics: Mapping[str, Any], max_rows: int = 24) -> Table:
     table = Table(
         title=f"{metrics['task']} · {metrics['encoding']} · seed {metrics['seed']}",
         caption=(
-            f"in-distribution exact match {_fmt(s['id_exact_match'])} · "
+            f"in-distribution exact match {_fmt(s['id_exact_match'])} "
+            f"(min {_fmt(s.get('min_id_exact_match'))}) · "
             f"beyond training {_fmt(s['ood_exact_match'])} · "
-            f"extrapolation horizon {s['extrapolation_horizon']}"
+            f"extrapolation horizon {_fmt(s['extrapolation_horizon'])}"
         ),
     )
     table.add_column("length", justify="right")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from tasks.base import Task
-from tasks.format import FORMAT_VERSION, PAD, answer_ids, prompt_ids
+from tasks.format import DEFAULT_FORMAT, FORMAT_VERSION, PAD, SequenceFormat
 
 
 @dataclass
@@ -39,19 +39,21 @@ class Batch:
         return self.tokens[:, 1:]
 
 
-def collate(pairs: list[tuple[list[int], list[int]]]) -> Batch:
-    """(input, target) pairs -> right-padded tokens and the loss mask."""
+def collate(
+    pairs: list[tuple[list[int], list[int]]], fmt: SequenceFormat = DEFAULT_FORMAT
+) -> Batch:
+    """(input, target) pairs -> right-padded tokens and the loss mask (the answer only)."""
     seqs, starts = [], []
     for inputs, target in pairs:
-        prompt = prompt_ids(inputs)
-        seqs.append(prompt + answer_ids(target))
+        prompt = fmt.prompt_ids(inputs)
+        seqs.append(prompt + fmt.answer_ids(target))
         starts.append(len(prompt))
     T = max(map(len, seqs))
     tokens = np.full((len(seqs), T), PAD, dtype=np.int64)
     mask = np.zeros((len(seqs), T - 1), dtype=bool)
     for b, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
         tokens[b, : len(seq)] = seq
-        mask[b, start - 1 : len(seq) - 1] = True  # predictions of target tokens and EOS
+        mask[b, start - 1 : len(seq) - 1] = True  # predictions of the answer's tokens
     return Batch(torch.from_numpy(tokens), torch.from_numpy(mask))
 
 
@@ -76,11 +78,13 @@ class TrainStream:
         batch_size: int,
         seed: int,
         batching: str = "by_length",
+        fmt: SequenceFormat = DEFAULT_FORMAT,
     ) -> None:
         if batching not in BATCHING:
             raise ValueError(f"unknown batching {batching!r}; valid choices: {', '.join(BATCHING)}")
         self.task, self.min_len, self.max_len, self.batch_size = task, min_len, max_len, batch_size
         self.batching = batching
+        self.fmt = fmt
         self.rng = np.random.default_rng(seed)
 
     def next(self) -> Batch:
@@ -89,7 +93,7 @@ class TrainStream:
             lengths = [n] * self.batch_size
         else:
             lengths = self.rng.integers(self.min_len, self.max_len + 1, size=self.batch_size)
-        return collate([self.task.sample(int(n), self.rng) for n in lengths])
+        return collate([self.task.sample(int(n), self.rng) for n in lengths], self.fmt)
 
     def state(self) -> dict[str, Any]:
         return self.rng.bit_generator.state

@@ -8,7 +8,7 @@ import torch
 
 from posenc.data import collate
 from posenc.model import Transformer
-from tasks.format import answer_ids
+from tasks.format import DEFAULT_FORMAT, SequenceFormat
 
 
 @torch.no_grad()
@@ -20,16 +20,18 @@ def evaluate_pairs(
     greedy: bool = False,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    fmt: SequenceFormat = DEFAULT_FORMAT,
 ) -> dict[str, float | int | str]:
     """Score (input, target) pairs.
 
-    ``token_accuracy``: fraction of target and EOS tokens predicted right by teacher forcing.
-    ``exact_match``: fraction of examples whose whole answer (EOS included) is right. By
-    default by teacher forcing (every argmax right given the right prefix), which is exactly
-    greedy decoding's number whenever positions are fixed for the batch, as they are for
-    every encoding here (randomized positions are drawn once per batch for the whole
-    sequence); ``greedy=True`` decodes with the KV cache instead. ``examples``: one '0'/'1'
-    per pair, in the order given, for paired statistics across runs.
+    ``token_accuracy``: fraction of answer tokens (target, and EOS in the ``eos`` format)
+    predicted right by teacher forcing. ``exact_match``: fraction of examples whose whole
+    answer is right. By default by teacher forcing (every argmax right given the right
+    prefix), which is exactly greedy decoding's number whenever positions are fixed for the
+    batch, as they are for every encoding here (randomized positions are drawn once per batch
+    for the whole sequence); ``greedy=True`` decodes with the KV cache instead (in the
+    ``known_length`` format exactly ``len(target)`` tokens). ``examples``: one '0'/'1' per
+    pair, in the order given, for paired statistics across runs.
     """
     was_training = model.training
     model.eval()
@@ -42,7 +44,7 @@ def evaluate_pairs(
         for start in range(0, len(indices), batch_size):
             chunk_ids = indices[start : start + batch_size]
             chunk = [pairs[i] for i in chunk_ids]
-            batch = collate(chunk)
+            batch = collate(chunk, fmt)
             tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
             B, T = tokens.shape
             pos = model.encoding.positions(B, T, device=device, generator=generator)
@@ -51,8 +53,8 @@ def evaluate_pairs(
             tok_correct += int(correct.sum())
             tok_total += int(mask.sum())
             if greedy:
-                t_prompt = len(chunk[0][0]) + 2
-                answers = [answer_ids(target) for _, target in chunk]
+                t_prompt = len(fmt.prompt_ids(chunk[0][0]))
+                answers = [fmt.answer_ids(target) for _, target in chunk]
                 n_new = max(map(len, answers))
                 out = model.generate(tokens[:, :t_prompt], n_new, pos=pos[:, : t_prompt + n_new])
                 right = [out[b, : len(ans)].tolist() == ans for b, ans in enumerate(answers)]

@@ -27,6 +27,12 @@ class ModelConfig:
     d_ff: int = 512
     dropout: float = 0.0
     max_len: int = 256
+    embed_init: str = "scaled"  # "scaled": N(0, 1/d)·√d (Vaswani et al.); "gpt": N(0, 0.02)
+    bias: bool = True  # biases in the attention and MLP linear layers
+    tie_embeddings: bool = False  # the LM head shares the token-embedding matrix
+
+
+EMBED_INITS = ("scaled", "gpt")
 
 
 @dataclass
@@ -53,8 +59,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
 
     def forward(
@@ -94,8 +100,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -124,7 +130,9 @@ class Transformer(nn.Module):
 
     Token embeddings are initialised N(0, 1/d_model) and multiplied by sqrt(d_model), as
     in Vaswani et al. 2017, so they enter the residual stream with unit variance and an
-    absolute encoding of comparable size does not swamp them.
+    absolute encoding of comparable size does not swamp them (``embed_init="scaled"``);
+    ``embed_init="gpt"`` draws them N(0, 0.02) and leaves them unscaled, as GPT-2 and
+    nanoGPT do. ``tie_embeddings`` makes the LM head reuse the token-embedding matrix.
     """
 
     def __init__(self, cfg: ModelConfig, encoding: PositionalEncoding) -> None:
@@ -136,15 +144,20 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.embed_scale = math.sqrt(cfg.d_model)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        if cfg.embed_init not in EMBED_INITS:
+            raise ValueError(f"embed_init must be one of {EMBED_INITS}, got {cfg.embed_init!r}")
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.embed_init == "scaled" else 1.0
         self._init_weights()
 
     def _init_weights(self) -> None:
         for name, p in self.named_parameters():
             if name.startswith("encoding."):
                 continue  # each encoding initialises its own parameters
-            if name == "tok_emb.weight":
-                nn.init.normal_(p, std=self.cfg.d_model**-0.5)
+            if name == "tok_emb.weight":  # also the head's, when tied
+                std = self.cfg.d_model**-0.5 if self.cfg.embed_init == "scaled" else 0.02
+                nn.init.normal_(p, std=std)
             elif p.dim() >= 2:
                 nn.init.normal_(p, std=0.02)
             elif name.endswith(".bias"):

@@ -25,7 +25,7 @@ from posenc.data import by_length, load_eval_set
 from posenc.errors import ConfigError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json, read_json
-from posenc.metrics import summarize
+from posenc.metrics import SUMMARY_VERSION, summarize
 from posenc.run import CHECKPOINT, CONFIG, METRICS, plan
 
 # Keys outside ``encoding.*`` that may change at evaluation: none of them changes the model.
@@ -170,6 +170,7 @@ def reevaluate(
         device=p.device,
         generator=generator,
         on_length=on_length,
+        fmt=p.fmt,
     )
     seconds = time.perf_counter() - t0
     trained = read_json(d / METRICS)
@@ -180,6 +181,7 @@ def reevaluate(
         "encoding": encoding_label(cfg.encoding),
         "seed": int(cfg.seed),
         "train_range": [int(cfg.train.min_len), int(cfg.train.max_len)],
+        "summary_version": SUMMARY_VERSION,
         "summary": summarize(per_length, cfg.train.min_len, cfg.train.max_len, cfg.eval.threshold),
         "per_length": {str(n): v for n, v in per_length.items()},
         "train": trained.get("train", {}),

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from posenc.errors import ConfigError
 from posenc.io import atomic_write_bytes, atomic_write_text, read_json
+from posenc.metrics import SUMMARY_VERSION, summarize
 
 METRICS = "metrics.json"  # same names as posenc.run, without importing torch
 ERROR = "error.json"
@@ -40,6 +42,7 @@ CSV_COLUMNS = (
 )
 METRIC_NAMES = {
     "id_exact_match": "ID exact match",
+    "min_id_exact_match": "min ID exact match",
     "ood_exact_match": "OOD exact match",
     "extrapolation_horizon": "extrapolation horizon",
 }
@@ -48,67 +51,10 @@ METRIC_NAMES = {
 # ---------------------------------------------------------------- statistics
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularized incomplete beta function (Lentz's method)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        for num in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """Student-t cumulative distribution function."""
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """Inverse of `t_cdf` by bisection (monotone, so 200 halvings reach double precision)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None]:
     """Mean and the half-width of its Student-t confidence interval (None for one value)."""
+    from scipy import stats
+
     if not values:
         raise ValueError("mean_ci needs at least one value")
     n = len(values)
@@ -116,7 +62,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     if n < 2:
         return mean, None
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t_quantile(0.5 + confidence / 2.0, n - 1) * sd / math.sqrt(n)
+    return mean, float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / math.sqrt(n)
 
 
 # ---------------------------------------------------------------- loading
@@ -133,9 +79,19 @@ class RunRecord:
     path: str = ""
     metrics: dict[str, Any] | None = None
     error: str | None = None
+    config: dict[str, Any] | None = None  # the run's config.yaml, when there is one
+    summary_version: int | None = None  # the definitions its metrics.json was written with
 
 
-def record_from_metrics(metrics: dict[str, Any], path: str = "") -> RunRecord:
+def record_from_metrics(
+    metrics: dict[str, Any], path: str = "", config: dict[str, Any] | None = None
+) -> RunRecord:
+    """A complete run. Its summary is recomputed from ``per_length`` with the current
+    definitions (`posenc.metrics`), the run's training range and its ``eval.threshold``, so
+    folders written under older definitions are never mixed in silently."""
+    threshold = ((config or {}).get("eval") or {}).get("threshold", 0.9)
+    lo, hi = metrics["train_range"]
+    metrics = dict(metrics, summary=summarize(metrics["per_length"], lo, hi, threshold))
     return RunRecord(
         task=str(metrics["task"]),
         encoding=str(metrics["encoding"]),
@@ -143,7 +99,19 @@ def record_from_metrics(metrics: dict[str, Any], path: str = "") -> RunRecord:
         status="complete",
         path=path,
         metrics=metrics,
+        config=config,
+        summary_version=int(metrics.get("summary_version", 1)),
     )
+
+
+def _read_config(folder: Path) -> dict[str, Any] | None:
+    import yaml
+
+    path = folder / CONFIG
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else None
 
 
 def _skipped(path: Path, root: Path) -> bool:
@@ -167,7 +135,7 @@ def load_experiment(exp_dir: str | Path) -> list[RunRecord]:
     for d in sorted(folders):
         rel = str(d.relative_to(root))
         if (d / METRICS).exists():
-            records.append(record_from_metrics(read_json(d / METRICS), rel))
+            records.append(record_from_metrics(read_json(d / METRICS), rel, _read_config(d)))
             continue
         task, encoding, seed = _names_from_path(d)
         if (d / ERROR).exists():
@@ -180,10 +148,13 @@ def load_experiment(exp_dir: str | Path) -> list[RunRecord]:
                     status="failed",
                     path=rel,
                     error=str(err.get("error", "unknown error")),
+                    config=_read_config(d),
                 )
             )
         else:
-            records.append(RunRecord(task, encoding, seed, "unfinished", rel))
+            records.append(
+                RunRecord(task, encoding, seed, "unfinished", rel, config=_read_config(d))
+            )
     return records
 
 
@@ -258,11 +229,14 @@ class SummaryRow:
     id_exact_match: Stat
     ood_exact_match: Stat
     extrapolation_horizon: Stat
+    min_id_exact_match: Stat = field(default_factory=Stat)
     best_seed: int | None = None
     best: dict[str, Any] = field(default_factory=dict)
     failed: list[RunRecord] = field(default_factory=list)
     unfinished: int = 0
     train_minutes: Stat = field(default_factory=Stat)
+    paper: float | None = None  # the published figure for this encoding, if the preset has one
+    as_paper: float | None = None  # ours, computed the paper's way (its metric, aggregation)
 
 
 def _best_key(record: RunRecord) -> tuple[float, float, int]:
@@ -347,6 +321,7 @@ TABLE_HEADER = [
     "encoding",
     "seeds",
     "ID exact match",
+    "min ID",
     "OOD exact match",
     "extrapolation horizon",
     "best seed",
@@ -365,6 +340,7 @@ def table_cells(row: SummaryRow, digits: int = 3) -> list[str]:
         row.encoding,
         str(len(row.seeds)),
         format_stat(row.id_exact_match, digits),
+        _value(row.min_id_exact_match.mean, digits),
         format_stat(row.ood_exact_match, digits),
         format_stat(row.extrapolation_horizon, 1),
         _value(row.best_seed),
@@ -374,6 +350,272 @@ def table_cells(row: SummaryRow, digits: int = 3) -> list[str]:
         format_stat(row.train_minutes, 1),
         status_text(row),
     ]
+
+
+# ---------------------------------------------------------------- published figures
+
+
+PAPER_AGGREGATIONS = ("mean", "best")
+
+
+@dataclass
+class PaperComparison:
+    """A preset's published figures for one task next to ours: Kendall's τ between the two
+    orderings of the encodings that have both (scipy's τ-b; None below two encodings)."""
+
+    source: str
+    metric: str
+    aggregation: str
+    n: int = 0
+    tau: float | None = None
+    p_value: float | None = None
+
+
+def paper_block(records: Iterable[RunRecord], task: str) -> dict[str, Any] | None:
+    """The ``paper:`` block of the runs of ``task`` (from their config.yaml), if any."""
+    for r in records:
+        block = (r.config or {}).get("paper")
+        if r.task == task and isinstance(block, dict):
+            return block
+    return None
+
+
+def check_paper_block(block: dict[str, Any]) -> None:
+    """Raise a `ConfigError` naming a bad ``paper.metric`` or ``paper.aggregation``."""
+    metric = block.get("metric", "ood_exact_match")
+    if metric not in METRIC_NAMES and metric != "ood_token_accuracy":
+        valid = ", ".join([*METRIC_NAMES, "ood_token_accuracy"])
+        raise ConfigError(f"unknown paper.metric {metric!r}; valid choices: {valid}")
+    aggregation = block.get("aggregation", "mean")
+    if aggregation not in PAPER_AGGREGATIONS:
+        raise ConfigError(
+            f"unknown paper.aggregation {aggregation!r}; valid choices: "
+            + ", ".join(PAPER_AGGREGATIONS)
+        )
+
+
+def aggregate(
+    records: Iterable[RunRecord], task: str, encoding: str, metric: str, aggregation: str
+) -> float | None:
+    """``metric`` of the complete runs of one encoding: mean over seeds, or the best seed's."""
+    values = [
+        r.metrics["summary"].get(metric)
+        for r in records
+        if r.task == task and r.encoding == encoding and r.status == "complete" and r.metrics
+    ]
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
+    return max(values) if aggregation == "best" else sum(values) / len(values)
+
+
+def compare_with_paper(
+    records: list[RunRecord], task: str, rows: list[SummaryRow]
+) -> PaperComparison | None:
+    """Fill ``paper`` and ``as_paper`` of each row from the runs' ``paper:`` block; τ."""
+    block = paper_block(records, task)
+    if block is None:
+        return None
+    check_paper_block(block)
+    metric = block.get("metric", "ood_exact_match")
+    aggregation = block.get("aggregation", "mean")
+    published = ((block.get("values") or {}).get(task)) or {}
+    if not published:  # figures for other tasks only (or none: a preset with a lift only)
+        return None
+    pairs = []
+    for row in rows:
+        row.as_paper = aggregate(records, task, row.encoding, metric, aggregation)
+        value = published.get(row.encoding)
+        row.paper = None if value is None else float(value)
+        if row.paper is not None and row.as_paper is not None:
+            pairs.append((row.paper, row.as_paper))
+    comparison = PaperComparison(str(block.get("source", "paper")), metric, aggregation, len(pairs))
+    if len(pairs) >= 2:
+        from scipy import stats
+
+        result = stats.kendalltau([p for p, _ in pairs], [o for _, o in pairs])
+        if not math.isnan(result.statistic):
+            comparison.tau, comparison.p_value = float(result.statistic), float(result.pvalue)
+    return comparison
+
+
+@dataclass
+class Lift:
+    """A randomized-positions encoding next to its base (Ruoss et al. 2023's comparison)."""
+
+    randomized: str
+    base: str
+    randomized_value: float | None
+    base_value: float | None
+
+    @property
+    def lift(self) -> float | None:
+        if self.randomized_value is None or self.base_value is None:
+            return None
+        return self.randomized_value - self.base_value
+
+
+def _base_of(record: RunRecord) -> str | None:
+    """The base encoding of a run with randomized positions (None for any other run)."""
+    enc = (record.config or {}).get("encoding") or {}
+    if enc.get("name") == "randomized":
+        return str(enc.get("base"))
+    if record.config is None and record.encoding.startswith("randomized_"):
+        return record.encoding.removeprefix("randomized_")
+    return None
+
+
+def randomized_lifts(
+    records: list[RunRecord], task: str, metric: str = "ood_exact_match", aggregation: str = "mean"
+) -> list[Lift]:
+    """Every ``randomized`` encoding of ``task`` whose base was run too, with both values."""
+    present = {r.encoding for r in records if r.task == task and r.status == "complete"}
+    pairs = sorted(
+        {
+            (r.encoding, base)
+            for r in records
+            if r.task == task and (base := _base_of(r)) is not None and base in present
+        }
+    )
+    return [
+        Lift(
+            name,
+            base,
+            aggregate(records, task, name, metric, aggregation),
+            aggregate(records, task, base, metric, aggregation),
+        )
+        for name, base in pairs
+        if name in present
+    ]
+
+
+# ---------------------------------------------------------------- paired differences
+
+
+@dataclass
+class Difference:
+    """OOD exact match of ``encoding`` minus the baseline's, with a 95% bootstrap interval."""
+
+    encoding: str
+    baseline: str
+    seeds: list[int]  # the seeds both have: the pairs
+    mean: float | None
+    low: float | None
+    high: float | None
+    resampled: str  # "seeds × examples", or "seeds" when a run lacks per-example results
+
+
+BOOTSTRAP_SAMPLES = 4000
+BOOTSTRAP_SEED = 0
+
+
+def _ood_examples(record: RunRecord) -> dict[int, Any] | None:
+    """{OOD length: 0/1 array per evaluation example}, or None without per-example results."""
+    import numpy as np
+
+    hi = record.metrics["train_range"][1]
+    out = {}
+    for n, scores in record.metrics["per_length"].items():
+        if int(n) <= hi:
+            continue
+        text = scores.get("examples")
+        if not isinstance(text, str) or not text:
+            return None
+        out[int(n)] = np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
+    return out
+
+
+def paired_difference(
+    runs: Sequence[RunRecord],
+    base_runs: Sequence[RunRecord],
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = 0.95,
+) -> Difference | None:
+    """Paired bootstrap of the difference in OOD exact match (``runs`` minus ``base_runs``).
+
+    Runs pair by seed (same seed: same training-data stream) and examples by their place
+    in the frozen evaluation set (the same examples for every encoding). Each bootstrap
+    replicate draws the paired seeds with replacement and, independently at every OOD
+    length, the evaluation examples with replacement (the same draw for both encodings),
+    and averages the per-example differences over examples, lengths and the drawn seeds,
+    as the OOD exact match itself is averaged. The interval is the percentile interval of
+    ``samples`` replicates from a generator seeded with ``seed`` (deterministic). When a
+    run has no per-example results (``per_length[n]["examples"]``, older metrics.json),
+    only seeds are resampled, from each seed's OOD exact match.
+    """
+    import numpy as np
+
+    mine = {r.seed: r for r in runs if r.status == "complete" and r.metrics}
+    theirs = {r.seed: r for r in base_runs if r.status == "complete" and r.metrics}
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        return None
+    name, base = mine[seeds[0]].encoding, theirs[seeds[0]].encoding
+    ood = [
+        (
+            mine[s].metrics["summary"]["ood_exact_match"],
+            theirs[s].metrics["summary"]["ood_exact_match"],
+        )
+        for s in seeds
+    ]
+    if any(a is None or b is None for a, b in ood):
+        return Difference(name, base, seeds, None, None, None, "none: no OOD lengths")
+    per_seed = np.array([a - b for a, b in ood])  # (k,)
+    rng = np.random.default_rng(seed)
+    k = len(seeds)
+    seed_counts = rng.multinomial(k, [1.0 / k] * k, size=samples) / k  # (samples, k)
+    examples = [(_ood_examples(mine[s]), _ood_examples(theirs[s])) for s in seeds]
+    lengths = sorted(examples[0][0] or {})
+    usable = all(
+        a is not None and b is not None and sorted(a) == lengths == sorted(b)
+        and all(len(a[n]) == len(b[n]) == len(examples[0][0][n]) for n in lengths)
+        for a, b in examples
+    )  # fmt: skip
+    if usable and lengths:
+        replicate = np.zeros(samples)
+        for n in lengths:
+            diff = np.stack([a[n].astype(float) - b[n] for a, b in examples])  # (k, N)
+            size = diff.shape[1]
+            weights = rng.multinomial(size, [1.0 / size] * size, size=samples) / size  # (S, N)
+            per_seed_n = diff @ weights.T  # (k, S): each seed's mean difference at n
+            replicate += np.einsum("sk,ks->s", seed_counts, per_seed_n) / len(lengths)
+        resampled = "seeds × examples"
+    else:
+        replicate = seed_counts @ per_seed
+        resampled = "seeds"
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(replicate, [alpha, 1.0 - alpha])
+    return Difference(name, base, seeds, float(per_seed.mean()), float(low), float(high), resampled)
+
+
+def baseline_differences(records: list[RunRecord], task: str, baseline: str) -> list[Difference]:
+    """`paired_difference` of every other encoding of ``task`` against ``baseline``."""
+    by_encoding: dict[str, list[RunRecord]] = {}
+    for r in records:
+        if r.task == task and r.status == "complete":
+            by_encoding.setdefault(r.encoding, []).append(r)
+    if baseline not in by_encoding:
+        return []
+    out = []
+    for encoding, runs in sorted(by_encoding.items()):
+        if encoding != baseline:
+            d = paired_difference(runs, by_encoding[baseline])
+            if d is not None:
+                out.append(d)
+    out.sort(key=lambda d: (d.mean is None, -(d.mean or 0.0), d.encoding))
+    return out
+
+
+def check_baseline(records: Iterable[RunRecord], baseline: str) -> None:
+    """Raise a `ConfigError` unless some complete run has encoding ``baseline``."""
+    names = sorted({r.encoding for r in records if r.status == "complete"})
+    if baseline not in names:
+        raise ConfigError(
+            f"baseline {baseline!r} is not an encoding of this experiment; valid choices: "
+            + ", ".join(names)
+        )
 
 
 # ---------------------------------------------------------------- plots
@@ -485,6 +727,21 @@ class Report:
     tables: dict[str, list[SummaryRow]]
     rows: list[dict[str, Any]]
     plots: dict[str, bytes]  # relative path -> PNG
+    papers: dict[str, PaperComparison] = field(default_factory=dict)  # task -> comparison
+    lifts: dict[str, list[Lift]] = field(default_factory=dict)  # task -> randomized vs base
+    published_lift: dict[str, tuple[str, float]] = field(
+        default_factory=dict
+    )  # task -> (source, lift)
+    baseline: str | None = None
+    differences: dict[str, list[Difference]] = field(default_factory=dict)  # task -> rows
+
+    @property
+    def older_summaries(self) -> int:
+        """Complete runs whose metrics.json was written under older summary definitions."""
+        return sum(
+            r.status == "complete" and (r.summary_version or 1) < SUMMARY_VERSION
+            for r in self.records
+        )
 
     @property
     def counts(self) -> dict[str, int]:
@@ -494,10 +751,30 @@ class Report:
         return out
 
 
-def build_report(records: list[RunRecord], name: str = "", plots: bool = True) -> Report:
-    """Every table and plot of a report, in memory."""
+def build_report(
+    records: list[RunRecord], name: str = "", plots: bool = True, baseline: str | None = None
+) -> Report:
+    """Every table and plot of a report, in memory. ``baseline``: an encoding to compare
+    every other one with (`paired_difference`); a `ConfigError` if no run has it."""
+    if baseline is not None:
+        check_baseline(records, baseline)
     tasks = tasks_of(records)
     tables = {task: summary_rows(records, task) for task in tasks}
+    papers, lifts, published = {}, {}, {}
+    for task in tasks:
+        comparison = compare_with_paper(records, task, tables[task])
+        if comparison is not None:
+            papers[task] = comparison
+        block = paper_block(records, task) or {}
+        metric = block.get("metric", "ood_exact_match")
+        found = randomized_lifts(records, task, metric, block.get("aggregation", "mean"))
+        if found:
+            lifts[task] = found
+            if isinstance(block.get("lift"), int | float):
+                published[task] = (str(block.get("source", "paper")), float(block["lift"]))
+    differences = {}
+    if baseline is not None:
+        differences = {task: baseline_differences(records, task, baseline) for task in tasks}
     images: dict[str, bytes] = {}
     complete = [r for r in records if r.status == "complete"]
     if plots and complete:
@@ -509,7 +786,18 @@ def build_report(records: list[RunRecord], name: str = "", plots: bool = True) -
                 )
         encodings = _overall_order(tables)
         images[f"{PLOTS}/ood_heatmap.png"] = heatmap_plot(complete, tasks, encodings)
-    return Report(name, records, tables, results_rows(records), images)
+    return Report(
+        name,
+        records,
+        tables,
+        results_rows(records),
+        images,
+        papers,
+        lifts,
+        published,
+        baseline,
+        differences,
+    )
 
 
 def _overall_order(tables: dict[str, list[SummaryRow]]) -> list[str]:
@@ -544,8 +832,19 @@ def render_markdown(report: Report) -> str:
         "Each metric is the mean over seeds ± the half-width of its 95% Student-t confidence "
         "interval (none for one seed). *ID*: mean exact match over the training lengths; *OOD*: "
         "over the evaluated lengths beyond them; *horizon*: the longest length up to which every "
-        "length reaches the exact-match threshold. The *best seed* is the seed with the highest "
+        "length past the training range reaches the exact-match threshold (`eval.threshold`), "
+        "counted up to the first length that does not; *min ID*: the lowest exact match at a "
+        "training length (mean over seeds). The *best seed* is the seed with the highest "
         "OOD exact match; its own scores follow it. Rows are sorted by mean OOD exact match.",
+        "",
+        f"Summaries are recomputed from each run's per-length results (summary definitions "
+        f"v{SUMMARY_VERSION}, `posenc.metrics`)"
+        + (
+            f"; {report.older_summaries} runs were written under older definitions and are "
+            "shown under the current ones."
+            if report.older_summaries
+            else "."
+        ),
         "",
     ]
     for task, rows in report.tables.items():
@@ -553,11 +852,22 @@ def render_markdown(report: Report) -> str:
         lines += [f"## {task}", ""]
         if ranges:
             lines += [f"Trained on lengths {ranges}.", ""]
-        lines.append("| " + " | ".join(TABLE_HEADER) + " |")
-        lines.append("|" + "|".join(["---"] + ["--:"] * (len(TABLE_HEADER) - 2) + ["---"]) + "|")
+        paper = report.papers.get(task)
+        header = TABLE_HEADER + (["ours (as paper)", "paper"] if paper else [])
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["--:"] * (len(TABLE_HEADER) - 2) + ["---"]))
+        lines[-1] += "|--:|--:|" if paper else "|"
         for row in rows:
-            lines.append("| " + " | ".join(_md_escape(c) for c in table_cells(row)) + " |")
+            cells = table_cells(row) + ([_value(row.as_paper), _value(row.paper)] if paper else [])
+            lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
         lines.append("")
+        if paper:
+            lines += [paper_sentence(paper), ""]
+        lines += _lift_lines(report.lifts.get(task), paper_block(report.records, task))
+        if task in report.published_lift:
+            source, lift = report.published_lift[task]
+            lines += [f"Published: {source} report a mean lift of {lift:+.3f}.", ""]
+        lines += _difference_lines(report.differences.get(task), report.baseline)
         plot = f"{PLOTS}/accuracy_vs_length_{_slug(task)}.png"
         if plot in report.plots:
             lines += [f"![accuracy versus length on {task}]({plot})", ""]
@@ -578,6 +888,91 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+def paper_sentence(paper: PaperComparison) -> str:
+    """One line: where the paper column comes from and how well the orderings agree."""
+    how = "mean over seeds" if paper.aggregation == "mean" else "best seed"
+    text = (
+        f"*paper*: {paper.source}; *ours (as paper)*: our `{paper.metric}`, {how}, computed "
+        "as the paper reports it. "
+    )
+    if paper.tau is None:
+        return text + f"Rank agreement: too few encodings with both figures ({paper.n})."
+    return text + (
+        f"Rank agreement between the two orderings: Kendall's τ = {paper.tau:.2f} "
+        f"(p = {paper.p_value:.3g}, {paper.n} encodings)."
+    )
+
+
+def _short(value: float | None) -> str:
+    """``.95`` (two digits, no leading zero: narrow table cells); ``1.0``; ``–``."""
+    if value is None:
+        return "–"
+    return "1.0" if value >= 0.995 else f"{value:.2f}".removeprefix("0")
+
+
+def paper_caption(paper: PaperComparison) -> str:
+    how = "mean over seeds" if paper.aggregation == "mean" else "best seed"
+    tau = (
+        f"Kendall's τ = {paper.tau:.2f}, p = {paper.p_value:.2g} ({paper.n} encodings)"
+        if paper.tau is not None
+        else f"τ: too few encodings with both figures ({paper.n})"
+    )
+    return f"{paper.metric}, {how} · {tau}"
+
+
+def _lift_lines(lifts: list[Lift] | None, block: dict[str, Any] | None) -> list[str]:
+    if not lifts:
+        return []
+    metric = (block or {}).get("metric", "ood_exact_match")
+    how = "best seed" if (block or {}).get("aggregation") == "best" else "mean over seeds"
+    lines = [
+        f"Randomized positions against their base (`{metric}`, {how}; lift = randomized − base):",
+        "",
+        "| randomized | base | randomized value | base value | lift |",
+        "|---|---|--:|--:|--:|",
+    ]
+    for x in lifts:
+        lines.append(
+            f"| {x.randomized} | {x.base} | {_value(x.randomized_value)} | "
+            f"{_value(x.base_value)} | {_signed(x.lift)} |"
+        )
+    found = [x.lift for x in lifts if x.lift is not None]
+    if found:
+        lines += ["", f"Mean lift: {_signed(sum(found) / len(found))} over {len(found)} pairs."]
+    return [*lines, ""]
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def _difference_lines(diffs: list[Difference] | None, baseline: str | None) -> list[str]:
+    if baseline is None:
+        return []
+    if not diffs:
+        return [f"No paired runs with baseline `{baseline}` on this task.", ""]
+    lines = [
+        f"Difference to `{baseline}` in OOD exact match (encoding − {baseline}; mean over "
+        "paired seeds, 95% paired-bootstrap interval):",
+        "",
+        "| encoding | paired seeds | Δ OOD exact match | 95% CI | resampled |",
+        "|---|--:|--:|---|---|",
+    ]
+    for d in diffs:
+        ci = "–" if d.low is None else f"[{d.low:+.3f}, {d.high:+.3f}]"
+        lines.append(
+            f"| {_md_escape(d.encoding)} | {len(d.seeds)} | {_signed(d.mean)} | {ci} | "
+            f"{d.resampled} |"
+        )
+    if any(d.resampled == "seeds" for d in diffs):
+        lines += [
+            "",
+            "*seeds*: some runs have no per-example results (`per_length[n].examples`), so "
+            "only seeds were resampled for those rows.",
+        ]
+    return [*lines, ""]
+
+
 def write_report(report: Report, exp_dir: str | Path) -> list[Path]:
     """Write results.csv, report.md and the plots into ``exp_dir``; returns the paths."""
     root = Path(exp_dir)
@@ -590,37 +985,43 @@ def write_report(report: Report, exp_dir: str | Path) -> list[Path]:
     return written
 
 
-def report_experiment(exp_dir: str | Path, plots: bool = True) -> tuple[Report, list[Path]]:
-    """Load, aggregate and write the report of an experiment folder."""
+def report_experiment(
+    exp_dir: str | Path, plots: bool = True, baseline: str | None = None
+) -> tuple[Report, list[Path]]:
+    """Load, aggregate and write the report of an experiment folder (nothing is written
+    when the baseline or a ``paper:`` block is bad)."""
     records = load_experiment(exp_dir)
-    report = build_report(records, Path(exp_dir).resolve().name, plots=plots)
+    report = build_report(records, Path(exp_dir).resolve().name, plots=plots, baseline=baseline)
     return report, write_report(report, exp_dir)
 
 
 def rich_tables(report: Report) -> list:
-    """The summary tables (and failed runs) as rich renderables, narrow enough for 80 columns."""
+    """The summary tables (paper column, randomized lifts, differences to the baseline, failed
+    runs) as rich renderables, narrow enough for 80 columns."""
     from rich import box
     from rich.table import Table
 
     out = []
     for task, rows in report.tables.items():
         ranges = ", ".join(f"{lo}–{hi}" for lo, hi in train_ranges(report.records, task))
+        paper = report.papers.get(task)
         table = Table(
             title=f"[bold]{task}[/]" + (f" · trained on lengths {ranges}" if ranges else ""),
-            caption="mean ± 95% CI over seeds · best seed (by OOD): ID / OOD / horizon",
+            caption="mean ± 95% CI over seeds · best seed (by OOD): ID/OOD/horizon",
             box=box.SIMPLE_HEAD,
             pad_edge=False,
+            collapse_padding=True,
         )
         table.add_column("encoding", no_wrap=True)
-        for name in ("seeds", "ID exact", "OOD exact", "horizon", "best seed"):
+        for name in ("seeds", "ID exact", "min ID", "OOD exact", "horizon", "best seed"):
             table.add_column(name, justify="right")
         for row in rows:
             b = row.best
             best = (
                 "–"
                 if row.best_seed is None
-                else f"{row.best_seed}: {_value(b.get('id_exact_match'), 2)} / "
-                f"{_value(b.get('ood_exact_match'), 2)} / {_value(b.get('extrapolation_horizon'))}"
+                else f"{row.best_seed}: {_short(b.get('id_exact_match'))}/"
+                f"{_short(b.get('ood_exact_match'))}/{_value(b.get('extrapolation_horizon'))}"
             )
             seeds = str(len(row.seeds))
             if row.failed or row.unfinished:  # "1 of 3": the others failed or are unfinished
@@ -630,12 +1031,64 @@ def rich_tables(report: Report) -> list:
                 row.encoding,
                 seeds,
                 format_stat(row.id_exact_match, 2),
+                _short(row.min_id_exact_match.mean),
                 format_stat(row.ood_exact_match, 2),
                 format_stat(row.extrapolation_horizon, 1),
                 best,
             ]
             table.add_row(*cells)
         out.append(table)
+        if paper:
+            paper_table = Table(
+                title=f"{task}: ours next to {paper.source}",
+                caption=paper_caption(paper),
+                box=box.SIMPLE_HEAD,
+            )
+            paper_table.add_column("encoding", no_wrap=True)
+            paper_table.add_column("ours", justify="right")
+            paper_table.add_column("paper", justify="right")
+            for row in rows:
+                paper_table.add_row(row.encoding, _value(row.as_paper, 2), _value(row.paper, 2))
+            out.append(paper_table)
+        lifts = report.lifts.get(task)
+        if lifts:
+            block = paper_block(report.records, task) or {}
+            caption = f"{block.get('metric', 'ood_exact_match')}, " + (
+                "best seed" if block.get("aggregation") == "best" else "mean over seeds"
+            )
+            if task in report.published_lift:
+                source, lift = report.published_lift[task]
+                caption += f" · {source}: mean lift {lift:+.3f}"
+            lift_table = Table(
+                title=f"{task}: randomized positions against their base",
+                caption=caption,
+                box=box.SIMPLE_HEAD,
+            )
+            for name in ("randomized", "base", "randomized value", "base value", "lift"):
+                lift_table.add_column(
+                    name, justify="right" if "value" in name or name == "lift" else "left"
+                )
+            for x in lifts:
+                lift_table.add_row(
+                    x.randomized, x.base, _value(x.randomized_value, 3),
+                    _value(x.base_value, 3), _signed(x.lift),
+                )  # fmt: skip
+            out.append(lift_table)
+        diffs = report.differences.get(task)
+        if report.baseline is not None and diffs:
+            diff_table = Table(
+                title=f"{task}: OOD exact match minus {report.baseline}",
+                caption="mean over paired seeds · 95% paired bootstrap "
+                "(seeds × examples, or seeds only)",
+                box=box.SIMPLE_HEAD,
+            )
+            diff_table.add_column("encoding", no_wrap=True)
+            for name in ("seeds", "Δ OOD", "95% CI", "resampled"):
+                diff_table.add_column(name, justify="right")
+            for d in diffs:
+                ci = "–" if d.low is None else f"[{d.low:+.3f}, {d.high:+.3f}]"
+                diff_table.add_row(d.encoding, str(len(d.seeds)), _signed(d.mean), ci, d.resampled)
+            out.append(diff_table)
     failed = [r for r in report.records if r.status == "failed"]
     if failed:
         table = Table(title="failed runs", title_style="bold red", box=box.SIMPLE_HEAD)

@@ -20,16 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 
 import tasks
 from posenc import encodings
-from posenc.config import encoding_label, encoding_params, task_params, to_yaml
+from posenc.config import encoding_label, encoding_params, task_format, task_params, to_yaml
 from posenc.console import Reporter
 from posenc.data import BATCHING, TrainStream, by_length, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
-from posenc.metrics import summarize
-from posenc.model import ModelConfig, Transformer
+from posenc.metrics import SUMMARY_VERSION, summarize
+from posenc.model import EMBED_INITS, ModelConfig, Transformer
 from posenc.train import PRECISIONS, Trainer
-from tasks.format import vocab_size
+from tasks.format import DEFAULT_FORMAT, SequenceFormat, vocab_size
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
@@ -37,6 +37,22 @@ CONFIG = "config.yaml"
 LOG = "train.log"
 # Settings that change how a run is executed or shown, not what it computes.
 EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir")
+# Metadata carried into config.yaml for the report and `posenc compare --preset`: never numbers.
+METADATA_KEYS = ("paper", "compare")
+# Options added after runs were written, at the values that reproduce the older behaviour: a
+# config saved before they existed still matches one that has them at these values.
+LEGACY_DEFAULTS = {
+    ("task", "answer"): "eos",
+    ("task", "bos"): True,
+    ("model", "embed_init"): "scaled",
+    ("model", "bias"): True,
+    ("model", "tie_embeddings"): False,
+    ("train", "decay_embeddings"): False,
+    ("train", "batching"): "mixed",
+    ("train", "precision"): "fp32",
+    ("train", "compile"): False,
+    ("train", "stop_at"): None,
+}
 
 
 @dataclass
@@ -48,6 +64,7 @@ class Plan:
     quick_lengths: list[int]
     run_dir: Path
     device: torch.device
+    fmt: SequenceFormat = DEFAULT_FORMAT
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -94,6 +111,7 @@ def resolve_device(name: str) -> torch.device:
 def plan(cfg: DictConfig) -> Plan:
     """Check the whole config and build task and model; writes nothing."""
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
+    fmt = task_format(cfg.task)
     tr = cfg.train
     lo = _positive_int(tr.min_len, "train.min_len")
     hi = _positive_int(tr.max_len, "train.max_len")
@@ -120,8 +138,6 @@ def plan(cfg: DictConfig) -> Plan:
         raise ConfigError(
             f"unknown train.precision {tr.precision!r}; valid choices: {', '.join(PRECISIONS)}"
         )
-    if not isinstance(tr.compile, bool):
-        raise ConfigError(f"train.compile must be true or false, got {tr.compile!r}")
     if tr.stop_at is not None:
         if isinstance(tr.stop_at, bool) or not isinstance(tr.stop_at, int | float):
             raise ConfigError(
@@ -149,6 +165,16 @@ def plan(cfg: DictConfig) -> Plan:
         )
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    embed_init = m.get("embed_init", "scaled")
+    if embed_init not in EMBED_INITS:
+        raise ConfigError(
+            f"unknown model.embed_init {embed_init!r}; valid choices: {', '.join(EMBED_INITS)}"
+        )
+    for (section, name), default in LEGACY_DEFAULTS.items():
+        value = OmegaConf.select(cfg, f"{section}.{name}", default=default)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            key = f"{section}.{name}"
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
     torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
     encoding = encodings.build(
         cfg.encoding.name,
@@ -182,18 +208,26 @@ def plan(cfg: DictConfig) -> Plan:
         d_ff=m.d_ff,
         dropout=m.dropout,
         max_len=m.max_len,
+        embed_init=embed_init,
+        bias=m.get("bias", True),
+        tie_embeddings=m.get("tie_embeddings", False),
     )
     model = Transformer(model_cfg, encoding).to(device)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-    return Plan(cfg, task, model, lengths, quick, run_dir, device)
+    return Plan(cfg, task, model, lengths, quick, run_dir, device, fmt)
 
 
 def config_identity(cfg: DictConfig) -> dict:
-    """The part of the config that determines the numbers (for resume checks)."""
+    """The part of the config that determines the numbers (for resume and skip checks):
+    no execution or metadata keys, and no option at its `LEGACY_DEFAULTS` value."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
-    for key in EXECUTION_KEYS:
+    for key in (*EXECUTION_KEYS, *METADATA_KEYS):
         tree.pop(key, None)
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        part = tree.get(section)
+        if isinstance(part, dict) and key in part and part[key] == value:
+            del part[key]
     return tree
 
 
@@ -290,7 +324,9 @@ def prepare(p: Plan, mode: str) -> Session:
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_text(d / CONFIG, to_yaml(cfg))
     log = _Log(d / LOG)
-    stream = TrainStream(p.task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed, tr.batching)
+    stream = TrainStream(
+        p.task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed, tr.batching, p.fmt
+    )
     trainer = Trainer.from_config(p.model, tr, p.device)
     resumed: dict[str, Any] = {}
     if mode == "resume":
@@ -336,7 +372,7 @@ def quick_evaluation(s: Session, step: int, reporter: Reporter) -> None:
 
     cfg, tr = s.p.cfg, s.p.cfg.train
     scores = evaluate_lengths(
-        s.p.model, s.quick_groups, device=s.p.device, batch_size=cfg.eval.batch_size
+        s.p.model, s.quick_groups, device=s.p.device, batch_size=cfg.eval.batch_size, fmt=s.p.fmt
     )
     tblog.log_per_length(s.writer, scores, step)
     shown = {n: v for n, v in scores.items() if n in (tr.eval_lengths or scores)}
@@ -415,6 +451,7 @@ def evaluate_phase(s: Session, reporter: Reporter) -> tuple[dict, dict, float]:
         device=s.p.device,
         generator=generator,
         on_length=reporter.eval_length,
+        fmt=s.p.fmt,
     )
     return per_length, groups, time.perf_counter() - t_eval
 
@@ -435,6 +472,7 @@ def write_phase(
         "encoding": encoding_label(cfg.encoding),
         "seed": int(cfg.seed),
         "train_range": [int(tr.min_len), int(tr.max_len)],
+        "summary_version": SUMMARY_VERSION,
         "summary": summary,
         "per_length": {str(n): v for n, v in per_length.items()},
         "train": {
@@ -468,6 +506,7 @@ def write_phase(
         step=step,
         device=s.p.device,
         seed=cfg.eval.seed,
+        fmt=s.p.fmt,
     )
     s.writer.close()
     atomic_write_json(s.p.run_dir / METRICS, metrics)  # last: its presence marks the run finished

@@ -30,14 +30,22 @@ def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def make_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float]
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    decay_embeddings: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (not norms, biases or embeddings)."""
+    """AdamW with weight decay on weight matrices only (not norms, biases, the encoding's
+    parameters, or the token embeddings unless ``decay_embeddings``: nanoGPT decays them)."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters():  # a tied head appears once, as tok_emb.weight
         if not p.requires_grad:
             continue
-        is_matrix = p.dim() >= 2 and "emb" not in name and not name.startswith("encoding.")
+        is_matrix = p.dim() >= 2 and not name.startswith("encoding.")
+        if "emb" in name and not decay_embeddings:
+            is_matrix = False
         (decay if is_matrix else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
@@ -80,6 +88,7 @@ class Trainer:
         device: torch.device | str = "cpu",
         precision: str = "fp32",
         compile: bool = False,
+        decay_embeddings: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(
@@ -91,7 +100,13 @@ class Trainer:
         self.precision = precision
         # The compiled module shares parameters with `model`; checkpoints use `model`.
         self.forward = torch.compile(model, dynamic=True) if compile else model
-        self.optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas)
+        self.optimizer = make_optimizer(
+            model,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            decay_embeddings=decay_embeddings,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_factor(s, warmup=warmup_steps, total=steps, min_ratio=min_lr_ratio),
@@ -115,6 +130,7 @@ class Trainer:
             device=device,
             precision=train_cfg.get("precision", "fp32"),
             compile=bool(train_cfg.get("compile", False)),
+            decay_embeddings=bool(train_cfg.get("decay_embeddings", False)),
         )
 
     def autocast(self):

@@ -1,33 +1,76 @@
 """Shared sequence format: ``[BOS] input [SEP] target [EOS]``, right padding, loss mask.
 
 Token ids: 0 = PAD, 1 = BOS, 2 = SEP, 3 = EOS, then the task's symbols from 4 on.
-The loss (and every accuracy) covers the target tokens and the EOS only.
+The loss (and every accuracy) covers the answer: the target tokens and the EOS.
+
+`SequenceFormat` holds the two choices a config can change (``task.answer``, ``task.bos``):
+``answer=known_length`` drops the EOS, so the answer is exactly ``len(target)`` tokens and
+greedy decoding generates that many (the hand-written loop of the ALiBi trial in
+REFERENCES.md does this); ``bos=false`` drops the leading BOS, so the input starts at
+position 0. Neither changes the stored evaluation data (raw input and target symbols), so
+the evaluation-set cache key does not include them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from posenc.errors import ConfigError
 
 PAD, BOS, SEP, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<bos>", "<sep>", "<eos>")
 N_SPECIAL = len(SPECIALS)
 FORMAT_VERSION = 1  # bump whenever the stored evaluation data would change
+ANSWERS = ("eos", "known_length")
 
 
 def vocab_size(n_symbols: int) -> int:
     return N_SPECIAL + n_symbols
 
 
+@dataclass(frozen=True)
+class SequenceFormat:
+    """How an (input, target) pair becomes tokens: ``[BOS]? input [SEP] target [EOS]?``."""
+
+    answer: str = "eos"  # "eos": the answer ends with EOS; "known_length": no EOS
+    bos: bool = True  # start with BOS
+
+    def __post_init__(self) -> None:
+        if self.answer not in ANSWERS:
+            raise ConfigError(
+                f"unknown task.answer {self.answer!r}; valid choices: {', '.join(ANSWERS)}"
+            )
+        if not isinstance(self.bos, bool):
+            raise ConfigError(f"task.bos must be true or false, got {self.bos!r}")
+
+    def prompt_ids(self, inputs: list[int]) -> list[int]:
+        """``[BOS] input [SEP]``: what the model is given before it answers."""
+        return [*([BOS] if self.bos else []), *(N_SPECIAL + s for s in inputs), SEP]
+
+    def answer_ids(self, target: list[int]) -> list[int]:
+        """``target [EOS]`` (``target`` for known_length): what the model must produce."""
+        return [*(N_SPECIAL + s for s in target), *([EOS] if self.answer == "eos" else [])]
+
+    def sequence_length(self, input_len: int, target_len: int) -> int:
+        return input_len + target_len + 1 + self.bos + (self.answer == "eos")
+
+
+DEFAULT_FORMAT = SequenceFormat()
+
+
 def prompt_ids(inputs: list[int]) -> list[int]:
-    """``[BOS] input [SEP]``: what the model is given before it answers."""
-    return [BOS, *(N_SPECIAL + s for s in inputs), SEP]
+    """``[BOS] input [SEP]`` in the default format."""
+    return DEFAULT_FORMAT.prompt_ids(inputs)
 
 
 def answer_ids(target: list[int]) -> list[int]:
-    """``target [EOS]``: what the model must produce."""
-    return [*(N_SPECIAL + s for s in target), EOS]
+    """``target [EOS]`` in the default format."""
+    return DEFAULT_FORMAT.answer_ids(target)
 
 
 def sequence_length(input_len: int, target_len: int) -> int:
-    return input_len + target_len + 3
+    """Tokens in the default format (the longest of the formats: an upper bound for all)."""
+    return DEFAULT_FORMAT.sequence_length(input_len, target_len)
 
 
 def render(ids: list[int], symbols: list[str], sep: str = " ") -> str:

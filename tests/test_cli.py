@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from posenc import encodings
+from posenc.config import group_options
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +99,6 @@ def test_bad_input_from_a_real_shell_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: unknown encoding 'nope'; valid choices: {', '.join(encodings.names())}"
+        f"error: unknown encoding 'nope'; valid choices: {', '.join(group_options('encoding'))}"
     ]
     assert not (tmp_path / "r").exists()

@@ -248,3 +248,71 @@ def test_submitit_local_sweep_names_swept_variants(tmp_path):
     }
     again = posenc("report", str(exp), cwd=tmp_path)
     assert again.returncode == 0 and "rope@model.d_ff=16" in again.stdout
+
+
+# ---------------------------------------------------------------- presets and --baseline
+
+
+def test_compare_preset_supplies_encodings_tasks_seeds_and_experiment(monkeypatch, tmp_path):
+    from cli import experiments
+
+    seen = {}
+    monkeypatch.setattr(
+        experiments, "_launch", lambda base, overrides, **kw: seen.update(kw, base=base)
+    )
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["compare", "--preset", "kazemnejad_reverse"])
+    assert result.exit_code == 0, result.output
+    assert seen["base"] == [
+        "encoding=none,t5,alibi,rope,sinusoidal",
+        "task=reverse",
+        "seed=0,1,2",
+        "preset=kazemnejad_reverse",
+    ]
+    assert seen["experiment"] == "kazemnejad_reverse" and seen["reserved"]["preset"] == "--preset"
+    CliRunner().invoke(app, ["compare", "--preset", "kazemnejad_copy", "-s", "1", "-e", "t5"])
+    assert seen["base"][:3] == ["encoding=t5", "task=copy", "seed=0"]  # options win
+
+
+def test_compare_unknown_preset_and_a_second_preset_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["compare", "--preset", "kazemnejad"])
+    assert result.exit_code == 2
+    assert "unknown preset 'kazemnejad' in --preset; valid choices: " in result.output
+    assert "kazemnejad_copy" in result.output and len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, ["compare", "--preset", "smoke", "preset=smoke"])
+    assert result.exit_code == 2 and "preset is set by --preset" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_preset_runs_carry_the_paper_block_into_config_yaml():
+    from posenc.config import compose
+
+    cfg = compose(["preset=kazemnejad_copy"])
+    assert cfg.paper["values"]["copy"]["t5"] == 0.42 and cfg.eval.max_len == 40
+    assert cfg.compare.seeds == 3
+
+
+def test_report_baseline_on_the_command_line(tmp_path):
+    exp = tmp_path / "exp"
+    for enc, ood in (("alibi", 1.0), ("rope", 0.0)):
+        d = exp / "copy" / enc / "seed0"
+        d.mkdir(parents=True)
+        data = {
+            "status": "complete", "task": "copy", "encoding": enc, "seed": 0,
+            "train_range": [1, 1],
+            "per_length": {"1": {"exact_match": 1.0, "token_accuracy": 1.0, "examples": "11"},
+                           "2": {"exact_match": ood, "token_accuracy": ood,
+                                 "examples": "11" if ood else "00"}},
+        }  # fmt: skip
+        (d / "metrics.json").write_text(json.dumps(data))
+    result = CliRunner().invoke(app, ["report", str(exp), "--baseline", "t5"])
+    assert result.exit_code == 2 and not (exp / "report.md").exists()
+    assert "baseline 't5' is not an encoding of this experiment; valid choices: alibi, rope" in (
+        result.output
+    )
+    result = CliRunner().invoke(app, ["report", str(exp), "--baseline", "rope"])
+    assert result.exit_code == 0, result.output
+    assert "| alibi | 1 | +1.000 | [+1.000, +1.000] | seeds × examples |" in (
+        (exp / "report.md").read_text()
+    )

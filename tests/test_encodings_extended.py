@@ -477,8 +477,17 @@ def test_combination_errors(parts, message):
 def test_every_encoding_yaml_composes_and_builds(name):
     cfg = compose([f"encoding={name}", "threads=1"])
     p = plan(cfg)
-    assert p.model.encoding.name == name
-    assert set(cfg.encoding) - {"name", "label"} <= set(encodings.parameters(name))
+    assert p.model.encoding.name == cfg.encoding.name  # the file's name, or a variant's
+    assert cfg.encoding.name == name or name.startswith(f"{cfg.encoding.name}_")
+    params = set(encodings.parameters(cfg.encoding.name))
+    assert set(cfg.encoding) - {"name", "label"} <= params
+
+
+@pytest.mark.parametrize("base", ["learned", "sinusoidal"])
+def test_randomized_variant_yamls_wrap_their_base(base):
+    cfg = compose([f"encoding=randomized_{base}"])
+    assert encoding_label(cfg.encoding) == f"randomized_{base}"
+    assert plan(cfg).model.encoding.base.name == base
 
 
 def test_every_registered_encoding_has_a_yaml():

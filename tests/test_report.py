@@ -49,13 +49,12 @@ def record(*args, **kwargs) -> rp.RunRecord:
 
 
 @pytest.mark.parametrize("df", sorted(T_TABLE))
-def test_t_quantile_matches_printed_table(df):
-    assert rp.t_quantile(0.975, df) == pytest.approx(T_TABLE[df], abs=1e-4)
-
-
-def test_t_quantile_is_symmetric_and_tends_to_normal():
-    assert rp.t_quantile(0.025, 5) == pytest.approx(-rp.t_quantile(0.975, 5))
-    assert rp.t_quantile(0.975, 10_000) == pytest.approx(1.95996, abs=1e-3)
+def test_mean_ci_uses_the_printed_t_critical_value(df):
+    values = [0.0, 1.0] + [0.5] * (df - 1)  # df + 1 values
+    mean, half = rp.mean_ci(values)
+    assert half == pytest.approx(
+        T_TABLE[df] * statistics.stdev(values) / math.sqrt(df + 1), rel=1e-4
+    )
 
 
 def test_mean_ci_matches_hand_computed_interval():
@@ -104,11 +103,11 @@ def test_summary_rows_mean_ci_best_seed_and_order():
     assert alibi.id_exact_match.mean == pytest.approx(statistics.mean(ids))
     assert alibi.extrapolation_horizon.mean == pytest.approx(7 / 3)
     assert alibi.best_seed == 1
-    assert alibi.best == {
+    assert {k: alibi.best[k] for k in ("id_exact_match", "ood_exact_match")} == {
         "id_exact_match": 0.95,
         "ood_exact_match": 0.7,
-        "extrapolation_horizon": 3,
     }
+    assert alibi.best["extrapolation_horizon"] == 3 and alibi.best["min_id_exact_match"] == 0.9
     learned = rows[2]
     assert learned.seeds == [0] and learned.ood_exact_match.ci is None
     assert [r.seed for r in learned.failed] == [1] and learned.unfinished == 1
@@ -202,7 +201,7 @@ def test_report_files_markdown_and_plots(tmp_path):
     assert "Boom: bad | worse" in md
     table = md.split("## copy")[1].split("![")[0]
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| encoding | seeds | ID exact match | OOD exact match |")
+    assert lines[0].startswith("| encoding | seeds | ID exact match | min ID | OOD exact match |")
     assert [line.split(" | ")[0][2:] for line in lines[1:]] == ["alibi", "rope", "learned"]
     csv_lines = (exp / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 8 * 4  # 8 complete runs x 4 lengths
@@ -230,3 +229,197 @@ def test_summary_rows_carry_mean_training_minutes():
     (row,) = rp.summary_rows(runs, "copy")
     assert row.train_minutes.mean == pytest.approx(2.0)
     assert rp.table_cells(row)[rp.TABLE_HEADER.index("train min")].startswith("2.0 ± ")
+
+
+# ---------------------------------------------------------------- issue 12: recomputed summaries
+
+
+def test_report_recomputes_old_summaries_from_per_length_with_the_run_threshold():
+    m = metrics("copy", "rope", 0, {1: 0.86, 2: 1.0, 3: 0.95, 4: 0.92, 5: 0.2}, horizon=0)
+    m["summary"]["extrapolation_horizon"] = 0  # as version 1 wrote it: ended by n = 1
+    old = rp.record_from_metrics(m, config={"eval": {"threshold": 0.9}})
+    assert old.summary_version == 1
+    assert old.metrics["summary"]["extrapolation_horizon"] == 4
+    assert old.metrics["summary"]["min_id_exact_match"] == 0.86
+    strict = rp.record_from_metrics(m, config={"eval": {"threshold": 0.93}})
+    assert strict.metrics["summary"]["extrapolation_horizon"] == 3
+    report = rp.build_report([old], "hand", plots=False)
+    assert report.older_summaries == 1
+    assert "1 runs were written under older definitions" in rp.render_markdown(report)
+
+
+# ---------------------------------------------------------------- the paper column and τ
+
+
+PAPER = {
+    "source": "Kazemnejad et al. 2023",
+    "metric": "ood_exact_match",
+    "aggregation": "mean",
+    "values": {"copy": {"t5": 0.42, "alibi": 0.33, "none": 0.31, "rope": 0.01}},
+}
+
+
+def paper_runs(order_ood: dict[str, list[float]], paper=PAPER) -> list[rp.RunRecord]:
+    """One run per (encoding, seed) with the given OOD exact match at length 3 (train 1-2)."""
+    return [
+        rp.record_from_metrics(
+            metrics("copy", enc, seed, {1: 1.0, 2: 1.0, 3: ood}), config={"paper": paper}
+        )
+        for enc, values in order_ood.items()
+        for seed, ood in enumerate(values)
+    ]
+
+
+def test_paper_column_and_kendall_tau_on_hand_made_metrics():
+    from scipy import stats
+
+    # ours: t5 .3, none .2 (mean of .1 and .3), alibi .1, rope 0: one swap (alibi/none) vs paper
+    runs = paper_runs({"t5": [0.3], "none": [0.1, 0.3], "alibi": [0.1], "rope": [0.0]})
+    report = rp.build_report(runs, "hand", plots=False)
+    rows = {r.encoding: r for r in report.tables["copy"]}
+    assert rows["t5"].paper == 0.42 and rows["none"].as_paper == pytest.approx(0.2)
+    comparison = report.papers["copy"]
+    # 4 encodings, 6 pairs, 5 concordant, 1 discordant: tau = 4/6
+    assert comparison.tau == pytest.approx(4 / 6)
+    expected = stats.kendalltau([0.42, 0.31, 0.33, 0.01], [0.3, 0.2, 0.1, 0.0])
+    assert comparison.p_value == pytest.approx(expected.pvalue)
+    md = rp.render_markdown(report)
+    header = next(line for line in md.splitlines() if line.startswith("| encoding"))
+    assert header.endswith("| ours (as paper) | paper |")
+    t5_line = next(line for line in md.splitlines() if line.startswith("| t5 |"))
+    assert t5_line.endswith("| 0.300 | 0.420 |")
+    assert "Kendall's τ = 0.67" in md and "Kazemnejad et al. 2023" in md
+
+
+def test_paper_best_of_seeds_and_identical_order_gives_tau_one():
+    paper = dict(PAPER, aggregation="best")
+    runs = paper_runs(
+        {"t5": [0.1, 0.9], "alibi": [0.5, 0.4], "none": [0.3, 0.2], "rope": [0.0]}, paper
+    )
+    report = rp.build_report(runs, "hand", plots=False)
+    rows = {r.encoding: r for r in report.tables["copy"]}
+    assert rows["t5"].as_paper == 0.9 and rows["alibi"].as_paper == 0.5
+    assert report.papers["copy"].tau == pytest.approx(1.0)
+
+
+def test_encodings_missing_from_the_paper_get_a_dash_and_no_paper_means_no_column():
+    runs = paper_runs({"t5": [0.3], "learned": [0.0]})
+    report = rp.build_report(runs, "hand", plots=False)
+    assert report.papers["copy"].n == 1 and report.papers["copy"].tau is None
+    assert "| learned |" in rp.render_markdown(report)
+    plain = rp.build_report(hand_made_runs(), "hand", plots=False)
+    assert plain.papers == {} and "paper" not in rp.render_markdown(plain)
+
+
+def test_a_bad_paper_aggregation_is_one_line_with_the_choices():
+    runs = paper_runs({"t5": [0.3]}, dict(PAPER, aggregation="median"))
+    with pytest.raises(
+        rp.ConfigError, match="paper.aggregation 'median'; valid choices: mean, best"
+    ):
+        rp.build_report(runs, "hand", plots=False)
+
+
+def test_rich_paper_table_fits_80_columns():
+    from rich.console import Console
+
+    runs = paper_runs({"t5": [0.3], "none": [0.1, 0.3], "alibi": [0.1], "rope": [0.0]})
+    console = Console(width=80, record=True)
+    for table in rp.rich_tables(rp.build_report(runs, "hand", plots=False)):
+        console.print(table)
+    text = console.export_text()
+    assert "Kendall's τ = 0.67" in text and "0.42" in text and "…" not in text
+
+
+# ---------------------------------------------------------------- randomized lift
+
+
+def test_randomized_lift_pairs_each_randomized_encoding_with_its_base():
+    def run(enc, seed, ood, config):
+        return rp.record_from_metrics(
+            metrics("copy", enc, seed, {1: 1.0, 2: 1.0, 3: ood}), config=config
+        )
+
+    randomized = {"encoding": {"name": "randomized", "base": "rope"}}
+    runs = [
+        run("rope", 0, 0.1, {"encoding": {"name": "rope"}}),
+        run("rope", 1, 0.3, {"encoding": {"name": "rope"}}),
+        run("randomized_rope", 0, 0.6, randomized),
+        run("randomized_rope", 1, 0.4, randomized),
+        run("randomized_learned", 0, 0.5, {"encoding": {"name": "randomized", "base": "learned"}}),
+    ]
+    report = rp.build_report(runs, "hand", plots=False)
+    (lift,) = report.lifts["copy"]  # learned was not run: no pair
+    assert (lift.randomized, lift.base) == ("randomized_rope", "rope")
+    assert lift.lift == pytest.approx(0.5 - 0.2)
+    best = rp.randomized_lifts(runs, "copy", "ood_exact_match", "best")
+    assert best[0].lift == pytest.approx(0.6 - 0.3)
+    assert "| randomized_rope | rope | 0.500 | 0.200 | +0.300 |" in rp.render_markdown(report)
+
+
+# ---------------------------------------------------------------- paired bootstrap
+
+
+def example_runs(enc, per_seed: list[dict[int, str]], train=(1, 2)) -> list[rp.RunRecord]:
+    """Runs whose per-length results carry per-example exact match strings."""
+    out = []
+    for seed, by_length in enumerate(per_seed):
+        em = {n: text.count("1") / len(text) for n, text in by_length.items()}
+        m = metrics("copy", enc, seed, em, train=train)
+        for n, text in by_length.items():
+            m["per_length"][str(n)]["examples"] = text
+        out.append(rp.record_from_metrics(m))
+    return out
+
+
+def test_bootstrap_of_identical_runs_is_zero_with_zero_width():
+    table = [
+        {1: "1111", 2: "1101", 3: "1010", 4: "0110"},
+        {1: "1111", 2: "1111", 3: "0011", 4: "1000"},
+    ]
+    d = rp.paired_difference(example_runs("a", table), example_runs("b", table))
+    assert (d.mean, d.low, d.high) == (0.0, 0.0, 0.0)
+    assert d.resampled == "seeds × examples" and d.seeds == [0, 1]
+
+
+def test_bootstrap_of_always_right_against_always_wrong_is_one():
+    good = [{1: "1111", 3: "1111", 4: "1111"}] * 3
+    bad = [{1: "1111", 3: "0000", 4: "0000"}] * 3
+    d = rp.paired_difference(example_runs("good", good), example_runs("bad", bad))
+    assert (d.mean, d.low, d.high) == (1.0, 1.0, 1.0)
+
+
+def test_bootstrap_interval_is_deterministic_and_brackets_the_difference():
+    import random
+
+    rnd = random.Random(5)
+
+    def draw(p):
+        return [{1: "1" * 20, **{n: "".join("1" if rnd.random() < p else "0" for _ in range(40)) for n in (3, 4, 5)}} for _ in range(3)]  # fmt: skip
+
+    a, b = example_runs("a", draw(0.7)), example_runs("b", draw(0.3))
+    d1, d2 = rp.paired_difference(a, b), rp.paired_difference(a, b)
+    assert (d1.low, d1.high) == (d2.low, d2.high)  # seeded
+    assert d1.low < d1.mean < d1.high and 0.2 < d1.mean < 0.6 and d1.low > 0.0
+    assert d1.high - d1.low < 0.4
+
+
+def test_bootstrap_without_per_example_results_resamples_seeds_only():
+    a = [record("copy", "a", s, {1: 1.0, 2: 1.0, 3: v}) for s, v in enumerate((0.5, 0.7, 0.9))]
+    b = [record("copy", "b", s, {1: 1.0, 2: 1.0, 3: 0.5}) for s in range(3)]
+    d = rp.paired_difference(a, b)
+    assert d.resampled == "seeds"
+    assert d.mean == pytest.approx(0.2)
+    assert 0.0 <= d.low < d.mean < d.high <= 0.4  # between the smallest and largest seed
+
+
+def test_report_baseline_table_and_unknown_baseline(tmp_path):
+    runs = example_runs("alibi", [{1: "11", 3: "11"}] * 2) + example_runs(
+        "rope", [{1: "11", 3: "00"}] * 2
+    )
+    report = rp.build_report(runs, "hand", plots=False, baseline="rope")
+    (d,) = report.differences["copy"]
+    assert (d.encoding, d.mean, d.low, d.high) == ("alibi", 1.0, 1.0, 1.0)
+    md = rp.render_markdown(report)
+    assert "| alibi | 2 | +1.000 | [+1.000, +1.000] | seeds × examples |" in md
+    with pytest.raises(rp.ConfigError, match="baseline 't5' .*valid choices: alibi, rope"):
+        rp.build_report(runs, "hand", plots=False, baseline="t5")

@@ -40,7 +40,14 @@ def test_run_writes_every_file_with_the_documented_schema(tiny_cfg, tmp_path):
     assert scores["examples"].count("1") / 6 == scores["exact_match"]
     assert 0 <= on_disk["train"]["padding_share"] < 0.05  # one length per batch
     assert on_disk["train"]["stopped_at"] is None
-    assert set(on_disk["summary"]) == {"id_exact_match", "ood_exact_match", "extrapolation_horizon"}
+    assert on_disk["summary_version"] == 2
+    assert set(on_disk["summary"]) == {
+        "id_exact_match",
+        "min_id_exact_match",
+        "ood_exact_match",
+        "ood_token_accuracy",
+        "extrapolation_horizon",
+    }
     assert on_disk["train"]["steps"] == 12 and on_disk["train"]["tokens_per_sec"] > 0
     assert "encoding:\n  name: alibi" in (d / "config.yaml").read_text()
     ckpt = torch.load(d / "checkpoint.pt", weights_only=False)
