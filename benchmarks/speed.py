@@ -14,6 +14,8 @@ Rows:
 - ``padding``: share of padding tokens under ``train.batching=by_length`` and ``mixed``.
 - ``bf16``: the bare loop with ``train.precision=bf16`` against fp32, same batches.
 - ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
+- ``decode``: exact match at n = 60 by teacher forcing (the default) and by greedy KV-cache
+  decoding (``eval.greedy=true``) on the same examples; asserts they agree example by example.
 - ``smoke``, ``train``, ``compare``: wall seconds of ``posenc train preset=smoke``,
   ``posenc train`` and ``posenc compare`` with their defaults, in fresh folders, with the
   in-distribution exact match they reached and the peak memory (RSS) of the train run.
@@ -58,6 +60,7 @@ ROWS = (
     "padding",
     "bf16",
     "compile",
+    "decode",
     "smoke",
     "train",
     "peer",
@@ -248,6 +251,28 @@ def peer_steps_per_s(peer: Path) -> float:
         return json.loads(out.read_text())["steps_per_s"]
 
 
+def decode_row(cfg, n: int = 60, batch: int = 128) -> None:
+    import numpy as np
+
+    from posenc.evaluate import evaluate_pairs
+
+    p = plan(cfg)
+    p.model.eval()
+    rng = np.random.default_rng(0)
+    pairs = [p.task.sample(n, rng) for _ in range(batch)]
+    timings, scores = {}, {}
+    for name, kwargs in (("forced", {"greedy": False}), ("kv", {"greedy": True})):
+        t0 = time.perf_counter()
+        scores[name] = evaluate_pairs(p.model, pairs, batch_size=batch, **kwargs)
+        timings[name] = time.perf_counter() - t0
+    assert scores["forced"]["examples"] == scores["kv"]["examples"]
+    row(
+        f"scoring n={n}, {batch} sequences: teacher forcing / KV-cache greedy",
+        f"{timings['forced']:.2f} s / {timings['kv']:.2f} s",
+        "same exact match (asserted)",
+    )
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -319,6 +344,9 @@ def main() -> None:
             f"{fp32['seconds'] / compiled['seconds']:.2f}x; first 10 steps {compiled['warm']:.0f} s",
             "default off unless it wins incl. compile time",
         )
+
+    if "decode" in rows:
+        decode_row(cfg)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
