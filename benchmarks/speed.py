@@ -281,6 +281,10 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"of {', '.join(ROWS)}")
     parser.add_argument("--steps", type=int, default=60, help="timed steps of the in-process loops")
     parser.add_argument("--peer", default=str(ROOT.parent / "shared" / "peer"))
+    parser.add_argument(
+        "--runs-root",
+        help="keep the smoke/train/compare runs here (default: a temporary folder)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the model under test")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -349,7 +353,7 @@ def main() -> None:
         decode_row(cfg)
 
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = Path(args.runs_root).resolve() if args.runs_root else Path(tmp)
         if "smoke" in rows:
             out = posenc_cmd("train", "preset=smoke", "progress=false", runs_root=tmp / "smoke")
             row("posenc train preset=smoke, wall", f"{out['wall']:.1f} s", "<= 15 s")
