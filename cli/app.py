@@ -49,6 +49,7 @@ def train(overrides: Overrides = None) -> None:
     from posenc.console import Reporter, RichReporter
     from posenc.errors import PosencError
     from posenc.run import run
+    from posenc.signals import RunStopped
 
     reporter = RichReporter() if cfg.progress else Reporter()
     try:
@@ -58,6 +59,8 @@ def train(overrides: Overrides = None) -> None:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted; the last checkpoint is saved: run the same command again to resume", 130)
+    except RunStopped as stopped:
+        fail(f"{stopped}: run the same command again to resume", stopped.exit_code)
     print(f"run folder: {metrics_dir(cfg)}")
 
 

@@ -160,13 +160,17 @@ def _launch(
         fail(str(exc))
     console = Console(stderr=True, highlight=False)
     total = "?" if plan.total is None else str(plan.total)
-    parallel = f"threads per run: {plan.threads}"
+    parallel = f"threads per run: {plan.threads_shown}"
     if plan.launcher == "local":
         parallel = f"{plan.jobs} at once, {parallel}"
     console.print(
         f"[bold]{total} runs[/] ({what}) -> {plan.experiment_dir} · launcher {plan.launcher}, "
         f"{parallel}"
     )
+    if plan.total is not None and plan.finished == plan.total:
+        console.print(f"all {total} runs are finished with this config; nothing to launch")
+        _report(plan.experiment_dir)
+        return
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     log_path = plan.sweep_dir / "launcher.log"
     console.print(f"sweep log: {log_path}")

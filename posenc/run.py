@@ -8,7 +8,8 @@ folder with ``metrics.json`` is finished and is never overwritten without ``over
 
 from __future__ import annotations
 
-import shutil
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,13 @@ from posenc import encodings
 from posenc.config import encoding_label, encoding_params, task_params, to_yaml
 from posenc.console import Reporter
 from posenc.data import TrainStream, by_length, generate_eval_rows, load_eval_set
-from posenc.errors import ConfigError, RunExistsError
+from posenc.errors import ConfigError, RunExistsError, UnreadableFileError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from posenc.lock import LOCK, RunLock
 from posenc.metrics import summarize
 from posenc.model import ModelConfig, Transformer
+from posenc.signals import StopSignals
 from posenc.train import Trainer
 from tasks.format import vocab_size
 
@@ -130,15 +133,19 @@ def plan(cfg: DictConfig) -> Plan:
         )
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
-    torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
-    encoding = encodings.build(
-        cfg.encoding.name,
-        d_model=m.d_model,
-        n_heads=m.n_heads,
-        max_len=m.max_len,
-        n_layers=m.n_layers,
-        **encoding_params(cfg.encoding),
-    )
+
+    def build_encoding():
+        return encodings.build(
+            cfg.encoding.name,
+            d_model=m.d_model,
+            n_heads=m.n_heads,
+            max_len=m.max_len,
+            n_layers=m.n_layers,
+            **encoding_params(cfg.encoding),
+        )
+
+    with torch.device("meta"):  # checks its parameters and sizes it without allocating
+        encoding = build_encoding()
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
         for n in sorted({*lengths, *quick, hi})[-3:]
@@ -164,9 +171,56 @@ def plan(cfg: DictConfig) -> Plan:
         dropout=m.dropout,
         max_len=m.max_len,
     )
+    check_memory(cfg, model_cfg, encoding, task, lengths, device)
+    torch.manual_seed(cfg.seed)
+    encoding = build_encoding()
     model = Transformer(model_cfg, encoding).to(device)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     return Plan(cfg, task, model, lengths, quick, run_dir, device)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes of memory on ``device``: the GPU's, else the machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(cfg, model_cfg, meta_encoding, task, lengths: list[int], device) -> None:
+    """Refuse a config whose model, training batch or evaluation set cannot fit in memory.
+
+    A rough upper bound, in float32: weights, gradients and two AdamW moments; per layer the
+    attention scores and about a dozen activations of width d_model or d_ff per token kept
+    for the backward pass; the evaluation set held as Python lists.
+    """
+    with torch.device("meta"):
+        meta = Transformer(model_cfg, meta_encoding)
+    numel = sum(t.numel() for t in [*meta.parameters(), *meta.buffers()])
+    rng = np.random.default_rng(cfg.eval.seed)
+    train_tokens = task.max_sequence_length(int(cfg.train.max_len), rng)
+    eval_tokens = task.max_sequence_length(max(lengths), rng)
+    m = model_cfg
+
+    def activations(batch: int, tokens: int, backward: bool) -> int:
+        per_layer = batch * tokens * (m.n_heads * tokens * 3 + 12 * m.d_model + 2 * m.d_ff)
+        return 4 * per_layer * (m.n_layers if backward else 1)
+
+    parts = {
+        "model and optimizer": 16 * numel,
+        "training activations": activations(cfg.train.batch_size, train_tokens, True),
+        "evaluation batch": activations(cfg.eval.batch_size, eval_tokens, False),
+        "evaluation set": 64 * cfg.eval.n_samples * len(lengths) * eval_tokens,
+    }
+    need = sum(parts.values())
+    have = available_memory(device)
+    if need > have:
+        largest = max(parts, key=parts.__getitem__)
+        raise ConfigError(
+            f"this config needs about {need / 2**30:,.1f} GiB ({largest}: "
+            f"{parts[largest] / 2**30:,.1f} GiB) but {device.type} memory is "
+            f"{have / 2**30:,.1f} GiB; lower the model sizes, batch sizes, lengths or "
+            "eval.n_samples"
+        )
 
 
 def config_identity(cfg: DictConfig) -> dict:
@@ -191,7 +245,14 @@ def check_run_dir(p: Plan) -> str:
     if (d / CHECKPOINT).exists() and (d / CONFIG).exists():
         if p.cfg.overwrite:
             return "overwrite"
-        old = OmegaConf.load(d / CONFIG)
+        try:
+            old = OmegaConf.load(d / CONFIG)
+            config_identity(old)
+        except Exception as exc:
+            raise UnreadableFileError(
+                f"{d / CONFIG} cannot be read ({_first_line(exc)}); pass overwrite=true to "
+                "start the run over"
+            ) from exc
         if config_identity(old) != config_identity(p.cfg):
             raise RunExistsError(
                 f"{d} holds an unfinished run with a different config; pass overwrite=true to "
@@ -212,32 +273,85 @@ class _Log:
         self.f.close()
 
 
-def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train and evaluate one run; returns the metrics written to ``metrics.json``."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_checkpoint(path: Path, model, trainer=None, stream=None, device="cpu") -> dict:
+    """Restore a checkpoint into ``model`` (and ``trainer`` and ``stream``); returns the whole
+    state. A truncated, corrupt or foreign file raises `UnreadableFileError` naming it."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        if trainer is not None:
+            trainer.load_state_dict(state["trainer"])
+        if stream is not None:
+            stream.load_state(state["stream"])
+        float(state["seconds"]), int(state["tokens"])
+    except Exception as exc:
+        reason = _first_line(exc)
+        if isinstance(exc, KeyError | TypeError):
+            reason = f"no {exc} entry: not a posenc checkpoint"
+        raise UnreadableFileError(
+            f"{path} cannot be read as a checkpoint of this run ({reason[:160]}); pass "
+            "overwrite=true to start the run over"
+        ) from exc
+    return state
+
+
+def clear_run_dir(d: Path) -> None:
+    """Empty a run folder for ``overwrite=true``, keeping the lock file this process holds."""
+    import shutil
+
+    for child in d.iterdir():
+        if child.name == LOCK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def run(cfg: DictConfig, reporter: Reporter | None = None, *, lock: bool = True) -> dict[str, Any]:
+    """Train and evaluate one run; returns the metrics written to ``metrics.json``.
+
+    Holds the run folder's `RunLock` throughout (``lock=False``: the caller holds it); a
+    second process on the same folder gets `posenc.lock.RunLockedError`. SIGTERM, SIGUSR1
+    and SIGUSR2 save a checkpoint at the next step boundary and raise
+    `posenc.signals.RunStopped` (`posenc.signals`).
+    """
     reporter = reporter or Reporter()
     p = plan(cfg)
-    mode = check_run_dir(p)
+    check_run_dir(p)  # refuse a finished or foreign folder before touching it
+    if not lock:
+        return _run(p, reporter)
+    with RunLock(p.run_dir):
+        return _run(p, reporter)
+
+
+def _run(p: Plan, reporter: Reporter) -> dict[str, Any]:
+    cfg = p.cfg
+    mode = check_run_dir(p)  # again: the folder may have changed while we waited for it
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     d = p.run_dir
-    if mode == "overwrite":
-        shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(d / CONFIG, to_yaml(cfg))
-    log = _Log(d / LOG)
     tr = cfg.train
     model, task = p.model, p.task
     stream = TrainStream(task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed)
     trainer = Trainer.from_config(model, tr, p.device)
     elapsed_before = 0.0
     tokens_before = 0
-    if mode == "resume":
-        state = torch.load(d / CHECKPOINT, map_location=p.device, weights_only=False)
-        model.load_state_dict(state["model"])
-        trainer.load_state_dict(state["trainer"])
-        stream.load_state(state["stream"])
+    if mode == "resume":  # before anything is written: an unreadable checkpoint changes nothing
+        state = load_checkpoint(d / CHECKPOINT, model, trainer, stream, p.device)
         torch.set_rng_state(state["torch_rng"])
-        elapsed_before, tokens_before = state["seconds"], state["tokens"]
+        elapsed_before, tokens_before = float(state["seconds"]), int(state["tokens"])
+    if mode == "overwrite":
+        clear_run_dir(d)
+    atomic_write_text(d / CONFIG, to_yaml(cfg))
+    log = _Log(d / LOG)
+    if mode == "resume":
         log(f"resumed from step {trainer.step_count}")
 
     def save_checkpoint(seconds: float, tokens: int) -> None:
@@ -271,8 +385,15 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     tokens = tokens_before
     window_t, window_steps = t0, 0
     loss = float("nan")
+    stop = StopSignals()
     try:
+        stop.__enter__()
         while trainer.step_count < tr.steps:
+            if stop.requested:
+                save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
+                name = signal.Signals(stop.requested).name
+                log(f"stopped by {name} at step {trainer.step_count}; checkpoint saved")
+                stop.stop(trainer.step_count)
             result = trainer.step(stream.next())
             step, loss = trainer.step_count, result.loss
             tokens += result.tokens
@@ -302,15 +423,35 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                 log(f"step {step} quick eval exact match {summary}")
             if tr.checkpoint_every and step % tr.checkpoint_every == 0:
                 save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
+        train_seconds = elapsed_before + time.perf_counter() - t0
+        save_checkpoint(train_seconds, tokens)
+        metrics = _evaluate_and_write(
+            p, reporter, model, trainer, writer, log, stop, title, loss, train_seconds, tokens
+        )
     except KeyboardInterrupt:
         save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
         log(f"interrupted at step {trainer.step_count}; checkpoint saved")
+        raise
+    finally:
+        stop.__exit__()
         writer.close()
         reporter.close()
         log.close()
-        raise
-    train_seconds = elapsed_before + time.perf_counter() - t0
-    save_checkpoint(train_seconds, tokens)
+    reporter.finish(metrics)
+    return metrics
+
+
+def _evaluate_and_write(
+    p, reporter, model, trainer, writer, log, stop, title, loss, train_seconds, tokens
+) -> dict[str, Any]:
+    from posenc import attention, tblog
+
+    cfg, task, d, tr = p.cfg, p.task, p.run_dir, p.cfg.train
+
+    def on_length(n, scores):
+        if stop.requested:  # the final checkpoint is saved: a rerun only evaluates
+            stop.stop(trainer.step_count)
+        reporter.eval_length(n, scores)
 
     eval_ds = load_eval_set(task, p.eval_lengths, cfg.eval.n_samples, cfg.eval.seed, cfg.data_dir)
     groups = by_length(eval_ds)
@@ -324,7 +465,7 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         greedy=cfg.eval.greedy,
         device=p.device,
         generator=generator,
-        on_length=reporter.eval_length,
+        on_length=on_length,
     )
     eval_seconds = time.perf_counter() - t_eval
     summary = summarize(per_length, tr.min_len, tr.max_len, cfg.eval.threshold)
@@ -363,8 +504,6 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         title=title.split(" → ")[0],
     )
     # Attention maps (posenc.attention): one image per layer, at a training length and beyond.
-    from posenc import attention
-
     attention.log_attention_maps(
         writer,
         model,
@@ -378,8 +517,6 @@ def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     writer.close()
     atomic_write_json(d / METRICS, metrics)  # last: its presence marks the run finished
     log(f"finished: {summary}")
-    log.close()
-    reporter.finish(metrics)
     return metrics
 
 

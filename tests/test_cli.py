@@ -71,7 +71,7 @@ def test_train_runs_and_writes_metrics(tmp_path):
         (["model.n_heads=3"], "not divisible by model.n_heads=3"),
         (["model.d_model=12", "model.n_heads=4"], "must be a positive even integer"),
         (["encoding=learned", "model.max_len=64", "eval.max_len=60"], "model.max_len=64"),
-        (["train.min_len=-2"], "train.min_len must be an integer >= 1, got -2"),
+        (["train.min_len=-2"], "train.min_len must be an integer >= 0, got -2"),
         (["train.min_len=9", "train.max_len=3"], "train.min_len=9 is greater than train.max_len=3"),
         (["task.vocab_size=1"], "needs task.vocab_size >= 2, got 1"),
         (["train.stepz=3"], "bad override"),

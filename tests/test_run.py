@@ -94,7 +94,7 @@ def test_resume_refuses_a_different_config(tiny_cfg):
         (["model.n_heads=3"], "model.d_model=32 is not divisible by model.n_heads=3"),
         (["model.d_model=12", "model.n_heads=4"], "rotary dimension"),
         (["encoding=learned", "model.max_len=15"], "raise model.max_len"),
-        (["train.min_len=-1"], "train.min_len must be an integer >= 1, got -1"),
+        (["train.min_len=-1"], "train.min_len must be an integer >= 0, got -1"),
         (["train.min_len=7"], "train.min_len=7 is greater than train.max_len=6"),
         (["eval.min_len=9", "eval.max_len=3"], "eval.min_len=9 is greater than eval.max_len=3"),
         (["task.vocab_size=1"], "task 'copy' needs task.vocab_size >= 2, got 1"),
