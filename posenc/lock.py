@@ -52,6 +52,25 @@ class RunLock:
             text = ""
         return text.splitlines()[0] if text else "another process"
 
+    def probe(self) -> None:
+        """Raise `RunLockedError` if another process holds the folder; creates nothing."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(self._message()) from None
+        finally:
+            os.close(fd)
+
+    def _message(self) -> str:
+        return (
+            f"{self.folder} is in use by {self.holder()}; wait for it to finish (or stop it) "
+            "and run the same command again"
+        )
+
     def acquire(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -60,10 +79,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not self.wait:
-                    raise RunLockedError(
-                        f"{self.folder} is in use by {self.holder()}; wait for it to finish "
-                        "(or stop it) and run the same command again"
-                    ) from None
+                    raise RunLockedError(self._message()) from None
                 if self.on_wait:
                     self.on_wait(self.holder())
                 fcntl.flock(fd, fcntl.LOCK_EX)

@@ -323,6 +323,8 @@ def run(cfg: DictConfig, reporter: Reporter | None = None, *, lock: bool = True)
     """
     reporter = reporter or Reporter()
     p = plan(cfg)
+    if lock:
+        RunLock(p.run_dir).probe()  # a held folder is named first, whatever it holds
     check_run_dir(p)  # refuse a finished or foreign folder before touching it
     if not lock:
         return _run(p, reporter)
