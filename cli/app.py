@@ -8,19 +8,23 @@ from typing import Annotated
 
 import typer
 
+from cli.completion import complete_overrides
 from cli.data import app as data_app
 
 app = typer.Typer(
     name="posenc",
     help="Compare positional encodings in transformers on synthetic length-generalization tasks.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (cli/completion.py)
     pretty_exceptions_enable=False,
 )
 
 Overrides = Annotated[
     list[str] | None,
-    typer.Argument(help="Hydra overrides, e.g. encoding=alibi task=copy train.steps=2000 seed=1"),
+    typer.Argument(
+        help="Hydra overrides, e.g. encoding=alibi task=copy train.steps=2000 seed=1",
+        autocompletion=complete_overrides,
+    ),
 ]
 
 
@@ -135,7 +139,7 @@ experiments.register(app)
 
 
 def main() -> None:
-    app()
+    app(prog_name="posenc")
 
 
 if __name__ == "__main__":

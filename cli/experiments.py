@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from cli.app import Overrides, fail
+from cli.completion import complete_encodings, complete_overrides, complete_tasks
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
 
@@ -63,9 +64,18 @@ def _names(text: str, group: str, option: str) -> list[str]:
 def compare(
     overrides: Overrides = None,
     encodings: Annotated[
-        str, typer.Option("--encodings", "-e", help="Comma-separated encodings.")
+        str,
+        typer.Option(
+            "--encodings",
+            "-e",
+            help="Comma-separated encodings.",
+            autocompletion=complete_encodings,
+        ),
     ] = CORE_ENCODINGS,
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks.")] = "copy",
+    tasks: Annotated[
+        str,
+        typer.Option("--tasks", "-t", help="Comma-separated tasks.", autocompletion=complete_tasks),
+    ] = "copy",
     seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds 0..N-1 per pair.")] = 1,
     jobs: Jobs = None,
     launcher: Launcher = "local",
@@ -111,7 +121,8 @@ def sweep(
         list[str] | None,
         typer.Argument(
             help="Hydra multirun overrides, e.g. encoding=rope,alibi model.n_layers=2,4 "
-            "train.lr=1e-3,3e-3 experiment=depth"
+            "train.lr=1e-3,3e-3 experiment=depth",
+            autocompletion=complete_overrides,
         ),
     ] = None,
     jobs: Jobs = None,
