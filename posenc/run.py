@@ -38,6 +38,7 @@ METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 LOG = "train.log"
+MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo
 # Settings that change how a run is executed or shown, not what it computes.
 EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir")
 
@@ -121,6 +122,8 @@ def plan(cfg: DictConfig) -> Plan:
         task.check_length(n, "train.eval_lengths entry")
     if cfg.threads is not None:
         _positive_int(cfg.threads, "threads")
+        if cfg.threads > MAX_THREADS:
+            raise ConfigError(f"threads must be at most {MAX_THREADS}, got {cfg.threads}")
     device = resolve_device(str(cfg.device))
 
     m = cfg.model
@@ -144,8 +147,15 @@ def plan(cfg: DictConfig) -> Plan:
             **encoding_params(cfg.encoding),
         )
 
-    with torch.device("meta"):  # checks its parameters and sizes it without allocating
-        encoding = build_encoding()
+    try:
+        with torch.device("meta"):  # checks its parameters and sizes it without allocating
+            encoding = build_encoding()
+    except ConfigError:
+        raise
+    except Exception as exc:  # sizes past what torch can index, and the like
+        raise ConfigError(
+            f"cannot build encoding {cfg.encoding.name!r}: {_first_line(exc)}"
+        ) from exc
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
         for n in sorted({*lengths, *quick, hi})[-3:]
@@ -171,7 +181,12 @@ def plan(cfg: DictConfig) -> Plan:
         dropout=m.dropout,
         max_len=m.max_len,
     )
-    check_memory(cfg, model_cfg, encoding, task, lengths, device)
+    try:
+        check_memory(cfg, model_cfg, encoding, task, lengths, device)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot build this model: {_first_line(exc)}") from exc
     torch.manual_seed(cfg.seed)
     encoding = build_encoding()
     model = Transformer(model_cfg, encoding).to(device)
