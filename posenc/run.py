@@ -147,6 +147,7 @@ def plan(cfg: DictConfig) -> Plan:
             **encoding_params(cfg.encoding),
         )
 
+    check_model_size(m, device)
     try:
         with torch.device("meta"):  # checks its parameters and sizes it without allocating
             encoding = build_encoding()
@@ -199,6 +200,20 @@ def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_model_size(m, device) -> None:
+    """Refuse a model whose blocks alone (4·d² attention and 2·d·d_ff MLP weights per layer,
+    with gradients and AdamW moments) cannot fit, before building even a meta copy of it:
+    a million layers take minutes just to construct."""
+    numel = m.n_layers * (4 * m.d_model**2 + 2 * m.d_model * m.d_ff)
+    have = available_memory(device)
+    if 16 * numel > have:
+        raise ConfigError(
+            f"this config needs more than {16 * numel / 2**30:,.1f} GiB (model and optimizer) "
+            f"but {device.type} memory is {have / 2**30:,.1f} GiB; lower model.n_layers, "
+            "model.d_model or model.d_ff"
+        )
 
 
 def check_memory(cfg, model_cfg, meta_encoding, task, lengths: list[int], device) -> None:
