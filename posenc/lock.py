@@ -102,3 +102,17 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def clear_folder(folder: str | Path) -> None:
+    """Empty a run folder for ``overwrite=true``, keeping the lock file this process holds
+    (removing it would let a second process lock a new file of the same name)."""
+    import shutil
+
+    for child in Path(folder).iterdir():
+        if child.name == LOCK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()

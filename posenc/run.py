@@ -8,8 +8,6 @@ folder with ``metrics.json`` is finished and is never overwritten without ``over
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +19,18 @@ from omegaconf import DictConfig, OmegaConf
 
 import tasks
 from posenc import encodings
+from posenc.checkpoint import load_checkpoint
 from posenc.config import encoding_label, encoding_params, task_params, to_yaml
 from posenc.console import Reporter
 from posenc.data import TrainStream, by_length, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError, RunExistsError, UnreadableFileError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
-from posenc.lock import LOCK, RunLock
+from posenc.lock import RunLock, clear_folder
+from posenc.memory import check_fits
 from posenc.metrics import summarize
 from posenc.model import ModelConfig, Transformer
-from posenc.signals import StopSignals
+from posenc.signals import RunStopped, StopSignals
 from posenc.train import Trainer
 from tasks.format import vocab_size
 
@@ -38,8 +38,8 @@ METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 LOG = "train.log"
-MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo
 # Settings that change how a run is executed or shown, not what it computes.
+MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo
 EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir")
 
 
@@ -136,27 +136,16 @@ def plan(cfg: DictConfig) -> Plan:
         )
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
-
-    def build_encoding():
-        return encodings.build(
-            cfg.encoding.name,
-            d_model=m.d_model,
-            n_heads=m.n_heads,
-            max_len=m.max_len,
-            n_layers=m.n_layers,
-            **encoding_params(cfg.encoding),
-        )
-
-    check_model_size(m, device)
-    try:
-        with torch.device("meta"):  # checks its parameters and sizes it without allocating
-            encoding = build_encoding()
-    except ConfigError:
-        raise
-    except Exception as exc:  # sizes past what torch can index, and the like
-        raise ConfigError(
-            f"cannot build encoding {cfg.encoding.name!r}: {_first_line(exc)}"
-        ) from exc
+    check_fits(cfg, task, lengths, device)  # posenc.memory: before anything is allocated
+    torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
+    encoding = encodings.build(
+        cfg.encoding.name,
+        d_model=m.d_model,
+        n_heads=m.n_heads,
+        max_len=m.max_len,
+        n_layers=m.n_layers,
+        **encoding_params(cfg.encoding),
+    )
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
         for n in sorted({*lengths, *quick, hi})[-3:]
@@ -182,75 +171,9 @@ def plan(cfg: DictConfig) -> Plan:
         dropout=m.dropout,
         max_len=m.max_len,
     )
-    try:
-        check_memory(cfg, model_cfg, encoding, task, lengths, device)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"cannot build this model: {_first_line(exc)}") from exc
-    torch.manual_seed(cfg.seed)
-    encoding = build_encoding()
     model = Transformer(model_cfg, encoding).to(device)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     return Plan(cfg, task, model, lengths, quick, run_dir, device)
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes of memory on ``device``: the GPU's, else the machine's physical memory."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_model_size(m, device) -> None:
-    """Refuse a model whose blocks alone (4·d² attention and 2·d·d_ff MLP weights per layer,
-    with gradients and AdamW moments) cannot fit, before building even a meta copy of it:
-    a million layers take minutes just to construct."""
-    numel = m.n_layers * (4 * m.d_model**2 + 2 * m.d_model * m.d_ff)
-    have = available_memory(device)
-    if 16 * numel > have:
-        raise ConfigError(
-            f"this config needs more than {16 * numel / 2**30:,.1f} GiB (model and optimizer) "
-            f"but {device.type} memory is {have / 2**30:,.1f} GiB; lower model.n_layers, "
-            "model.d_model or model.d_ff"
-        )
-
-
-def check_memory(cfg, model_cfg, meta_encoding, task, lengths: list[int], device) -> None:
-    """Refuse a config whose model, training batch or evaluation set cannot fit in memory.
-
-    A rough upper bound, in float32: weights, gradients and two AdamW moments; per layer the
-    attention scores and about a dozen activations of width d_model or d_ff per token kept
-    for the backward pass; the evaluation set held as Python lists.
-    """
-    with torch.device("meta"):
-        meta = Transformer(model_cfg, meta_encoding)
-    numel = sum(t.numel() for t in [*meta.parameters(), *meta.buffers()])
-    rng = np.random.default_rng(cfg.eval.seed)
-    train_tokens = task.max_sequence_length(int(cfg.train.max_len), rng)
-    eval_tokens = task.max_sequence_length(max(lengths), rng)
-    m = model_cfg
-
-    def activations(batch: int, tokens: int, backward: bool) -> int:
-        per_layer = batch * tokens * (m.n_heads * tokens * 3 + 12 * m.d_model + 2 * m.d_ff)
-        return 4 * per_layer * (m.n_layers if backward else 1)
-
-    parts = {
-        "model and optimizer": 16 * numel,
-        "training activations": activations(cfg.train.batch_size, train_tokens, True),
-        "evaluation batch": activations(cfg.eval.batch_size, eval_tokens, False),
-        "evaluation set": 64 * cfg.eval.n_samples * len(lengths) * eval_tokens,
-    }
-    need = sum(parts.values())
-    have = available_memory(device)
-    if need > have:
-        largest = max(parts, key=parts.__getitem__)
-        raise ConfigError(
-            f"this config needs about {need / 2**30:,.1f} GiB ({largest}: "
-            f"{parts[largest] / 2**30:,.1f} GiB) but {device.type} memory is "
-            f"{have / 2**30:,.1f} GiB; lower the model sizes, batch sizes, lengths or "
-            "eval.n_samples"
-        )
 
 
 def config_identity(cfg: DictConfig) -> dict:
@@ -280,8 +203,8 @@ def check_run_dir(p: Plan) -> str:
             config_identity(old)
         except Exception as exc:
             raise UnreadableFileError(
-                f"{d / CONFIG} cannot be read ({_first_line(exc)}); pass overwrite=true to "
-                "start the run over"
+                f"{d / CONFIG} cannot be read ({str(exc).strip().splitlines()[0]}); pass "
+                "overwrite=true to start the run over"
             ) from exc
         if config_identity(old) != config_identity(p.cfg):
             raise RunExistsError(
@@ -303,87 +226,47 @@ class _Log:
         self.f.close()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def load_checkpoint(path: Path, model, trainer=None, stream=None, device="cpu") -> dict:
-    """Restore a checkpoint into ``model`` (and ``trainer`` and ``stream``); returns the whole
-    state. A truncated, corrupt or foreign file raises `UnreadableFileError` naming it."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        if trainer is not None:
-            trainer.load_state_dict(state["trainer"])
-        if stream is not None:
-            stream.load_state(state["stream"])
-        float(state["seconds"]), int(state["tokens"])
-    except Exception as exc:
-        reason = _first_line(exc)
-        if isinstance(exc, KeyError | TypeError):
-            reason = f"no {exc} entry: not a posenc checkpoint"
-        raise UnreadableFileError(
-            f"{path} cannot be read as a checkpoint of this run ({reason[:160]}); pass "
-            "overwrite=true to start the run over"
-        ) from exc
-    return state
-
-
-def clear_run_dir(d: Path) -> None:
-    """Empty a run folder for ``overwrite=true``, keeping the lock file this process holds."""
-    import shutil
-
-    for child in d.iterdir():
-        if child.name == LOCK:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
 def run(cfg: DictConfig, reporter: Reporter | None = None, *, lock: bool = True) -> dict[str, Any]:
     """Train and evaluate one run; returns the metrics written to ``metrics.json``.
 
-    Holds the run folder's `RunLock` throughout (``lock=False``: the caller holds it); a
-    second process on the same folder gets `posenc.lock.RunLockedError`. SIGTERM, SIGUSR1
-    and SIGUSR2 save a checkpoint at the next step boundary and raise
-    `posenc.signals.RunStopped` (`posenc.signals`).
+    Holds the run folder's `posenc.lock.RunLock` throughout (``lock=False``: the caller
+    holds it): a second process on the folder gets `posenc.lock.RunLockedError`.
     """
-    reporter = reporter or Reporter()
     p = plan(cfg)
-    if lock:
-        RunLock(p.run_dir).probe()  # a held folder is named first, whatever it holds
-    check_run_dir(p)  # refuse a finished or foreign folder before touching it
     if not lock:
         return _run(p, reporter)
+    RunLock(p.run_dir).probe()  # a held folder is named first, whatever it holds
+    check_run_dir(p)  # a finished or foreign folder is refused before it is touched
     with RunLock(p.run_dir):
         return _run(p, reporter)
 
 
-def _run(p: Plan, reporter: Reporter) -> dict[str, Any]:
+def _run(p: Plan, reporter: Reporter | None) -> dict[str, Any]:
+    reporter = reporter or Reporter()
     cfg = p.cfg
     mode = check_run_dir(p)  # again: the folder may have changed while we waited for it
+    # An unreadable checkpoint fails here, before anything is written.
+    state = load_checkpoint(p.run_dir / CHECKPOINT, p.model, p.device) if mode == "resume" else None
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     d = p.run_dir
+    if mode == "overwrite":
+        clear_folder(d)
     d.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(d / CONFIG, to_yaml(cfg))
+    log = _Log(d / LOG)
     tr = cfg.train
     model, task = p.model, p.task
     stream = TrainStream(task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed)
     trainer = Trainer.from_config(model, tr, p.device)
     elapsed_before = 0.0
     tokens_before = 0
-    if mode == "resume":  # before anything is written: an unreadable checkpoint changes nothing
-        state = load_checkpoint(d / CHECKPOINT, model, trainer, stream, p.device)
-        torch.set_rng_state(state["torch_rng"])
-        elapsed_before, tokens_before = float(state["seconds"]), int(state["tokens"])
-    if mode == "overwrite":
-        clear_run_dir(d)
-    atomic_write_text(d / CONFIG, to_yaml(cfg))
-    log = _Log(d / LOG)
     if mode == "resume":
+        assert state is not None
+        trainer.load_state_dict(state["trainer"])
+        stream.load_state(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        elapsed_before, tokens_before = state["seconds"], state["tokens"]
         log(f"resumed from step {trainer.step_count}")
 
     def save_checkpoint(seconds: float, tokens: int) -> None:
@@ -417,15 +300,10 @@ def _run(p: Plan, reporter: Reporter) -> dict[str, Any]:
     tokens = tokens_before
     window_t, window_steps = t0, 0
     loss = float("nan")
-    stop = StopSignals()
+    stop = StopSignals().install()  # SIGTERM, SIGUSR1, SIGUSR2: posenc.signals
     try:
-        stop.__enter__()
         while trainer.step_count < tr.steps:
-            if stop.requested:
-                save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
-                name = signal.Signals(stop.requested).name
-                log(f"stopped by {name} at step {trainer.step_count}; checkpoint saved")
-                stop.stop(trainer.step_count)
+            stop.check(trainer.step_count)
             result = trainer.step(stream.next())
             step, loss = trainer.step_count, result.loss
             tokens += result.tokens
@@ -455,35 +333,17 @@ def _run(p: Plan, reporter: Reporter) -> dict[str, Any]:
                 log(f"step {step} quick eval exact match {summary}")
             if tr.checkpoint_every and step % tr.checkpoint_every == 0:
                 save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
-        train_seconds = elapsed_before + time.perf_counter() - t0
-        save_checkpoint(train_seconds, tokens)
-        metrics = _evaluate_and_write(
-            p, reporter, model, trainer, writer, log, stop, title, loss, train_seconds, tokens
-        )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunStopped):
         save_checkpoint(elapsed_before + time.perf_counter() - t0, tokens)
         log(f"interrupted at step {trainer.step_count}; checkpoint saved")
-        raise
-    finally:
-        stop.__exit__()
         writer.close()
         reporter.close()
         log.close()
-    reporter.finish(metrics)
-    return metrics
-
-
-def _evaluate_and_write(
-    p, reporter, model, trainer, writer, log, stop, title, loss, train_seconds, tokens
-) -> dict[str, Any]:
-    from posenc import attention, tblog
-
-    cfg, task, d, tr = p.cfg, p.task, p.run_dir, p.cfg.train
-
-    def on_length(n, scores):
-        if stop.requested:  # the final checkpoint is saved: a rerun only evaluates
-            stop.stop(trainer.step_count)
-        reporter.eval_length(n, scores)
+        stop.pass_on()  # a stop signal goes on to the earlier handler (submitit requeues)
+        raise
+    stop.restore()
+    train_seconds = elapsed_before + time.perf_counter() - t0
+    save_checkpoint(train_seconds, tokens)
 
     eval_ds = load_eval_set(task, p.eval_lengths, cfg.eval.n_samples, cfg.eval.seed, cfg.data_dir)
     groups = by_length(eval_ds)
@@ -497,7 +357,7 @@ def _evaluate_and_write(
         greedy=cfg.eval.greedy,
         device=p.device,
         generator=generator,
-        on_length=on_length,
+        on_length=reporter.eval_length,
     )
     eval_seconds = time.perf_counter() - t_eval
     summary = summarize(per_length, tr.min_len, tr.max_len, cfg.eval.threshold)
@@ -536,6 +396,8 @@ def _evaluate_and_write(
         title=title.split(" → ")[0],
     )
     # Attention maps (posenc.attention): one image per layer, at a training length and beyond.
+    from posenc import attention
+
     attention.log_attention_maps(
         writer,
         model,
@@ -549,6 +411,8 @@ def _evaluate_and_write(
     writer.close()
     atomic_write_json(d / METRICS, metrics)  # last: its presence marks the run finished
     log(f"finished: {summary}")
+    log.close()
+    reporter.finish(metrics)
     return metrics
 
 
