@@ -9,19 +9,23 @@ from typing import Annotated
 
 import typer
 
+from cli.completion import complete_overrides
 from cli.data import app as data_app
 
 app = typer.Typer(
     name="posenc",
     help="Compare positional encodings in transformers on synthetic length-generalization tasks.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (cli/completion.py)
     pretty_exceptions_enable=False,
 )
 
 Overrides = Annotated[
     list[str] | None,
-    typer.Argument(help="Hydra overrides, e.g. encoding=alibi task=copy train.steps=2000 seed=1"),
+    typer.Argument(
+        help="Hydra overrides, e.g. encoding=alibi task=copy train.steps=2000 seed=1",
+        autocompletion=complete_overrides,
+    ),
 ]
 
 
@@ -50,6 +54,7 @@ def train(overrides: Overrides = None) -> None:
     from posenc.console import Reporter, RichReporter
     from posenc.errors import PosencError
     from posenc.run import run
+    from posenc.signals import RunStopped
 
     reporter = RichReporter() if cfg.progress else Reporter()
     try:
@@ -59,6 +64,8 @@ def train(overrides: Overrides = None) -> None:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted; the last checkpoint is saved: run the same command again to resume", 130)
+    except RunStopped as stopped:
+        fail(f"{stopped}: run the same command again to resume", stopped.exit_code)
     print(f"run folder: {metrics_dir(cfg)}")
 
 
@@ -137,7 +144,7 @@ def main() -> None:
     # cores (a train beside an eval, two terminals) otherwise collapse to a fraction of one.
     # It must be set before torch loads its OpenMP runtime; an explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    app()
+    app(prog_name="posenc")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from cli.app import Overrides, fail
+from cli.completion import complete_encodings, complete_overrides, complete_tasks
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
 
@@ -68,12 +69,16 @@ def compare(
             "--encodings",
             "-e",
             help=f"Comma-separated encodings. Default: {CORE_ENCODINGS}, or the preset's.",
+            autocompletion=complete_encodings,
         ),
     ] = None,
     tasks: Annotated[
         str | None,
         typer.Option(
-            "--tasks", "-t", help="Comma-separated tasks. Default: copy, or the preset's."
+            "--tasks",
+            "-t",
+            help="Comma-separated tasks. Default: copy, or the preset's.",
+            autocompletion=complete_tasks,
         ),
     ] = None,
     seeds: Annotated[
@@ -170,7 +175,8 @@ def sweep(
         list[str] | None,
         typer.Argument(
             help="Hydra multirun overrides, e.g. encoding=rope,alibi model.n_layers=2,4 "
-            "train.lr=1e-3,3e-3 experiment=depth"
+            "train.lr=1e-3,3e-3 experiment=depth",
+            autocompletion=complete_overrides,
         ),
     ] = None,
     jobs: Jobs = None,
@@ -219,13 +225,17 @@ def _launch(
         fail(str(exc))
     console = Console(stderr=True, highlight=False)
     total = "?" if plan.total is None else str(plan.total)
-    parallel = f"threads per run: {plan.threads}"
+    parallel = f"threads per run: {plan.threads_shown}"
     if plan.launcher == "local":
         parallel = f"{plan.jobs} at once, {parallel}"
     console.print(
         f"[bold]{total} runs[/] ({what}) -> {plan.experiment_dir} · launcher {plan.launcher}, "
         f"{parallel}"
     )
+    if plan.total is not None and plan.finished == plan.total:
+        console.print(f"all {total} runs are finished with this config; nothing to launch")
+        _report(plan.experiment_dir)
+        return
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     log_path = plan.sweep_dir / "launcher.log"
     console.print(f"sweep log: {log_path}")

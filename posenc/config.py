@@ -15,7 +15,11 @@ _GROUP_OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>[A-Za-z_]+)=(?P<value>[^=]*)$
 
 def parts_label(parts) -> str:
     """``${parts_label:${encoding.parts}}``: a combination's name, e.g. ``learned+t5``."""
-    names = [p if isinstance(p, str) else str(p.get("name")) for p in parts]
+    if not isinstance(parts, list | tuple) and not OmegaConf.is_list(parts):
+        return str(parts)  # a wrong type: posenc.schema reports it with the valid form
+    names = [
+        p if isinstance(p, str) else str(p.get("name") if hasattr(p, "get") else p) for p in parts
+    ]
     return "+".join(names)
 
 
@@ -52,22 +56,33 @@ def check_group_overrides(overrides: list[str]) -> None:
                 )
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The resolved root config with ``overrides`` applied (Hydra's Compose API)."""
+def _hydra_compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    overrides = list(overrides or [])
-    check_group_overrides(overrides)
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
+            return hydra_compose(config_name="config", overrides=overrides)
     except Exception as exc:  # Hydra's messages are good but multi-line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"bad override: {first}") from exc
+
+
+def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictConfig:
+    """The root config with ``overrides`` applied (Hydra's Compose API), its values checked
+    against the types of the same config groups' defaults (`posenc.schema`)."""
+    from posenc.schema import check_config
+
+    overrides = list(overrides or [])
+    check_group_overrides(overrides)
+    cfg = _hydra_compose(overrides)
+    if check:
+        known = set(groups())
+        choices = [o for o in overrides if (m := _GROUP_OVERRIDE.match(o)) and m["group"] in known]
+        check_config(cfg, _hydra_compose(choices))
     return cfg
 
 

@@ -143,7 +143,7 @@ def load_eval_set(task: Task, lengths: list[int], n_samples: int, seed: int, cac
     key = eval_set_key(task, lengths, n_samples, seed)
     path = Path(cache_dir) / f"{task.name}-{key}"
     if (path / "dataset_info.json").exists():
-        return datasets.load_from_disk(str(path))
+        return _load_cached(path)
     ds = datasets.Dataset.from_dict(generate_eval_rows(task, lengths, n_samples, seed))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -158,7 +158,27 @@ def load_eval_set(task: Task, lengths: list[int], n_samples: int, seed: int, cac
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return datasets.load_from_disk(str(path))
+    return _load_cached(path)
+
+
+def _load_cached(path: Path):
+    """A cached evaluation set; a truncated or corrupt one raises `UnreadableFileError`."""
+    import datasets
+
+    from posenc.errors import UnreadableFileError
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+        if not {"length", "input", "target"} <= set(ds.column_names):
+            raise ValueError(f"columns {ds.column_names}, not length, input, target")
+        ds[:1]  # reads the Arrow data, not only the metadata
+        return ds
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableFileError(
+            f"the cached evaluation set {path} cannot be read ({reason[:160]}); delete that "
+            "folder and run the same command again (it is rebuilt from its seed)"
+        ) from exc
 
 
 def by_length(ds) -> dict[int, list[tuple[list[int], list[int]]]]:

@@ -11,3 +11,8 @@ class ConfigError(PosencError, ValueError):
 
 class RunExistsError(PosencError):
     """The run folder already holds a finished run and `overwrite` is false."""
+
+
+class UnreadableFileError(PosencError, ValueError):
+    """A file posenc wrote earlier is truncated, corrupt or not posenc's: the message names it
+    and what to do (``overwrite=true``, or delete it)."""

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import tasks
 from posenc.config import encoding_label, task_params
 from posenc.data import by_length, load_eval_set
-from posenc.errors import ConfigError
+from posenc.errors import ConfigError, UnreadableFileError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json, read_json
 from posenc.metrics import SUMMARY_VERSION, summarize
@@ -146,7 +146,15 @@ def reevaluate(
         applied += filled
 
     p = plan(cfg)
-    state = torch.load(d / CHECKPOINT, map_location=p.device, weights_only=False)
+    try:
+        state = torch.load(d / CHECKPOINT, map_location=p.device, weights_only=True)
+        state["model"]
+    except Exception as exc:
+        raise UnreadableFileError(
+            f"{d / CHECKPOINT} cannot be read as a posenc checkpoint "
+            f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc!r}); "
+            "retrain the run with posenc train ... overwrite=true"
+        ) from exc
     try:
         p.model.load_state_dict(state["model"])
     except RuntimeError as exc:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from posenc.errors import ConfigError
+from posenc.errors import ConfigError, UnreadableFileError
 from posenc.io import atomic_write_bytes, atomic_write_text, read_json
 from posenc.metrics import SUMMARY_VERSION, summarize
 
@@ -135,11 +135,19 @@ def load_experiment(exp_dir: str | Path) -> list[RunRecord]:
     for d in sorted(folders):
         rel = str(d.relative_to(root))
         if (d / METRICS).exists():
-            records.append(record_from_metrics(read_json(d / METRICS), rel, _read_config(d)))
-            continue
+            try:
+                records.append(record_from_metrics(read_json(d / METRICS), rel, _read_config(d)))
+                continue
+            except UnreadableFileError as exc:
+                task, encoding, seed = _names_from_path(d)
+                records.append(RunRecord(task, encoding, seed, "failed", rel, error=str(exc)))
+                continue
         task, encoding, seed = _names_from_path(d)
         if (d / ERROR).exists():
-            err = read_json(d / ERROR)
+            try:
+                err = read_json(d / ERROR)
+            except UnreadableFileError as exc:
+                err = {"error": str(exc)}
             records.append(
                 RunRecord(
                     task=str(err.get("task", task)),

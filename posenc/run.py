@@ -8,7 +8,6 @@ folder with ``metrics.json`` is finished and is never overwritten without ``over
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +19,18 @@ from omegaconf import DictConfig, OmegaConf
 
 import tasks
 from posenc import encodings
+from posenc.checkpoint import load_checkpoint
 from posenc.config import encoding_label, encoding_params, task_format, task_params, to_yaml
 from posenc.console import Reporter
 from posenc.data import BATCHING, TrainStream, by_length, generate_eval_rows, load_eval_set
-from posenc.errors import ConfigError, RunExistsError
+from posenc.errors import ConfigError, RunExistsError, UnreadableFileError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from posenc.lock import RunLock, clear_folder
+from posenc.memory import check_fits
 from posenc.metrics import SUMMARY_VERSION, summarize
 from posenc.model import EMBED_INITS, ModelConfig, Transformer
+from posenc.signals import RunStopped, StopSignals
 from posenc.train import PRECISIONS, Trainer
 from tasks.format import DEFAULT_FORMAT, SequenceFormat, vocab_size
 
@@ -35,6 +38,7 @@ METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 LOG = "train.log"
+MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo
 # Settings that change how a run is executed or shown, not what it computes.
 EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir")
 # Metadata carried into config.yaml for the report and `posenc compare --preset`: never numbers.
@@ -153,6 +157,8 @@ def plan(cfg: DictConfig) -> Plan:
         task.check_length(n, "train.eval_lengths entry")
     if cfg.threads is not None:
         _positive_int(cfg.threads, "threads")
+        if cfg.threads > MAX_THREADS:
+            raise ConfigError(f"threads must be at most {MAX_THREADS}, got {cfg.threads}")
     device = resolve_device(str(cfg.device))
 
     m = cfg.model
@@ -175,6 +181,7 @@ def plan(cfg: DictConfig) -> Plan:
         if isinstance(default, bool) and not isinstance(value, bool):
             key = f"{section}.{name}"
             raise ConfigError(f"{key} must be true or false, got {value!r}")
+    check_fits(cfg, task, lengths, device)  # posenc.memory: before anything is allocated
     torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
     encoding = encodings.build(
         cfg.encoding.name,
@@ -244,7 +251,14 @@ def check_run_dir(p: Plan) -> str:
     if (d / CHECKPOINT).exists() and (d / CONFIG).exists():
         if p.cfg.overwrite:
             return "overwrite"
-        old = OmegaConf.load(d / CONFIG)
+        try:
+            old = OmegaConf.load(d / CONFIG)
+            config_identity(old)
+        except Exception as exc:
+            raise UnreadableFileError(
+                f"{d / CONFIG} cannot be read ({str(exc).strip().splitlines()[0]}); pass "
+                "overwrite=true to start the run over"
+            ) from exc
         if config_identity(old) != config_identity(p.cfg):
             raise RunExistsError(
                 f"{d} holds an unfinished run with a different config; pass overwrite=true to "
@@ -319,8 +333,10 @@ def prepare(p: Plan, mode: str) -> Session:
     cfg, d, tr = p.cfg, p.run_dir, p.cfg.train
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    # An unreadable checkpoint fails here, before anything is written.
+    state = load_checkpoint(d / CHECKPOINT, p.model, p.device) if mode == "resume" else None
     if mode == "overwrite":
-        shutil.rmtree(d)
+        clear_folder(d)
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_text(d / CONFIG, to_yaml(cfg))
     log = _Log(d / LOG)
@@ -329,9 +345,7 @@ def prepare(p: Plan, mode: str) -> Session:
     )
     trainer = Trainer.from_config(p.model, tr, p.device)
     resumed: dict[str, Any] = {}
-    if mode == "resume":
-        state = torch.load(d / CHECKPOINT, map_location=p.device, weights_only=False)
-        p.model.load_state_dict(state["model"])
+    if state is not None:  # the model's weights are loaded already
         trainer.load_state_dict(state["trainer"])
         stream.load_state(state["stream"])
         torch.set_rng_state(state["torch_rng"])
@@ -397,8 +411,10 @@ def train_phase(s: Session, reporter: Reporter) -> float:
     t0 = time.perf_counter()
     tokens_at_start = s.tokens
     window_t, window_steps = t0, 0
+    stop = StopSignals().install()  # SIGTERM, SIGUSR1, SIGUSR2: posenc.signals
     try:
         while trainer.step_count < tr.steps and s.stop_hits < 2:
+            stop.check(trainer.step_count)
             result = trainer.step(s.stream.next())
             step, s.loss = trainer.step_count, result.loss
             s.tokens += result.tokens
@@ -422,12 +438,14 @@ def train_phase(s: Session, reporter: Reporter) -> float:
                     s.log(f"stopped at step {step}: ID exact match >= {tr.stop_at} twice running")
             if tr.checkpoint_every and step % tr.checkpoint_every == 0:
                 s.checkpoint(s.seconds_before + time.perf_counter() - t0)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunStopped):
         s.checkpoint(s.seconds_before + time.perf_counter() - t0)
         s.log(f"interrupted at step {trainer.step_count}; checkpoint saved")
         s.close()
         reporter.close()
+        stop.pass_on()  # a stop signal goes on to the earlier handler (submitit requeues)
         raise
+    stop.restore()
     seconds = s.seconds_before + time.perf_counter() - t0
     s.checkpoint(seconds)
     return seconds
@@ -515,10 +533,24 @@ def write_phase(
     return metrics
 
 
-def run(cfg: DictConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train and evaluate one run; returns the metrics written to ``metrics.json``."""
-    reporter = reporter or Reporter()
+def run(cfg: DictConfig, reporter: Reporter | None = None, *, lock: bool = True) -> dict[str, Any]:
+    """Train and evaluate one run; returns the metrics written to ``metrics.json``.
+
+    Holds the run folder's `posenc.lock.RunLock` throughout (``lock=False``: the caller
+    holds it): a second process on the folder gets `posenc.lock.RunLockedError`.
+    """
     p = plan(cfg)
+    if not lock:
+        return _run(p, reporter)
+    RunLock(p.run_dir).probe()  # a held folder is named first, whatever it holds
+    check_run_dir(p)  # a finished or foreign folder is refused before it is touched
+    with RunLock(p.run_dir):
+        return _run(p, reporter)
+
+
+def _run(p: Plan, reporter: Reporter | None) -> dict[str, Any]:
+    reporter = reporter or Reporter()
+    # Again: the folder may have changed while we waited for its lock.
     session = prepare(p, check_run_dir(p))
     train_seconds = train_phase(session, reporter)
     per_length, groups, eval_seconds = evaluate_phase(session, reporter)

@@ -27,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from posenc.config import CONFIG_DIR, encoding_label
 from posenc.errors import ConfigError
 from posenc.io import atomic_write_json, read_json
+from posenc.lock import RunLock
+from posenc.signals import RunStopped
 
 ERROR = "error.json"
 JOB_STATUS = "posenc_job.json"
@@ -81,26 +83,36 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.time(),
     }
     atomic_write_json(status_path, job)
+
+    def waiting(holder: str) -> None:  # another sweep (or posenc train) holds this run
+        job.update(status="waiting", holder=holder)
+        atomic_write_json(status_path, job)
+
     try:
-        if (run_dir / METRICS).exists() and not cfg.overwrite:
-            saved = OmegaConf.load(run_dir / CONFIG) if (run_dir / CONFIG).exists() else None
-            if saved is None or config_identity(saved) != config_identity(cfg):
-                raise ConfigError(
-                    f"{run_dir} holds a finished run with a different config; choose another "
-                    "experiment name or pass overwrite=true"
-                )
-            metrics = read_json(run_dir / METRICS)
-            job["status"] = "skipped"
-        else:
-            metrics = run(cfg)
-            job["status"] = "finished"
-        (run_dir / ERROR).unlink(missing_ok=True)
+        # Two sweeps over the same runs never train one twice: the second waits for the
+        # first's lock, then finds the run finished (skip) or interrupted (resume).
+        with RunLock(run_dir, wait=True, on_wait=waiting):
+            job["status"] = "running"
+            if (run_dir / METRICS).exists() and not cfg.overwrite:
+                saved = OmegaConf.load(run_dir / CONFIG) if (run_dir / CONFIG).exists() else None
+                if saved is None or config_identity(saved) != config_identity(cfg):
+                    raise ConfigError(
+                        f"{run_dir} holds a finished run with a different config; choose "
+                        "another experiment name or pass overwrite=true"
+                    )
+                metrics = read_json(run_dir / METRICS)
+                job["status"] = "skipped"
+            else:
+                metrics = run(cfg, lock=False)
+                job["status"] = "finished"
+            (run_dir / ERROR).unlink(missing_ok=True)
         job["summary"] = metrics["summary"]
         return metrics
-    except KeyboardInterrupt:  # run() saved a checkpoint; the next sweep resumes it
+    except (KeyboardInterrupt, RunStopped, SystemExit):  # checkpoint saved; a rerun resumes
         job["status"] = "interrupted"
         raise
     except Exception as exc:  # recorded, so the other jobs go on
@@ -147,7 +159,9 @@ class SweepPlan:
     total: int | None  # number of jobs (None when a sweep function hides it)
     launcher: str
     jobs: int
-    threads: str
+    threads: str  # the child's threads= value
+    threads_shown: str = ""  # the same, resolved for the banner
+    finished: int = 0  # runs already finished (== total: nothing to launch)
 
 
 def cores() -> int:
@@ -231,6 +245,7 @@ def plan_sweep(
     # Compose one combination (first value of every sweep) to catch bad keys and read paths.
     first = []
     total: int | None = 1
+    axes: list[list[str]] = []  # every job's task overrides: one choice per axis
     for o in parsed:
         if o.is_hydra_override():
             continue
@@ -242,8 +257,10 @@ def plan_sweep(
             if total is not None:
                 total *= len(values)
             first.append(f"{o.get_key_element()}={values[0]}" if values else o.input_line)
+            axes.append([f"{o.get_key_element()}={v}" for v in values])
         else:
             first.append(o.input_line)
+            axes.append([o.input_line])
     keys = {o.key_or_group for o in parsed}
     if experiment is not None and "experiment" not in keys:
         first.append(f"experiment={experiment}")
@@ -258,18 +275,32 @@ def plan_sweep(
         sweep_dir = experiment_dir / SWEEPS / f"{stamp}_{n}"
 
     n_cores = cores()
+    if jobs is not None and launcher in ("basic", "submitit_local"):
+        raise ConfigError(
+            f"--jobs does not apply to --launcher {launcher} ("
+            + ("one run after another" if launcher == "basic" else "it starts every run at once")
+            + "); use --launcher local --jobs N"
+        )
+    threads_shown = None
     if launcher == "local":
         jobs = jobs or max(1, min(n_cores, total or n_cores))
         threads = str(max(1, n_cores // jobs))
     elif launcher == "basic":
         threads = str(n_cores)
     elif launcher == "slurm":
-        threads = "${hydra:launcher.cpus_per_task}"
+        threads = "${hydra:launcher.cpus_per_task}"  # resolved on the node, inside the job
+        cpus = [o for o in parsed if o.key_or_group == "hydra.launcher.cpus_per_task"]
+        threads_shown = (
+            str(cpus[-1].value())
+            if cpus
+            else str(OmegaConf.load(CONFIG_DIR / LAUNCHER_GROUP / "slurm.yaml").cpus_per_task)
+        )
     else:  # submitit_local starts every job at once
         threads = "1"
     user_threads = [o for o in parsed if o.key_or_group == "threads"]
     if user_threads:
         threads = str(user_threads[-1].input_line.split("=", 1)[1])
+        threads_shown = None
 
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
     fixed = sorted({o.key_or_group for o in parsed if not o.is_hydra_override()} - swept)
@@ -294,7 +325,61 @@ def plan_sweep(
         child.append(f"hydra.launcher.n_jobs={jobs}")
     elif launcher == "slurm" and jobs is not None:
         child.append(f"hydra.launcher.array_parallelism={jobs}")
-    return SweepPlan(child, sweep_dir, experiment_dir, total, launcher, jobs or 1, threads)
+    finished = 0
+    if total is not None and total <= MAX_PRECHECK:
+        extra = (
+            [f"experiment={experiment}"]
+            if experiment is not None and "experiment" not in keys
+            else []
+        )
+        swept_names = sorted(set(swept) - {*NAMING_KEYS, *EXECUTION_KEYS})
+        finished = count_finished(axes, extra, swept_names, runs_root)
+    return SweepPlan(
+        child,
+        sweep_dir,
+        experiment_dir,
+        total,
+        launcher,
+        jobs or 1,
+        threads,
+        threads_shown or threads,
+        finished,
+    )
+
+
+# A sweep up to this size checks its run folders first, so a rerun of finished runs
+# launches nothing (no Slurm array of jobs that would only find their runs done).
+MAX_PRECHECK = 1000
+
+
+def count_finished(
+    axes: list[list[str]], extra: list[str], swept: list[str], runs_root: Path
+) -> int:
+    """How many of the sweep's runs are finished with the same config, stopping at the first
+    that is not (then the sweep must launch anyway)."""
+    import itertools
+
+    from posenc.config import compose
+    from posenc.run import CONFIG, METRICS, config_identity
+
+    n = 0
+    for combo in itertools.product(*axes):
+        cfg = compose([*combo, *extra, f"runs_root={runs_root}"], check=False)
+        variant = ",".join(sorted(o for o in combo if o.split("=", 1)[0].lstrip("+~") in swept))
+        apply_variant(cfg, variant)
+        d = run_dir_of(cfg)
+        try:
+            same = (
+                (d / METRICS).is_file()
+                and config_identity(OmegaConf.load(d / CONFIG)) == config_identity(cfg)
+                and bool(read_json(d / METRICS))
+            )
+        except Exception:  # an unreadable config: the job reports it
+            same = False
+        if not same:
+            return n
+        n += 1
+    return n
 
 
 def child_command(plan: SweepPlan) -> list[str]:
@@ -337,7 +422,7 @@ def sweep_progress(sweep_dir: str | Path, total: int | None = None) -> SweepProg
         except (OSError, ValueError):
             continue
         status = job.get("status")
-        if status == "running":
+        if status in ("running", "waiting"):
             progress.running += 1
         elif status in ("finished", "skipped"):
             setattr(progress, status, getattr(progress, status) + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +73,15 @@ def test_train_runs_and_writes_metrics(tmp_path):
         (["model.n_heads=3"], "not divisible by model.n_heads=3"),
         (["model.d_model=12", "model.n_heads=4"], "must be a positive even integer"),
         (["encoding=learned", "model.max_len=64", "eval.max_len=60"], "model.max_len=64"),
-        (["train.min_len=-2"], "train.min_len must be an integer >= 1, got -2"),
+        (["train.min_len=-2"], "train.min_len must be an integer >= 0, got -2"),
         (["train.min_len=9", "train.max_len=3"], "train.min_len=9 is greater than train.max_len=3"),
         (["task.vocab_size=1"], "needs task.vocab_size >= 2, got 1"),
         (["train.stepz=3"], "bad override"),
+        (["train.betas=[0.9]"], "train.betas must be a list of exactly 2 entries, got [0.9]"),
+        (["eval.lengths=[3,x]"], "eval.lengths[1] must be an integer, got 'x'"),
+        (["encoding=combo", "encoding.parts=[t5,{name:t5,num_bucket:3}]"], "has no key"),
+        (["train.lr=nan"], "train.lr must be a finite number, got nan"),
+        (["+train.momentum=0.9"], "unknown key train.momentum"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):
@@ -102,3 +108,71 @@ def test_bad_input_from_a_real_shell_has_no_traceback(tmp_path):
         f"error: unknown encoding 'nope'; valid choices: {', '.join(group_options('encoding'))}"
     ]
     assert not (tmp_path / "r").exists()
+
+
+def test_jobs_with_a_launcher_that_cannot_limit_them_is_one_line(tmp_path):
+    for launcher in ("submitit_local", "basic"):
+        result = runner.invoke(
+            app,
+            [
+                "compare",
+                "-e",
+                "none",
+                "--launcher",
+                launcher,
+                "--jobs",
+                "1",
+                f"runs_root={tmp_path}",
+            ],
+        )
+        assert result.exit_code == 2
+        assert result.stderr.strip().splitlines() == [
+            f"error: --jobs does not apply to --launcher {launcher} ("
+            + ("one run after another" if launcher == "basic" else "it starts every run at once")
+            + "); use --launcher local --jobs N"
+        ]
+    assert not any(tmp_path.iterdir())
+
+
+def test_slurm_banner_shows_the_launchers_cores_not_an_interpolation(tmp_path):
+    from posenc.sweep import plan_sweep
+
+    plan = plan_sweep([f"runs_root={tmp_path}"], base=["encoding=none"], launcher="slurm")
+    assert plan.threads == "${hydra:launcher.cpus_per_task}"  # resolved on the node
+    assert plan.threads_shown == "4"  # configs/hydra/launcher/slurm.yaml
+    plan = plan_sweep(
+        [f"runs_root={tmp_path}", "hydra.launcher.cpus_per_task=2"], base=[], launcher="slurm"
+    )
+    assert plan.threads_shown == "2"
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("posenc tr", ["train"]),
+        ("posenc train encoding=al", ["encoding=alibi"]),
+        ("posenc train encoding = al", ["alibi"]),  # bash splits words at '='
+        ("posenc train task=re", ["task=reverse"]),
+        ("posenc compare -e rope,al", ["rope,alibi"]),
+        ("posenc compare --tasks co", ["copy", "count"]),
+        ("posenc train se", ["seed="]),
+        ("posenc train train.bet", ["train.betas="]),
+        ("posenc config ta", ["task.", "task="]),
+    ],
+)
+def test_shell_completion_completes_commands_names_and_keys(words, expected):
+    env = {
+        **os.environ,
+        "_POSENC_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "cli"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.stdout.split() == expected, out.stderr
+
+
+def test_install_completion_is_offered():
+    result = runner.invoke(app, ["--help"])
+    assert "--install-completion" in result.output

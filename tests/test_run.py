@@ -112,12 +112,17 @@ def test_resume_refuses_a_different_config(tiny_cfg):
         (["model.n_heads=3"], "model.d_model=32 is not divisible by model.n_heads=3"),
         (["model.d_model=12", "model.n_heads=4"], "rotary dimension"),
         (["encoding=learned", "model.max_len=15"], "raise model.max_len"),
-        (["train.min_len=-1"], "train.min_len must be an integer >= 1, got -1"),
+        (["train.min_len=-1"], "train.min_len must be an integer >= 0, got -1"),
         (["train.min_len=7"], "train.min_len=7 is greater than train.max_len=6"),
         (["eval.min_len=9", "eval.max_len=3"], "eval.min_len=9 is greater than eval.max_len=3"),
         (["task.vocab_size=1"], "task 'copy' needs task.vocab_size >= 2, got 1"),
         (["encoding.bse=2"], None),  # struct mode: unknown key -> bad override
         (["device=tpu"], "unknown device 'tpu'; valid choices"),
+        (["model.d_model=1000000", "model.n_heads=1"], "GiB (model and optimizer"),
+        (["train.batch_size=100000000"], "GiB (training activations"),
+        (["eval.n_samples=1000000000"], "GiB (evaluation set"),
+        (["encoding=learned", "model.max_len=4611686018427387904"], "cannot build encoding"),
+        (["threads=100000"], "threads must be at most 1024"),
     ],
 )
 def test_bad_configs_fail_before_anything_is_written(tiny_cfg, tmp_path, override, message):

@@ -1,0 +1,77 @@
+"""Stop a run cleanly on SIGTERM, SIGUSR1 or SIGUSR2: checkpoint at the next step boundary.
+
+SIGTERM is what ``kill`` sends by default and what Slurm sends at a job's time limit or on
+pre-emption; SIGUSR1/SIGUSR2 are the warnings Slurm can be asked to send ahead of it
+(``--signal=USR1@90``; submitit asks for USR2). The handler only notes the signal; the
+training loop calls `StopSignals.check` at every step boundary, which raises `RunStopped`;
+the loop saves its checkpoint as it does for Ctrl-C and calls `StopSignals.pass_on`, which
+hands the signal to the handler installed before ours (submitit's checkpoint-and-requeue:
+the requeued job resumes from that checkpoint). The command then exits with 128 + the
+signal number, as a shell reports a process killed by it: 143 for SIGTERM, 138 for SIGUSR1,
+140 for SIGUSR2 (130 for Ctrl-C). During the final evaluation the handlers are back to what
+they were: the last checkpoint is saved by then, so a rerun only evaluates.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class RunStopped(BaseException):  # noqa: N818  (like KeyboardInterrupt: not an error)
+    """A stop signal arrived; the run saves its checkpoint and stops."""
+
+    def __init__(self, signum: int, step: int | None = None) -> None:
+        self.signum = signum
+        self.step = step
+        name = signal.Signals(signum).name
+        at = f" at step {step}" if step is not None else ""
+        super().__init__(f"stopped by {name}; checkpoint saved{at}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """``stop = StopSignals().install()``; ``stop.check(step)`` at each step boundary.
+
+    Outside the main thread (where Python cannot install handlers) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is None:
+            self.requested = signum
+
+    def install(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._note)
+        return self
+
+    def check(self, step: int | None = None) -> None:
+        """Raise `RunStopped` if a stop signal came."""
+        if self.requested is not None:
+            raise RunStopped(self.requested, step)
+
+    def restore(self) -> None:
+        """Put the earlier handlers back."""
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def pass_on(self) -> None:
+        """After the checkpoint is saved: restore the earlier handlers and, if a stop signal
+        came and the earlier handler is a Python function (submitit's), call it."""
+        previous = self._previous.get(self.requested) if self.requested else None
+        self.restore()
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.requested, None)

@@ -1,0 +1,268 @@
+"""Faults injected for real: a second process on a run folder, signals and kill -9 sent to a
+training child process, truncated and foreign files, and a sweep that finds its run held."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from posenc.config import compose
+from posenc.lock import RunLock
+from posenc.run import run
+from tests.conftest import MICRO, TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG = [*TINY, "train.steps=400", "train.checkpoint_every=10"]
+
+
+def posenc(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
+
+
+def start_training(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", "train", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_step(run_dir: Path, step: int, child: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the child's train.log reports ``step`` (or later)."""
+    deadline = time.monotonic() + timeout
+    log = run_dir / "train.log"
+    while time.monotonic() < deadline:
+        assert child.poll() is None, child.communicate()
+        if log.exists():
+            steps = [int(w.split()[3]) for w in log.read_text().splitlines() if " step " in w]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.05)
+    child.kill()
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The uninterrupted run every interrupted one must match."""
+    d = tmp_path_factory.mktemp("reference")
+    return run(compose([*LONG, f"run_dir={d / 'run'}", f"data_dir={d / 'data'}"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGUSR1, 138), (signal.SIGKILL, -9)]
+)
+def test_a_signal_mid_training_then_the_same_command_resumes_to_the_same_numbers(
+    tmp_path, reference, sig, code
+):
+    args = [*LONG, f"run_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'data'}"]
+    child = start_training(args)
+    wait_for_step(tmp_path / "run", 25, child)
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == code, err
+    d = tmp_path / "run"
+    assert not (d / "metrics.json").exists()
+    saved = torch.load(d / "checkpoint.pt", weights_only=True)["trainer"]["step"]
+    assert 10 <= saved < 400
+    if sig != signal.SIGKILL:  # a handled signal: checkpoint at the next step, one line
+        name = signal.Signals(sig).name
+        assert err.strip().splitlines() == [
+            f"error: stopped by {name}; checkpoint saved at step {saved}: run the same "
+            "command again to resume"
+        ]
+        assert f"interrupted at step {saved}; checkpoint saved" in (d / "train.log").read_text()
+    again = posenc("train", *args)  # kill -9 left the lock file: the OS dropped the lock
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from step {saved}" in (d / "train.log").read_text()
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["per_length"] == reference["per_length"]
+    assert metrics["train"]["final_loss"] == reference["train"]["final_loss"]
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_held_run_folder_gets_one_line_and_writes_nothing(tmp_path):
+    d = tmp_path / "run"
+    args = [*TINY, "train.steps=100000", f"run_dir={d}", f"data_dir={tmp_path / 'data'}"]
+    first = start_training(args)
+    try:
+        wait_for_step(d, 3, first)
+        for extra in ([], ["train.lr=1e-4"], ["overwrite=true"]):  # same, other, overwrite
+            before = files(d)
+            second = posenc("train", *args, *extra)
+            assert second.returncode == 2, second.stderr
+            (line,) = second.stderr.strip().splitlines()
+            assert line.startswith(f"error: {d} is in use by pid {first.pid} on ")
+            assert line.endswith(
+                "wait for it to finish (or stop it) and run the same command again"
+            )
+            after = files(d)
+            assert set(after) == set(before)
+            assert after["config.yaml"] == before["config.yaml"]
+            assert after[".lock"] == before[".lock"]
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 143
+
+
+def test_stop_signal_chains_to_the_earlier_handler_after_the_checkpoint(tmp_path):
+    """Under submitit, SIGUSR2 is its checkpoint-and-requeue signal: posenc saves first, then
+    calls submitit's handler (here a stand-in that records the call and exits like it)."""
+    d = tmp_path / "run"
+    marker = tmp_path / "requeued"
+    overrides = [*TINY, "train.steps=100000", f"run_dir={d}", f"data_dir={tmp_path / 'data'}"]
+    code = f"""
+import signal, sys
+from pathlib import Path
+from posenc.config import compose
+from posenc.run import run
+
+def submitit_handler(signum, frame):
+    import torch
+    step = torch.load("{d}/checkpoint.pt", weights_only=True)["trainer"]["step"]
+    Path("{marker}").write_text(str(step))
+    sys.exit(-1)
+
+signal.signal(signal.SIGUSR2, submitit_handler)
+run(compose({overrides!r}))
+"""
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_step(d, 3, child)
+    child.send_signal(signal.SIGUSR2)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 255, err  # sys.exit(-1), as submitit's handler does
+    step = int(marker.read_text())
+    assert step >= 3
+    assert torch.load(d / "checkpoint.pt", weights_only=True)["trainer"]["step"] == step
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL  # this process: untouched
+
+
+def _interrupted_run(tmp_path) -> list[str]:
+    """A run folder holding a checkpoint and no metrics (Ctrl-C at step 5)."""
+    from tests.test_run import _Interrupt as Stop
+
+    args = [*TINY, f"run_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'data'}"]
+    with pytest.raises(KeyboardInterrupt):
+        run(compose(args), Stop(at=5))
+    return args
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),  # truncated
+        lambda p: p.write_bytes(b""),
+        lambda p: torch.save({"weights": torch.zeros(3)}, p),  # someone else's checkpoint
+        lambda p: torch.save({"model": object()}, p),  # a pickle weights_only refuses
+    ],
+    ids=["truncated", "empty", "foreign", "unsafe-pickle"],
+)
+def test_an_unreadable_checkpoint_is_one_line_exit_2_and_changes_nothing(tmp_path, damage):
+    args = _interrupted_run(tmp_path)
+    d = tmp_path / "run"
+    damage(d / "checkpoint.pt")
+    before = files(d)
+    result = posenc("train", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"{d / 'checkpoint.pt'} cannot be read as a checkpoint" in lines[0]
+    assert "overwrite=true" in lines[0]
+    assert {k: v for k, v in files(d).items() if k != ".lock"} == {
+        k: v for k, v in before.items() if k != ".lock"
+    }  # the lock file names its last holder; nothing else changed
+    assert posenc("train", *args, "overwrite=true").returncode == 0
+
+
+def test_a_corrupt_metrics_json_is_named_by_eval_and_report(tmp_path):
+    runs = tmp_path / "runs"
+    d = runs / "exp" / "copy" / "rope" / "seed0"
+    run(compose([*TINY, f"run_dir={d}", f"data_dir={tmp_path / 'data'}"]))
+    (d / "metrics.json").write_text('{"status": "compl')
+    result = posenc("eval", str(d))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {d / 'metrics.json'} is corrupt (Unterminated string starting at: line 1 "
+        "column 12 (char 11)); delete it, or rerun that run with overwrite=true"
+    ]
+    report = posenc("report", str(runs / "exp"))
+    assert report.returncode == 0, report.stderr
+    assert "metrics.json is corrupt" in (runs / "exp" / "report.md").read_text()
+
+
+def test_a_corrupt_eval_set_cache_is_one_line_naming_the_folder(tmp_path):
+    data = tmp_path / "data"
+    run(compose([*MICRO, "progress=false", f"run_dir={tmp_path / 'a'}", f"data_dir={data}"]))
+    (cache,) = [p for p in data.iterdir() if not p.name.startswith(".")]
+    for arrow in cache.glob("*.arrow"):
+        arrow.write_bytes(arrow.read_bytes()[:40])
+    args = [*MICRO, "progress=false", f"run_dir={tmp_path / 'b'}", f"data_dir={data}"]
+    result = posenc("train", *args)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"the cached evaluation set {cache} cannot be read" in line
+    assert "delete that folder" in line
+    import shutil
+
+    shutil.rmtree(cache)
+    again = posenc("train", *args)  # resumes from the final checkpoint, only evaluates
+    assert again.returncode == 0, again.stderr
+    assert "resumed from step 5" in (tmp_path / "b" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_sweep_waits_for_a_run_another_process_holds(tmp_path):
+    runs = tmp_path / "runs"
+    d = runs / "shared" / "copy" / "none" / "seed0"
+    lock = RunLock(d)
+    lock.acquire()  # as another posenc would
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "cli", "compare", "-e", "none", "--launcher", "basic"]
+            + ["--experiment", "shared", *MICRO, f"runs_root={runs}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        status = None
+        while time.monotonic() < deadline and child.poll() is None:
+            found = list((runs / "shared" / "_sweeps").glob("*/*/posenc_job.json"))
+            status = json.loads(found[0].read_text()) if found else None
+            if status and status["status"] == "waiting":
+                break
+            time.sleep(0.1)
+        assert status and status["status"] == "waiting", child.communicate()
+        assert status["holder"].startswith(f"pid {os.getpid()} on ")
+        assert not (d / "config.yaml").exists()  # nothing written while it waits
+    finally:
+        lock.release()
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err
+    assert (d / "metrics.json").exists()
