@@ -29,7 +29,7 @@ from posenc.io import atomic_torch_save, atomic_write_json, atomic_write_text, r
 from posenc.metrics import summarize
 from posenc.model import ModelConfig, Transformer
 from posenc.train import Trainer
-from tasks.format import vocab_size
+from tasks.format import N_SPECIAL, SEP, vocab_size
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
@@ -91,6 +91,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def digit_layout(task: tasks.Task) -> encodings.DigitLayout:
+    """How ``task`` writes numbers, in token ids, for encodings that place digits."""
+    valid = tuple(n for n in tasks.names() if tasks.build(n).numbers() is not None)
+    numbers = task.numbers()
+    if numbers is None:
+        return encodings.DigitLayout(digits=(), task=task.name, valid_tasks=valid)
+    return encodings.DigitLayout(
+        digits=tuple(N_SPECIAL + d for d in numbers.digits),
+        prompt_lsb_first=numbers.prompt_lsb_first,
+        answer_lsb_first=numbers.answer_lsb_first,
+        sep=SEP,
+        task=task.name,
+        valid_tasks=valid,
+    )
+
+
 def plan(cfg: DictConfig) -> Plan:
     """Check the whole config and build task and model; writes nothing."""
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
@@ -139,6 +155,7 @@ def plan(cfg: DictConfig) -> Plan:
         n_layers=m.n_layers,
         **encoding_params(cfg.encoding),
     )
+    encoding.bind_task(digit_layout(task))  # token-derived encodings learn the digits here
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
         for n in sorted({*lengths, *quick, hi})[-3:]
