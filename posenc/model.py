@@ -3,7 +3,10 @@
 The model calls the three hooks of whatever `PositionalEncoding` it is given (embed,
 rotate, bias; see `posenc.encodings.base`) and never asks which one it has. Positions are
 an explicit (B, T) tensor; a KV cache keeps rotated keys and their positions so greedy
-decoding costs one token's forward pass per step.
+decoding costs one token's forward pass per step. The hooks see
+``encoding.token_positions(tokens, pos)`` of the whole token history (the identity for
+encodings that place a token by where it is), so the cache also keeps the tokens and the
+drawn positions seen so far.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ class LayerCache:
 
     k: Tensor  # (B, H, Tk, Dh)
     v: Tensor  # (B, H, Tk, Dh)
-    pos: Tensor  # (B, Tk)
+    pos: Tensor  # (B, Tk): key positions as the hooks see them
+    tokens: Tensor | None = None  # (B, Tk): the tokens seen so far
+    drawn: Tensor | None = None  # (B, Tk): their positions before encoding.token_positions
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device) -> Tensor:
@@ -174,17 +179,26 @@ class Transformer(nn.Module):
     ) -> tuple[Tensor, list[LayerCache]]:
         """tokens (B, T), positions (B, T) -> logits (B, T, V) and the updated cache.
 
-        Without ``pos`` the encoding chooses positions (offset by the cache length).
+        Without ``pos`` the encoding chooses positions (offset by the cache length). The
+        hooks receive ``encoding.token_positions`` of the whole history, of which the last
+        T: a token's position may depend on the tokens before it, never on later ones.
         """
         B, T = tokens.shape
+        past = cache[0].pos.shape[1] if cache else 0
         if pos is None:
-            past = cache[0].pos.shape[1] if cache else 0
             pos = self.encoding.positions(B, past + T, device=tokens.device)[:, past:]
+        if cache:  # (B, past + T) each
+            history = torch.cat((cache[0].tokens, tokens), dim=1)
+            drawn = torch.cat((cache[0].drawn, pos), dim=1)
+        else:
+            history, drawn = tokens, pos
+        hook_pos = self.encoding.token_positions(history, drawn)[:, past:]  # (B, T, ...)
         x = self.tok_emb(tokens) * self.embed_scale  # (B, T, D)
-        x = self.drop(self.encoding.embed(x, pos, tokens))
+        x = self.drop(self.encoding.embed(x, hook_pos, tokens))
         new_cache = []
         for layer, block in enumerate(self.blocks):
-            x, c = block(x, pos, self.encoding, cache[layer] if cache else None)
+            x, c = block(x, hook_pos, self.encoding, cache[layer] if cache else None)
+            c.tokens, c.drawn = history, drawn
             new_cache.append(c)
         return self.head(self.ln_f(x)), new_cache
 
@@ -201,7 +215,8 @@ class Transformer(nn.Module):
 
         ``pos`` (B, Tp + n_new) fixes the positions of the whole sequence up front (the
         encoding draws them otherwise), so randomized and interpolated positions decode
-        exactly as they would be scored by teacher forcing.
+        exactly as they would be scored by teacher forcing. Positions derived from tokens
+        follow from the tokens generated so far (the model recomputes them every step).
         """
         B, Tp = prompt.shape
         if pos is None:

@@ -32,7 +32,7 @@ from posenc.metrics import SUMMARY_VERSION, summarize
 from posenc.model import EMBED_INITS, ModelConfig, Transformer
 from posenc.signals import RunStopped, StopSignals
 from posenc.train import PRECISIONS, Trainer
-from tasks.format import DEFAULT_FORMAT, SequenceFormat, vocab_size
+from tasks.format import DEFAULT_FORMAT, N_SPECIAL, SEP, SequenceFormat, vocab_size
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
@@ -110,6 +110,22 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but no CUDA device is available; use device=cpu")
     return torch.device(name)
+
+
+def digit_layout(task: tasks.Task) -> encodings.DigitLayout:
+    """How ``task`` writes numbers, in token ids, for encodings that place digits."""
+    valid = tuple(n for n in tasks.names() if tasks.build(n).numbers() is not None)
+    numbers = task.numbers()
+    if numbers is None:
+        return encodings.DigitLayout(digits=(), task=task.name, valid_tasks=valid)
+    return encodings.DigitLayout(
+        digits=tuple(N_SPECIAL + d for d in numbers.digits),
+        prompt_lsb_first=numbers.prompt_lsb_first,
+        answer_lsb_first=numbers.answer_lsb_first,
+        sep=SEP,
+        task=task.name,
+        valid_tasks=valid,
+    )
 
 
 def plan(cfg: DictConfig) -> Plan:
@@ -191,6 +207,7 @@ def plan(cfg: DictConfig) -> Plan:
         n_layers=m.n_layers,
         **encoding_params(cfg.encoding),
     )
+    encoding.bind_task(digit_layout(task))  # token-derived encodings learn the digits here
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
         for n in sorted({*lengths, *quick, hi})[-3:]

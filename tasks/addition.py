@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.base import Task, check_bool, check_int, register
+from tasks.base import Numbers, Task, check_bool, check_int, register
 
 
 @register
@@ -27,18 +27,69 @@ class Addition(Task):
     857 + 586 = 1443: ``<bos> 7 5 8 + 6 8 5 <sep> 3 4 4 1 <eos>``; with ``lsb_first=false``:
     ``<bos> 8 5 7 + 5 8 6 <sep> 1 4 4 3 <eos>``. Addition is a task of Kazemnejad et al. 2023;
     ``base=2`` gives the operand layout of Delétang et al. 2023's binary addition.
+
+    Options for the formats of the length-generalization papers (all off by default):
+
+    - ``zero_pad=true`` pads both operands with leading zeros to n digits and the sum to
+      n + 1 digits (Cho et al. 2024 pad operands to equal length and the answer to one
+      more digit); with fixed digits only the sum changes.
+    - ``reverse_answer=true`` writes the answer in the other digit order from the
+      operands: with ``lsb_first=false`` this is Cho et al.'s format (operands most
+      significant digit first, answer reversed), e.g. 857 + 586 = 1443 as
+      ``8 5 7 + 5 8 6 <sep> 3 4 4 1``.
+    - ``index_hints=true`` (Zhou et al. 2024, "Transformers Can Achieve Length
+      Generalization But Not Robustly"; Zhou et al. 2023) puts a hint symbol before every
+      digit, operands and answer alike: the digit of significance i gets hint h(s+i), so
+      digits of equal significance carry the same hint and the model must also write the
+      hints of its answer. The hints are an ordered set of 64 symbols ``h0 .. h63``; the
+      start s is drawn uniformly per example from [0, 63 - n] (in training data and in the
+      frozen evaluation sets alike, from the same seeded generator), so every hint is
+      trained even when the training numbers are short. Example (LSB first, s = 2) for
+      857 + 586: ``h2 7 h3 5 h4 8 + h2 6 h3 8 h4 5 <sep> h2 3 h3 4 h4 4 h5 1``. Lengths up to
+      63 digits.
     """
 
     name = "addition"
     description = "add two n-digit numbers (optionally least-significant digit first)"
+    n_hints = 64  # size of the ordered set of index hints
 
-    def __init__(self, base: int = 10, lsb_first: bool = True, variable_digits: bool = False):
+    def __init__(
+        self,
+        base: int = 10,
+        lsb_first: bool = True,
+        variable_digits: bool = False,
+        zero_pad: bool = False,
+        reverse_answer: bool = False,
+        index_hints: bool = False,
+    ):
         check_int(self.name, "base", base, 2, 16)
-        check_bool(self.name, "lsb_first", lsb_first)
-        check_bool(self.name, "variable_digits", variable_digits)
+        for param, value in (
+            ("lsb_first", lsb_first),
+            ("variable_digits", variable_digits),
+            ("zero_pad", zero_pad),
+            ("reverse_answer", reverse_answer),
+            ("index_hints", index_hints),
+        ):
+            check_bool(self.name, param, value)
         self.base = base
         self.lsb_first = lsb_first
         self.variable_digits = variable_digits
+        self.zero_pad = zero_pad
+        self.reverse_answer = reverse_answer
+        self.index_hints = index_hints
+        if index_hints:  # the answer has up to n + 1 digits, each with its own hint
+            self.max_length = self.n_hints - 1
+
+    @property
+    def answer_lsb_first(self) -> bool:
+        return self.lsb_first != self.reverse_answer
+
+    def numbers(self) -> Numbers:
+        return Numbers(tuple(range(self.base)), self.lsb_first, self.answer_lsb_first)
+
+    def hint(self, k: int) -> int:
+        """The symbol id of index hint ``k``."""
+        return self.base + 1 + k
 
     @property
     def plus(self) -> int:
@@ -46,7 +97,8 @@ class Addition(Task):
 
     @property
     def symbols(self) -> list[str]:
-        return [format(d, "x") for d in range(self.base)] + ["+"]
+        hints = [f"h{k}" for k in range(self.n_hints)] if self.index_hints else []
+        return [format(d, "x") for d in range(self.base)] + ["+"] + hints
 
     def _number(self, digits: int, rng: np.random.Generator) -> list[int]:
         """A uniform number with exactly ``digits`` digits, most significant first."""
@@ -55,14 +107,23 @@ class Addition(Task):
         lead = int(rng.integers(1, self.base))
         return [lead, *rng.integers(0, self.base, size=digits - 1).tolist()]
 
-    def _write(self, msb_first: list[int]) -> list[int]:
-        return msb_first[::-1] if self.lsb_first else msb_first
+    def _write(self, lsb_first: list[int], start: int, lsb_out: bool) -> list[int]:
+        """Digits least significant first -> as written: with hints h(start + i) before
+        the digit of significance i, in the given order."""
+        if self.index_hints:
+            units = [[self.hint(start + i), d] for i, d in enumerate(lsb_first)]
+        else:
+            units = [[d] for d in lsb_first]
+        if not lsb_out:
+            units = units[::-1]
+        return [t for unit in units for t in unit]
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
         lengths = [n, n]
         if self.variable_digits:
             lengths[int(rng.integers(0, 2))] = int(rng.integers(1, n + 1))
         a, b = (self._number(k, rng) for k in lengths)
+        start = int(rng.integers(0, self.n_hints - n)) if self.index_hints else 0
         total = self._value(a) + self._value(b)  # Python ints: exact for any n
         digits = []
         while True:
@@ -70,11 +131,21 @@ class Addition(Task):
             digits.append(d)
             if total == 0:
                 break
-        return [*self._write(a), self.plus, *self._write(b)], self._write(digits[::-1])
+        if self.zero_pad:
+            a, b = ([0] * (n - len(x)) + x for x in (a, b))
+            digits += [0] * (n + 1 - len(digits))
+        inputs = [
+            *self._write(a[::-1], start, self.lsb_first),
+            self.plus,
+            *self._write(b[::-1], start, self.lsb_first),
+        ]
+        return inputs, self._write(digits, start, self.answer_lsb_first)
 
     def max_sequence_length(self, n: int, rng: np.random.Generator) -> int:
-        # two n-digit operands and "+", an (n+1)-digit sum, plus BOS, SEP and EOS
-        return (2 * n + 1) + (n + 1) + 3
+        # two n-digit operands and "+", an (n+1)-digit sum, plus BOS, SEP and EOS; hints
+        # double every digit
+        per_digit = 2 if self.index_hints else 1
+        return per_digit * (2 * n) + 1 + per_digit * (n + 1) + 3
 
     def _value(self, msb_first: list[int]) -> int:
         value = 0
@@ -86,6 +157,10 @@ class Addition(Task):
         """Schoolbook addition with a carry, least-significant digit first."""
         i = inputs.index(self.plus)
         a, b = inputs[:i], inputs[i + 1 :]
+        start = 0
+        if self.index_hints:  # (hint, digit) pairs; significance 0 has the smallest hint
+            start = min(a[0::2]) - self.hint(0)
+            a, b = a[1::2], b[1::2]
         if not self.lsb_first:
             a, b = a[::-1], b[::-1]
         out, carry = [], 0
@@ -93,6 +168,6 @@ class Addition(Task):
             s = (a[k] if k < len(a) else 0) + (b[k] if k < len(b) else 0) + carry
             out.append(s % self.base)
             carry = s // self.base
-        if carry:
+        if carry or self.zero_pad:
             out.append(carry)
-        return out if self.lsb_first else out[::-1]
+        return self._write(out, start, self.answer_lsb_first)

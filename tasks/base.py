@@ -12,11 +12,24 @@ addition may vary it), and ``solve(input)`` is a plain reference solver the test
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from posenc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """How a task writes numbers: which symbols are digits and in which order.
+
+    Encodings that place a digit by its significance (abacus, coupled) read this.
+    """
+
+    digits: tuple[int, ...]  # symbol ids of the digits
+    prompt_lsb_first: bool  # numbers in the input least-significant digit first
+    answer_lsb_first: bool  # numbers in the target least-significant digit first
 
 
 class Task:
@@ -49,6 +62,10 @@ class Task:
         from tasks.format import sequence_length
 
         return max(sequence_length(*map(len, self.sample(n, rng))) for _ in range(64))
+
+    def numbers(self) -> Numbers | None:
+        """How the task writes numbers, or None if it writes none (the default)."""
+        return None
 
     def params(self) -> dict[str, Any]:
         """Every parameter that changes the data (part of the evaluation-set cache key)."""

@@ -68,7 +68,7 @@ def test_train_runs_and_writes_metrics(tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["encoding=nope"], "unknown encoding 'nope'; valid choices: alibi,"),
+        (["encoding=nope"], "unknown encoding 'nope'; valid choices: abacus, alibi,"),
         (["task=nope"], "unknown task 'nope'; valid choices: "),
         (["model.n_heads=3"], "not divisible by model.n_heads=3"),
         (["model.d_model=12", "model.n_heads=4"], "must be a positive even integer"),

@@ -32,6 +32,8 @@ NOT_SHIFT_INVARIANT = {
     "fire": "normalises i - j by the query position max(i, L)",
     "combo": "depends on its parts",
     "randomized": "depends on its base",
+    "abacus": "absolute: a digit's place within its number, offset by the first position",
+    "coupled": "absolute: a digit's significance, offset by the first position",
 }
 
 

@@ -17,11 +17,12 @@ from posenc.encodings import (  # noqa: F401  (registration)
     bias,
     combination,
     contextual,
+    digits,
     randomized,
     relative,
     rotary,
 )
-from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.base import DigitLayout, PositionalEncoding
 from posenc.encodings.registry import EncodingInfo, build, info, names, parameters, register
 
 register(
@@ -31,4 +32,13 @@ register(
     description="NoPE: no positional information; order comes from the causal mask alone",
 )(PositionalEncoding)
 
-__all__ = ["EncodingInfo", "PositionalEncoding", "build", "info", "names", "parameters", "register"]
+__all__ = [
+    "DigitLayout",
+    "EncodingInfo",
+    "PositionalEncoding",
+    "build",
+    "info",
+    "names",
+    "parameters",
+    "register",
+]

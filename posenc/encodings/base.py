@@ -15,6 +15,18 @@ the same mechanism serves KV-cache decoding (an offset), randomized training pos
 and position interpolation at evaluation. ``positions(...)`` is where an encoding chooses
 them; the default is ``0, 1, ..., T-1``.
 
+Positions derived from the tokens (docs/design-positions.md). Some schemes place a token
+by what it *is*: Abacus (a digit's place within its own number) and position coupling
+(digits of equal significance share an id). ``token_positions(tokens, pos)`` maps the
+tokens seen so far (B, T) and their drawn positions (B, T) to the positions the three hooks
+receive; the default returns ``pos`` unchanged. The model calls it on the whole token
+history, so under teacher forcing, KV-cache decoding (the history is kept in the cache)
+and explicit positions alike a token's positions follow from the tokens up to it and the
+prompt, never from a target. Random offsets are drawn once per sequence by ``positions``
+(as ``0..T-1`` plus the offset), so a decoding step cannot redraw them. Which tokens are
+digits comes from the task, through ``bind_task(layout)`` (a `DigitLayout`), called once
+before training; the default layout is decimal addition as `tasks.addition` writes it.
+
 The base class is NoPE (Kazemnejad et al. 2023, "The Impact of Positional Encoding on
 Length Generalization in Transformers"): every hook is the identity, so a causal decoder
 has to infer order from the causal mask alone.
@@ -22,8 +34,35 @@ has to infer order from the causal mask alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
+
+FIRST_SYMBOL = 4  # token id of a task's first symbol (after PAD, BOS, SEP, EOS: tasks.format)
+SEP = 2  # token id of the separator between prompt and answer (tasks.format)
+
+
+@dataclass(frozen=True)
+class DigitLayout:
+    """How a task writes numbers, in token ids: what a token-derived encoding needs to know.
+
+    ``digits``: token ids of the digit symbols (empty: the task writes no numbers).
+    ``prompt_lsb_first`` / ``answer_lsb_first``: whether numbers before / after the
+    separator ``sep`` are written least-significant digit first.
+    """
+
+    digits: tuple[int, ...]
+    prompt_lsb_first: bool = True
+    answer_lsb_first: bool = True
+    sep: int = SEP
+    task: str = "addition"
+    valid_tasks: tuple[str, ...] = ("addition",)  # tasks that write numbers (for errors)
+
+
+# Decimal addition with both operands and the sum least-significant digit first: the
+# default of `tasks.addition` (digits 0-9 are its symbols 0-9).
+DEFAULT_LAYOUT = DigitLayout(digits=tuple(range(FIRST_SYMBOL, FIRST_SYMBOL + 10)))
 
 
 class PositionalEncoding(nn.Module):
@@ -34,6 +73,8 @@ class PositionalEncoding(nn.Module):
     """
 
     max_positions: int | None = None
+    # True when ``token_positions`` derives positions from the tokens (Abacus, coupling).
+    places_by_token: bool = False
 
     def __init__(self, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1) -> None:
         super().__init__()
@@ -53,6 +94,15 @@ class PositionalEncoding(nn.Module):
     ) -> Tensor:
         """Positions for ``batch`` sequences of ``length`` tokens: (B, T) int64."""
         return torch.arange(length, device=device).expand(batch, length)
+
+    def token_positions(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        """The positions the hooks receive, from the tokens so far (B, T) and their drawn
+        positions ``pos`` (B, T). Default: ``pos`` itself (a token is placed by where it is)."""
+        return pos
+
+    def bind_task(self, layout: DigitLayout) -> None:
+        """Learn how the task writes numbers; raise a `ConfigError` if the encoding cannot
+        serve it. Default: nothing to learn."""
 
     def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
         """Token embeddings (B, T, D) -> embeddings with position information."""

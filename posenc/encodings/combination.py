@@ -8,16 +8,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.base import DigitLayout, PositionalEncoding
 from posenc.encodings.registry import build, parse_spec, register
 from posenc.errors import ConfigError
 
 
 def draws_positions(encoding: PositionalEncoding) -> bool:
-    """Whether ``encoding`` chooses its own positions (a randomized wrapper, or a combination
-    holding one) rather than the default 0, 1, ..., T-1."""
+    """Whether ``encoding`` chooses its own sequence positions (a randomized wrapper, or a
+    combination holding one) rather than the default 0, 1, ..., T-1. Encodings that place
+    tokens by what they are (``places_by_token``) draw only their own offsets: not counted."""
     if isinstance(encoding, Combination):
         return encoding.position_source is not None
+    if encoding.places_by_token:
+        return False
     return type(encoding).positions is not PositionalEncoding.positions
 
 
@@ -41,6 +44,13 @@ class Combination(PositionalEncoding):
     draws its own positions (randomized ones), since the model has a single position
     tensor; with one such part, its positions serve every part.
     ``max_positions`` is the smallest of the parts'.
+
+    Parts that place tokens by what they are (abacus, coupled: ``places_by_token``) need
+    positions of their own beside the sequence positions the other parts read, so a
+    combination holding one keeps one channel per part: its positions are (B, T, parts),
+    part i draws and derives channel i and its hooks receive ``pos[..., i]``. The other
+    parts' channels all hold the shared sequence positions. Explicit (B, T) positions given
+    to such a combination are sequence positions for every part (no offsets).
     """
 
     def __init__(
@@ -81,6 +91,7 @@ class Combination(PositionalEncoding):
                 "whole combination (encoding=randomized encoding.base=combo)"
             )
         self.position_source = sources[0] if sources else None
+        self.places_by_token = any(p.places_by_token for p in built)
         limits = [p.max_positions for p in built if p.max_positions is not None]
         self.max_positions = min(limits) if limits else None
 
@@ -93,27 +104,54 @@ class Combination(PositionalEncoding):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         if self.position_source is None:
-            return super().positions(batch, length, device=device, generator=generator)
-        return self.position_source.positions(batch, length, device=device, generator=generator)
+            shared = super().positions(batch, length, device=device, generator=generator)
+        else:
+            shared = self.position_source.positions(
+                batch, length, device=device, generator=generator
+            )
+        if not self.places_by_token:
+            return shared
+        channels = [
+            p.positions(batch, length, device=device, generator=generator)
+            if p.places_by_token
+            else shared
+            for p in self.parts
+        ]
+        return torch.stack(channels, dim=-1)  # (B, T, parts)
+
+    def _channel(self, pos: Tensor, i: int) -> Tensor:
+        return pos[..., i] if self.places_by_token and pos.dim() == 3 else pos
+
+    def token_positions(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        if not self.places_by_token:
+            return pos
+        return torch.stack(
+            [p.token_positions(tokens, self._channel(pos, i)) for i, p in enumerate(self.parts)],
+            dim=-1,
+        )
+
+    def bind_task(self, layout: DigitLayout) -> None:
+        for part in self.parts:
+            part.bind_task(layout)
 
     def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
-        for part in self.parts:
-            x = part.embed(x, pos, tokens)
+        for i, part in enumerate(self.parts):
+            x = part.embed(x, self._channel(pos, i), tokens)
         return x
 
     def rotate(
         self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
     ) -> tuple[Tensor, Tensor]:
-        for part in self.parts:
-            q, k = part.rotate(q, k, pos_q, pos_k, layer=layer)
+        for i, part in enumerate(self.parts):
+            q, k = part.rotate(q, k, self._channel(pos_q, i), self._channel(pos_k, i), layer=layer)
         return q, k
 
     def bias(
         self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
     ) -> Tensor | None:
         total = None
-        for part in self.parts:
-            b = part.bias(q, k, pos_q, pos_k, layer=layer)
+        for i, part in enumerate(self.parts):
+            b = part.bias(q, k, self._channel(pos_q, i), self._channel(pos_k, i), layer=layer)
             if b is not None:
                 total = b if total is None else total + b
         return total

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.base import DigitLayout, PositionalEncoding
 from posenc.encodings.combination import draws_positions
 from posenc.encodings.registry import build, info, register
 from posenc.errors import ConfigError
@@ -103,6 +103,12 @@ class Randomized(PositionalEncoding):
             n_layers=n_layers,
             **(base_params or {}),
         )
+        if self.base.places_by_token:
+            raise ConfigError(
+                f"the base {base!r} places tokens by what they are and draws its own offsets; "
+                "randomize the attention part inside a combination instead, e.g. "
+                "encoding=combo 'encoding.parts=[abacus,{name:randomized,base:fire}]'"
+            )
         if draws_positions(self.base):
             raise ConfigError(
                 f"the base {base!r} already draws its own positions; randomize only once"
@@ -125,6 +131,9 @@ class Randomized(PositionalEncoding):
                 batch, length, self.max_position, device=device, generator=generator
             )
         return super().positions(batch, length, device=device, generator=generator)
+
+    def bind_task(self, layout: DigitLayout) -> None:
+        self.base.bind_task(layout)
 
     def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
         return self.base.embed(x, pos, tokens)

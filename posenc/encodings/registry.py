@@ -15,7 +15,9 @@ class EncodingInfo:
     name: str
     cls: type[PositionalEncoding]
     family: str  # "none", "absolute", "rotary", "bias", "combination", "wrapper"
-    hooks: tuple[str, ...]  # which of embed / rotate / bias / positions it overrides
+    hooks: tuple[
+        str, ...
+    ]  # which of positions / token_positions / embed / rotate / bias it overrides
     paper: str
     description: str
 
@@ -31,7 +33,7 @@ def register(name: str, *, family: str, paper: str, description: str):
             raise ValueError(f"encoding {name!r} is registered twice")
         hooks = tuple(
             hook
-            for hook in ("positions", "embed", "rotate", "bias")
+            for hook in ("positions", "token_positions", "embed", "rotate", "bias")
             if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
         )
         _REGISTRY[name] = EncodingInfo(name, cls, family, hooks, paper, description)
