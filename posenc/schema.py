@@ -144,6 +144,7 @@ DECLARED: dict[str, Check] = {
     "eval.lengths": optional(list_of(integer(minimum=1))),
     "train.betas": list_of(number(minimum=0.0, below=1.0), length=2),
     "encoding.scaling": optional(name),
+    "encoding.label": optional(name),
     "encoding.yarn_original_len": optional(integer(minimum=1)),
     "encoding.parts": list_of(encoding_part),
     "encoding.base_params": encoding_params(lambda tree: tree["encoding"].get("base")),
@@ -218,4 +219,8 @@ def check_config(cfg: DictConfig, reference: DictConfig) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"bad value: {first}") from exc
     defaults = OmegaConf.to_container(reference, resolve=False)
+    encoding = tree.get("encoding")
+    if isinstance(encoding, dict) and "label" in encoding and isinstance(defaults, dict):
+        # `+encoding.label=NAME` names a variant's folder and table row (sweeps, ablations).
+        defaults["encoding"].setdefault("label", None)
     check_tree(tree, defaults, "", tree)

@@ -250,3 +250,14 @@ def test_tensorboard_events_hold_the_documented_tags(tiny_cfg, tmp_path):
     assert "eval/accuracy_vs_length" in acc.Tags()["images"]
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
     assert "custom_scalars__config__" in acc.PluginTagToContent("custom_scalars")
+
+
+def test_a_label_names_a_variant_and_its_type_is_checked(tiny_cfg, tmp_path):
+    """`+encoding.label=NAME` (sweeps and ablations) passes the typed config check."""
+    p = plan(tiny_cfg("encoding=alibi", "+encoding.label=alibi_variant"))
+    assert p.run_dir == tmp_path / "run"
+    from posenc.run import default_run_dir
+
+    assert default_run_dir(p.cfg).parts[-2] == "alibi_variant"
+    with pytest.raises(ConfigError, match="encoding.label"):
+        plan(tiny_cfg("encoding=alibi", "+encoding.label=[1,2]"))
