@@ -462,7 +462,8 @@ def train_phase(s: Session, reporter: Reporter) -> float:
         reporter.close()
         stop.pass_on()  # a stop signal goes on to the earlier handler (submitit requeues)
         raise
-    stop.restore()
+    finally:
+        stop.restore()  # also after a crash: the caller's handlers come back
     seconds = s.seconds_before + time.perf_counter() - t0
     s.checkpoint(seconds)
     return seconds

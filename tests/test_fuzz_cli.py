@@ -104,7 +104,9 @@ def test_fuzzed_train_command_lines_start_or_fail_with_one_line(monkeypatch, cap
     )
     @given(command_lines())
     def case(lines: list[str]) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(
+            ignore_cleanup_errors=True
+        ) as tmp:  # a TB writer may linger
             run_dir, data_dir = Path(tmp) / "run", Path(tmp) / "data"
             args = ["train", *MICRO, "progress=false", *lines]
             args += [f"run_dir={run_dir}", f"data_dir={data_dir}"]
