@@ -335,10 +335,12 @@ def main() -> None:
                 "<= 5%" if mode == "by_length" else "",
             )
     if "bf16" in rows:
-        bf16 = bare_loop(cfg, data, precision="bf16")
+        few = data[:30]  # bf16 can be 10x slower where the CPU lacks bf16 instructions
+        base = bare_loop(cfg, few)
+        bf16 = bare_loop(cfg, few, precision="bf16")
         row(
             "bf16 (autocast, fp32 master weights) / fp32 step speed",
-            f"{fp32['seconds'] / bf16['seconds']:.2f}x",
+            f"{base['seconds'] / bf16['seconds']:.2f}x",
             ">= 1.3x or a measured negative result",
         )
     if "compile" in rows:
