@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from posenc import encodings
-from posenc.config import encoding_params
 from posenc.errors import ConfigError
 from posenc.model import ModelConfig, Transformer
 from tasks.format import vocab_size
@@ -30,25 +29,10 @@ def check_fits(cfg, task, lengths: list[int], device: torch.device) -> None:
 
     m = cfg.model
     check_model_size(m, device)
-    model_cfg = ModelConfig(
-        vocab_size=vocab_size(len(task.symbols)),
-        d_model=m.d_model,
-        n_layers=m.n_layers,
-        n_heads=m.n_heads,
-        d_ff=m.d_ff,
-        dropout=m.dropout,
-        max_len=m.max_len,
-    )
+    model_cfg = ModelConfig.from_config(m, vocab_size(len(task.symbols)))
     try:
         with torch.device("meta"):
-            encoding = encodings.build(
-                cfg.encoding.name,
-                d_model=m.d_model,
-                n_heads=m.n_heads,
-                max_len=m.max_len,
-                n_layers=m.n_layers,
-                **encoding_params(cfg.encoding),
-            )
+            encoding = encodings.from_config(cfg)
     except ConfigError:
         raise
     except Exception as exc:  # sizes past what torch can index, and the like

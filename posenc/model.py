@@ -34,6 +34,22 @@ class ModelConfig:
     bias: bool = True  # biases in the attention and MLP linear layers
     tie_embeddings: bool = False  # the LM head shares the token-embedding matrix
 
+    @classmethod
+    def from_config(cls, m, vocab_size: int) -> ModelConfig:
+        """The ``model.*`` section of a posenc config, for a vocabulary of ``vocab_size``."""
+        return cls(
+            vocab_size=vocab_size,
+            d_model=m.d_model,
+            n_layers=m.n_layers,
+            n_heads=m.n_heads,
+            d_ff=m.d_ff,
+            dropout=m.dropout,
+            max_len=m.max_len,
+            embed_init=m.get("embed_init", "scaled"),
+            bias=m.get("bias", True),
+            tie_embeddings=m.get("tie_embeddings", False),
+        )
+
 
 EMBED_INITS = ("scaled", "gpt")
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import tasks
 from posenc import encodings
 from posenc.checkpoint import load_checkpoint
-from posenc.config import encoding_label, encoding_params, task_format, task_params, to_yaml
+from posenc.config import encoding_label, task_format, task_params, to_yaml
 from posenc.console import Reporter
 from posenc.data import BATCHING, TrainStream, by_length, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError, RunExistsError, UnreadableFileError
@@ -199,14 +199,7 @@ def plan(cfg: DictConfig) -> Plan:
             raise ConfigError(f"{key} must be true or false, got {value!r}")
     check_fits(cfg, task, lengths, device)  # posenc.memory: before anything is allocated
     torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
-    encoding = encodings.build(
-        cfg.encoding.name,
-        d_model=m.d_model,
-        n_heads=m.n_heads,
-        max_len=m.max_len,
-        n_layers=m.n_layers,
-        **encoding_params(cfg.encoding),
-    )
+    encoding = encodings.from_config(cfg)
     encoding.bind_task(digit_layout(task))  # token-derived encodings learn the digits here
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
@@ -224,18 +217,7 @@ def plan(cfg: DictConfig) -> Plan:
             )
             + f"; raise model.max_len to >= {longest} or lower eval.max_len"
         )
-    model_cfg = ModelConfig(
-        vocab_size=vocab_size(len(task.symbols)),
-        d_model=m.d_model,
-        n_layers=m.n_layers,
-        n_heads=m.n_heads,
-        d_ff=m.d_ff,
-        dropout=m.dropout,
-        max_len=m.max_len,
-        embed_init=embed_init,
-        bias=m.get("bias", True),
-        tie_embeddings=m.get("tie_embeddings", False),
-    )
+    model_cfg = ModelConfig.from_config(m, vocab_size(len(task.symbols)))
     model = Transformer(model_cfg, encoding).to(device)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     return Plan(cfg, task, model, lengths, quick, run_dir, device, fmt)

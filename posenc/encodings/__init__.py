@@ -23,7 +23,15 @@ from posenc.encodings import (  # noqa: F401  (registration)
     rotary,
 )
 from posenc.encodings.base import DigitLayout, PositionalEncoding
-from posenc.encodings.registry import EncodingInfo, build, info, names, parameters, register
+from posenc.encodings.registry import (
+    EncodingInfo,
+    build,
+    from_config,
+    info,
+    names,
+    parameters,
+    register,
+)
 
 register(
     "none",
@@ -37,6 +45,7 @@ __all__ = [
     "EncodingInfo",
     "PositionalEncoding",
     "build",
+    "from_config",
     "info",
     "names",
     "parameters",

@@ -101,3 +101,18 @@ def parse_spec(spec: Any, what: str = "encoding part") -> tuple[str, dict[str, A
         f"{what} must be an encoding name or a mapping with a 'name' key, e.g. "
         f"{{name: t5, num_buckets: 16}}; got {spec!r}"
     )
+
+
+def from_config(cfg) -> PositionalEncoding:
+    """The encoding of a posenc config: ``encoding.*`` sized by ``model.*``."""
+    from posenc.config import encoding_params
+
+    m = cfg.model
+    return build(
+        cfg.encoding.name,
+        d_model=m.d_model,
+        n_heads=m.n_heads,
+        max_len=m.max_len,
+        n_layers=m.n_layers,
+        **encoding_params(cfg.encoding),
+    )
