@@ -1,4 +1,5 @@
-"""``posenc compare``, ``posenc sweep``, ``posenc report`` and ``posenc tb``.
+"""``posenc compare``, ``posenc sweep``, ``posenc report``, ``posenc publish``, ``posenc tables``
+and ``posenc tb``.
 
 A sweep runs as a Hydra multirun in a child process (``python -m posenc.sweep``) whose
 output goes to a log file, while this process shows live progress by reading the job
@@ -7,6 +8,7 @@ status files and aggregates the experiment folder when the child is done.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import typer
 
 from cli.app import Overrides, fail
 from cli.completion import complete_encodings, complete_overrides, complete_tasks
+from posenc.signals import RunStopped
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
 
@@ -27,6 +30,8 @@ def register(app: typer.Typer) -> None:
     app.command(context_settings={"allow_extra_args": False})(compare)
     app.command(context_settings={"allow_extra_args": False})(sweep)
     app.command()(report)
+    app.command()(publish)
+    app.command()(tables)
     app.command("tb")(tensorboard)
 
 
@@ -240,18 +245,29 @@ def _launch(
     log_path = plan.sweep_dir / "launcher.log"
     console.print(f"sweep log: {log_path}")
     with open(log_path, "ab") as log:
+        # Its own session, so the sweep and its worker processes are one process group that
+        # this process stops as a whole, whether it got Ctrl-C or a kill (SIGTERM).
         child = subprocess.Popen(
-            child_command(plan), stdout=log, stderr=subprocess.STDOUT, env=child_env()
+            child_command(plan),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            start_new_session=True,
         )
+        previous = signal.signal(signal.SIGTERM, _terminated)
         try:
             _watch(child, plan, console)
-        except KeyboardInterrupt:
-            _stop(child)
+        except (KeyboardInterrupt, RunStopped) as exc:
+            signum = exc.signum if isinstance(exc, RunStopped) else signal.SIGINT
+            console.print(f"stopping the sweep ({signal.Signals(signum).name}) ...")
+            _stop(child, plan.sweep_dir, signum)
             fail(
                 "interrupted; finished runs are kept and checkpoints saved: run the same "
                 "command again to resume",
-                130,
+                128 + signum,
             )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     from posenc.report import load_experiment
     from posenc.sweep import sweep_progress
 
@@ -271,18 +287,56 @@ def _launch(
         fail(f"{mine.failed} of {total} runs failed (listed above)", 1)
 
 
-def _stop(child: subprocess.Popen) -> None:
-    """After Ctrl-C: the terminal interrupted the whole process group, so give the sweep a
-    moment to save checkpoints and exit; interrupt it ourselves if it did not get the signal."""
-    for interrupt, wait in ((False, 5), (True, 60)):
-        if interrupt:
-            child.send_signal(signal.SIGINT)
+def _terminated(signum: int, frame) -> None:
+    raise RunStopped(signum)
+
+
+def _job_pids(sweep_dir: Path) -> set[int]:
+    """The processes of this sweep's jobs that have not said they are done."""
+    import json
+
+    from posenc.sweep import JOB_STATUS
+
+    pids = set()
+    for path in sweep_dir.glob(f"*/{JOB_STATUS}"):
         try:
-            child.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    child.kill()
+            job = json.loads(path.read_text())
+        except (OSError, ValueError):  # being rewritten: read it next time
+            continue
+        if job.get("status") in ("running", "waiting") and isinstance(job.get("pid"), int):
+            pids.add(job["pid"])
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop(child: subprocess.Popen, sweep_dir: Path, signum: int, grace: float = 60) -> None:
+    """Pass the signal to the sweep's whole process group (the sweep and its workers: each
+    run saves its checkpoint at its next step), wait up to ``grace`` seconds for the sweep
+    and every job that was running to exit, then kill what is left of the group (joblib's
+    helper processes)."""
+    group = child.pid  # its own session: the group id is its pid
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if child.poll() is not None and not any(map(_alive, _job_pids(sweep_dir))):
+            break
+        time.sleep(0.1)
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     child.wait()
 
 
@@ -366,6 +420,62 @@ def report(
     if not load_experiment(directory):
         fail(f"no runs under {directory} (expected <task>/<encoding>/seed<k>/ folders)")
     _report(directory, baseline)
+
+
+def publish(
+    directory: Annotated[Path, typer.Argument(help="An experiment folder, e.g. runs/compare")],
+    dest: Annotated[
+        Path, typer.Argument(help="Where to publish it, e.g. docs/experiments/compare")
+    ],
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", help="As for posenc report: differences to this encoding."),
+    ] = None,
+) -> None:
+    """Copy an experiment's numbers (each run's metrics.json and config.yaml: no checkpoints,
+    logs or events) into DEST and write its report there; posenc report DEST regenerates it."""
+    from posenc.errors import PosencError
+    from posenc.publish import publish as publish_
+
+    try:
+        done = publish_(directory, dest, baseline)
+    except PosencError as exc:
+        fail(str(exc))
+    print(
+        f"published {done.complete} complete and {done.failed} failed runs of {directory} to "
+        f"{dest} ({len(done.files)} files)"
+        + (f"; {done.unfinished} unfinished runs left out" if done.unfinished else "")
+    )
+
+
+def tables(
+    files: Annotated[list[Path], typer.Argument(help="Markdown files, e.g. docs/results.md")],
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Write nothing; exit 1 if a file's tables are out of date."),
+    ] = False,
+) -> None:
+    """Re-render the results tables of markdown files from the experiment folders they name:
+    every block from '<!-- posenc report FOLDER [--baseline ENC] -->' to '<!-- /posenc -->'."""
+    from posenc.errors import PosencError
+    from posenc.publish import update_tables
+
+    stale = []
+    for path in files:
+        try:
+            changed = update_tables(path, check=check)
+        except PosencError as exc:
+            fail(str(exc))
+        if changed:
+            stale.append(path)
+        verb = ("out of date" if check else "updated") if changed else "up to date"
+        print(f"{path}: {verb}")
+    if check and stale:
+        fail(
+            f"tables out of date in {', '.join(map(str, stale))}: run posenc tables "
+            + " ".join(map(str, stale)),
+            1,
+        )
 
 
 def tensorboard(

@@ -266,3 +266,85 @@ def test_a_sweep_waits_for_a_run_another_process_holds(tmp_path):
     out, err = child.communicate(timeout=300)
     assert child.returncode == 0, err
     assert (d / "metrics.json").exists()
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def pgid(pid: int) -> int | None:
+    try:  # a zombie has exited: it holds nothing
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z"):
+            return None
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def processes() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_compare_stops_its_sweep_and_workers_with_checkpoints(tmp_path, sig, code):
+    """kill <posenc compare> (SIGTERM to it alone, not to its process group), or Ctrl-C
+    (SIGINT), stops the sweep child and every worker: none trains on orphaned, each run
+    keeps a checkpoint, and the command exits 128 + the signal."""
+    runs = tmp_path / "runs"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "compare",
+            "-e",
+            "rope,alibi",
+            "--jobs",
+            "2",
+            "--experiment",
+            "stop",
+            *TINY,
+            "train.steps=100000",
+            "train.checkpoint_every=0",
+            f"runs_root={runs}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # as a shell's background job: nothing else signals the group
+    )
+    try:
+        logs = [runs / "stop" / "copy" / e / "seed0" / "train.log" for e in ("rope", "alibi")]
+        deadline = time.monotonic() + 180
+        while not all(p.exists() and " step " in p.read_text() for p in logs):
+            assert parent.poll() is None, parent.communicate()
+            assert time.monotonic() < deadline, "the runs did not start"
+            time.sleep(0.1)
+        (sweep,) = [
+            p for p in processes() if str(runs) in cmdline(p) and "posenc.sweep" in cmdline(p)
+        ]
+        group = os.getpgid(sweep)  # the sweep and its workers
+        assert group != os.getpgid(parent.pid)
+        assert len([p for p in processes() if pgid(p) == group]) >= 3
+        parent.send_signal(sig)
+        _, err = parent.communicate(timeout=120)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+    assert parent.returncode == code, err
+    assert "interrupted; finished runs are kept and checkpoints saved" in err
+    for enc in ("rope", "alibi"):
+        d = runs / "stop" / "copy" / enc / "seed0"
+        assert (d / "checkpoint.pt").exists() and not (d / "metrics.json").exists()
+    time.sleep(1)  # any worker still alive would go on writing its log
+    sizes = {p: p.stat().st_size for p in (runs / "stop").rglob("train.log")}
+    time.sleep(3)
+    assert sizes == {p: p.stat().st_size for p in (runs / "stop").rglob("train.log")}
+    assert [p for p in processes() if pgid(p) == group] == []
