@@ -789,9 +789,7 @@ def build_report(
         for task in tasks:
             order = [row.encoding for row in tables[task] if row.seeds]
             if order:
-                images[f"{PLOTS}/accuracy_vs_length_{_slug(task)}.png"] = accuracy_plot(
-                    complete, task, order
-                )
+                images[accuracy_plot_name(task)] = accuracy_plot(complete, task, order)
         encodings = _overall_order(tables)
         images[f"{PLOTS}/ood_heatmap.png"] = heatmap_plot(complete, tasks, encodings)
     return Report(
@@ -829,6 +827,43 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def accuracy_plot_name(task: str) -> str:
+    """The accuracy-versus-length plot of ``task``, relative to the experiment folder."""
+    return f"{PLOTS}/accuracy_vs_length_{_slug(task)}.png"
+
+
+def task_section_lines(
+    report: Report, task: str, heading: str | None, plot: str | None
+) -> list[str]:
+    """One task's part of a report in markdown: its heading (if any), training range,
+    summary table (with the paper column when the runs carry one), rank agreement,
+    randomized lifts, differences to the baseline and the plot (if any)."""
+    rows = report.tables[task]
+    ranges = ", ".join(f"{lo}–{hi}" for lo, hi in train_ranges(report.records, task))
+    lines = [heading, ""] if heading else []
+    if ranges:
+        lines += [f"Trained on lengths {ranges}.", ""]
+    paper = report.papers.get(task)
+    header = TABLE_HEADER + (["ours (as paper)", "paper"] if paper else [])
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["--:"] * (len(TABLE_HEADER) - 2) + ["---"]))
+    lines[-1] += "|--:|--:|" if paper else "|"
+    for row in rows:
+        cells = table_cells(row) + ([_value(row.as_paper), _value(row.paper)] if paper else [])
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    lines.append("")
+    if paper:
+        lines += [paper_sentence(paper), ""]
+    lines += _lift_lines(report.lifts.get(task), paper_block(report.records, task))
+    if task in report.published_lift:
+        source, lift = report.published_lift[task]
+        lines += [f"Published: {source} report a mean lift of {lift:+.3f}.", ""]
+    lines += _difference_lines(report.differences.get(task), report.baseline)
+    if plot:
+        lines += [f"![accuracy versus length on {task}]({plot})", ""]
+    return lines
+
+
 def render_markdown(report: Report) -> str:
     c = report.counts
     lines = [
@@ -855,30 +890,11 @@ def render_markdown(report: Report) -> str:
         ),
         "",
     ]
-    for task, rows in report.tables.items():
-        ranges = ", ".join(f"{lo}–{hi}" for lo, hi in train_ranges(report.records, task))
-        lines += [f"## {task}", ""]
-        if ranges:
-            lines += [f"Trained on lengths {ranges}.", ""]
-        paper = report.papers.get(task)
-        header = TABLE_HEADER + (["ours (as paper)", "paper"] if paper else [])
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---"] + ["--:"] * (len(TABLE_HEADER) - 2) + ["---"]))
-        lines[-1] += "|--:|--:|" if paper else "|"
-        for row in rows:
-            cells = table_cells(row) + ([_value(row.as_paper), _value(row.paper)] if paper else [])
-            lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-        lines.append("")
-        if paper:
-            lines += [paper_sentence(paper), ""]
-        lines += _lift_lines(report.lifts.get(task), paper_block(report.records, task))
-        if task in report.published_lift:
-            source, lift = report.published_lift[task]
-            lines += [f"Published: {source} report a mean lift of {lift:+.3f}.", ""]
-        lines += _difference_lines(report.differences.get(task), report.baseline)
-        plot = f"{PLOTS}/accuracy_vs_length_{_slug(task)}.png"
-        if plot in report.plots:
-            lines += [f"![accuracy versus length on {task}]({plot})", ""]
+    for task in report.tables:
+        plot = accuracy_plot_name(task)
+        lines += task_section_lines(
+            report, task, heading=f"## {task}", plot=plot if plot in report.plots else None
+        )
     heat = f"{PLOTS}/ood_heatmap.png"
     if heat in report.plots:
         lines += ["## Beyond the training lengths, every task", "", f"![OOD heatmap]({heat})", ""]

@@ -1,0 +1,163 @@
+"""Publish an experiment, and keep the results tables of the docs written by posenc.
+
+``publish(src, dest)`` copies, from every run of an experiment folder, the two files its
+numbers come from — ``metrics.json`` (or ``error.json`` for a failed run) and
+``config.yaml`` — into ``dest/<task>/<encoding>/seed<k>/``, and writes the report there.
+Nothing else travels: no checkpoints, logs or TensorBoard events. The published folder is
+then an experiment folder in its own right: ``posenc report dest`` regenerates every table
+and plot from the committed files alone.
+
+``render_tables(text, base)`` re-renders, in a markdown document, every block
+
+    <!-- posenc report experiments/kazemnejad_copy --baseline alibi -->
+    ...
+    <!-- /posenc -->
+
+from the experiment folder its opening line names (relative to ``base``, the document's
+folder), so a results table in the docs is always the one the report computes, and a test
+(``posenc tables --check``) fails when someone edits one by hand or the committed runs change.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from posenc.errors import ConfigError
+from posenc.io import atomic_write_text
+from posenc.report import (
+    CONFIG,
+    ERROR,
+    METRICS,
+    Report,
+    accuracy_plot_name,
+    build_report,
+    load_experiment,
+    task_section_lines,
+    write_report,
+)
+
+OPEN = re.compile(r"^<!-- posenc (?P<args>.*?) -->[ \t]*$", re.MULTILINE)
+CLOSE = "<!-- /posenc -->"
+BLOCK_OPTIONS = ("--baseline",)
+
+
+@dataclass
+class Published:
+    complete: int
+    failed: int
+    unfinished: int  # not copied: they have no numbers yet
+    files: list[Path]
+
+
+def publish(src: str | Path, dest: str | Path, baseline: str | None = None) -> Published:
+    """Copy the numbers of every finished or failed run of ``src`` into ``dest`` and write
+    the report there (results.csv, report.md, plots). Runs already in ``dest`` and not in
+    ``src`` stay (publishing from two machines into one folder merges them)."""
+    src, dest = Path(src), Path(dest)
+    if not src.is_dir():
+        raise ConfigError(f"{src} is not a folder")
+    if dest.resolve() == src.resolve() or dest.resolve().is_relative_to(src.resolve()):
+        raise ConfigError(f"publish into a folder outside the experiment, got {dest}")
+    records = load_experiment(src)
+    done = [r for r in records if r.status != "unfinished"]
+    if not done:
+        raise ConfigError(f"no finished or failed runs under {src} to publish")
+    if baseline is not None:  # fail before copying anything
+        build_report(records, plots=False, baseline=baseline)
+    files = []
+    for r in done:
+        for name in (METRICS if r.status == "complete" else ERROR, CONFIG):
+            if (src / r.path / name).is_file():
+                (dest / r.path).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / r.path / name, dest / r.path / name)
+                files.append(dest / r.path / name)
+        if r.status == "complete":  # a run that failed once and then finished
+            (dest / r.path / ERROR).unlink(missing_ok=True)
+    published = load_experiment(dest)
+    report = build_report(published, dest.resolve().name, baseline=baseline)
+    files += write_report(report, dest)
+    failed = sum(r.status == "failed" for r in done)
+    return Published(len(done) - failed, failed, len(records) - len(done), files)
+
+
+def block_options(args: str) -> tuple[Path, str | None]:
+    """``report FOLDER [--baseline ENCODING]`` -> (folder, baseline); one-line errors."""
+    words = shlex.split(args)
+    if not words or words[0] != "report" or len(words) < 2:
+        raise ConfigError(
+            f"a posenc block starts with '<!-- posenc report FOLDER [--baseline ENCODING] -->', "
+            f"got '<!-- posenc {args} -->'"
+        )
+    folder, rest, baseline = Path(words[1]), words[2:], None
+    while rest:
+        option = rest.pop(0)
+        if option not in BLOCK_OPTIONS or not rest:
+            raise ConfigError(
+                f"unknown or incomplete block option {option!r} in '<!-- posenc {args} -->'; "
+                f"valid: {', '.join(o + ' VALUE' for o in BLOCK_OPTIONS)}"
+            )
+        baseline = rest.pop(0)
+    return folder, baseline
+
+
+def render_block(folder: Path, link: str, baseline: str | None) -> str:
+    """The tables of one experiment for a document: every task's summary table, paper
+    column, randomized lifts and differences to the baseline, with plot links relative to
+    the document (``link`` is the folder as the document names it)."""
+    if not folder.is_dir():
+        raise ConfigError(f"the experiment folder {folder} of a posenc block does not exist")
+    records = load_experiment(folder)
+    if not any(r.status == "complete" for r in records):
+        raise ConfigError(f"no finished runs under {folder} for its posenc block")
+    report: Report = build_report(records, folder.name, plots=False, baseline=baseline)
+    lines = []
+    several = len(report.tables) > 1
+    for task in report.tables:
+        plot = accuracy_plot_name(task)
+        lines += task_section_lines(
+            report,
+            task,
+            heading=f"**{task}**" if several else None,
+            plot=f"{link}/{plot}" if (folder / plot).is_file() else None,
+        )
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_tables(text: str, base: str | Path) -> str:
+    """``text`` with every posenc block re-rendered (folders relative to ``base``)."""
+    out, pos = [], 0
+    for match in OPEN.finditer(text):
+        if match.start() < pos:
+            continue
+        end = text.find(CLOSE, match.end())
+        nested = OPEN.search(text, match.end())
+        if end < 0 or (nested is not None and nested.start() < end):
+            line = text.count("\n", 0, match.start()) + 1
+            raise ConfigError(f"the posenc block opened on line {line} has no '{CLOSE}' line")
+        folder, baseline = block_options(match.group("args"))
+        body = render_block(Path(base) / folder, folder.as_posix(), baseline)
+        out += [text[pos : match.end()], "\n", body, ""]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def update_tables(path: str | Path, check: bool = False) -> bool:
+    """Re-render the posenc blocks of a markdown file; True if it was (``check``: would be)
+    changed. ``check`` writes nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file")
+    old = path.read_text()
+    if not OPEN.search(old):
+        raise ConfigError(
+            f"{path} has no posenc blocks ('<!-- posenc report FOLDER -->' ... '{CLOSE}')"
+        )
+    new = render_tables(old, path.parent)
+    if new != old and not check:
+        atomic_write_text(path, new)
+    return new != old

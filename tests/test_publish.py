@@ -1,0 +1,178 @@
+"""posenc publish (an experiment's numbers, nothing else) and posenc tables (docs tables
+re-rendered from committed experiment folders), including the repository's own docs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from posenc import report as rp
+from posenc.errors import ConfigError
+from posenc.publish import publish, render_tables, update_tables
+from tests.test_report import metrics, write_run
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = CliRunner()
+
+
+def experiment(root: Path) -> Path:
+    """Two encodings x two seeds on copy, with everything a real run folder holds, one failed
+    and one unfinished run."""
+    exp = root / "runs" / "exp"
+    for enc, em in (
+        ("alibi", {1: 1.0, 2: 1.0, 3: 0.75, 4: 0.5}),
+        ("rope", {1: 1.0, 2: 0.9, 3: 0.0, 4: 0.0}),
+    ):
+        for seed in (0, 1):
+            d = write_run(
+                exp, f"copy/{enc}/seed{seed}", metrics("copy", enc, seed, em), checkpoint=True
+            )
+            (d / "config.yaml").write_text(f"encoding:\n  name: {enc}\nseed: {seed}\n")
+            (d / "train.log").write_text("step 1\n")
+            (d / "events.out.tfevents.1.vm").write_bytes(b"\0")
+    write_run(
+        exp, "copy/t5/seed0", error={"task": "copy", "encoding": "t5", "seed": 0, "error": "Boom"}
+    )
+    write_run(exp, "copy/none/seed0", checkpoint=True)  # unfinished: nothing to publish
+    return exp
+
+
+def test_publish_copies_only_the_numbers_and_the_report_regenerates_from_them(tmp_path):
+    exp = experiment(tmp_path)
+    dest = tmp_path / "docs" / "exp"
+    done = publish(exp, dest)
+    assert (done.complete, done.failed, done.unfinished) == (4, 1, 1)
+    runs = sorted(p.relative_to(dest).as_posix() for p in dest.glob("copy/*/seed*/*"))
+    assert runs == [
+        *(
+            f"copy/{e}/seed{s}/{f}"
+            for e in ("alibi",)
+            for s in (0, 1)
+            for f in ("config.yaml", "metrics.json")
+        ),
+        *(
+            f"copy/{e}/seed{s}/{f}"
+            for e in ("rope",)
+            for s in (0, 1)
+            for f in ("config.yaml", "metrics.json")
+        ),
+        "copy/t5/seed0/error.json",
+    ]
+    assert not list(dest.rglob("checkpoint.pt")) and not list(dest.rglob("events.*"))
+    # the published folder is an experiment folder: the report from it is the report from the runs
+    rp.report_experiment(exp, plots=False)
+    csv = (dest / "results.csv").read_text()
+    assert csv == (exp / "results.csv").read_text()
+    assert csv.count("\ncopy,alibi,") == 8
+    md = (dest / "report.md").read_text()
+    assert "| alibi | 2 |" in md and "Boom" in md
+    assert (dest / "plots" / "accuracy_vs_length_copy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_publish_refuses_a_destination_inside_the_experiment_and_an_empty_one(tmp_path):
+    exp = experiment(tmp_path)
+    with pytest.raises(ConfigError, match="outside the experiment"):
+        publish(exp, exp / "published")
+    empty = tmp_path / "runs" / "empty"
+    write_run(empty, "copy/rope/seed0", checkpoint=True)
+    with pytest.raises(ConfigError, match="no finished or failed runs under"):
+        publish(empty, tmp_path / "out")
+    with pytest.raises(ConfigError, match="baseline 'sinusoidal'"):
+        publish(exp, tmp_path / "out", baseline="sinusoidal")
+    assert not (tmp_path / "out").exists()  # nothing copied before the error
+
+
+def doc(body: str = "stale\n", args: str = "report exp") -> str:
+    return f"# Results\n\nintro\n\n<!-- posenc {args} -->\n{body}<!-- /posenc -->\n\nafter\n"
+
+
+def test_tables_render_blocks_from_the_folder_and_leave_the_rest(tmp_path):
+    publish(experiment(tmp_path), tmp_path / "docs" / "exp")
+    text = render_tables(doc(args="report exp --baseline rope"), tmp_path / "docs")
+    before, block = text.split("<!-- posenc report exp --baseline rope -->\n")
+    block, after = block.split("<!-- /posenc -->")
+    assert before == "# Results\n\nintro\n\n" and after == "\n\nafter\n"
+    lines = block.splitlines()
+    assert lines[0] == "Trained on lengths 1–2."
+    assert lines[2].startswith("| encoding | seeds | ID exact match |")
+    assert lines[4].startswith("| alibi | 2 | 1.000 ± 0.000 |")
+    assert lines[5].startswith("| rope | 2 | 0.950 ± 0.000 |")
+    assert "| alibi | 2 | +0.625 | [+0.625, +0.625] |" in block
+    assert "![accuracy versus length on copy](exp/plots/accuracy_vs_length_copy.png)" in block
+    assert "stale" not in block
+    assert render_tables(text, tmp_path / "docs") == text  # idempotent
+
+
+def test_update_tables_check_writes_nothing_and_says_stale(tmp_path):
+    publish(experiment(tmp_path), tmp_path / "docs" / "exp")
+    path = tmp_path / "docs" / "results.md"
+    path.write_text(doc())
+    assert update_tables(path, check=True) is True
+    assert path.read_text() == doc()
+    assert update_tables(path) is True and update_tables(path, check=True) is False
+    edited = path.read_text().replace("| alibi | 2 | 1.000", "| alibi | 2 | 0.999")
+    path.write_text(edited)
+    result = RUNNER.invoke(app, ["tables", str(path), "--check"])
+    assert result.exit_code == 1
+    assert f"tables out of date in {path}: run posenc tables {path}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            doc(args="report missing"),
+            "experiment folder .*missing of a posenc block does not exist",
+        ),
+        (
+            doc(args="report exp --best"),
+            "unknown or incomplete block option '--best'.*valid: --baseline VALUE",
+        ),
+        (doc(args="plot exp"), "starts with '<!-- posenc report FOLDER"),
+        (
+            "<!-- posenc report exp -->\nno end\n",
+            "block opened on line 1 has no '<!-- /posenc -->' line",
+        ),
+        (doc(args="report exp --baseline t5"), "baseline 't5'"),
+    ],
+)
+def test_bad_blocks_are_one_line_errors(tmp_path, text, message):
+    publish(experiment(tmp_path), tmp_path / "docs" / "exp")
+    with pytest.raises(ConfigError, match=message):
+        render_tables(text, tmp_path / "docs")
+
+
+def test_cli_publish_and_tables(tmp_path):
+    exp = experiment(tmp_path)
+    result = RUNNER.invoke(app, ["publish", str(exp), str(tmp_path / "pub")])
+    assert result.exit_code == 0, result.output
+    assert "published 4 complete and 1 failed runs" in result.output
+    assert "1 unfinished runs left out" in result.output
+    no_blocks = tmp_path / "plain.md"
+    no_blocks.write_text("# nothing\n")
+    result = RUNNER.invoke(app, ["tables", str(no_blocks)])
+    assert result.exit_code == 2 and "has no posenc blocks" in result.output
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/results.md"])
+def test_the_repository_docs_tables_are_the_ones_posenc_writes(name):
+    """Every results table in the docs is rendered from a committed experiment folder:
+    this fails when one is edited by hand or its runs change (fix: posenc tables FILE)."""
+    path = ROOT / name
+    text = path.read_text()
+    assert "<!-- posenc report" in text
+    assert render_tables(text, path.parent) == text, f"run: posenc tables {name}"
+
+
+def test_published_folders_hold_no_checkpoints_or_logs():
+    published = ROOT / "docs" / "experiments"
+    names = {p.name for p in published.rglob("*") if p.is_file()}
+    assert names, "no published experiments"
+    allowed = {"metrics.json", "config.yaml", "error.json", "results.csv", "report.md"}
+    assert {n for n in names if not n.endswith(".png")} <= allowed
+    for path in published.rglob("metrics.json"):
+        assert json.loads(path.read_text())["status"] == "complete"
