@@ -14,8 +14,11 @@ and plot from the committed files alone.
     <!-- /posenc -->
 
 from the experiment folder its opening line names (relative to ``base``, the document's
-folder), so a results table in the docs is always the one the report computes, and a test
-(``posenc tables --check``) fails when someone edits one by hand or the committed runs change.
+folder): the report's tables for it (``--baseline``: with the differences to that
+encoding; ``--per-length token_accuracy --lengths 5,8,16``: with a table of that metric at
+those lengths). So a results table in the docs is always the one the report computes, and
+``posenc tables --check`` (a test runs it) fails when someone edits one by hand or the
+committed runs change.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from posenc.report import (
 
 OPEN = re.compile(r"^<!-- posenc (?P<args>.*?) -->[ \t]*$", re.MULTILINE)
 CLOSE = "<!-- /posenc -->"
-BLOCK_OPTIONS = ("--baseline",)
+BLOCK_OPTIONS = ("--baseline", "--per-length", "--lengths")
+PER_LENGTH_METRICS = ("exact_match", "token_accuracy")
 
 
 @dataclass
@@ -84,15 +88,26 @@ def publish(src: str | Path, dest: str | Path, baseline: str | None = None) -> P
     return Published(len(done) - failed, failed, len(records) - len(done), files)
 
 
-def block_options(args: str) -> tuple[Path, str | None]:
-    """``report FOLDER [--baseline ENCODING]`` -> (folder, baseline); one-line errors."""
+@dataclass
+class Block:
+    """What a block's opening line asks for."""
+
+    folder: Path
+    baseline: str | None = None
+    per_length: str | None = None  # a per-length table of this metric ...
+    lengths: tuple[int, ...] = ()  # ... at these lengths
+
+
+def block_options(args: str) -> Block:
+    """``report FOLDER [--baseline ENC] [--per-length METRIC --lengths 5,6,8]``; one-line
+    errors."""
     words = shlex.split(args)
     if not words or words[0] != "report" or len(words) < 2:
         raise ConfigError(
             f"a posenc block starts with '<!-- posenc report FOLDER [--baseline ENCODING] -->', "
             f"got '<!-- posenc {args} -->'"
         )
-    folder, rest, baseline = Path(words[1]), words[2:], None
+    block, rest = Block(Path(words[1])), words[2:]
     while rest:
         option = rest.pop(0)
         if option not in BLOCK_OPTIONS or not rest:
@@ -100,11 +115,51 @@ def block_options(args: str) -> tuple[Path, str | None]:
                 f"unknown or incomplete block option {option!r} in '<!-- posenc {args} -->'; "
                 f"valid: {', '.join(o + ' VALUE' for o in BLOCK_OPTIONS)}"
             )
-        baseline = rest.pop(0)
-    return folder, baseline
+        value = rest.pop(0)
+        if option == "--baseline":
+            block.baseline = value
+        elif option == "--per-length":
+            if value not in PER_LENGTH_METRICS:
+                raise ConfigError(
+                    f"--per-length {value!r} is not a per-length metric; valid: "
+                    f"{', '.join(PER_LENGTH_METRICS)}"
+                )
+            block.per_length = value
+        else:
+            try:
+                block.lengths = tuple(int(n) for n in value.split(","))
+            except ValueError:
+                raise ConfigError(
+                    f"--lengths takes comma-separated integers (5,6,8), got {value!r}"
+                ) from None
+    if (block.per_length is None) != (not block.lengths):
+        raise ConfigError(f"--per-length and --lengths go together in '<!-- posenc {args} -->'")
+    return block
 
 
-def render_block(folder: Path, link: str, baseline: str | None) -> str:
+def per_length_lines(report: Report, task: str, metric: str, lengths: tuple[int, ...]) -> list[str]:
+    """Encodings (in the summary table's order) x lengths: ``metric`` averaged over seeds."""
+    values: dict[tuple[str, int], list[float]] = {}
+    for row in report.rows:
+        if row["task"] == task and row["length"] in lengths:
+            values.setdefault((row["encoding"], row["length"]), []).append(row[metric])
+    name = metric.replace("_", " ")
+    lines = [
+        f"{name.capitalize()} by length (mean over seeds):",
+        "",
+        "| encoding | " + " | ".join(f"n = {n}" for n in lengths) + " |",
+        "|---|" + "--:|" * len(lengths),
+    ]
+    for summary in report.tables[task]:
+        cells = [
+            f"{sum(v) / len(v):.2f}" if (v := values.get((summary.encoding, n))) else "–"
+            for n in lengths
+        ]
+        lines.append(f"| {summary.encoding} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def render_block(folder: Path, link: str, block: Block) -> str:
     """The tables of one experiment for a document: every task's summary table, paper
     column, randomized lifts and differences to the baseline, with plot links relative to
     the document (``link`` is the folder as the document names it)."""
@@ -113,7 +168,7 @@ def render_block(folder: Path, link: str, baseline: str | None) -> str:
     records = load_experiment(folder)
     if not any(r.status == "complete" for r in records):
         raise ConfigError(f"no finished runs under {folder} for its posenc block")
-    report: Report = build_report(records, folder.name, plots=False, baseline=baseline)
+    report: Report = build_report(records, folder.name, plots=False, baseline=block.baseline)
     lines = []
     several = len(report.tables) > 1
     for task in report.tables:
@@ -124,6 +179,8 @@ def render_block(folder: Path, link: str, baseline: str | None) -> str:
             heading=f"**{task}**" if several else None,
             plot=f"{link}/{plot}" if (folder / plot).is_file() else None,
         )
+        if block.per_length:
+            lines += per_length_lines(report, task, block.per_length, block.lengths)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -138,8 +195,8 @@ def render_tables(text: str, base: str | Path) -> str:
         if end < 0 or (nested is not None and nested.start() < end):
             line = text.count("\n", 0, match.start()) + 1
             raise ConfigError(f"the posenc block opened on line {line} has no '{CLOSE}' line")
-        folder, baseline = block_options(match.group("args"))
-        body = render_block(Path(base) / folder, folder.as_posix(), baseline)
+        block = block_options(match.group("args"))
+        body = render_block(Path(base) / block.folder, block.folder.as_posix(), block)
         out += [text[pos : match.end()], "\n", body, ""]
         pos = end
     out.append(text[pos:])

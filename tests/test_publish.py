@@ -176,3 +176,20 @@ def test_published_folders_hold_no_checkpoints_or_logs():
     assert {n for n in names if not n.endswith(".png")} <= allowed
     for path in published.rglob("metrics.json"):
         assert json.loads(path.read_text())["status"] == "complete"
+
+
+def test_per_length_table_is_the_mean_over_seeds_at_the_asked_lengths(tmp_path):
+    publish(experiment(tmp_path), tmp_path / "docs" / "exp")
+    args = "report exp --per-length exact_match --lengths 3,4"
+    block = render_tables(doc(args=args), tmp_path / "docs").split("<!-- /posenc -->")[0]
+    table = block.split("Exact match by length (mean over seeds):\n\n")[1].splitlines()
+    assert table[:4] == [
+        "| encoding | n = 3 | n = 4 |",
+        "|---|--:|--:|",
+        "| alibi | 0.75 | 0.50 |",
+        "| rope | 0.00 | 0.00 |",
+    ]
+    with pytest.raises(ConfigError, match="--per-length 'loss' is not a per-length metric"):
+        render_tables(doc(args="report exp --per-length loss --lengths 3"), tmp_path / "docs")
+    with pytest.raises(ConfigError, match="--per-length and --lengths go together"):
+        render_tables(doc(args="report exp --per-length exact_match"), tmp_path / "docs")
