@@ -67,8 +67,33 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=overrides)
     except Exception as exc:  # Hydra's messages are good but multi-line
+        chain = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
+        missing = _missing_key(chain, overrides)
+        if missing:
+            raise ConfigError(missing) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"bad override: {first}") from exc
+
+
+def _missing_key(message: str, overrides: list[str]) -> str | None:
+    """For "Could not override 'a.b' ... not in struct": one line naming the section's keys
+    (and, for an encoding parameter, the encoding that lacks it), or None."""
+    m = re.search(r"Could not override '([^']+)'", message)
+    if not m or "not in struct" not in message or "." not in m[1]:
+        return None
+    full_key = m[1]
+    section, name = full_key.rsplit(".", 1)
+    rest = [o for o in overrides if not o.lstrip("~+").startswith(full_key + "=")]
+    try:
+        cfg = _hydra_compose(rest)
+    except ConfigError:
+        return None
+    node = OmegaConf.select(cfg, section)
+    if not isinstance(node, DictConfig):
+        return None
+    keys = ", ".join(str(k) for k in node.keys())
+    where = f"encoding {node.get('name')!r}" if section == "encoding" else section
+    return f"{where} has no key {name!r} (valid: {keys})"
 
 
 def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictConfig:

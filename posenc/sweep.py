@@ -202,6 +202,36 @@ def _sweep_values(o) -> list[str] | None:
         return None
 
 
+# Compositions checked before a sweep starts: every value of every swept key, with the
+# other keys at their first value (a bad combination of two keys is still the job's error).
+MAX_VALUE_CHECKS = 64
+
+
+def check_every_value(first: list[str], axes: list[list[str]]) -> None:
+    """Compose the sweep once per value of each swept key, so that a value that fails with
+    another key's override (``encoding.max_offset=20`` beside ``encoding=none``) is a
+    one-line `ConfigError` before anything runs."""
+    from posenc.config import compose
+
+    checked = 0
+    for i, axis in enumerate(axes):
+        for value in axis[1:]:
+            if checked >= MAX_VALUE_CHECKS:
+                return
+            checked += 1
+            try:
+                compose([*first[:i], value, *first[i + 1 :]])
+            except ConfigError as exc:
+                hint = ""
+                if value.startswith("encoding=") and "has no key" in str(exc):
+                    hint = (
+                        "; an encoding.KEY override applies to every encoding of the sweep: "
+                        "run the encodings that take it in their own posenc compare (the "
+                        "same --experiment puts them in one report)"
+                    )
+                raise ConfigError(f"with {value}: {exc}{hint}") from exc
+
+
 def plan_sweep(
     overrides: list[str],
     *,
@@ -265,6 +295,7 @@ def plan_sweep(
     if experiment is not None and "experiment" not in keys:
         first.append(f"experiment={experiment}")
     cfg = compose(first)
+    check_every_value(first, axes)
     runs_root = Path(str(cfg.runs_root)).absolute()
     experiment_dir = runs_root / str(cfg.experiment)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")

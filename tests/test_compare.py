@@ -52,7 +52,16 @@ def posenc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["encoding=rope"], "encoding is set by --encodings"),
         (["experiment=x"], "experiment is set by --experiment"),
         (["run_dir=somewhere"], "run_dir names one run folder"),
-        (["model.nope=3"], "bad override"),
+        (["model.nope=3"], "model has no key 'nope' (valid: d_model, n_layers, n_heads,"),
+        (
+            ["-e", "rope,alibi,none", "encoding.base=10000.0"],
+            "with encoding=alibi: encoding 'alibi' has no key 'base' (valid: name); an "
+            "encoding.KEY override applies to every encoding of the sweep",
+        ),
+        (
+            ["-t", "addition", "-e", "abacus,coupled,none", "encoding.max_offset=20"],
+            "with encoding=none: encoding 'none' has no key 'max_offset' (valid: name)",
+        ),
         (["hydra/launcher=joblib"], "choose the launcher with --launcher"),
     ],
 )
