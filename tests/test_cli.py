@@ -76,7 +76,7 @@ def test_train_runs_and_writes_metrics(tmp_path):
         (["train.min_len=-2"], "train.min_len must be an integer >= 0, got -2"),
         (["train.min_len=9", "train.max_len=3"], "train.min_len=9 is greater than train.max_len=3"),
         (["task.vocab_size=1"], "needs task.vocab_size >= 2, got 1"),
-        (["train.stepz=3"], "bad override"),
+        (["train.stepz=3"], "train has no key 'stepz' (valid: steps, batch_size,"),
         (["train.betas=[0.9]"], "train.betas must be a list of exactly 2 entries, got [0.9]"),
         (["eval.lengths=[3,x]"], "eval.lengths[1] must be an integer, got 'x'"),
         (["encoding=combo", "encoding.parts=[t5,{name:t5,num_bucket:3}]"], "has no key"),
