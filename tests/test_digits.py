@@ -442,3 +442,24 @@ def test_a_tiny_abacus_fire_run_evaluates_greedily(tiny_cfg):
     metrics = run(cfg)
     assert metrics["encoding"] == "abacus+fire"
     assert set(metrics["per_length"]) == {str(n) for n in range(1, 7)}
+
+
+@pytest.mark.parametrize("name", ["abacus", "coupled"])
+def test_digit_tables_start_at_the_token_embeddings_scale(name):
+    """Both reference codes draw the position table like the token table; posenc's tokens
+    have unit variance (model.embed_init=scaled), so the digit table's rows do too, from the
+    config and from the class alike (combo parts use the class default)."""
+    cfg = compose([f"encoding={name}", "task=addition"])
+    assert cfg.encoding.init_std == 1.0
+    torch.manual_seed(0)
+    for enc in (
+        encodings.from_config(cfg),
+        encodings.build(name, d_model=64, n_heads=4, max_len=64),
+    ):
+        assert abs(enc.table.weight.std().item() - 1.0) < 0.02
+    model = Transformer(
+        ModelConfig(vocab_size=16, d_model=64),
+        encodings.build(name, d_model=64, n_heads=4, max_len=64),
+    )
+    tokens = model.tok_emb.weight * model.embed_scale  # what the table is added to
+    assert abs(tokens.std().item() - 1.0) < 0.1

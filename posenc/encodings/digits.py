@@ -77,7 +77,7 @@ class _DigitTable(PositionalEncoding):
         max_position: int = 512,
         max_offset: int = 100,
         eval_offset: bool = False,
-        init_std: float = 0.02,
+        init_std: float = 1.0,
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
         _check_offset(self.name, max_offset, max_position, eval_offset, init_std)
@@ -148,7 +148,12 @@ class Abacus(_DigitTable):
     training k is drawn uniformly from {0, ..., ``max_offset``} once per batch (the paper's
     max_k = 100), so embeddings up to k + the longest training number are trained; at
     evaluation k = 0 unless ``eval_offset``. Table: ``max_position`` rows (1024 in the
-    paper), initialised N(0, ``init_std``²). a_t depends on tokens up to t only.
+    paper), initialised N(0, ``init_std``²) with ``init_std`` = 1 by default: the scale of
+    posenc's token embeddings (unit variance, ``model.embed_init=scaled``), as the reference
+    code initialises the Abacus table like its token embeddings (both N(0, 1/d), then a
+    LayerNorm). A table 50x smaller than the tokens (0.02) left a 2-layer model unable to
+    fit 3-4 digit addition here (docs/results.md); with ``model.embed_init=gpt`` use 0.02.
+    a_t depends on tokens up to t only.
     """
 
     def token_positions(self, tokens: Tensor, pos: Tensor) -> Tensor:
@@ -176,7 +181,9 @@ class Coupled(_DigitTable):
     from the digits generated before it. In training the offset is drawn uniformly from
     {0, ..., ``max_offset``} per sequence (the paper draws the start so that every id fits
     in ``max_position``); at evaluation s = 1 unless ``eval_offset``. Table:
-    ``max_position`` rows, initialised N(0, ``init_std``²).
+    ``max_position`` rows, initialised N(0, ``init_std``²), ``init_std`` = 1 by default: the
+    scale of posenc's token embeddings, as the reference code (GPT-2 style) draws its position
+    and token tables alike (docs/results.md: at 0.02 a 2-layer model did not fit 3-4 digits).
     """
 
     per_row_offset = True
