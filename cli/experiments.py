@@ -319,19 +319,25 @@ def _alive(pid: int) -> bool:
 
 
 def _stop(child: subprocess.Popen, sweep_dir: Path, signum: int, grace: float = 60) -> None:
-    """Pass the signal to the sweep's whole process group (the sweep and its workers: each
-    run saves its checkpoint at its next step), wait up to ``grace`` seconds for the sweep
-    and every job that was running to exit, then kill what is left of the group (joblib's
-    helper processes)."""
+    """Stop the sweep: first SIGTERM to every running job (each run saves its checkpoint at
+    its next step and exits), then, once they are gone, the signal to the sweep's whole
+    process group (the sweep itself, jobs that had not started, joblib's helpers); after
+    ``grace`` seconds whatever is left is killed. The jobs go first because a sweep that is
+    interrupted while they still run tears its worker pool down before they can save."""
+    deadline = time.monotonic() + grace
+    for pid in _job_pids(sweep_dir):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    while time.monotonic() < deadline and any(map(_alive, _job_pids(sweep_dir))):
+        time.sleep(0.1)
     group = child.pid  # its own session: the group id is its pid
     try:
         os.killpg(group, signum)
     except ProcessLookupError:
         pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if child.poll() is not None and not any(map(_alive, _job_pids(sweep_dir))):
-            break
+    while time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.1)
     try:
         os.killpg(group, signal.SIGKILL)
