@@ -108,7 +108,7 @@ class _DigitTable(PositionalEncoding):
     ) -> Tensor:
         """``0..T-1`` plus the offset: drawn from {0..max_offset} in training (and at
         evaluation with ``eval_offset``), 0 otherwise."""
-        pos = torch.arange(length, device=device).expand(batch, length)
+        pos = super().positions(batch, length, device=device)
         if not (self.training or self.eval_offset) or self.max_offset == 0:
             return pos
         where = generator.device if generator is not None else torch.device("cpu")
