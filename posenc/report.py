@@ -360,6 +360,103 @@ def table_cells(row: SummaryRow, digits: int = 3) -> list[str]:
     ]
 
 
+# ---------------------------------------------------------------- time to accuracy
+
+
+@dataclass
+class StopRow:
+    """Runs trained with ``train.stop_at``: how many steps each needed to reach it.
+
+    ``steps`` is over the runs that reached the threshold; ``not_reached`` counts the others
+    (they trained their full ``train.steps``, given in ``limit``)."""
+
+    encoding: str
+    threshold: float
+    steps: Stat
+    reached: list[int]  # the step each run that reached it stopped at, by seed
+    not_reached: int
+    limit: int | None  # train.steps of the runs that did not reach it (the largest)
+    minutes: Stat  # training minutes of every run, reached or not
+
+
+def _stop_at(record: RunRecord) -> float | None:
+    value = ((record.config or {}).get("train") or {}).get("stop_at")
+    return None if value is None else float(value)
+
+
+def stop_rows(records: Iterable[RunRecord], task: str) -> list[StopRow]:
+    """Per encoding of ``task`` whose complete runs were trained with ``train.stop_at``:
+    steps to the threshold (mean ± 95% CI over the runs that reached it), fastest first;
+    empty when no run of the task set it."""
+    by_encoding: dict[str, list[RunRecord]] = {}
+    for r in records:
+        if r.task == task and r.status == "complete" and _stop_at(r) is not None:
+            by_encoding.setdefault(r.encoding, []).append(r)
+    rows = []
+    for encoding, runs in by_encoding.items():
+        runs = sorted(runs, key=lambda r: r.seed)
+        stopped = [(r.metrics.get("train") or {}).get("stopped_at") for r in runs]
+        reached = [int(s) for s in stopped if s is not None]
+        limits = [
+            (r.metrics.get("train") or {}).get("steps")
+            for r, s in zip(runs, stopped, strict=True)
+            if s is None
+        ]
+        rows.append(
+            StopRow(
+                encoding=encoding,
+                threshold=max(_stop_at(r) for r in runs),
+                steps=Stat.of(reached),
+                reached=reached,
+                not_reached=len(runs) - len(reached),
+                limit=max((int(x) for x in limits if x is not None), default=None),
+                minutes=Stat.of([_train_minutes(r) for r in runs]),
+            )
+        )
+    return sorted(
+        rows, key=lambda x: (x.not_reached, x.steps.mean is None, x.steps.mean or 0, x.encoding)
+    )
+
+
+STOP_HEADER = ["encoding", "reached", "steps to reach (mean)", "each run", "train min"]
+
+
+def stop_cells(row: StopRow) -> list[str]:
+    """``['rope', '2 of 3', '1500 ± 400', '1300, 1700, not by 3000', '4.1 ± 0.3']``."""
+    total = len(row.reached) + row.not_reached
+    steps = "–" if row.steps.mean is None else f"{row.steps.mean:.0f}"
+    if row.steps.ci is not None:
+        steps += f" ± {row.steps.ci:.0f}"
+    each = [str(s) for s in row.reached]
+    if row.not_reached:
+        missing = "not reached" if row.limit is None else f"not by {row.limit}"
+        each += [missing] * row.not_reached
+    return [
+        row.encoding,
+        f"{len(row.reached)} of {total}",
+        steps,
+        ", ".join(each),
+        format_stat(row.minutes, 1),
+    ]
+
+
+def _stop_lines(rows: list[StopRow]) -> list[str]:
+    if not rows:
+        return []
+    thresholds = sorted({row.threshold for row in rows})
+    lines = [
+        "Steps to in-distribution exact match ≥ "
+        + " / ".join(f"{t:g}" for t in thresholds)
+        + " (`train.stop_at`: reached at two consecutive quick evaluations; the step of the "
+        "second; mean ± 95% CI over the runs that reached it):",
+        "",
+        "| " + " | ".join(STOP_HEADER) + " |",
+        "|---|--:|--:|---|--:|",
+    ]
+    lines += ["| " + " | ".join(_md_escape(c) for c in stop_cells(row)) + " |" for row in rows]
+    return lines + [""]
+
+
 # ---------------------------------------------------------------- published figures
 
 
@@ -742,6 +839,7 @@ class Report:
     )  # task -> (source, lift)
     baseline: str | None = None
     differences: dict[str, list[Difference]] = field(default_factory=dict)  # task -> rows
+    stops: dict[str, list[StopRow]] = field(default_factory=dict)  # task -> time to accuracy
 
     @property
     def older_summaries(self) -> int:
@@ -803,6 +901,7 @@ def build_report(
         published,
         baseline,
         differences,
+        {task: rows for task in tasks if (rows := stop_rows(records, task))},
     )
 
 
@@ -837,7 +936,8 @@ def task_section_lines(
 ) -> list[str]:
     """One task's part of a report in markdown: its heading (if any), training range,
     summary table (with the paper column when the runs carry one), rank agreement,
-    randomized lifts, differences to the baseline and the plot (if any)."""
+    randomized lifts, steps to ``train.stop_at``, differences to the baseline and the plot
+    (if any)."""
     rows = report.tables[task]
     ranges = ", ".join(f"{lo}–{hi}" for lo, hi in train_ranges(report.records, task))
     lines = [heading, ""] if heading else []
@@ -858,6 +958,7 @@ def task_section_lines(
     if task in report.published_lift:
         source, lift = report.published_lift[task]
         lines += [f"Published: {source} report a mean lift of {lift:+.3f}.", ""]
+    lines += _stop_lines(report.stops.get(task, []))
     lines += _difference_lines(report.differences.get(task), report.baseline)
     if plot:
         lines += [f"![accuracy versus length on {task}]({plot})", ""]
@@ -1098,6 +1199,19 @@ def rich_tables(report: Report) -> list:
                     _value(x.base_value, 3), _signed(x.lift),
                 )  # fmt: skip
             out.append(lift_table)
+        stops = report.stops.get(task)
+        if stops:
+            stop_table = Table(
+                title=f"{task}: steps to ID exact match ≥ "
+                + " / ".join(f"{t:g}" for t in sorted({x.threshold for x in stops})),
+                caption="train.stop_at · mean ± 95% CI over the runs that reached it",
+                box=box.SIMPLE_HEAD,
+            )
+            for name in STOP_HEADER:
+                stop_table.add_column(name, justify="left" if name == "encoding" else "right")
+            for x in stops:
+                stop_table.add_row(*stop_cells(x))
+            out.append(stop_table)
         diffs = report.differences.get(task)
         if report.baseline is not None and diffs:
             diff_table = Table(

@@ -423,3 +423,59 @@ def test_report_baseline_table_and_unknown_baseline(tmp_path):
     assert "| alibi | 2 | +1.000 | [+1.000, +1.000] | seeds × examples |" in md
     with pytest.raises(rp.ConfigError, match="baseline 't5' .*valid choices: alibi, rope"):
         rp.build_report(runs, "hand", plots=False, baseline="t5")
+
+
+# ---------------------------------------------------------------- issue 8: time to accuracy
+
+
+def stop_run(encoding, seed, stopped_at, *, steps=3000, seconds=60.0, stop_at=0.99):
+    m = metrics("copy", encoding, seed, {1: 1.0, 2: 1.0, 3: 0.0})
+    m["train"] = {"steps": stopped_at or steps, "stopped_at": stopped_at, "seconds": seconds}
+    return rp.record_from_metrics(m, config={"train": {"stop_at": stop_at, "steps": steps}})
+
+
+def test_stop_rows_count_steps_over_the_runs_that_reached_the_threshold():
+    runs = [
+        stop_run("rope", 0, 1200, seconds=120.0),
+        stop_run("rope", 1, 1800, seconds=180.0),
+        stop_run("rope", 2, None, seconds=300.0),
+        stop_run("alibi", 0, 600),
+        stop_run("alibi", 1, 800),
+    ]
+    rope_fast = rp.record_from_metrics(
+        metrics("copy", "nope", 0, {1: 1.0, 2: 1.0, 3: 0.0})
+    )  # trained without stop_at: no row
+    alibi, rope = rp.stop_rows([*runs, rope_fast], "copy")
+    assert [alibi.encoding, rope.encoding] == ["alibi", "rope"]  # every run reached first
+    assert rope.reached == [1200, 1800] and rope.not_reached == 1 and rope.limit == 3000
+    assert rope.steps.mean == pytest.approx(1500.0)
+    half = T_TABLE[1] * statistics.stdev([1200, 1800]) / math.sqrt(2)
+    assert rope.steps.ci == pytest.approx(half)
+    assert rope.minutes.mean == pytest.approx(10 / 3)  # every run, reached or not
+    assert rp.stop_cells(rope) == [
+        "rope",
+        "2 of 3",
+        f"1500 ± {half:.0f}",
+        "1200, 1800, not by 3000",
+        rp.format_stat(rope.minutes, 1),
+    ]
+    alibi_half = T_TABLE[1] * statistics.stdev([600, 800]) / math.sqrt(2)
+    assert rp.stop_cells(alibi)[:4] == ["alibi", "2 of 2", f"700 ± {alibi_half:.0f}", "600, 800"]
+    assert rp.stop_rows([rope_fast], "copy") == []
+
+
+def test_report_shows_steps_to_stop_at_only_when_runs_set_it(tmp_path):
+    runs = [stop_run("rope", 0, 1200), stop_run("rope", 1, None)]
+    text = rp.render_markdown(rp.build_report(runs, "speed", plots=False))
+    assert "Steps to in-distribution exact match ≥ 0.99" in text
+    assert "| rope | 1 of 2 | 1200 | 1200, not by 3000 | 1.0 ± 0.0 |" in text
+    plain = [rp.record_from_metrics(metrics("copy", "rope", 0, {1: 1.0, 2: 1.0, 3: 0.0}))]
+    assert "Steps to" not in rp.render_markdown(rp.build_report(plain, "x", plots=False))
+    from rich.console import Console
+
+    console = Console(width=80, record=True)
+    for table in rp.rich_tables(rp.build_report(runs, "speed", plots=False)):
+        console.print(table)
+    shown = console.export_text()
+    assert "steps to ID exact match ≥ 0.99" in shown and "not by 3000" in shown
+    assert "…" not in shown
