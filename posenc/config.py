@@ -108,7 +108,26 @@ def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictCo
         known = set(groups())
         choices = [o for o in overrides if (m := _GROUP_OVERRIDE.match(o)) and m["group"] in known]
         check_config(cfg, _hydra_compose(choices))
+        check_preset_task(cfg, overrides)
     return cfg
+
+
+def check_preset_task(cfg: DictConfig, overrides: list[str]) -> None:
+    """A preset made for some tasks (its ``compare:`` block lists them) must not silently
+    train the default task: `posenc train/sweep preset=kazemnejad_reverse` without
+    ``task=`` would train copy. An explicit ``task=`` always wins."""
+    tasks = [str(t) for t in ((cfg.get("compare") or {}).get("tasks") or [])]
+    if not tasks or cfg.task.name in tasks:
+        return
+    named = {m["group"]: m["value"] for o in overrides if (m := _GROUP_OVERRIDE.match(o))}
+    if "task" in named:
+        return
+    preset = named.get("preset", "?")
+    raise ConfigError(
+        f"preset {preset!r} is made for task {', '.join(tasks)} (its compare: block), but "
+        f"this run would train the default task {cfg.task.name!r}; add task={tasks[0]} "
+        f"(or run posenc compare --preset {preset})"
+    )
 
 
 def to_yaml(cfg: DictConfig) -> str:

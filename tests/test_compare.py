@@ -325,3 +325,27 @@ def test_report_baseline_on_the_command_line(tmp_path):
     assert "| alibi | 1 | +1.000 | [+1.000, +1.000] | seeds × examples |" in (
         (exp / "report.md").read_text()
     )
+
+
+def test_a_preset_made_for_another_task_needs_task_named(tmp_path, monkeypatch):
+    """`posenc sweep preset=kazemnejad_reverse` used to train copy, the default task."""
+    from posenc.config import compose
+    from posenc.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        compose(["preset=kazemnejad_reverse", "encoding=rope"])
+    assert str(err.value) == (
+        "preset 'kazemnejad_reverse' is made for task reverse (its compare: block), but this "
+        "run would train the default task 'copy'; add task=reverse (or run posenc compare "
+        "--preset kazemnejad_reverse)"
+    )
+    assert compose(["preset=kazemnejad_reverse", "task=reverse"]).task.name == "reverse"
+    assert compose(["preset=kazemnejad_reverse", "task=copy"]).task.name == "copy"  # named
+    assert compose(["preset=kazemnejad_copy"]).task.name == "copy"  # its own task
+    monkeypatch.chdir(tmp_path)
+    for command in (["sweep", "seed=0,1"], ["train"]):
+        result = CliRunner().invoke(app, [*command, "preset=kazemnejad_reverse", "encoding=rope"])
+        assert result.exit_code == 2, result.output
+        assert "add task=reverse" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
