@@ -20,7 +20,6 @@ import typer
 
 from cli.app import Overrides, fail
 from cli.completion import complete_encodings, complete_overrides, complete_tasks
-from posenc.signals import RunStopped
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
 
@@ -254,20 +253,29 @@ def _launch(
             env=child_env(),
             start_new_session=True,
         )
-        previous = signal.signal(signal.SIGTERM, _terminated)
+        # Ctrl-C and kill only record the signal; the watch loop sees it within half a
+        # second. Raising from the handler instead (KeyboardInterrupt) could land inside
+        # rich's live display while it held its lock, and the display's exit then waited
+        # forever: the command hung and the sweep trained on.
+        requested: list[int] = []
+        handlers = {
+            sig: signal.signal(sig, lambda signum, frame: requested.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
-            _watch(child, plan, console)
-        except (KeyboardInterrupt, RunStopped) as exc:
-            signum = exc.signum if isinstance(exc, RunStopped) else signal.SIGINT
-            console.print(f"stopping the sweep ({signal.Signals(signum).name}) ...")
-            _stop(child, plan.sweep_dir, signum)
-            fail(
-                "interrupted; finished runs are kept and checkpoints saved: run the same "
-                "command again to resume",
-                128 + signum,
-            )
+            _watch(child, plan, console, requested)
+            if requested:
+                signum = requested[0]
+                console.print(f"stopping the sweep ({signal.Signals(signum).name}) ...")
+                _stop(child, plan.sweep_dir, signum)
+                fail(
+                    "interrupted; finished runs are kept and checkpoints saved: run the same "
+                    "command again to resume",
+                    128 + signum,
+                )
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
     from posenc.report import load_experiment
     from posenc.sweep import sweep_progress
 
@@ -285,10 +293,6 @@ def _launch(
             if err.split(": ", 1)[0] not in shown:
                 console.print(f"[red]failed[/] {err}", soft_wrap=True)
         fail(f"{mine.failed} of {total} runs failed (listed above)", 1)
-
-
-def _terminated(signum: int, frame) -> None:
-    raise RunStopped(signum)
 
 
 def _job_pids(sweep_dir: Path) -> set[int]:
@@ -346,8 +350,9 @@ def _stop(child: subprocess.Popen, sweep_dir: Path, signum: int, grace: float = 
     child.wait()
 
 
-def _watch(child: subprocess.Popen, plan, console) -> None:
-    """Live progress (finished / running / failed, best so far) until the child exits."""
+def _watch(child: subprocess.Popen, plan, console, requested: list[int]) -> None:
+    """Live progress (finished / running / failed, best so far) until the child exits or
+    a stop is ``requested`` (a signal number appended by the signal handlers)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from posenc.sweep import sweep_progress
@@ -378,7 +383,7 @@ def _watch(child: subprocess.Popen, plan, console) -> None:
             for err in p.errors[seen_errors:]:
                 progress.console.print(f"[red]failed[/] {err}", markup=True)
             seen_errors = len(p.errors)
-            if not running:
+            if not running or requested:
                 break
             time.sleep(0.5)
 
