@@ -502,15 +502,33 @@ def tensorboard(
 
     if not directory.is_dir():
         fail(f"{directory} is not a folder")
+    # Ctrl-C and kill (SIGTERM) both stop the server by its PID: the handlers only note the
+    # signal, so neither can leave it running orphaned. A SIGINT that was ignored when
+    # posenc started (a background job of a non-interactive shell) stays ignored.
+    requested: list[int] = []
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signals.append(signal.SIGINT)
+    handlers = {
+        s: signal.signal(s, lambda signum, frame: requested.append(signum)) for s in signals
+    }
     try:
-        server = start(directory, port=port)
-    except TensorBoardError as exc:
-        fail(str(exc), 1)
-    print(f"TensorBoard for {directory}: {server.url}  (pid {server.process.pid}; Ctrl-C stops it)")
-    sys.stdout.flush()
-    try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
+        try:
+            server = start(directory, port=port, stop_if=lambda: bool(requested))
+        except TensorBoardError as exc:
+            fail(str(exc), 1)
+        if server is None:  # stopped while it was starting
+            return
+        print(
+            f"TensorBoard for {directory}: {server.url}  "
+            f"(pid {server.process.pid}; Ctrl-C stops it)"
+        )
+        sys.stdout.flush()
+        try:
+            while not requested and server.process.poll() is None:
+                time.sleep(0.25)
+        finally:
+            stop(server)
     finally:
-        stop(server)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)

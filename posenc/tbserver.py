@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,14 @@ def free_port(preferred: int | None = 6006) -> int:
 
 
 def start(
-    logdir: str | Path, port: int | None = None, timeout: float = 60.0, reload_interval: float = 5
-) -> Server:
-    """Start TensorBoard for ``logdir`` and return once it answers over HTTP."""
+    logdir: str | Path,
+    port: int | None = None,
+    timeout: float = 60.0,
+    reload_interval: float = 5,
+    stop_if: Callable[[], bool] | None = None,
+) -> Server | None:
+    """Start TensorBoard for ``logdir`` and return once it answers over HTTP; stop it and
+    return None instead if ``stop_if()`` becomes true while it starts (a Ctrl-C)."""
     logdir = Path(logdir)
     port = port or free_port()
     cmd = [
@@ -67,6 +73,9 @@ def start(
     server = Server(process, f"http://127.0.0.1:{port}/", logdir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop_if is not None and stop_if():
+            stop(server)
+            return None
         if process.poll() is not None:
             hint = log.read_text(errors="replace").strip().splitlines()[-1:] if log else []
             raise TensorBoardError(

@@ -63,7 +63,14 @@ def experiment(tmp_path_factory) -> Path:
     return runs / "tiny"
 
 
-def test_posenc_tb_serves_runs_scalars_hparams_and_attention_maps(experiment):
+def terminal_signals() -> None:
+    """In the child: Ctrl-C as in a terminal, even when the suite was started as a background
+    job of a non-interactive shell (which starts its children with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_posenc_tb_serves_runs_scalars_hparams_and_attention_maps(experiment, stop_signal):
     port = free_port(None)
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
@@ -74,6 +81,7 @@ def test_posenc_tb_serves_runs_scalars_hparams_and_attention_maps(experiment):
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=terminal_signals,
     )
     server_pid = None
     try:
@@ -130,7 +138,7 @@ def test_posenc_tb_serves_runs_scalars_hparams_and_attention_maps(experiment):
             assert {"hparam/id_exact_match", "hparam/extrapolation_horizon"} <= metrics
     finally:
         if cli.poll() is None:
-            os.kill(cli.pid, signal.SIGINT)  # the command stops its server by PID on Ctrl-C
+            os.kill(cli.pid, stop_signal)  # the command stops its server by PID on either
             try:
                 cli.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -138,6 +146,7 @@ def test_posenc_tb_serves_runs_scalars_hparams_and_attention_maps(experiment):
                 cli.wait()
         if server_pid is not None and is_tensorboard(server_pid):
             os.kill(server_pid, signal.SIGKILL)  # only if it outlived the command
+    assert cli.returncode == 0, cli.stdout.read()
     assert server_pid is not None and not is_tensorboard(server_pid)
     with pytest.raises((urllib.error.URLError, OSError)):
         get(url + "data/runs")
