@@ -100,7 +100,16 @@ def attention_figure(probs: Tensor, title: str, boundary: int | None = None):
             ax.set_ylabel("query position", fontsize=7)
         ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    # Fixed margins in inches: tight_layout measured every label's extent and was half the
+    # cost of a run's attention maps (1.6 of 3.0 s in a smoke run).
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=0.5 / width,
+        right=1 - 0.1 / width,
+        bottom=0.5 / height,
+        top=1 - 0.6 / height,
+        wspace=0.3,
+    )
     return fig
 
 
