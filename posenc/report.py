@@ -374,6 +374,7 @@ class StopRow:
     threshold: float
     steps: Stat
     reached: list[int]  # the step each run that reached it stopped at, by seed
+    by_seed: list[int | None]  # every run's step by seed; None: not reached
     not_reached: int
     limit: int | None  # train.steps of the runs that did not reach it (the largest)
     minutes: Stat  # training minutes of every run, reached or not
@@ -408,6 +409,7 @@ def stop_rows(records: Iterable[RunRecord], task: str) -> list[StopRow]:
                 threshold=max(_stop_at(r) for r in runs),
                 steps=Stat.of(reached),
                 reached=reached,
+                by_seed=[None if s is None else int(s) for s in stopped],
                 not_reached=len(runs) - len(reached),
                 limit=max((int(x) for x in limits if x is not None), default=None),
                 minutes=Stat.of([_train_minutes(r) for r in runs]),
@@ -418,19 +420,18 @@ def stop_rows(records: Iterable[RunRecord], task: str) -> list[StopRow]:
     )
 
 
-STOP_HEADER = ["encoding", "reached", "steps to reach (mean)", "each run", "train min"]
+STOP_HEADER = ["encoding", "reached", "steps to reach (mean)", "each seed", "train min"]
 
 
 def stop_cells(row: StopRow) -> list[str]:
-    """``['rope', '2 of 3', '1500 ± 400', '1300, 1700, not by 3000', '4.1 ± 0.3']``."""
+    """``['rope', '2 of 3', '1500 ± 400', 'not by 3000, 1300, 1700', '4.1 ± 0.3']``: each
+    run's step in seed order."""
     total = len(row.reached) + row.not_reached
     steps = "–" if row.steps.mean is None else f"{row.steps.mean:.0f}"
     if row.steps.ci is not None:
         steps += f" ± {row.steps.ci:.0f}"
-    each = [str(s) for s in row.reached]
-    if row.not_reached:
-        missing = "not reached" if row.limit is None else f"not by {row.limit}"
-        each += [missing] * row.not_reached
+    missing = "not reached" if row.limit is None else f"not by {row.limit}"
+    each = [missing if s is None else str(s) for s in row.by_seed]
     return [
         row.encoding,
         f"{len(row.reached)} of {total}",

@@ -436,9 +436,9 @@ def stop_run(encoding, seed, stopped_at, *, steps=3000, seconds=60.0, stop_at=0.
 
 def test_stop_rows_count_steps_over_the_runs_that_reached_the_threshold():
     runs = [
-        stop_run("rope", 0, 1200, seconds=120.0),
-        stop_run("rope", 1, 1800, seconds=180.0),
-        stop_run("rope", 2, None, seconds=300.0),
+        stop_run("rope", 2, 1800, seconds=180.0),
+        stop_run("rope", 0, None, seconds=300.0),
+        stop_run("rope", 1, 1200, seconds=120.0),
         stop_run("alibi", 0, 600),
         stop_run("alibi", 1, 800),
     ]
@@ -448,6 +448,7 @@ def test_stop_rows_count_steps_over_the_runs_that_reached_the_threshold():
     alibi, rope = rp.stop_rows([*runs, rope_fast], "copy")
     assert [alibi.encoding, rope.encoding] == ["alibi", "rope"]  # every run reached first
     assert rope.reached == [1200, 1800] and rope.not_reached == 1 and rope.limit == 3000
+    assert rope.by_seed == [None, 1200, 1800]
     assert rope.steps.mean == pytest.approx(1500.0)
     half = T_TABLE[1] * statistics.stdev([1200, 1800]) / math.sqrt(2)
     assert rope.steps.ci == pytest.approx(half)
@@ -456,7 +457,7 @@ def test_stop_rows_count_steps_over_the_runs_that_reached_the_threshold():
         "rope",
         "2 of 3",
         f"1500 ± {half:.0f}",
-        "1200, 1800, not by 3000",
+        "not by 3000, 1200, 1800",  # seed order
         rp.format_stat(rope.minutes, 1),
     ]
     alibi_half = T_TABLE[1] * statistics.stdev([600, 800]) / math.sqrt(2)
