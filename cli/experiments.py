@@ -323,17 +323,20 @@ def _alive(pid: int) -> bool:
 
 
 def _stop(child: subprocess.Popen, sweep_dir: Path, signum: int, grace: float = 60) -> None:
-    """Stop the sweep: first SIGTERM to every running job (each run saves its checkpoint at
-    its next step and exits), then, once they are gone, the signal to the sweep's whole
-    process group (the sweep itself, jobs that had not started, joblib's helpers); after
-    ``grace`` seconds whatever is left is killed. The jobs go first because a sweep that is
-    interrupted while they still run tears its worker pool down before they can save."""
+    """Stop the sweep: mark its folder as stopping (`posenc.sweep.STOPPING`). Each running
+    job sees it at its next step, saves its checkpoint and returns; a job that has not
+    started a run starts none; a run already in its final evaluation finishes. Once no job
+    is running (or after ``grace`` seconds), the signal goes to the sweep's whole process
+    group (the sweep itself, joblib's helpers), and whatever is left is killed.
+
+    No signal goes to the jobs themselves: a worker that dies of one (a SIGTERM outside the
+    training loop), or a job that raises, makes joblib abort its pool and kill the workers
+    that are still saving. Under load one run of two lost its checkpoint that way."""
+    from posenc.io import atomic_write_text
+    from posenc.sweep import STOPPING
+
     deadline = time.monotonic() + grace
-    for pid in _job_pids(sweep_dir):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    atomic_write_text(sweep_dir / STOPPING, f"stopped by {signal.Signals(signum).name}\n")
     while time.monotonic() < deadline and any(map(_alive, _job_pids(sweep_dir))):
         time.sleep(0.1)
     group = child.pid  # its own session: the group id is its pid

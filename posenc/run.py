@@ -400,17 +400,18 @@ def quick_evaluation(s: Session, step: int, reporter: Reporter) -> None:
     s.log(f"step {step} quick eval exact match {summary}")
 
 
-def train_phase(s: Session, reporter: Reporter) -> float:
+def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -> float:
     """The training loop, until ``train.steps`` or ``train.stop_at``; returns training seconds.
 
-    Ctrl-C saves a checkpoint before it propagates, so the same command resumes the run.
+    Ctrl-C, a stop signal or ``stop_file`` appearing saves a checkpoint before it propagates,
+    so the same command resumes the run.
     """
     tr, trainer = s.p.cfg.train, s.trainer
     reporter.start(s.title, tr.steps, trainer.step_count)
     t0 = time.perf_counter()
     tokens_at_start = s.tokens
     window_t, window_steps = t0, 0
-    stop = StopSignals().install()  # SIGTERM, SIGUSR1, SIGUSR2: posenc.signals
+    stop = StopSignals(stop_file).install()  # SIGTERM, SIGUSR1, SIGUSR2: posenc.signals
     try:
         while trainer.step_count < tr.steps and s.stop_hits < 2:
             stop.check(trainer.step_count)
@@ -533,26 +534,33 @@ def write_phase(
     return metrics
 
 
-def run(cfg: DictConfig, reporter: Reporter | None = None, *, lock: bool = True) -> dict[str, Any]:
+def run(
+    cfg: DictConfig,
+    reporter: Reporter | None = None,
+    *,
+    lock: bool = True,
+    stop_file: Path | None = None,
+) -> dict[str, Any]:
     """Train and evaluate one run; returns the metrics written to ``metrics.json``.
 
     Holds the run folder's `posenc.lock.RunLock` throughout (``lock=False``: the caller
-    holds it): a second process on the folder gets `posenc.lock.RunLockedError`.
+    holds it): a second process on the folder gets `posenc.lock.RunLockedError`. Once
+    ``stop_file`` exists, training stops at the next step as on SIGTERM (a sweep's stop).
     """
     p = plan(cfg)
     if not lock:
-        return _run(p, reporter)
+        return _run(p, reporter, stop_file)
     RunLock(p.run_dir).probe()  # a held folder is named first, whatever it holds
     check_run_dir(p)  # a finished or foreign folder is refused before it is touched
     with RunLock(p.run_dir):
-        return _run(p, reporter)
+        return _run(p, reporter, stop_file)
 
 
-def _run(p: Plan, reporter: Reporter | None) -> dict[str, Any]:
+def _run(p: Plan, reporter: Reporter | None, stop_file: Path | None = None) -> dict[str, Any]:
     reporter = reporter or Reporter()
     # Again: the folder may have changed while we waited for its lock.
     session = prepare(p, check_run_dir(p))
-    train_seconds = train_phase(session, reporter)
+    train_seconds = train_phase(session, reporter, stop_file)
     per_length, groups, eval_seconds = evaluate_phase(session, reporter)
     metrics = write_phase(session, per_length, groups, train_seconds, eval_seconds)
     reporter.finish(metrics)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -40,11 +41,15 @@ class RunStopped(BaseException):  # noqa: N818  (like KeyboardInterrupt: not an 
 class StopSignals:
     """``stop = StopSignals().install()``; ``stop.check(step)`` at each step boundary.
 
-    Outside the main thread (where Python cannot install handlers) it does nothing.
+    Outside the main thread (where Python cannot install handlers) it installs none. With a
+    ``stop_file``, that file appearing counts as a SIGTERM: how ``posenc compare`` stops the
+    jobs of its sweep without signalling the worker processes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop_file: Path | None = None) -> None:
         self.requested: int | None = None
+        self.stop_file = stop_file
+        self.by_file = False  # the stop came from the file, not a signal: nothing to pass on
         self._previous: dict[int, Any] = {}
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
@@ -58,7 +63,9 @@ class StopSignals:
         return self
 
     def check(self, step: int | None = None) -> None:
-        """Raise `RunStopped` if a stop signal came."""
+        """Raise `RunStopped` if a stop signal came (or the stop file appeared)."""
+        if self.requested is None and self.stop_file is not None and self.stop_file.exists():
+            self.requested, self.by_file = signal.SIGTERM, True
         if self.requested is not None:
             raise RunStopped(self.requested, step)
 
@@ -72,6 +79,8 @@ class StopSignals:
         """After the checkpoint is saved: restore the earlier handlers and, if a stop signal
         came and the earlier handler is a Python function (submitit's), call it."""
         previous = self._previous.get(self.requested) if self.requested else None
+        if self.by_file:  # no signal came, so no earlier handler is owed one (no requeue)
+            previous = None
         self.restore()
         if callable(previous) and previous is not signal.default_int_handler:
             previous(self.requested, None)

@@ -32,6 +32,11 @@ from posenc.signals import RunStopped
 
 ERROR = "error.json"
 JOB_STATUS = "posenc_job.json"
+# Written into a sweep's folder by `posenc compare`/`sweep` to stop the sweep: a training run
+# sees it at its next step and saves its checkpoint, a job that has not started a run starts
+# none, and a stopped job returns instead of raising (an exception makes joblib abort the pool
+# and kill the other workers before they have saved).
+STOPPING = "posenc_stopping"
 SWEEPS = "_sweeps"  # <runs_root>/<experiment>/_sweeps/<time>/: Hydra's job folders and logs
 LAUNCHER_GROUP = "hydra/launcher"
 # Keys that name the run folder themselves (or only change how a run executes), so they
@@ -86,6 +91,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.time(),
     }
+    stopping = Path(hc.runtime.output_dir).parent / STOPPING
+    if stopping.exists():  # the sweep is being stopped: start nothing
+        job.update(status="interrupted", ended=time.time())
+        atomic_write_json(status_path, job)
+        return {"status": "interrupted"}
     atomic_write_json(status_path, job)
 
     def waiting(holder: str) -> None:  # another sweep (or posenc train) holds this run
@@ -107,13 +117,15 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
                 metrics = read_json(run_dir / METRICS)
                 job["status"] = "skipped"
             else:
-                metrics = run(cfg, lock=False)
+                metrics = run(cfg, lock=False, stop_file=stopping)
                 job["status"] = "finished"
             (run_dir / ERROR).unlink(missing_ok=True)
         job["summary"] = metrics["summary"]
         return metrics
     except (KeyboardInterrupt, RunStopped, SystemExit):  # checkpoint saved; a rerun resumes
         job["status"] = "interrupted"
+        if stopping.exists():  # the sweep stops every job: let the others save theirs too
+            return {"status": "interrupted"}
         raise
     except Exception as exc:  # recorded, so the other jobs go on
         job["status"] = "failed"

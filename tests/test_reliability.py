@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from posenc.config import compose
+from posenc.console import Reporter
 from posenc.lock import RunLock
 from posenc.run import run
+from posenc.signals import RunStopped
 from tests.conftest import MICRO, TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,6 +164,45 @@ run(compose({overrides!r}))
     assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL  # this process: untouched
 
 
+class _StopFileAt(Reporter):
+    """Creates the sweep's stop file when training reaches step ``at``."""
+
+    def __init__(self, path: Path, at: int) -> None:
+        self.path, self.at = path, at
+
+    def step(self, step, loss, steps_per_sec):
+        if step == self.at:
+            self.path.write_text("stopped by SIGTERM\n")
+
+
+def test_a_stop_file_stops_training_as_sigterm_does_and_passes_nothing_on(tmp_path):
+    """How posenc compare stops its sweep's jobs: the file appears, the run checkpoints at its
+    next step and raises RunStopped(SIGTERM); no handler installed before it is called (under
+    submitit that would requeue a job the user stopped), and that handler is back after."""
+    d, stop = tmp_path / "run", tmp_path / "posenc_stopping"
+    args = [*TINY, "train.steps=100000", "train.log_every=1", f"run_dir={d}"]
+    calls = []
+
+    def handler(*a):
+        calls.append(a)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(RunStopped) as stopped:
+            run(
+                compose([*args, f"data_dir={tmp_path / 'data'}"]),
+                _StopFileAt(stop, 5),
+                stop_file=stop,
+            )
+        assert stopped.value.signum == signal.SIGTERM and stopped.value.exit_code == 143
+        assert calls == [] and signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert torch.load(d / "checkpoint.pt", weights_only=True)["trainer"]["step"] == 5
+    assert not (d / "metrics.json").exists()
+    assert "interrupted at step 5; checkpoint saved" in (d / "train.log").read_text()
+
+
 def _interrupted_run(tmp_path) -> list[str]:
     """A run folder holding a checkpoint and no metrics (Ctrl-C at step 5)."""
     from tests.test_run import _Interrupt as Stop
@@ -294,8 +335,9 @@ def processes() -> list[int]:
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_to_compare_stops_its_sweep_and_workers_with_checkpoints(tmp_path, sig, code):
     """kill <posenc compare> (SIGTERM to it alone, not to its process group), or Ctrl-C
-    (SIGINT), stops the sweep child and every worker: none trains on orphaned, each run
-    keeps a checkpoint, and the command exits 128 + the signal."""
+    (SIGINT), stops the sweep child and every worker: none trains on orphaned, each running
+    run keeps a checkpoint, a queued one starts no run, and the command exits 128 + the
+    signal."""
     runs = tmp_path / "runs"
     parent = subprocess.Popen(
         [
@@ -304,7 +346,7 @@ def test_a_signal_to_compare_stops_its_sweep_and_workers_with_checkpoints(tmp_pa
             "cli",
             "compare",
             "-e",
-            "rope,alibi",
+            "rope,alibi,t5",  # t5 waits for a free worker
             "--jobs",
             "2",
             "--experiment",
@@ -343,6 +385,11 @@ def test_a_signal_to_compare_stops_its_sweep_and_workers_with_checkpoints(tmp_pa
     for enc in ("rope", "alibi"):
         d = runs / "stop" / "copy" / enc / "seed0"
         assert (d / "checkpoint.pt").exists() and not (d / "metrics.json").exists()
+    assert not (runs / "stop" / "copy" / "t5").exists()  # queued: started no run
+    (sweep_dir,) = (runs / "stop" / "_sweeps").iterdir()
+    assert (sweep_dir / "posenc_stopping").exists()
+    jobs = [json.loads(p.read_text()) for p in sweep_dir.glob("*/posenc_job.json")]
+    assert len(jobs) in (2, 3) and {j["status"] for j in jobs} == {"interrupted"}
     time.sleep(1)  # any worker still alive would go on writing its log
     sizes = {p: p.stat().st_size for p in (runs / "stop").rglob("train.log")}
     time.sleep(3)
