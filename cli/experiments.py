@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -253,16 +255,7 @@ def _launch(
             env=child_env(),
             start_new_session=True,
         )
-        # Ctrl-C and kill only record the signal; the watch loop sees it within half a
-        # second. Raising from the handler instead (KeyboardInterrupt) could land inside
-        # rich's live display while it held its lock, and the display's exit then waited
-        # forever: the command hung and the sweep trained on.
-        requested: list[int] = []
-        handlers = {
-            sig: signal.signal(sig, lambda signum, frame: requested.append(signum))
-            for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
+        with noted_signals() as requested:  # the watch loop sees one within half a second
             _watch(child, plan, console, requested)
             if requested:
                 signum = requested[0]
@@ -273,9 +266,6 @@ def _launch(
                     "command again to resume",
                     128 + signum,
                 )
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
     from posenc.report import load_experiment
     from posenc.sweep import sweep_progress
 
@@ -293,6 +283,28 @@ def _launch(
             if err.split(": ", 1)[0] not in shown:
                 console.print(f"[red]failed[/] {err}", soft_wrap=True)
         fail(f"{mine.failed} of {total} runs failed (listed above)", 1)
+
+
+@contextmanager
+def noted_signals() -> Iterator[list[int]]:
+    """While the block runs, SIGTERM (kill) and SIGINT (Ctrl-C) only append their number to
+    the yielded list, for a loop of the command to act on; the earlier handlers come back
+    after. Raising from a handler instead (KeyboardInterrupt) could land inside rich's live
+    display while it held its lock, whose exit then waited forever: `posenc compare` hung
+    and its sweep trained on. A SIGINT ignored when posenc started (a background job of a
+    non-interactive shell) stays ignored, as the shell meant."""
+    requested: list[int] = []
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signals.append(signal.SIGINT)
+    handlers = {
+        s: signal.signal(s, lambda signum, frame: requested.append(signum)) for s in signals
+    }
+    try:
+        yield requested
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 def _job_pids(sweep_dir: Path) -> set[int]:
@@ -505,17 +517,7 @@ def tensorboard(
 
     if not directory.is_dir():
         fail(f"{directory} is not a folder")
-    # Ctrl-C and kill (SIGTERM) both stop the server by its PID: the handlers only note the
-    # signal, so neither can leave it running orphaned. A SIGINT that was ignored when
-    # posenc started (a background job of a non-interactive shell) stays ignored.
-    requested: list[int] = []
-    signals = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signals.append(signal.SIGINT)
-    handlers = {
-        s: signal.signal(s, lambda signum, frame: requested.append(signum)) for s in signals
-    }
-    try:
+    with noted_signals() as requested:  # Ctrl-C and kill both stop the server by its PID
         try:
             server = start(directory, port=port, stop_if=lambda: bool(requested))
         except TensorBoardError as exc:
@@ -532,6 +534,3 @@ def tensorboard(
                 time.sleep(0.25)
         finally:
             stop(server)
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)

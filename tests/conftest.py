@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -59,3 +61,9 @@ def tiny_model(name: str, *, seed: int = 0, vocab: int = 12, **params) -> Transf
     enc = encodings.build(name, d_model=32, n_heads=4, max_len=128, n_layers=2, **params)
     cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=128)
     return Transformer(cfg, enc).eval()
+
+
+def terminal_signals() -> None:
+    """In the child: Ctrl-C as in a terminal, even when the suite was started as a background
+    job of a non-interactive shell (which starts its children with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -19,7 +19,7 @@ from posenc.console import Reporter
 from posenc.lock import RunLock
 from posenc.run import run
 from posenc.signals import RunStopped
-from tests.conftest import MICRO, TINY
+from tests.conftest import MICRO, TINY, terminal_signals
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = [*TINY, "train.steps=400", "train.checkpoint_every=10"]
@@ -361,6 +361,7 @@ def test_a_signal_to_compare_stops_its_sweep_and_workers_with_checkpoints(tmp_pa
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # as a shell's background job: nothing else signals the group
+        preexec_fn=terminal_signals,  # Ctrl-C reaches it, however the suite was started
     )
     try:
         logs = [runs / "stop" / "copy" / e / "seed0" / "train.log" for e in ("rope", "alibi")]

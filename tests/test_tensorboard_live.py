@@ -19,7 +19,7 @@ import pytest
 from posenc.config import compose
 from posenc.run import run
 from posenc.tbserver import free_port
-from tests.conftest import MICRO
+from tests.conftest import MICRO, terminal_signals
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [*MICRO, "model.n_layers=2", "progress=false", "threads=1"]
@@ -61,12 +61,6 @@ def experiment(tmp_path_factory) -> Path:
     for encoding in ("rope", "alibi"):
         run(compose([f"runs_root={runs}", "experiment=tiny", f"encoding={encoding}", *TINY]))
     return runs / "tiny"
-
-
-def terminal_signals() -> None:
-    """In the child: Ctrl-C as in a terminal, even when the suite was started as a background
-    job of a non-interactive shell (which starts its children with SIGINT ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
