@@ -11,7 +11,10 @@ Rows:
 - ``step``: a bare forward/backward/AdamW loop over one-length batches: GFLOP/s counted on
   real (non-padding) tokens, as a share of the fp32 peak; posenc's own loop (`posenc.run`)
   next to it on the same model and batches.
-- ``padding``: share of padding tokens under ``train.batching=by_length`` and ``mixed``.
+- ``padding``: share of padding token slots under each ``train.batching`` (``bucketed``:
+  the slots of its length-sorted pieces).
+- ``batching``: milliseconds per training step (the bare loop) under each ``train.batching``,
+  interleaved over three rounds, medians.
 - ``bf16``: the bare loop with ``train.precision=bf16`` against fp32, same batches.
 - ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
 - ``decode``: exact match at n = 60 by teacher forcing (the default) and by greedy KV-cache
@@ -50,14 +53,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from posenc.config import compose  # noqa: E402
-from posenc.data import TrainStream  # noqa: E402
+from posenc.data import BATCHING, TrainStream, length_buckets  # noqa: E402
 from posenc.run import plan, run  # noqa: E402
-from posenc.train import Trainer, masked_loss  # noqa: E402
+from posenc.train import Trainer  # noqa: E402
 
 ROWS = (
     "machine",
     "step",
     "padding",
+    "batching",
     "bf16",
     "compile",
     "decode",
@@ -149,7 +153,18 @@ def step_flops(model, batch) -> float:
     return real * (6 * n_weights + 12 * model.cfg.n_layers * seq * model.cfg.d_model)
 
 
-def bare_loop(cfg, data: list, precision: str = "fp32", compile: bool = False) -> dict:
+def buckets_of(cfg, batching: str | None = None) -> int:
+    """Pieces a batch is computed in: ``train.buckets`` under ``bucketed``, else 1."""
+    return cfg.train.buckets if (batching or cfg.train.batching) == "bucketed" else 1
+
+
+def bare_loop(
+    cfg,
+    data: list,
+    precision: str = "fp32",
+    compile: bool = False,
+    batching: str | None = None,
+) -> dict:
     """Forward, backward, clip, AdamW over ``data``: seconds (after 10 warm-up steps), FLOPs."""
     p = plan(cfg)
     trainer = Trainer(
@@ -163,6 +178,7 @@ def bare_loop(cfg, data: list, precision: str = "fp32", compile: bool = False) -
         grad_clip=cfg.train.grad_clip,
         precision=precision,
         compile=compile,
+        buckets=buckets_of(cfg, batching),
     )
     t0 = time.perf_counter()
     for b in data[:10]:
@@ -171,11 +187,7 @@ def bare_loop(cfg, data: list, precision: str = "fp32", compile: bool = False) -
     timed = data[10:]
     t0 = time.perf_counter()
     for b in timed:
-        with trainer.autocast():
-            logits, _ = trainer.forward(b.inputs)
-        loss = masked_loss(logits.float(), b)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        trainer.backward(b)
         torch.nn.utils.clip_grad_norm_(p.model.parameters(), cfg.train.grad_clip)
         trainer.optimizer.step()
     seconds = time.perf_counter() - t0
@@ -325,14 +337,31 @@ def main() -> None:
             ">= 0.95",
         )
     if "padding" in rows:
-        for mode in ("by_length", "mixed"):
+        for mode in BATCHING:
             sample = batches(cfg, 300, seed=1, batching=mode)
             real = sum(int((b.tokens != 0).sum()) for b in sample)
-            slots = sum(b.tokens.numel() for b in sample)
+            pieces = [q for b in sample for q in length_buckets(b, buckets_of(cfg, mode))]
+            slots = sum(q.tokens.numel() for q in pieces)
             row(
-                f"padding share of training tokens, batching={mode}",
+                f"padding share of training token slots, batching={mode}"
+                + (f", buckets={cfg.train.buckets}" if mode == "bucketed" else ""),
                 f"{1 - real / slots:.1%}",
-                "<= 5%" if mode == "by_length" else "",
+                "<= 5%" if mode == cfg.train.batching else "",
+            )
+    if "batching" in rows:
+        runs: dict[str, list[float]] = {mode: [] for mode in BATCHING}
+        sample = {mode: batches(cfg, args.steps + 10, seed=2, batching=mode) for mode in BATCHING}
+        for _ in range(3):
+            for mode in BATCHING:
+                out = bare_loop(cfg, sample[mode], batching=mode)
+                runs[mode].append(1000 * out["seconds"] / out["steps"])
+        base = statistics.median(runs["mixed"])
+        for mode in BATCHING:
+            ms = statistics.median(runs[mode])
+            row(
+                f"training step, batching={mode}",
+                f"{ms:.0f} ms = {ms / base:.2f}x mixed's",
+                "",
             )
     if "bf16" in rows:
         few = data[:30]  # bf16 can be 10x slower where the CPU lacks bf16 instructions

@@ -57,7 +57,50 @@ def collate(
     return Batch(torch.from_numpy(tokens), torch.from_numpy(mask))
 
 
-BATCHING = ("by_length", "mixed")
+BATCHING = ("by_length", "mixed", "bucketed")
+
+
+def length_buckets(batch: Batch, buckets: int) -> list[Batch]:
+    """Split a padded batch into at most ``buckets`` pieces of length-sorted rows, each
+    trimmed to its own longest row, with the fewest padded token slots possible.
+
+    Every row lands in exactly one piece. The cut points are chosen by dynamic programming
+    over the distinct row lengths (a piece costs its rows times its longest row), and ties go
+    to fewer pieces, so a batch of one length stays whole. Summing each piece's loss over the
+    batch's answer tokens gives the whole batch's loss and gradient
+    (`posenc.train.Trainer`): the arithmetic of ``batching="mixed"`` without most of its
+    padding.
+    """
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
+    real = (batch.tokens != PAD).sum(1)  # right-padded rows: the real length of each
+    order = torch.argsort(real, stable=True)
+    sizes, counts = torch.unique_consecutive(real[order], return_counts=True)
+    sizes, counts = sizes.tolist(), counts.tolist()
+    m = len(sizes)
+    rows_before = np.concatenate(([0], np.cumsum(counts))).tolist()
+    # best[g][j]: fewest slots holding the rows of the first j distinct lengths in g pieces
+    inf = float("inf")
+    best = [[inf] * (m + 1) for _ in range(buckets + 1)]
+    cut = [[0] * (m + 1) for _ in range(buckets + 1)]
+    best[0][0] = 0
+    for g in range(1, buckets + 1):
+        for j in range(1, m + 1):
+            for i in range(j):
+                cost = best[g - 1][i] + (rows_before[j] - rows_before[i]) * sizes[j - 1]
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i
+    g = min(range(1, buckets + 1), key=lambda g: (best[g][m], g))
+    bounds, j = [], m
+    while j > 0:
+        i = cut[g][j]
+        bounds.append((rows_before[i], rows_before[j], sizes[j - 1]))
+        j, g = i, g - 1
+    pieces = []
+    for lo, hi, t in reversed(bounds):
+        rows = order[lo:hi]
+        pieces.append(Batch(batch.tokens[rows, :t], batch.loss_mask[rows, : t - 1]))
+    return pieces
 
 
 class TrainStream:
@@ -67,7 +110,9 @@ class TrainStream:
     length-n examples (the protocol of the randomized-PE and Chomsky-hierarchy code of
     Ruoss et al. 2023 and Delétang et al. 2023): no padding for tasks whose sequence length
     depends on n alone. ``"mixed"`` draws a length per example and pads to the longest row.
-    Either way every length is equally likely at every step.
+    ``"bucketed"`` draws exactly the batches of ``"mixed"``; the trainer computes each in
+    length-sorted pieces (`length_buckets`). Either way every length is equally likely at
+    every step.
     """
 
     def __init__(

@@ -56,6 +56,7 @@ LEGACY_DEFAULTS = {
     ("train", "precision"): "fp32",
     ("train", "compile"): False,
     ("train", "stop_at"): None,
+    ("train", "buckets"): 4,  # read only by batching=bucketed, which came with it
 }
 
 
@@ -154,6 +155,7 @@ def plan(cfg: DictConfig) -> Plan:
         raise ConfigError(
             f"unknown train.batching {tr.batching!r}; valid choices: {', '.join(BATCHING)}"
         )
+    _positive_int(tr.get("buckets", 4), "train.buckets")
     if tr.precision not in PRECISIONS:
         raise ConfigError(
             f"unknown train.precision {tr.precision!r}; valid choices: {', '.join(PRECISIONS)}"

@@ -5,6 +5,9 @@ bfloat16 (matmuls and attention in bf16; weights, gradients and AdamW state stay
 the optimizer keeps full-precision master weights). ``compile=True`` trains through
 ``torch.compile(model, dynamic=True)`` (one graph for every sequence length). Both are off
 by default: measured on CPU, neither pays at this model size (README, "Speed").
+``buckets`` > 1 computes each batch in that many length-sorted pieces at most
+(`posenc.data.length_buckets`) and accumulates their gradients: the same step as the whole
+padded batch, with a fraction of its padding.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.data import Batch
+from posenc.data import Batch, length_buckets
 from posenc.model import Transformer
+from tasks.format import PAD
 
 
 def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
@@ -54,10 +58,13 @@ def make_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
-def masked_loss(logits: Tensor, batch: Batch) -> Tensor:
-    """Mean cross-entropy over target and EOS tokens only."""
+def masked_loss(logits: Tensor, batch: Batch, reduction: str = "mean") -> Tensor:
+    """Cross-entropy over target and EOS tokens only: their mean, or with
+    ``reduction="sum"`` their sum."""
     labels = batch.labels.masked_fill(~batch.loss_mask, -100)
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    return F.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction
+    )
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -89,7 +96,11 @@ class Trainer:
         precision: str = "fp32",
         compile: bool = False,
         decay_embeddings: bool = False,
+        buckets: int = 1,
     ) -> None:
+        if buckets < 1:
+            raise ValueError(f"buckets must be >= 1, got {buckets}")
+        self.buckets = buckets
         if precision not in PRECISIONS:
             raise ValueError(
                 f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}"
@@ -131,6 +142,7 @@ class Trainer:
             precision=train_cfg.get("precision", "fp32"),
             compile=bool(train_cfg.get("compile", False)),
             decay_embeddings=bool(train_cfg.get("decay_embeddings", False)),
+            buckets=train_cfg.get("buckets", 4) if train_cfg.get("batching") == "bucketed" else 1,
         )
 
     def autocast(self):
@@ -140,22 +152,40 @@ class Trainer:
         device_type = torch.device(self.device).type
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
-    def step(self, batch: Batch) -> StepResult:
+    def backward(self, batch: Batch) -> tuple[Tensor, int]:
+        """Zero the gradients, then accumulate those of the mean answer-token loss over
+        ``batch``, computed in up to ``buckets`` length-sorted pieces (`length_buckets`):
+        each piece's summed loss is divided by the whole batch's answer-token count, so
+        the pieces add up to the whole batch's loss and gradient. Returns the loss
+        (detached) and the token slots processed, padding included."""
         self.model.train()
-        tokens = batch.tokens.to(self.device)
-        batch = Batch(tokens, batch.loss_mask.to(self.device))
-        with self.autocast():
-            logits, _ = self.forward(batch.inputs)
-        loss = masked_loss(logits.float(), batch)
+        pieces = [batch] if self.buckets == 1 else length_buckets(batch, self.buckets)
+        n_answer = batch.loss_mask.sum().clamp(min=1).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total, slots = torch.zeros((), device=self.device), 0
+        for piece in pieces:
+            piece = Batch(piece.tokens.to(self.device), piece.loss_mask.to(self.device))
+            with self.autocast():
+                logits, _ = self.forward(piece.inputs)
+            if len(pieces) == 1:  # the mean itself: the arithmetic of runs before buckets
+                loss = masked_loss(logits.float(), piece)
+            else:
+                loss = masked_loss(logits.float(), piece, reduction="sum") / n_answer
+            loss.backward()
+            total += loss.detach()
+            slots += piece.tokens.numel()
+        return total, slots
+
+    def step(self, batch: Batch) -> StepResult:
+        """One optimizer step on ``batch``: `backward`, clip, AdamW, schedule."""
+        loss, slots = self.backward(batch)
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
-        return StepResult(loss.item(), lr, int((tokens != 0).sum()), tokens.numel())
+        return StepResult(loss.item(), lr, int((batch.tokens != PAD).sum()), slots)
 
     def state_dict(self) -> dict:
         return {

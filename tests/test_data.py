@@ -7,7 +7,14 @@ import pytest
 import torch
 
 import tasks
-from posenc.data import TrainStream, by_length, collate, eval_set_key, load_eval_set
+from posenc.data import (
+    TrainStream,
+    by_length,
+    collate,
+    eval_set_key,
+    length_buckets,
+    load_eval_set,
+)
 from tasks.format import BOS, EOS, PAD, SEP, render
 
 
@@ -109,3 +116,62 @@ def test_mixed_batches_draw_a_length_per_example_and_pad():
 def test_unknown_batching_is_rejected():
     with pytest.raises(ValueError, match="unknown batching 'sorted'; valid choices: by_length"):
         TrainStream(tasks.build("copy"), 1, 5, 4, seed=0, batching="sorted")
+
+
+def _slots_brute_force(lengths: list[int], buckets: int) -> int:
+    """The fewest padded slots over every split of the sorted rows into <= buckets runs."""
+    from itertools import combinations
+
+    lengths = sorted(lengths)
+    n, best = len(lengths), None
+    for k in range(1, min(buckets, n) + 1):
+        for cuts in combinations(range(1, n), k - 1):
+            edges = (0, *cuts, n)
+            slots = sum((b - a) * lengths[b - 1] for a, b in zip(edges, edges[1:], strict=False))
+            best = slots if best is None else min(best, slots)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("buckets", [1, 2, 3, 5])
+def test_length_buckets_keep_every_row_once_with_the_fewest_padded_slots(seed, buckets):
+    stream = TrainStream(tasks.build("copy"), 1, 20, 9, seed=seed, batching="bucketed")
+    b = stream.next()
+    pieces = length_buckets(b, buckets)
+    assert 1 <= len(pieces) <= buckets
+    real = (b.tokens != PAD).sum(1).tolist()
+    assert sum(p.tokens.numel() for p in pieces) == _slots_brute_force(real, buckets)
+    # every row exactly once, unchanged but for trailing padding, with its own loss mask
+    keys = [tuple(r[r != PAD].tolist()) for r in b.tokens]
+    rows = dict(zip(keys, b.loss_mask, strict=True))  # a repeated row has the same mask
+    seen = []
+    for p in pieces:
+        assert (p.tokens[:, -1] != PAD).any(), "a piece is trimmed to its longest row"
+        assert p.loss_mask.shape == (p.tokens.shape[0], p.tokens.shape[1] - 1)
+        for r, m in zip(p.tokens, p.loss_mask, strict=True):
+            key = tuple(r[r != PAD].tolist())
+            assert torch.equal(rows[key][: len(m)], m) and not rows[key][len(m) :].any()
+            seen.append(key)
+    assert sorted(seen) == sorted(keys)
+
+
+def test_length_buckets_leave_a_one_length_batch_whole_and_reject_zero():
+    b = TrainStream(tasks.build("copy"), 1, 20, 8, seed=0, batching="by_length").next()
+    (piece,) = length_buckets(b, 4)
+    assert torch.equal(piece.tokens, b.tokens)
+    with pytest.raises(ValueError, match="buckets must be >= 1, got 0"):
+        length_buckets(b, 0)
+
+
+def test_bucketed_draws_the_batches_of_mixed_with_a_fraction_of_the_padding():
+    mixed = TrainStream(tasks.build("copy"), 1, 20, 64, seed=3, batching="mixed")
+    bucketed = TrainStream(tasks.build("copy"), 1, 20, 64, seed=3, batching="bucketed")
+    real = slots = padded = 0
+    for _ in range(50):
+        a, b = mixed.next(), bucketed.next()
+        assert torch.equal(a.tokens, b.tokens)
+        real += int((b.tokens != PAD).sum())
+        padded += b.tokens.numel()
+        slots += sum(p.tokens.numel() for p in length_buckets(b, 4))
+    assert 1 - real / padded > 0.35  # mixed: ~44% of the slots are padding
+    assert 1 - real / slots < 0.2  # four buckets: ~13%

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from posenc.console import Reporter
 from posenc.data import TrainStream
@@ -197,8 +199,9 @@ def test_stop_at_never_reached_trains_every_step(tiny_cfg):
     [
         (
             "train.batching=sorted",
-            "unknown train.batching 'sorted'; valid choices: by_length, mixed",
+            "unknown train.batching 'sorted'; valid choices: by_length, mixed, bucketed",
         ),
+        ("train.buckets=0", "train.buckets must be an integer >= 1, got 0"),
         ("train.precision=fp16", "unknown train.precision 'fp16'; valid choices: fp32, bf16"),
         ("train.stop_at=1.5", "train.stop_at must be in (0, 1] or null, got 1.5"),
         ("train.compile=maybe", "train.compile must be true or false, got 'maybe'"),
@@ -230,6 +233,26 @@ def test_bf16_trains_in_bf16_with_fp32_master_weights(tiny_cfg, tmp_path):
     for _ in range(20):
         last = trainer.step(batch).loss
     assert last < first
+
+
+@pytest.mark.parametrize("name", ["none", "sinusoidal", "learned", "rope", "alibi", "t5"])
+def test_bucketed_step_has_the_gradient_of_the_whole_mixed_batch(tiny_cfg, name):
+    from posenc.train import Trainer
+
+    p = plan(tiny_cfg(f"encoding={name}", "train.batching=bucketed", "train.buckets=3"))
+    whole = copy.deepcopy(p.model)
+    trainer = Trainer.from_config(p.model, p.cfg.train)
+    assert trainer.buckets == 3
+    reference = Trainer.from_config(whole, OmegaConf.merge(p.cfg.train, {"batching": "mixed"}))
+    assert reference.buckets == 1
+    batch = TrainStream(p.task, 1, 12, 16, seed=1, batching="bucketed").next()
+    loss, slots = trainer.backward(batch)
+    ref_loss, ref_slots = reference.backward(batch)
+    assert slots < ref_slots == batch.tokens.numel()
+    assert torch.allclose(loss, ref_loss, rtol=1e-6)
+    for (key, a), b in zip(p.model.named_parameters(), whole.parameters(), strict=True):
+        if b.grad is not None:
+            assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), key
 
 
 def test_tensorboard_events_hold_the_documented_tags(tiny_cfg, tmp_path):
