@@ -69,7 +69,8 @@ def length_buckets(batch: Batch, buckets: int) -> list[Batch]:
     to fewer pieces, so a batch of one length stays whole. Summing each piece's loss over the
     batch's answer tokens gives the whole batch's loss and gradient
     (`posenc.train.Trainer`): the arithmetic of ``batching="mixed"`` without most of its
-    padding.
+    padding. An encoding that draws one set of positions per batch (``randomized``) draws
+    one per piece.
     """
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
