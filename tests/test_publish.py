@@ -193,3 +193,34 @@ def test_per_length_table_is_the_mean_over_seeds_at_the_asked_lengths(tmp_path):
         render_tables(doc(args="report exp --per-length loss --lengths 3"), tmp_path / "docs")
     with pytest.raises(ConfigError, match="--per-length and --lengths go together"):
         render_tables(doc(args="report exp --per-length exact_match"), tmp_path / "docs")
+
+
+@pytest.mark.parametrize(
+    "run, overrides",
+    [
+        ("compare/copy/t5/seed0", []),
+        ("kazemnejad_copy/copy/alibi/seed1", ["preset=kazemnejad_copy"]),
+        ("kazemnejad_reverse/reverse/none/seed2", ["preset=kazemnejad_reverse"]),
+        ("arithmetic/addition/rope/seed0", ["preset=arithmetic", "task=addition"]),
+        (
+            "steps_mixed/copy/none/seed1",
+            ["train.stop_at=0.99", "train.eval_every=100", "train.batching=mixed"],
+        ),
+    ],
+)
+def test_the_documented_commands_still_make_the_published_runs(run, overrides):
+    """A published run's config is what its documented command composes today (execution
+    and legacy-default keys aside), so the command resumes or skips it instead of training
+    something else under the same name: this fails when a default changes under a table."""
+    from omegaconf import OmegaConf
+
+    from posenc.config import compose
+    from posenc.run import config_identity
+
+    published = OmegaConf.load(ROOT / "docs" / "experiments" / run / "config.yaml")
+    experiment, task, encoding, seed = run.split("/")
+    composed = compose(
+        [*overrides, f"task={task}", f"encoding={encoding}", f"seed={seed[4:]}"]
+        + [f"experiment={experiment}"]
+    )
+    assert config_identity(composed) == config_identity(published)
