@@ -56,7 +56,6 @@ LEGACY_DEFAULTS = {
     ("train", "precision"): "fp32",
     ("train", "compile"): False,
     ("train", "stop_at"): None,
-    ("train", "buckets"): 4,  # read only by batching=bucketed, which came with it
 }
 
 
@@ -227,7 +226,8 @@ def plan(cfg: DictConfig) -> Plan:
 
 def config_identity(cfg: DictConfig) -> dict:
     """The part of the config that determines the numbers (for resume and skip checks):
-    no execution or metadata keys, and no option at its `LEGACY_DEFAULTS` value."""
+    no execution or metadata keys, no option at its `LEGACY_DEFAULTS` value, and no
+    ``train.buckets`` unless the batching is ``bucketed``."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
     for key in (*EXECUTION_KEYS, *METADATA_KEYS):
@@ -236,6 +236,9 @@ def config_identity(cfg: DictConfig) -> dict:
         part = tree.get(section)
         if isinstance(part, dict) and key in part and part[key] == value:
             del part[key]
+    train = tree.get("train")
+    if isinstance(train, dict) and train.get("batching", "mixed") != "bucketed":
+        train.pop("buckets", None)  # read by bucketed batching only
     return tree
 
 

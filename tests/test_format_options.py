@@ -163,3 +163,13 @@ def test_a_known_length_run_without_bos_trains_and_scores(tiny_cfg):
     metrics = run(tiny_cfg("task.answer=known_length", "task.bos=false", "model.embed_init=gpt"))
     assert metrics["status"] == "complete"
     assert 0.0 <= metrics["summary"]["id_exact_match"] <= 1.0
+
+
+def test_buckets_count_in_a_run_identity_only_under_bucketed_batching():
+    for batching in ("by_length", "mixed"):
+        a = compose([f"train.batching={batching}", "train.buckets=2"])
+        b = compose([f"train.batching={batching}", "train.buckets=8"])
+        assert config_identity(a) == config_identity(b)
+    a = compose(["train.batching=bucketed", "train.buckets=2"])
+    b = compose(["train.batching=bucketed", "train.buckets=8"])
+    assert config_identity(a) != config_identity(b)
