@@ -154,7 +154,7 @@ def plan(cfg: DictConfig) -> Plan:
         raise ConfigError(
             f"unknown train.batching {tr.batching!r}; valid choices: {', '.join(BATCHING)}"
         )
-    _positive_int(tr.get("buckets", 4), "train.buckets")
+    _positive_int(tr.get("buckets", 2), "train.buckets")
     if tr.precision not in PRECISIONS:
         raise ConfigError(
             f"unknown train.precision {tr.precision!r}; valid choices: {', '.join(PRECISIONS)}"

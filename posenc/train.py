@@ -142,7 +142,7 @@ class Trainer:
             precision=train_cfg.get("precision", "fp32"),
             compile=bool(train_cfg.get("compile", False)),
             decay_embeddings=bool(train_cfg.get("decay_embeddings", False)),
-            buckets=train_cfg.get("buckets", 4) if train_cfg.get("batching") == "bucketed" else 1,
+            buckets=train_cfg.get("buckets", 2) if train_cfg.get("batching") == "bucketed" else 1,
         )
 
     def autocast(self):

@@ -9,11 +9,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import tasks
 from posenc.console import Reporter
-from posenc.data import TrainStream
+from posenc.data import TrainStream, length_buckets
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_pairs
 from posenc.run import plan, run
+from tasks.format import PAD
 from tests.conftest import tiny_model
 
 
@@ -40,7 +42,12 @@ def test_run_writes_every_file_with_the_documented_schema(tiny_cfg, tmp_path):
     assert scores["n_samples"] == 6 and len(scores["examples"]) == 6
     assert set(scores["examples"]) <= {"0", "1"}
     assert scores["examples"].count("1") / 6 == scores["exact_match"]
-    assert 0 <= on_disk["train"]["padding_share"] < 0.05  # one length per batch
+    # the default bucketed batching: the padded slots of the length-sorted pieces
+    stream = TrainStream(tasks.build("copy"), 1, 6, 8, seed=0, batching="bucketed")
+    drawn = [stream.next() for _ in range(12)]
+    real = sum(int((b.tokens != PAD).sum()) for b in drawn)
+    slots = sum(q.tokens.numel() for b in drawn for q in length_buckets(b, 2))
+    assert on_disk["train"]["padding_share"] == round(1 - real / slots, 4)
     assert on_disk["train"]["stopped_at"] is None
     assert on_disk["summary_version"] == 2
     assert set(on_disk["summary"]) == {
