@@ -8,7 +8,8 @@ Rows:
 - ``machine``: CPU model, the ISA extensions that decide bf16 speed (AVX512-BF16, AMX), torch's
   kernel level, and the matmul peak: the best of several shapes (a square one and the
   model's own), fp32 and bf16.
-- ``step``: a bare forward/backward/AdamW loop over one-length batches: GFLOP/s counted on
+- ``step``: a bare forward/backward/AdamW loop over batches of the configured batching
+  (``train.batching``, the default ``bucketed``): GFLOP/s counted on
   real (non-padding) tokens, as a share of the fp32 peak; posenc's own loop (`posenc.run`)
   next to it on the same model and batches.
 - ``padding``: share of padding token slots under each ``train.batching`` (``bucketed``:
@@ -55,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from posenc.config import compose  # noqa: E402
 from posenc.data import BATCHING, TrainStream, length_buckets  # noqa: E402
 from posenc.run import plan, run  # noqa: E402
-from posenc.train import Trainer  # noqa: E402
+from posenc.train import Trainer, bucket_count  # noqa: E402
 
 ROWS = (
     "machine",
@@ -153,11 +154,6 @@ def step_flops(model, batch) -> float:
     return real * (6 * n_weights + 12 * model.cfg.n_layers * seq * model.cfg.d_model)
 
 
-def buckets_of(cfg, batching: str | None = None) -> int:
-    """Pieces a batch is computed in: ``train.buckets`` under ``bucketed``, else 1."""
-    return cfg.train.buckets if (batching or cfg.train.batching) == "bucketed" else 1
-
-
 def bare_loop(
     cfg,
     data: list,
@@ -178,7 +174,7 @@ def bare_loop(
         grad_clip=cfg.train.grad_clip,
         precision=precision,
         compile=compile,
-        buckets=buckets_of(cfg, batching),
+        buckets=bucket_count(cfg.train, batching),
     )
     t0 = time.perf_counter()
     for b in data[:10]:
@@ -340,7 +336,7 @@ def main() -> None:
         for mode in BATCHING:
             sample = batches(cfg, 300, seed=1, batching=mode)
             real = sum(int((b.tokens != 0).sum()) for b in sample)
-            pieces = [q for b in sample for q in length_buckets(b, buckets_of(cfg, mode))]
+            pieces = [q for b in sample for q in length_buckets(b, bucket_count(cfg.train, mode))]
             slots = sum(q.tokens.numel() for q in pieces)
             row(
                 f"padding share of training token slots, batching={mode}"

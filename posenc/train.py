@@ -70,6 +70,14 @@ def masked_loss(logits: Tensor, batch: Batch, reduction: str = "mean") -> Tensor
 PRECISIONS = ("fp32", "bf16")
 
 
+def bucket_count(train_cfg, batching: str | None = None) -> int:
+    """Pieces a batch is computed in: ``train.buckets`` under ``bucketed`` batching (or
+    ``batching`` in its place), else 1."""
+    if (batching or train_cfg.get("batching")) == "bucketed":
+        return train_cfg.get("buckets", 2)
+    return 1
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -142,7 +150,7 @@ class Trainer:
             precision=train_cfg.get("precision", "fp32"),
             compile=bool(train_cfg.get("compile", False)),
             decay_embeddings=bool(train_cfg.get("decay_embeddings", False)),
-            buckets=train_cfg.get("buckets", 2) if train_cfg.get("batching") == "bucketed" else 1,
+            buckets=bucket_count(train_cfg),
         )
 
     def autocast(self):
