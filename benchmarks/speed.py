@@ -16,6 +16,13 @@ Rows:
   the slots of its length-sorted pieces).
 - ``batching``: milliseconds per training step (the bare loop) under each ``train.batching``,
   interleaved over three rounds, medians.
+- ``pieces``: milliseconds per ``bucketed`` step with its pieces computed one after the other
+  at the run's threads (``workers=1``) and side by side, one thread each (the default on CPU
+  with more than one thread; `posenc.train.Trainer`), interleaved over three rounds.
+- ``model``: posenc's model against the peer's (``--peer`` folder: its ``model.py``, the same
+  layers and width, RoPE) on the same batches (the peer's own mixed-length, padded ones):
+  milliseconds per forward/backward/clip/AdamW step, interleaved over three rounds. Tells a
+  slower model from a slower loop.
 - ``bf16``: the bare loop with ``train.precision=bf16`` against fp32, same batches.
 - ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
 - ``decode``: exact match at n = 60 by teacher forcing (the default) and by greedy KV-cache
@@ -63,6 +70,8 @@ ROWS = (
     "step",
     "padding",
     "batching",
+    "pieces",
+    "model",
     "bf16",
     "compile",
     "decode",
@@ -160,6 +169,7 @@ def bare_loop(
     precision: str = "fp32",
     compile: bool = False,
     batching: str | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Forward, backward, clip, AdamW over ``data``: seconds (after 10 warm-up steps), FLOPs."""
     p = plan(cfg)
@@ -175,6 +185,7 @@ def bare_loop(
         precision=precision,
         compile=compile,
         buckets=bucket_count(cfg.train, batching),
+        workers=workers,
     )
     t0 = time.perf_counter()
     for b in data[:10]:
@@ -187,9 +198,20 @@ def bare_loop(
         torch.nn.utils.clip_grad_norm_(p.model.parameters(), cfg.train.grad_clip)
         trainer.optimizer.step()
     seconds = time.perf_counter() - t0
+    trainer.close()
     flops = sum(step_flops(p.model, b) for b in timed)
     tokens = sum(int((b.tokens != 0).sum()) for b in timed)
     return {"seconds": seconds, "steps": len(timed), "flops": flops, "tokens": tokens, "warm": warm}
+
+
+def interleaved_ms(loops: dict, rounds: int = 3) -> dict[str, float]:
+    """Median milliseconds per step of each `bare_loop` (a thunk), run in turn ``rounds`` times."""
+    runs: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            out = loop()
+            runs[name].append(1000 * out["seconds"] / out["steps"])
+    return {name: statistics.median(v) for name, v in runs.items()}
 
 
 def posenc_loop(overrides: list[str], steps: int) -> float:
@@ -281,6 +303,63 @@ def decode_row(cfg, n: int = 60, batch: int = 128) -> None:
     )
 
 
+def model_row(cfg, peer: Path, steps: int) -> None:
+    """posenc's model and the peer's, RoPE, same width and depth, on the peer's batches."""
+    if not (peer / "model.py").exists():
+        row("model step, posenc / peer", f"skipped: no {peer}/model.py (--peer)")
+        return
+    import importlib.util
+
+    import torch.nn.functional as F
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"peer_{name}", peer / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    peer_model, peer_task = load("model"), load("task")
+    m = cfg.model
+    gen = torch.Generator().manual_seed(0)
+    data = [
+        peer_task.make_batch(cfg.train.batch_size, 1, 20, 16, "copy", gen)[:2]
+        for _ in range(steps + 5)
+    ]
+
+    def build(which: str):
+        torch.manual_seed(0)
+        if which == "peer":
+            net = peer_model.GPT(18, d=m.d_model, h=m.n_heads, n_layer=m.n_layers, pe="rope")
+            return net, lambda x: net(x)
+        p = plan(compose(["encoding=rope", f"model.n_layers={m.n_layers}"]))
+        return p.model, lambda x: p.model(x)[0]
+
+    def loop(which: str) -> float:
+        net, forward = build(which)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.98))
+        for i, (inputs, target) in enumerate(data):
+            if i == 5:
+                t0 = time.perf_counter()
+            logits = forward(inputs)
+            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+        return 1000 * (time.perf_counter() - t0) / steps
+
+    runs = {"posenc": [], "peer": []}
+    for _ in range(3):
+        for which in runs:
+            runs[which].append(loop(which))
+    ours, theirs = (statistics.median(runs[k]) for k in ("posenc", "peer"))
+    row(
+        "model step on the peer's batches, posenc / peer",
+        f"{ours:.0f} ms / {theirs:.0f} ms = {ours / theirs:.2f}x",
+        "",
+    )
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -345,20 +424,31 @@ def main() -> None:
                 "<= 5%" if mode == cfg.train.batching else "",
             )
     if "batching" in rows:
-        runs: dict[str, list[float]] = {mode: [] for mode in BATCHING}
         sample = {mode: batches(cfg, args.steps + 10, seed=2, batching=mode) for mode in BATCHING}
-        for _ in range(3):
-            for mode in BATCHING:
-                out = bare_loop(cfg, sample[mode], batching=mode)
-                runs[mode].append(1000 * out["seconds"] / out["steps"])
-        base = statistics.median(runs["mixed"])
+        ms = interleaved_ms(
+            {mode: lambda mode=mode: bare_loop(cfg, sample[mode], batching=mode) for mode in BATCHING}
+        )
         for mode in BATCHING:
-            ms = statistics.median(runs[mode])
             row(
                 f"training step, batching={mode}",
-                f"{ms:.0f} ms = {ms / base:.2f}x mixed's",
-                "",
+                f"{ms[mode]:.0f} ms = {ms[mode] / ms['mixed']:.2f}x mixed's",
             )
+    if "pieces" in rows:
+        sample = batches(cfg, args.steps + 10, seed=2, batching="bucketed")
+        ways = {"one after the other": 1, "side by side": None}
+        ms = interleaved_ms(
+            {
+                way: lambda w=w: bare_loop(cfg, sample, batching="bucketed", workers=w)
+                for way, w in ways.items()
+            }
+        )
+        for way in ways:
+            row(
+                f"bucketed step ({cfg.train.buckets} buckets), pieces {way}",
+                f"{ms[way]:.0f} ms = {ms[way] / ms['one after the other']:.2f}x",
+            )
+    if "model" in rows:
+        model_row(cfg, Path(args.peer), args.steps)
     if "bf16" in rows:
         few = data[:30]  # bf16 can be 10x slower where the CPU lacks bf16 instructions
         base = bare_loop(cfg, few)

@@ -154,7 +154,7 @@ def plan(cfg: DictConfig) -> Plan:
         raise ConfigError(
             f"unknown train.batching {tr.batching!r}; valid choices: {', '.join(BATCHING)}"
         )
-    _positive_int(tr.get("buckets", 2), "train.buckets")
+    _positive_int(tr.get("buckets", 4), "train.buckets")
     if tr.precision not in PRECISIONS:
         raise ConfigError(
             f"unknown train.precision {tr.precision!r}; valid choices: {', '.join(PRECISIONS)}"
@@ -227,7 +227,8 @@ def plan(cfg: DictConfig) -> Plan:
 def config_identity(cfg: DictConfig) -> dict:
     """The part of the config that determines the numbers (for resume and skip checks):
     no execution or metadata keys, no option at its `LEGACY_DEFAULTS` value, and no
-    ``train.buckets`` unless the batching is ``bucketed``."""
+    ``train.buckets``: like ``threads``, it decides how a batch is computed (the pieces'
+    gradients sum to the whole batch's), not what is trained."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
     for key in (*EXECUTION_KEYS, *METADATA_KEYS):
@@ -237,8 +238,8 @@ def config_identity(cfg: DictConfig) -> dict:
         if isinstance(part, dict) and key in part and part[key] == value:
             del part[key]
     train = tree.get("train")
-    if isinstance(train, dict) and train.get("batching", "mixed") != "bucketed":
-        train.pop("buckets", None)  # read by bucketed batching only
+    if isinstance(train, dict):
+        train.pop("buckets", None)
     return tree
 
 
@@ -452,6 +453,7 @@ def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -
         raise
     finally:
         stop.restore()  # also after a crash: the caller's handlers come back
+        trainer.close()  # the piece threads, if any (a resumed loop restarts them)
     seconds = s.seconds_before + time.perf_counter() - t0
     s.checkpoint(seconds)
     return seconds

@@ -7,13 +7,19 @@ the optimizer keeps full-precision master weights). ``compile=True`` trains thro
 by default: measured on CPU, neither pays at this model size (README, "Speed").
 ``buckets`` > 1 computes each batch in that many length-sorted pieces at most
 (`posenc.data.length_buckets`) and accumulates their gradients: the same step as the whole
-padded batch, with a fraction of its padding.
+padded batch, with a fraction of its padding. On CPU with more than one torch thread the
+pieces run side by side, one Python thread each (``workers``): small matmuls gain little
+from a second intra-op thread, and a second piece in flight uses that core fully. The
+arithmetic is that of the sequential loop: positions are drawn in piece order on the
+calling thread and the pieces' gradients are added in piece order, so the step is
+bit-for-bit the sequential loop's at the same intra-op threads per piece (a test checks it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +80,7 @@ def bucket_count(train_cfg, batching: str | None = None) -> int:
     """Pieces a batch is computed in: ``train.buckets`` under ``bucketed`` batching (or
     ``batching`` in its place), else 1."""
     if (batching or train_cfg.get("batching")) == "bucketed":
-        return train_cfg.get("buckets", 2)
+        return train_cfg.get("buckets", 4)
     return 1
 
 
@@ -105,6 +111,7 @@ class Trainer:
         compile: bool = False,
         decay_embeddings: bool = False,
         buckets: int = 1,
+        workers: int | None = None,
     ) -> None:
         if buckets < 1:
             raise ValueError(f"buckets must be >= 1, got {buckets}")
@@ -131,12 +138,53 @@ class Trainer:
             lambda s: lr_factor(s, warmup=warmup_steps, total=steps, min_ratio=min_lr_ratio),
         )
         self.step_count = 0
+        self.workers = self._workers(workers, compile)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _workers(self, workers: int | None, compile: bool) -> int:
+        """Pieces computed at once: ``workers`` if given, else one per torch thread (at most
+        ``buckets``) on CPU; 1 where concurrent pieces would change the arithmetic or the
+        random stream (dropout draws masks inside the forward pass) or cannot run
+        (torch.compile, accelerators)."""
+        if workers is not None:
+            if workers < 1:
+                raise ValueError(f"workers must be >= 1, got {workers}")
+            return min(workers, self.buckets)
+        if (
+            compile
+            or torch.device(self.device).type != "cpu"
+            or getattr(getattr(self.model, "cfg", None), "dropout", 0) > 0
+        ):
+            return 1
+        return max(1, min(torch.get_num_threads(), self.buckets))
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            per_worker = max(1, torch.get_num_threads() // self.workers)
+            self._pool = ThreadPoolExecutor(
+                self.workers,
+                thread_name_prefix="posenc-piece",
+                initializer=torch.set_num_threads,
+                initargs=(per_worker,),
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the piece threads (a no-op if none were started)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     @classmethod
     def from_config(
-        cls, model: Transformer, train_cfg, device: torch.device | str = "cpu"
+        cls,
+        model: Transformer,
+        train_cfg,
+        device: torch.device | str = "cpu",
+        workers: int | None = None,
     ) -> Trainer:
-        """A trainer for the ``train.*`` section of a posenc config."""
+        """A trainer for the ``train.*`` section of a posenc config (``workers``: see
+        `Trainer._workers`)."""
         return cls(
             model,
             steps=train_cfg.steps,
@@ -151,6 +199,7 @@ class Trainer:
             compile=bool(train_cfg.get("compile", False)),
             decay_embeddings=bool(train_cfg.get("decay_embeddings", False)),
             buckets=bucket_count(train_cfg),
+            workers=workers,
         )
 
     def autocast(self):
@@ -170,6 +219,8 @@ class Trainer:
         pieces = [batch] if self.buckets == 1 else length_buckets(batch, self.buckets)
         n_answer = batch.loss_mask.sum().clamp(min=1).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.workers > 1 and len(pieces) > 1:
+            return self._backward_side_by_side(pieces, n_answer)
         total, slots = torch.zeros((), device=self.device), 0
         for piece in pieces:
             piece = Batch(piece.tokens.to(self.device), piece.loss_mask.to(self.device))
@@ -183,6 +234,36 @@ class Trainer:
             total += loss.detach()
             slots += piece.tokens.numel()
         return total, slots
+
+    def _backward_side_by_side(self, pieces: list[Batch], n_answer: Tensor) -> tuple[Tensor, int]:
+        """`backward` with the pieces computed concurrently on the thread pool. Each piece's
+        positions are drawn here first, in piece order (the random stream of the sequential
+        loop, whose forward passes draw them one piece at a time); each thread returns its
+        piece's gradients, which are added in piece order, as the sequential loop's
+        ``backward()`` calls accumulate them."""
+        pieces = [Batch(p.tokens.to(self.device), p.loss_mask.to(self.device)) for p in pieces]
+        encoding = self.model.encoding
+        positions = [
+            encoding.positions(*p.inputs.shape, device=self.device) for p in pieces
+        ]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+
+        def piece_gradients(piece: Batch, pos: Tensor) -> tuple[Tensor, tuple]:
+            with self.autocast():  # autocast and grad mode are per thread
+                logits, _ = self.forward(piece.inputs, pos)
+            loss = masked_loss(logits.float(), piece, reduction="sum") / n_answer
+            return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+        results = list(self._thread_pool().map(piece_gradients, pieces, positions))
+        total = torch.zeros((), device=self.device)
+        for loss, _ in results:
+            total += loss
+        for i, p in enumerate(params):
+            for _, grads in results:
+                g = grads[i]
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad.add_(g)
+        return total, sum(p.tokens.numel() for p in pieces)
 
     def step(self, batch: Batch) -> StepResult:
         """One optimizer step on ``batch``: `backward`, clip, AdamW, schedule."""

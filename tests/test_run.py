@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 
 import pytest
 import torch
@@ -46,7 +47,7 @@ def test_run_writes_every_file_with_the_documented_schema(tiny_cfg, tmp_path):
     stream = TrainStream(tasks.build("copy"), 1, 6, 8, seed=0, batching="bucketed")
     drawn = [stream.next() for _ in range(12)]
     real = sum(int((b.tokens != PAD).sum()) for b in drawn)
-    slots = sum(q.tokens.numel() for b in drawn for q in length_buckets(b, 2))
+    slots = sum(q.tokens.numel() for b in drawn for q in length_buckets(b, 4))
     assert on_disk["train"]["padding_share"] == round(1 - real / slots, 4)
     assert on_disk["train"]["stopped_at"] is None
     assert on_disk["summary_version"] == 2
@@ -291,3 +292,72 @@ def test_a_label_names_a_variant_and_its_type_is_checked(tiny_cfg, tmp_path):
     assert default_run_dir(p.cfg).parts[-2] == "alibi_variant"
     with pytest.raises(ConfigError, match="encoding.label"):
         plan(tiny_cfg("encoding=alibi", "+encoding.label=[1,2]"))
+
+
+@pytest.fixture
+def one_thread():
+    """torch at one intra-op thread for the test (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", ["rope", "alibi", "t5", "learned", "randomized"])
+def test_pieces_side_by_side_take_the_sequential_step_bit_for_bit(tiny_cfg, one_thread, name):
+    """Concurrent pieces draw the positions and add the gradients in the sequential order:
+    after three optimizer steps every weight is identical (randomized positions included)."""
+    from posenc.train import Trainer
+
+    weights = []
+    for workers in (1, 3):
+        torch.manual_seed(0)
+        p = plan(tiny_cfg(f"encoding={name}", "train.batching=bucketed", "train.buckets=3"))
+        trainer = Trainer.from_config(p.model, p.cfg.train)
+        trainer.workers = workers
+        stream = TrainStream(p.task, 1, 12, 16, seed=1, batching="bucketed")
+        torch.manual_seed(1)
+        losses = [trainer.step(stream.next()).loss for _ in range(3)]
+        trainer.close()
+        weights.append([*(q.detach().clone() for q in p.model.parameters()), torch.tensor(losses)])
+    sequential, side_by_side = weights
+    assert all(torch.equal(a, b) for a, b in zip(sequential, side_by_side, strict=True))
+
+
+def test_pieces_run_side_by_side_one_thread_each_only_where_that_is_safe(tiny_cfg):
+    from posenc.train import Trainer
+
+    def workers(*overrides, threads=2, **kwargs):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            p = plan(tiny_cfg("train.batching=bucketed", *overrides))
+            return Trainer.from_config(p.model, p.cfg.train, **kwargs).workers
+        finally:
+            torch.set_num_threads(before)
+
+    assert workers("train.buckets=4") == 2  # one per torch thread
+    assert workers("train.buckets=2", threads=8) == 2  # at most one per piece
+    assert workers("train.buckets=4", threads=1) == 1
+    assert workers("train.batching=mixed") == 1  # one piece
+    assert workers("model.dropout=0.1") == 1  # masks drawn inside the forward pass
+    assert workers("train.compile=true") == 1
+
+    # Each piece thread computes with the run's threads shared out: 2 threads, 2 workers -> 1.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        p = plan(tiny_cfg("train.batching=bucketed", "train.buckets=2"))
+        trainer = Trainer.from_config(p.model, p.cfg.train)
+        seen = []
+        p.model.head.register_forward_hook(
+            lambda *_: seen.append((threading.current_thread().name, torch.get_num_threads()))
+        )
+        trainer.step(TrainStream(p.task, 1, 12, 16, seed=1, batching="bucketed").next())
+        trainer.close()
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 2
+    assert all(name.startswith("posenc-piece") and n == 1 for name, n in seen)
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        Trainer.from_config(p.model, p.cfg.train, workers=0)
