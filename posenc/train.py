@@ -160,7 +160,8 @@ class Trainer:
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            per_worker = max(1, torch.get_num_threads() // self.workers)
+            self._threads = torch.get_num_threads()
+            per_worker = max(1, self._threads // self.workers)
             self._pool = ThreadPoolExecutor(
                 self.workers,
                 thread_name_prefix="posenc-piece",
@@ -255,6 +256,11 @@ class Trainer:
             return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
         results = list(self._thread_pool().map(piece_gradients, pieces, positions))
+        if torch.get_num_threads() != self._threads:
+            # A piece thread's torch.set_num_threads can lower this thread's count too (seen
+            # in a bare script whose main thread had run no parallel op yet; not in a run):
+            # the optimizer step and the evaluation keep the run's threads either way.
+            torch.set_num_threads(self._threads)
         total = torch.zeros((), device=self.device)
         for loss, _ in results:
             total += loss

@@ -353,11 +353,14 @@ def test_pieces_run_side_by_side_one_thread_each_only_where_that_is_safe(tiny_cf
         p.model.head.register_forward_hook(
             lambda *_: seen.append((threading.current_thread().name, torch.get_num_threads()))
         )
-        trainer.step(TrainStream(p.task, 1, 12, 16, seed=1, batching="bucketed").next())
+        stream = TrainStream(p.task, 1, 12, 16, seed=1, batching="bucketed")
+        trainer.step(stream.next())
+        assert torch.get_num_threads() == 2  # the calling thread keeps the run's threads
+        trainer.step(stream.next())
         trainer.close()
     finally:
         torch.set_num_threads(before)
-    assert len(seen) == 2
+    assert len(seen) == 4
     assert all(name.startswith("posenc-piece") and n == 1 for name, n in seen)
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         Trainer.from_config(p.model, p.cfg.train, workers=0)
