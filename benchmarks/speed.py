@@ -331,7 +331,17 @@ def model_row(cfg, peer: Path, steps: int) -> None:
         if which == "peer":
             net = peer_model.GPT(18, d=m.d_model, h=m.n_heads, n_layer=m.n_layers, pe="rope")
             return net, lambda x: net(x)
-        p = plan(compose(["encoding=rope", f"model.n_layers={m.n_layers}"]))
+        p = plan(
+            compose(
+                [
+                    "encoding=rope",
+                    f"model.n_layers={m.n_layers}",
+                    f"model.d_model={m.d_model}",
+                    f"model.n_heads={m.n_heads}",
+                    f"model.d_ff={4 * m.d_model}",  # the peer's MLP is 4x wide
+                ]
+            )
+        )
         return p.model, lambda x: p.model(x)[0]
 
     def loop(which: str) -> float:

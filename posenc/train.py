@@ -140,6 +140,7 @@ class Trainer:
         self.step_count = 0
         self.workers = self._workers(workers, compile)
         self._pool: ThreadPoolExecutor | None = None
+        self._threads = torch.get_num_threads()  # the calling thread's, kept across pieces
 
     def _workers(self, workers: int | None, compile: bool) -> int:
         """Pieces computed at once: ``workers`` if given, else one per torch thread (at most
