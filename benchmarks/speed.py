@@ -34,6 +34,11 @@ Rows:
   batches padded to the longest row), its steps/s for the default model, and its time for
   the 3,000 steps its recipe needs, against ``posenc train``'s wall time.
 - ``pair``: two ``posenc train`` started side by side against one alone: combined throughput.
+- ``floor``: the arithmetic floor: the FLOPs of a default run's training steps (counted on
+  real tokens, as ``step``, averaged over 300 batches of the configured stream, times
+  ``train.steps``) at 100% of the fp32 matmul peak, for ``posenc train`` and for ``posenc
+  compare``'s six runs; and the share of the peak a run's training would need to meet the
+  train target. Evaluation, start-up and the optimizer are left out, so no run can be faster.
 
 Timings on a shared or virtual machine drift by 10-20%; repeated loops report medians.
 """
@@ -80,6 +85,7 @@ ROWS = (
     "peer",
     "pair",
     "compare",
+    "floor",
 )
 DEFAULT_ROWS = tuple(r for r in ROWS if r != "compile")
 results: list[tuple[str, str, str]] = []  # (what, measured, target)
@@ -373,6 +379,34 @@ def model_row(cfg, peer: Path, steps: int) -> None:
 # ------------------------------------------------------------------ main
 
 
+def floor_rows(cfg, peak: float) -> None:
+    """Seconds a default run's training FLOPs take at 100% of the fp32 peak (a lower bound)."""
+    import cli.app  # noqa: F401  (loads cli.experiments, which imports cli.app)
+    from cli.experiments import CORE_ENCODINGS
+
+    model = plan(cfg).model
+    sample = batches(cfg, 300, seed=3)
+    per_step = statistics.fmean(step_flops(model, b) for b in sample)
+    run_flops = per_step * cfg.train.steps
+    train_s = run_flops / (peak * 1e9)
+    n = len(CORE_ENCODINGS.split(","))
+    row(
+        f"floor: posenc train, {cfg.train.steps:,} steps x {per_step / 1e9:.2f} GFLOP at peak",
+        f"{train_s:.0f} s (training only; {run_flops / 1e12:.1f} TFLOP)",
+        "<= 180 s",
+    )
+    row(
+        f"floor: posenc compare, {n} runs at peak",
+        f"{n * train_s:.0f} s (training only)",
+        "<= 600 s",
+    )
+    row(
+        "share of peak a run's training needs for 180 s",
+        f"{train_s / 180:.0%}" + (" (over 100%: out of reach)" if train_s > 180 else ""),
+        "step measured: see step row",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"of {', '.join(ROWS)}")
@@ -392,7 +426,7 @@ def main() -> None:
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     threads = torch.get_num_threads()
     print(f"posenc speed benchmark · torch {torch.__version__} · {threads} threads", flush=True)
-    peak = peaks(cfg) if {"machine", "step", "bf16"} & set(rows) else {}
+    peak = peaks(cfg) if {"machine", "step", "bf16", "floor"} & set(rows) else {}
     if "machine" in rows:
         row("CPU", cpu_model())
         row(
@@ -436,7 +470,10 @@ def main() -> None:
     if "batching" in rows:
         sample = {mode: batches(cfg, args.steps + 10, seed=2, batching=mode) for mode in BATCHING}
         ms = interleaved_ms(
-            {mode: lambda mode=mode: bare_loop(cfg, sample[mode], batching=mode) for mode in BATCHING}
+            {
+                mode: lambda mode=mode: bare_loop(cfg, sample[mode], batching=mode)
+                for mode in BATCHING
+            }
         )
         for mode in BATCHING:
             row(
@@ -522,6 +559,9 @@ def main() -> None:
                 f"{out['wall']:.0f} s; {id_range(run_metrics(tmp / 'compare'))}",
                 "<= 600 s, each >= 0.99",
             )
+
+    if "floor" in rows:
+        floor_rows(cfg, peak[torch.float32])
 
     from rich.console import Console
     from rich.table import Table
