@@ -34,11 +34,15 @@ Rows:
   batches padded to the longest row), its steps/s for the default model, and its time for
   the 3,000 steps its recipe needs, against ``posenc train``'s wall time.
 - ``pair``: two ``posenc train`` started side by side against one alone: combined throughput.
+- ``profile``: where a step's time goes: torch's profiler over 30 steps of the configured
+  batching (pieces one after the other, at the run's threads): the matmuls' share of the
+  time and their GFLOP/s in place, then the costliest other operators.
 - ``floor``: the arithmetic floor: the FLOPs of a default run's training steps (counted on
   real tokens, as ``step``, averaged over 300 batches of the configured stream, times
   ``train.steps``) at 100% of the fp32 matmul peak, for ``posenc train`` and for ``posenc
   compare``'s six runs; and the share of the peak a run's training would need to meet the
   train target. Evaluation, start-up and the optimizer are left out, so no run can be faster.
+  Run it with ``threads=`` the machine's cores: the peak is read at the run's threads.
 
 Timings on a shared or virtual machine drift by 10-20%; repeated loops report medians.
 """
@@ -86,6 +90,7 @@ ROWS = (
     "pair",
     "compare",
     "floor",
+    "profile",
 )
 DEFAULT_ROWS = tuple(r for r in ROWS if r != "compile")
 results: list[tuple[str, str, str]] = []  # (what, measured, target)
@@ -134,18 +139,25 @@ def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0
 
 
 def model_shapes(cfg) -> list[tuple[int, int, int]]:
-    """The matmuls of a training step of the default model at a typical length (n = 10)."""
+    """A square matmul, then those of a training step of the default model at a typical
+    length (n = 10), then one of a quarter of the batch (a `bucketed` piece)."""
     tokens = cfg.train.batch_size * (2 * 10 + 2)
     d, ff = cfg.model.d_model, cfg.model.d_ff
-    return [(1024, 1024, 1024), (tokens, d, 3 * d), (tokens, d, ff), (tokens, ff, d)]
+    return [
+        (1024, 1024, 1024),
+        (tokens, d, 3 * d),
+        (tokens, d, ff),
+        (tokens, ff, d),
+        (tokens // 4, d, ff),
+    ]
 
 
-def peaks(cfg) -> dict[torch.dtype, float]:
-    best = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        rates = [matmul_gflops(*shape, dtype) for shape in model_shapes(cfg)]
-        best[dtype] = max(rates)
-    return best
+def peaks(cfg) -> dict[torch.dtype, list[float]]:
+    """GFLOP/s of each of `model_shapes` per dtype; the peak is the best of them."""
+    return {
+        dtype: [matmul_gflops(*shape, dtype) for shape in model_shapes(cfg)]
+        for dtype in (torch.float32, torch.bfloat16)
+    }
 
 
 # ------------------------------------------------------------------ in-process loops
@@ -169,6 +181,24 @@ def step_flops(model, batch) -> float:
     return real * (6 * n_weights + 12 * model.cfg.n_layers * seq * model.cfg.d_model)
 
 
+def make_trainer(
+    cfg, model, steps: int, precision="fp32", compile=False, batching=None, workers=None
+):
+    """The `Trainer` a run of ``cfg`` builds, over ``steps`` steps, with these options."""
+    from omegaconf import OmegaConf
+
+    tr = OmegaConf.merge(
+        cfg.train,
+        {
+            "steps": steps,
+            "precision": precision,
+            "compile": compile,
+            "batching": batching or cfg.train.batching,
+        },
+    )
+    return Trainer.from_config(model, tr, workers=workers)
+
+
 def bare_loop(
     cfg,
     data: list,
@@ -179,20 +209,7 @@ def bare_loop(
 ) -> dict:
     """Forward, backward, clip, AdamW over ``data``: seconds (after 10 warm-up steps), FLOPs."""
     p = plan(cfg)
-    trainer = Trainer(
-        p.model,
-        steps=len(data),
-        lr=cfg.train.lr,
-        warmup_steps=cfg.train.warmup_steps,
-        min_lr_ratio=cfg.train.min_lr_ratio,
-        weight_decay=cfg.train.weight_decay,
-        betas=tuple(cfg.train.betas),
-        grad_clip=cfg.train.grad_clip,
-        precision=precision,
-        compile=compile,
-        buckets=bucket_count(cfg.train, batching),
-        workers=workers,
-    )
+    trainer = make_trainer(cfg, p.model, len(data), precision, compile, batching, workers)
     t0 = time.perf_counter()
     for b in data[:10]:
         trainer.step(b)
@@ -379,6 +396,38 @@ def model_row(cfg, peer: Path, steps: int) -> None:
 # ------------------------------------------------------------------ main
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def profile_rows(cfg, steps: int = 30) -> None:
+    """torch.profiler over ``steps`` training steps: the matmuls' share and rate in place."""
+    from torch.profiler import ProfilerActivity, profile
+
+    p = plan(cfg)
+    data = batches(cfg, steps + 10, seed=4)
+    trainer = make_trainer(cfg, p.model, len(data), workers=1)
+    for b in data[:10]:
+        trainer.step(b)
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for b in data[10:]:
+            trainer.step(b)
+    trainer.close()
+    ops = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ops)
+    mm = [e for e in ops if e.key in MATMULS]
+    mm_us = sum(e.self_cpu_time_total for e in mm)
+    mm_gflops = sum(e.flops for e in mm) / (mm_us * 1e-6) / 1e9
+    row(
+        f"profile: matmuls' share of a step; their GFLOP/s in place ({torch.get_num_threads()} threads)",
+        f"{mm_us / total:.1%}; {mm_gflops:.1f} GFLOP/s",
+    )
+    rest = sorted((e for e in ops if e.key not in MATMULS), key=lambda e: -e.self_cpu_time_total)
+    top = ", ".join(
+        f"{e.key.removeprefix('aten::')} {e.self_cpu_time_total / total:.1%}" for e in rest[:6]
+    )
+    row("profile: the costliest other operators", top)
+
+
 def floor_rows(cfg, peak: float) -> None:
     """Seconds a default run's training FLOPs take at 100% of the fp32 peak (a lower bound)."""
     import cli.app  # noqa: F401  (loads cli.experiments, which imports cli.app)
@@ -426,7 +475,8 @@ def main() -> None:
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     threads = torch.get_num_threads()
     print(f"posenc speed benchmark · torch {torch.__version__} · {threads} threads", flush=True)
-    peak = peaks(cfg) if {"machine", "step", "bf16", "floor"} & set(rows) else {}
+    rates = peaks(cfg) if {"machine", "step", "bf16", "floor"} & set(rows) else {}
+    peak = {dtype: max(r) for dtype, r in rates.items()}
     if "machine" in rows:
         row("CPU", cpu_model())
         row(
@@ -437,6 +487,10 @@ def main() -> None:
         row(
             f"matmul peak, best of {shapes}",
             f"fp32 {peak[torch.float32]:.1f}, bf16 {peak[torch.bfloat16]:.1f} GFLOP/s",
+        )
+        row(
+            "fp32 matmul GFLOP/s, each of those shapes",
+            ", ".join(f"{r:.1f}" for r in rates[torch.float32]),
         )
 
     data = batches(cfg, args.steps + 10) if {"step", "bf16", "compile"} & set(rows) else []
@@ -515,6 +569,8 @@ def main() -> None:
 
     if "decode" in rows:
         decode_row(cfg)
+    if "profile" in rows:
+        profile_rows(cfg)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(args.runs_root).resolve() if args.runs_root else Path(tmp)
