@@ -399,6 +399,10 @@ def model_row(cfg, peer: Path, steps: int) -> None:
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def profile_rows(cfg, steps: int = 30) -> None:
     """torch.profiler over ``steps`` training steps: the matmuls' share and rate in place."""
     from torch.profiler import ProfilerActivity, profile
@@ -418,7 +422,7 @@ def profile_rows(cfg, steps: int = 30) -> None:
     mm_us = sum(e.self_cpu_time_total for e in mm)
     mm_gflops = sum(e.flops for e in mm) / (mm_us * 1e-6) / 1e9
     row(
-        f"profile: matmuls' share of a step; their GFLOP/s in place ({torch.get_num_threads()} threads)",
+        f"profile: matmuls' share of a step; their GFLOP/s in place ({plural(torch.get_num_threads(), 'thread')})",
         f"{mm_us / total:.1%}; {mm_gflops:.1f} GFLOP/s",
     )
     rest = sorted((e for e in ops if e.key not in MATMULS), key=lambda e: -e.self_cpu_time_total)
@@ -452,7 +456,6 @@ def floor_rows(cfg, peak: float) -> None:
     row(
         "share of peak a run's training needs for 180 s",
         f"{train_s / 180:.0%}" + (" (over 100%: out of reach)" if train_s > 180 else ""),
-        "step measured: see step row",
     )
 
 
@@ -474,7 +477,10 @@ def main() -> None:
     cfg = compose(args.overrides)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     threads = torch.get_num_threads()
-    print(f"posenc speed benchmark · torch {torch.__version__} · {threads} threads", flush=True)
+    print(
+        f"posenc speed benchmark · torch {torch.__version__} · {plural(threads, 'thread')}",
+        flush=True,
+    )
     rates = peaks(cfg) if {"machine", "step", "bf16", "floor"} & set(rows) else {}
     peak = {dtype: max(r) for dtype, r in rates.items()}
     if "machine" in rows:
@@ -622,7 +628,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"posenc speed · {cpu_model()} · {threads} threads")
+    table = Table(title=f"posenc speed · {cpu_model()} · {plural(threads, 'thread')}")
     for col in ("what", "measured", "target"):
         table.add_column(col)
     for r in results:
