@@ -208,6 +208,7 @@ def test_per_length_table_is_the_mean_over_seeds_at_the_asked_lengths(tmp_path):
         ),
         ("recipe_1500_lr3e-3/copy/t5/seed0", ["train.steps=1500", "train.lr=3e-3"]),
         ("recipe_1500_lr6e-3/copy/none/seed0", ["train.steps=1500", "train.lr=6e-3"]),
+        ("ruoss_randomized/duplicate/randomized_learned/seed2", ["preset=ruoss_randomized"]),
     ],
 )
 def test_the_documented_commands_still_make_the_published_runs(run, overrides):
