@@ -262,7 +262,7 @@ def posenc_loop(overrides: list[str], steps: int) -> float:
 def posenc_cmd(*args: str, runs_root: Path, env_extra: dict | None = None) -> dict:
     """Run ``posenc ARGS`` in a fresh runs_root: wall seconds, exit code, peak child RSS."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    cmd = [sys.executable, "-m", "cli", *args, f"runs_root={runs_root}"]
+    cmd = [sys.executable, "-m", "posenc.cli", *args, f"runs_root={runs_root}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -287,7 +287,7 @@ def start_side_by_side(n: int, overrides: list[str], root: Path) -> float:
     procs = []
     t0 = time.perf_counter()
     for i in range(n):
-        cmd = [sys.executable, "-m", "cli", "train", *overrides, f"runs_root={root / str(i)}"]
+        cmd = [sys.executable, "-m", "posenc.cli", "train", *overrides, f"runs_root={root / str(i)}"]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
     for proc in procs:
         if proc.wait() != 0:
@@ -434,8 +434,8 @@ def profile_rows(cfg, steps: int = 30) -> None:
 
 def floor_rows(cfg, peak: float) -> None:
     """Seconds a default run's training FLOPs take at 100% of the fp32 peak (a lower bound)."""
-    import cli.app  # noqa: F401  (loads cli.experiments, which imports cli.app)
-    from cli.experiments import CORE_ENCODINGS
+    import posenc.cli.app  # noqa: F401  (loads cli.experiments, which imports cli.app)
+    from posenc.cli.experiments import CORE_ENCODINGS
 
     model = plan(cfg).model
     sample = batches(cfg, 300, seed=3)

@@ -8,9 +8,8 @@ import sys
 from typing import Annotated
 
 import typer
-
-from cli.completion import complete_overrides
-from cli.data import app as data_app
+from posenc.cli.completion import complete_overrides
+from posenc.cli.data import app as data_app
 
 app = typer.Typer(
     name="posenc",
@@ -80,8 +79,7 @@ def list_() -> None:
     """List the encodings and tasks, one line each."""
     from rich.console import Console
 
-    import tasks
-    from posenc import encodings
+    from posenc import encodings, tasks
 
     console = Console(highlight=False, soft_wrap=True)
     width = max(map(len, [*encodings.names(), *tasks.names()])) + 2
@@ -134,7 +132,7 @@ def eval_(
 
 app.add_typer(data_app, name="data")
 
-from cli import experiments  # noqa: E402  (compare, sweep, report, tb)
+from posenc.cli import experiments  # noqa: E402  (compare, sweep, report, tb)
 
 experiments.register(app)
 

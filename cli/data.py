@@ -21,7 +21,7 @@ Overrides = Annotated[
 
 
 def _fail(message: str) -> None:
-    from cli.app import fail  # lazy: cli.app imports this module
+    from posenc.cli.app import fail  # lazy: cli.app imports this module
 
     fail(message)
 
@@ -54,11 +54,12 @@ def show(
     They are the first examples of the frozen evaluation set at that length (same
     eval.seed), generated in memory: nothing is written.
     """
-    import tasks
+    from posenc.tasks.format import render
+
+    from posenc import tasks
     from posenc.config import compose, task_format, task_params
     from posenc.data import generate_eval_rows
     from posenc.errors import PosencError
-    from tasks.format import render
 
     try:
         cfg = compose([f"task={task}", *(overrides or [])])
@@ -104,7 +105,7 @@ def build(
     unless all of them are valid.
     """
     overrides = list(overrides or [])
-    import tasks
+    from posenc import tasks
     from posenc.config import compose
     from posenc.errors import PosencError
 

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from cli.app import Overrides, fail
-from cli.completion import complete_encodings, complete_overrides, complete_tasks
+from posenc.cli.app import Overrides, fail
+from posenc.cli.completion import complete_encodings, complete_overrides, complete_tasks
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
 

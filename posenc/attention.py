@@ -142,7 +142,7 @@ def log_attention_maps(
     """Log one image per layer (``attention/<train|beyond>_len_<n>/layer_<l>``) for the first
     evaluation example at a training length and one beyond it."""
     from posenc.data import collate
-    from tasks.format import DEFAULT_FORMAT
+    from posenc.tasks.format import DEFAULT_FORMAT
 
     fmt = fmt or DEFAULT_FORMAT
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -149,7 +149,7 @@ def encoding_params(enc_cfg: DictConfig) -> dict:
     return params
 
 
-# Keys of ``task.*`` that choose the sequence format (`tasks.format.SequenceFormat`), not data.
+# Keys of ``task.*`` that choose the sequence format (`posenc.tasks.format.SequenceFormat`), not data.
 FORMAT_KEYS = ("answer", "bos")
 
 
@@ -163,7 +163,7 @@ def task_params(task_cfg: DictConfig) -> dict:
 
 
 def task_format(task_cfg: DictConfig):
-    """The `tasks.format.SequenceFormat` of ``task.answer`` and ``task.bos`` (checked)."""
-    from tasks.format import SequenceFormat
+    """The `posenc.tasks.format.SequenceFormat` of ``task.answer`` and ``task.bos`` (checked)."""
+    from posenc.tasks.format import SequenceFormat
 
     return SequenceFormat(answer=str(task_cfg.get("answer", "eos")), bos=task_cfg.get("bos", True))

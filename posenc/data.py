@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tasks.base import Task
-from tasks.format import DEFAULT_FORMAT, FORMAT_VERSION, PAD, SequenceFormat
+from posenc.tasks.base import Task
+from posenc.tasks.format import DEFAULT_FORMAT, FORMAT_VERSION, PAD, SequenceFormat
 
 
 @dataclass

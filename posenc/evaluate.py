@@ -8,7 +8,7 @@ import torch
 
 from posenc.data import collate
 from posenc.model import Transformer
-from tasks.format import DEFAULT_FORMAT, SequenceFormat
+from posenc.tasks.format import DEFAULT_FORMAT, SequenceFormat
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 from posenc import encodings
 from posenc.errors import ConfigError
 from posenc.model import ModelConfig, Transformer
-from tasks.format import vocab_size
+from posenc.tasks.format import vocab_size
 
 
 def available_memory(device: torch.device) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import tasks
+from posenc import tasks
 from posenc.config import encoding_label, task_params
 from posenc.data import by_length, load_eval_set
 from posenc.errors import ConfigError, UnreadableFileError

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import tasks
-from posenc import encodings
+from posenc import encodings, tasks
 from posenc.checkpoint import load_checkpoint
 from posenc.config import encoding_label, task_format, task_params, to_yaml
 from posenc.console import Reporter
@@ -31,8 +30,8 @@ from posenc.memory import check_fits
 from posenc.metrics import SUMMARY_VERSION, summarize
 from posenc.model import EMBED_INITS, ModelConfig, Transformer
 from posenc.signals import RunStopped, StopSignals
+from posenc.tasks.format import DEFAULT_FORMAT, N_SPECIAL, SEP, SequenceFormat, vocab_size
 from posenc.train import PRECISIONS, Trainer
-from tasks.format import DEFAULT_FORMAT, N_SPECIAL, SEP, SequenceFormat, vocab_size
 
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from posenc.data import Batch, length_buckets
 from posenc.model import Transformer
-from tasks.format import PAD
+from posenc.tasks.format import PAD
 
 
 def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:

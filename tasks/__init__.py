@@ -3,7 +3,7 @@
 Importing this package registers every task module listed below.
 """
 
-from tasks import (  # noqa: F401  (registration)
+from posenc.tasks import (  # noqa: F401  (registration)
     addition,
     associative_recall,
     bucket_sort,
@@ -17,6 +17,6 @@ from tasks import (  # noqa: F401  (registration)
     reverse,
     sort,
 )
-from tasks.base import Task, build, names, register, task_class
+from posenc.tasks.base import Task, build, names, register, task_class
 
 __all__ = ["Task", "build", "names", "register", "task_class"]

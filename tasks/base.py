@@ -2,7 +2,7 @@
 
 A task knows its symbols and draws ``(input, target)`` pairs for a length ``n`` from a
 seeded ``numpy.random.Generator``. Symbols are task-local integers ``0 .. len(symbols)-1``;
-`tasks.format` maps them to model token ids after the special tokens. Contract: where
+`posenc.tasks.format` maps them to model token ids after the special tokens. Contract: where
 natural, the input's length depends on ``n`` only (every example of one length then shares
 a prompt length; the evaluator groups by input length, so a task such as variable-digit
 addition may vary it), and ``solve(input)`` is a plain reference solver the tests check
@@ -59,7 +59,7 @@ class Task:
         The default takes the longest of 64 samples; override it when the longest case is
         rare, so `posenc.run.plan` can check it against ``model.max_len`` up front.
         """
-        from tasks.format import sequence_length
+        from posenc.tasks.format import sequence_length
 
         return max(sequence_length(*map(len, self.sample(n, rng))) for _ in range(64))
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.base import register
-from tasks.sort import Sort
+from posenc.tasks.base import register
+from posenc.tasks.sort import Sort
 
 
 @register

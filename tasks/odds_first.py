@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.base import SymbolTask, register
+from posenc.tasks.base import SymbolTask, register
 
 
 @register

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from tasks.base import SymbolTask, register
+from posenc.tasks.base import SymbolTask, register
 
 
 @register

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from posenc.cli.app import app
 from typer.testing import CliRunner
 
-from cli.app import app
 from posenc import encodings
 from posenc.config import group_options
 from tests.conftest import TINY
@@ -21,7 +21,7 @@ runner = CliRunner()
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from cli.app import app; print('torch' in sys.modules)"
+    code = "import sys; from posenc.cli.app import app; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
@@ -29,7 +29,7 @@ def test_help_does_not_import_torch():
 
 
 def test_list_shows_every_encoding_and_task_on_one_line_each():
-    import tasks
+    from posenc import tasks
 
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0
@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expecte
 
 def test_bad_input_from_a_real_shell_has_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", "train", "encoding=nope", f"run_dir={tmp_path / 'r'}"],
+        [sys.executable, "-m", "posenc.cli", "train", "encoding=nope", f"run_dir={tmp_path / 'r'}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -168,7 +168,7 @@ def test_shell_completion_completes_commands_names_and_keys(words, expected):
         "COMP_CWORD": str(len(words.split()) - 1),
     }
     out = subprocess.run(
-        [sys.executable, "-m", "cli"], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "posenc.cli"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert out.stdout.split() == expected, out.stderr
 

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from posenc.cli.app import app
 from typer.testing import CliRunner
 
-from cli.app import app
 from posenc import sweep
 from posenc.io import atomic_write_json
 from tests.conftest import MICRO
@@ -29,7 +29,7 @@ def posenc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "posenc.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -263,7 +263,7 @@ def test_submitit_local_sweep_names_swept_variants(tmp_path):
 
 
 def test_compare_preset_supplies_encodings_tasks_seeds_and_experiment(monkeypatch, tmp_path):
-    from cli import experiments
+    from posenc.cli import experiments
 
     seen = {}
     monkeypatch.setattr(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from posenc.tasks.format import BOS, EOS, PAD, SEP, render
 
-import tasks
+from posenc import tasks
 from posenc.data import (
     TrainStream,
     by_length,
@@ -15,7 +16,6 @@ from posenc.data import (
     length_buckets,
     load_eval_set,
 )
-from tasks.format import BOS, EOS, PAD, SEP, render
 
 
 def test_collate_formats_pads_and_masks_target_and_eos_only():

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from posenc.tasks.format import EOS, N_SPECIAL, prompt_ids
 
-import tasks
-from posenc import encodings
+from posenc import encodings, tasks
 from posenc.config import compose
 from posenc.data import collate
 from posenc.encodings.digits import digit_places, run_lengths
@@ -20,7 +20,6 @@ from posenc.errors import ConfigError
 from posenc.evaluate import evaluate_pairs
 from posenc.model import ModelConfig, Transformer
 from posenc.run import digit_layout, plan, run
-from tasks.format import EOS, N_SPECIAL, prompt_ids
 
 D = 32
 
@@ -358,7 +357,7 @@ def test_cli_refuses_abacus_on_a_task_without_digits(tmp_path):
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "cli", "train", "encoding=abacus", "task=copy",
+        [sys.executable, "-m", "posenc.cli", "train", "encoding=abacus", "task=copy",
          f"run_dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from posenc.cli.app import app
 from typer.testing import CliRunner
 
-from cli.app import app
 from posenc import encodings
 from posenc.config import compose, encoding_label, group_options
 from posenc.data import TrainStream
@@ -519,7 +519,7 @@ def test_plan_checks_sequences_against_max_position():
 
 @pytest.mark.parametrize("name", encodings.names())
 def test_a_tiny_training_run_lowers_the_loss(name):
-    import tasks
+    from posenc import tasks
 
     torch.manual_seed(0)
     enc = encodings.build(name, d_model=32, n_heads=2, max_len=64, n_layers=2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
+from posenc.tasks.format import BOS, EOS, PAD, SEP, SequenceFormat
 
 from posenc.config import compose, task_params
 from posenc.data import TrainStream, collate
@@ -14,7 +15,6 @@ from posenc.errors import ConfigError
 from posenc.evaluate import evaluate_pairs
 from posenc.run import config_identity, plan, run
 from posenc.train import make_optimizer, masked_loss
-from tasks.format import BOS, EOS, PAD, SEP, SequenceFormat
 from tests.conftest import tiny_model
 
 KNOWN = SequenceFormat(answer="known_length")
@@ -39,7 +39,7 @@ def test_without_bos_the_input_starts_at_position_zero():
 
 
 def test_train_stream_uses_the_format():
-    import tasks
+    from posenc import tasks
 
     stream = TrainStream(tasks.build("copy"), 3, 3, 2, seed=0, fmt=KNOWN)
     batch = stream.next()

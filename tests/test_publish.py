@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from posenc.cli.app import app
 from typer.testing import CliRunner
 
-from cli.app import app
 from posenc import report as rp
 from posenc.errors import ConfigError
 from posenc.publish import publish, render_tables, update_tables

@@ -27,7 +27,7 @@ LONG = [*TINY, "train.steps=400", "train.checkpoint_every=10"]
 
 def posenc(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "posenc.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -38,7 +38,7 @@ def posenc(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def start_training(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", "train", *args],
+        [sys.executable, "-m", "posenc.cli", "train", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -284,7 +284,7 @@ def test_a_sweep_waits_for_a_run_another_process_holds(tmp_path):
     lock.acquire()  # as another posenc would
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "cli", "compare", "-e", "none", "--launcher", "basic"]
+            [sys.executable, "-m", "posenc.cli", "compare", "-e", "none", "--launcher", "basic"]
             + ["--experiment", "shared", *MICRO, f"runs_root={runs}"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -343,7 +343,7 @@ def test_a_signal_to_compare_stops_its_sweep_and_workers_with_checkpoints(tmp_pa
         [
             sys.executable,
             "-m",
-            "cli",
+            "posenc.cli",
             "compare",
             "-e",
             "rope,alibi,t5",  # t5 waits for a free worker

@@ -9,14 +9,14 @@ import threading
 import pytest
 import torch
 from omegaconf import OmegaConf
+from posenc.tasks.format import PAD
 
-import tasks
+from posenc import tasks
 from posenc.console import Reporter
 from posenc.data import TrainStream, length_buckets
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_pairs
 from posenc.run import plan, run
-from tasks.format import PAD
 from tests.conftest import tiny_model
 
 
@@ -153,7 +153,7 @@ def test_greedy_exact_match_equals_teacher_forced_exact_match(name):
     of every length, inside and beyond the training range, equally right or wrong."""
     import numpy as np
 
-    import tasks
+    from posenc import tasks
     from posenc.data import TrainStream
     from posenc.train import masked_loss
 

@@ -44,7 +44,7 @@ def test_compare_runs_through_slurm_and_a_rerun_submits_nothing(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "cli",
+        "posenc.cli",
         "compare",
         "--launcher",
         "slurm",

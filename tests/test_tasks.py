@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from posenc.cli.app import app
+from posenc.tasks.format import answer_ids, prompt_ids, render
 from typer.testing import CliRunner
 
-import tasks
-from cli.app import app
+from posenc import tasks
 from posenc.config import CONFIG_DIR, compose, task_params
 from posenc.data import eval_set_key, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError
 from posenc.run import plan, run
-from tasks.format import answer_ids, prompt_ids, render
 
 REPO = Path(__file__).resolve().parent.parent
 LENGTHS = [1, 2, 3, 4, 7, 12, 20, 33, 60]
@@ -538,7 +538,7 @@ def test_cli_train_with_a_bad_parameter_exits_2_with_one_line(name, tmp_path):
 def test_cli_train_bad_parameter_in_a_real_process(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", "train", "task=count", "task.vocab_size=0", f"run_dir={out}"],
+        [sys.executable, "-m", "posenc.cli", "train", "task=count", "task.vocab_size=0", f"run_dir={out}"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -70,7 +70,7 @@ def test_posenc_tb_serves_runs_scalars_hparams_and_attention_maps(experiment, st
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
     cli = subprocess.Popen(
-        [sys.executable, "-m", "cli", "tb", str(experiment), "--port", str(port)],
+        [sys.executable, "-m", "posenc.cli", "tb", str(experiment), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -25,7 +25,7 @@ and explicit positions alike a token's positions follow from the tokens up to it
 prompt, never from a target. Random offsets are drawn once per sequence by ``positions``
 (as ``0..T-1`` plus the offset), so a decoding step cannot redraw them. Which tokens are
 digits comes from the task, through ``bind_task(layout)`` (a `DigitLayout`), called once
-before training; the default layout is decimal addition as `tasks.addition` writes it.
+before training; the default layout is decimal addition as `posenc.tasks.addition` writes it.
 
 The base class is NoPE (Kazemnejad et al. 2023, "The Impact of Positional Encoding on
 Length Generalization in Transformers"): every hook is the identity, so a causal decoder
@@ -61,7 +61,7 @@ class DigitLayout:
 
 
 # Decimal addition with both operands and the sum least-significant digit first: the
-# default of `tasks.addition` (digits 0-9 are its symbols 0-9).
+# default of `posenc.tasks.addition` (digits 0-9 are its symbols 0-9).
 DEFAULT_LAYOUT = DigitLayout(digits=tuple(range(FIRST_SYMBOL, FIRST_SYMBOL + 10)))
 
 

@@ -1,0 +1,1 @@
+"""posenc's Hydra configs (installed as package data: ``pkg://posenc.configs``)."""
