@@ -28,11 +28,19 @@ Overrides = Annotated[
 ]
 
 
+def error_line(message: str) -> None:
+    """One red line on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False).print(
+        f"[bold red]error:[/] {escape(message)}", soft_wrap=True
+    )
+
+
 def fail(message: str, code: int = 2) -> None:
     """One red line on stderr, then exit with ``code``."""
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    error_line(message)
     raise typer.Exit(code)
 
 
@@ -142,7 +150,21 @@ def main() -> None:
     # cores (a train beside an eval, two terminals) otherwise collapse to a fraction of one.
     # It must be set before torch loads its OpenMP runtime; an explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    app(prog_name="posenc")
+    try:
+        code = app(prog_name="posenc", standalone_mode=False)
+    except typer.Abort:
+        error_line("aborted")
+        sys.exit(1)
+    except Exception as exc:
+        # A bad option or argument (click's UsageError, which typer may vendor): one line,
+        # like every other posenc error, instead of click's framed box.
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        error_line(f"{exc.format_message().rstrip('.')}{where}")
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def show(
             "longest evaluation length"
         ),
     ] = None,
-    count: Annotated[int, typer.Option(min=1, help="examples per length")] = 3,
+    count: Annotated[int, typer.Option(help="examples per length (>= 1)")] = 3,
 ) -> None:
     """Print the first examples of each length, formatted as the model sees them.
 
@@ -61,6 +61,8 @@ def show(
     from posenc.data import generate_eval_rows
     from posenc.errors import PosencError
 
+    if count < 1:
+        _fail(f"--count must be an integer >= 1, got {count}")
     try:
         cfg = compose([f"task={task}", *(overrides or [])])
         t = tasks.build(cfg.task.name, **task_params(cfg.task))

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -647,7 +648,8 @@ def paired_difference(
     length, the evaluation examples with replacement (the same draw for both encodings),
     and averages the per-example differences over examples, lengths and the drawn seeds,
     as the OOD exact match itself is averaged. The interval is the percentile interval of
-    ``samples`` replicates from a generator seeded with ``seed`` (deterministic). When a
+    ``samples`` replicates from a generator seeded with ``seed``, drawn as integers and
+    computed in exact arithmetic: the same text on every machine, thread count and BLAS. When a
     run has no per-example results (``per_length[n]["examples"]``, older metrics.json),
     only seeds are resampled, from each seed's OOD exact match.
     """
@@ -668,10 +670,10 @@ def paired_difference(
     ]
     if any(a is None or b is None for a, b in ood):
         return Difference(name, base, seeds, None, None, None, "none: no OOD lengths")
-    per_seed = np.array([a - b for a, b in ood])  # (k,)
+    per_seed = [a - b for a, b in ood]  # (k,)
     rng = np.random.default_rng(seed)
     k = len(seeds)
-    seed_counts = rng.multinomial(k, [1.0 / k] * k, size=samples) / k  # (samples, k)
+    seed_counts = _resample_counts(rng, samples, k)  # (samples, k) int
     examples = [(_ood_examples(mine[s]), _ood_examples(theirs[s])) for s in seeds]
     lengths = sorted(examples[0][0] or {})
     usable = all(
@@ -680,20 +682,52 @@ def paired_difference(
         for a, b in examples
     )  # fmt: skip
     if usable and lengths:
-        replicate = np.zeros(samples)
+        # Integer counts throughout: replicate = Σ_n Σ_s c_s·Σ_e w_ne·d_sne / (k·N_n·L), each
+        # length's sum scaled to the common denominator k·lcm(N)·L. Exact, so the interval
+        # is the same on every machine, whatever BLAS or summation order it has.
+        sizes = {n: len(examples[0][0][n]) for n in lengths}
+        common = math.lcm(*sizes.values())
+        total = np.zeros(samples, dtype=np.int64)
         for n in lengths:
-            diff = np.stack([a[n].astype(float) - b[n] for a, b in examples])  # (k, N)
-            size = diff.shape[1]
-            weights = rng.multinomial(size, [1.0 / size] * size, size=samples) / size  # (S, N)
-            per_seed_n = diff @ weights.T  # (k, S): each seed's mean difference at n
-            replicate += np.einsum("sk,ks->s", seed_counts, per_seed_n) / len(lengths)
+            diff = np.stack([a[n].astype(np.int64) - b[n] for a, b in examples])  # (k, N)
+            weights = _resample_counts(rng, samples, sizes[n])  # (S, N) int
+            per_seed_n = np.einsum("kn,sn->sk", diff, weights)  # (S, k) int: exact
+            total += (seed_counts * per_seed_n).sum(axis=1) * (common // sizes[n])
+        denominator = k * common * len(lengths)
+        replicate = [Fraction(int(t), denominator) for t in total]
         resampled = "seeds × examples"
-    else:
-        replicate = seed_counts @ per_seed
+    else:  # per-seed figures are floats: exact rationals of them, summed exactly
+        exact = [Fraction(v) for v in per_seed]
+        replicate = [
+            sum((int(c) * v for c, v in zip(row, exact, strict=True)), Fraction(0)) / k
+            for row in seed_counts
+        ]
         resampled = "seeds"
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(replicate, [alpha, 1.0 - alpha])
-    return Difference(name, base, seeds, float(per_seed.mean()), float(low), float(high), resampled)
+    alpha = (1 - Fraction(str(confidence))) / 2
+    low, high = (_quantile(sorted(replicate), q) for q in (alpha, 1 - alpha))
+    mean = float(sum((Fraction(v) for v in per_seed), Fraction(0)) / k)
+    return Difference(name, base, seeds, mean, float(low), float(high), resampled)
+
+
+def _resample_counts(rng, samples: int, size: int):
+    """(samples, size) int64: how often each of ``size`` items is drawn in each of ``samples``
+    draws of ``size`` with replacement. Integer draws only (no floating point), so the stream
+    is the same on every machine."""
+    import numpy as np
+
+    draws = rng.integers(0, size, size=(samples, size))
+    flat = (draws + np.arange(samples)[:, None] * size).ravel()
+    return np.bincount(flat, minlength=samples * size).reshape(samples, size)
+
+
+def _quantile(ordered: Sequence[Fraction], q: Fraction) -> Fraction:
+    """The q-quantile of sorted values, linear interpolation between order statistics (numpy's
+    default method), in exact arithmetic."""
+    h = (len(ordered) - 1) * q
+    lo = math.floor(h)
+    if lo + 1 >= len(ordered):
+        return ordered[-1]
+    return ordered[lo] + (h - lo) * (ordered[lo + 1] - ordered[lo])
 
 
 def baseline_differences(records: list[RunRecord], task: str, baseline: str) -> list[Difference]:

@@ -55,6 +55,8 @@ LEGACY_DEFAULTS = {
     ("train", "precision"): "fp32",
     ("train", "compile"): False,
     ("train", "stop_at"): None,
+    ("encoding", "layer_shared"): False,  # KERPLE: per-layer r1, r2 before it existed
+    ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
 }
 
 
@@ -122,6 +124,7 @@ def digit_layout(task: tasks.Task) -> encodings.DigitLayout:
         prompt_lsb_first=numbers.prompt_lsb_first,
         answer_lsb_first=numbers.answer_lsb_first,
         sep=SEP,
+        interleaved=numbers.interleaved,
         task=task.name,
         valid_tasks=valid,
     )

@@ -65,6 +65,12 @@ def number(
     return check
 
 
+def unit_interval(value: Any, path: str, tree: dict) -> None:
+    """A number in (0, 1]: a fraction of examples that must be right."""
+    if not _is_number(value) or not 0 < value <= 1:
+        _fail(path, "a number in (0, 1]", value)
+
+
 def boolean(value: Any, path: str, tree: dict) -> None:
     if not isinstance(value, bool):
         _fail(path, "true or false", value)
@@ -143,6 +149,7 @@ DECLARED: dict[str, Check] = {
     "threads": optional(integer(minimum=1)),
     "eval.lengths": optional(list_of(integer(minimum=1))),
     "train.betas": list_of(number(minimum=0.0, below=1.0), length=2),
+    "eval.threshold": unit_interval,
     "encoding.scaling": optional(name),
     "encoding.label": optional(name),
     "encoding.yarn_original_len": optional(integer(minimum=1)),

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.data import Batch, length_buckets
+from posenc.encodings.base import PositionalEncoding
 from posenc.model import Transformer
 from posenc.tasks.format import PAD
 
@@ -279,6 +280,9 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        for module in self.model.encoding.modules():  # projections, out of the forward pass
+            if isinstance(module, PositionalEncoding):
+                module.constrain_()
         self.scheduler.step()
         self.step_count += 1
         return StepResult(loss.item(), lr, int((batch.tokens != PAD).sum()), slots)

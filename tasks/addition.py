@@ -84,7 +84,12 @@ class Addition(Task):
         return self.lsb_first != self.reverse_answer
 
     def numbers(self) -> Numbers:
-        return Numbers(tuple(range(self.base)), self.lsb_first, self.answer_lsb_first)
+        return Numbers(
+            tuple(range(self.base)),
+            self.lsb_first,
+            self.answer_lsb_first,
+            interleaved=self.index_hints,
+        )
 
     def hint(self, k: int) -> int:
         """The symbol id of index hint ``k``."""

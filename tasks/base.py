@@ -30,6 +30,9 @@ class Numbers:
     digits: tuple[int, ...]  # symbol ids of the digits
     prompt_lsb_first: bool  # numbers in the input least-significant digit first
     answer_lsb_first: bool  # numbers in the target least-significant digit first
+    # Another token between every two digits of a number (index hints): a number is then no
+    # run of consecutive digits, which is how abacus and coupled find its digits' places.
+    interleaved: bool = False
 
 
 class Task:

@@ -48,6 +48,7 @@ class DigitLayout:
     """How a task writes numbers, in token ids: what a token-derived encoding needs to know.
 
     ``digits``: token ids of the digit symbols (empty: the task writes no numbers).
+    ``interleaved``: another token sits between every two digits of a number (index hints).
     ``prompt_lsb_first`` / ``answer_lsb_first``: whether numbers before / after the
     separator ``sep`` are written least-significant digit first.
     """
@@ -56,6 +57,7 @@ class DigitLayout:
     prompt_lsb_first: bool = True
     answer_lsb_first: bool = True
     sep: int = SEP
+    interleaved: bool = False  # digits of a number separated by other tokens (index hints)
     task: str = "addition"
     valid_tasks: tuple[str, ...] = ("addition",)  # tasks that write numbers (for errors)
 
@@ -73,6 +75,9 @@ class PositionalEncoding(nn.Module):
     """
 
     max_positions: int | None = None
+    # Parameters added after runs were saved, at the values that reproduce those runs: a
+    # saved config without the key builds the encoding with this value (`registry`).
+    legacy_params: dict = {}
     # True when ``token_positions`` derives positions from the tokens (Abacus, coupling).
     places_by_token: bool = False
 
@@ -103,6 +108,12 @@ class PositionalEncoding(nn.Module):
     def bind_task(self, layout: DigitLayout) -> None:
         """Learn how the task writes numbers; raise a `ConfigError` if the encoding cannot
         serve it. Default: nothing to learn."""
+
+    def constrain_(self) -> None:
+        """Project parameters back into their valid range, in place. The trainer calls it on
+        every encoding module after each optimizer step, so that the forward pass never
+        writes to a parameter (pieces of a batch may run forward concurrently). Default:
+        nothing to project."""
 
     def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
         """Token embeddings (B, T, D) -> embeddings with position information."""

@@ -135,32 +135,59 @@ KERPLE_EPS = 1e-2  # the reference code's lower bound on r1 and r2
 
 
 class _Kerple(PositionalEncoding):
-    """Shared machinery of the two KERPLE kernels: per-layer, per-head r1 and r2."""
+    """Shared machinery of the two KERPLE kernels: per-head r1 and r2.
+
+    ``layer_shared`` (default, as in the GPT-NeoX reference code, which builds one
+    ``rpe_emb`` and hands the same instance to every layer): one (r1, r2) per head for the
+    whole model. ``layer_shared=False``: one per layer and head.
+
+    The reference keeps r1, r2 in range by clamping the stored values (``.data``) before
+    each use, i.e. projected gradient descent: a parameter pushed below the bound restarts
+    from it. Here the projection is `constrain_`, which the trainer calls after every
+    optimizer step (and the constructor once), so the forward pass never writes to a
+    parameter: bucketed pieces computed side by side in threads share the parameters
+    safely. The forward pass uses out-of-place clamped values, which equal the stored ones
+    whenever `constrain_` has run since the last update.
+    """
 
     r1_init: float  # r1 ~ U(0, r1_init)
     r2_init: float  # r2 ~ U(0, r2_init)
     r2_max: float | None
+    # A run saved before ``layer_shared`` existed had one (r1, r2) per layer.
+    legacy_params = {"layer_shared": False}
 
-    def __init__(self, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        max_len: int,
+        n_layers: int = 1,
+        layer_shared: bool = True,
+    ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
-        # One parameter per layer, so clamping one layer's in place cannot disturb the
-        # autograd graph of another layer in the same forward pass.
+        if not isinstance(layer_shared, bool):
+            raise ConfigError(f"encoding.layer_shared must be true or false, got {layer_shared!r}")
+        self.layer_shared = layer_shared
+        copies = 1 if layer_shared else n_layers
         self.r1 = nn.ParameterList(
-            nn.Parameter(torch.rand(n_heads) * self.r1_init) for _ in range(n_layers)
+            nn.Parameter(torch.rand(n_heads) * self.r1_init) for _ in range(copies)
         )
         self.r2 = nn.ParameterList(
-            nn.Parameter(torch.rand(n_heads) * self.r2_init) for _ in range(n_layers)
+            nn.Parameter(torch.rand(n_heads) * self.r2_init) for _ in range(copies)
         )
+        self.constrain_()
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        for r1, r2 in zip(self.r1, self.r2, strict=True):
+            r1.clamp_(min=KERPLE_EPS)
+            r2.clamp_(min=KERPLE_EPS, max=self.r2_max)
 
     def _clamped(self, layer: int) -> tuple[Tensor, Tensor]:
-        # As the reference code: clamp the stored values (so a parameter pushed out of range
-        # restarts from the boundary) and use the clamped values.
-        if self.training:
-            with torch.no_grad():
-                self.r1[layer].clamp_(min=KERPLE_EPS)
-                self.r2[layer].clamp_(min=KERPLE_EPS, max=self.r2_max)
-        r1 = self.r1[layer].clamp(min=KERPLE_EPS)
-        r2 = self.r2[layer].clamp(min=KERPLE_EPS, max=self.r2_max)
+        i = 0 if self.layer_shared else layer
+        r1 = self.r1[i].clamp(min=KERPLE_EPS)
+        r2 = self.r2[i].clamp(min=KERPLE_EPS, max=self.r2_max)
         return r1[None, :, None, None], r2[None, :, None, None]  # (1, H, 1, 1)
 
     def kernel(self, dist: Tensor, r1: Tensor, r2: Tensor) -> Tensor:
@@ -177,14 +204,15 @@ class _Kerple(PositionalEncoding):
     "kerple_log",
     family="bias",
     paper="Chi et al. 2022, KERPLE: Kernelized Relative Positional Embedding for Length Extrapolation",
-    description="learned logarithmic decay -r1·log(1 + r2·|i-j|) per head and layer",
+    description="learned logarithmic decay -r1·log(1 + r2·|i-j|) per head, shared by the layers",
 )
 class KerpleLog(_Kerple):
     """KERPLE, logarithmic variant (Chi et al. 2022): b_ij = -r1·log(1 + r2·|i - j|).
 
-    r1, r2 > 0 are learned per head and per layer (the reference code gives each attention
-    layer its own), initialised r1 ~ U(0, 2), r2 ~ U(0, 1) and kept >= 0.01 by clamping,
-    as the reference code does. Added after the 1/sqrt(d_head) scaling.
+    r1, r2 > 0 are learned per head, shared by every layer as in the reference code
+    (``layer_shared=False``: per layer), initialised r1 ~ U(0, 2), r2 ~ U(0, 1) and kept
+    >= 0.01 by projection after each optimizer step (`_Kerple`), as the reference code's
+    clamp does. Added after the 1/sqrt(d_head) scaling.
     """
 
     r1_init, r2_init, r2_max = 2.0, 1.0, None
@@ -197,14 +225,16 @@ class KerpleLog(_Kerple):
     "kerple_power",
     family="bias",
     paper="Chi et al. 2022, KERPLE: Kernelized Relative Positional Embedding for Length Extrapolation",
-    description="learned power decay -r1·|i-j|^r2 (0 < r2 <= 2) per head and layer",
+    description="learned power decay -r1·|i-j|^r2 (0 < r2 <= 2) per head, shared by the layers",
 )
 class KerplePower(_Kerple):
     """KERPLE, power variant (Chi et al. 2022): b_ij = -r1·|i - j|^r2.
 
     r1 > 0 and 0 < r2 <= 2 (the range in which the kernel is conditionally positive
-    definite) are learned per head and per layer, initialised r1 ~ U(0, 1), r2 ~ U(0, 2)
-    and clamped to [0.01, ∞) and [0.01, 2] as the reference code does.
+    definite) are learned per head, shared by every layer as in the reference code
+    (``layer_shared=False``: per layer), initialised r1 ~ U(0, 1), r2 ~ U(0, 2) and
+    projected onto [0.01, ∞) and [0.01, 2] after each optimizer step (`_Kerple`), as the
+    reference code's clamp does.
     """
 
     r1_init, r2_init, r2_max = 1.0, 2.0, 2.0

@@ -38,13 +38,22 @@ class CoPE(PositionalEncoding):
     sigmoid of the already scaled logits), contextual positions p_ij = Σ_{t=j..i} g_it
     clamped to p_max = ``npos_max`` - 1, and the logit term q_i·e[p_ij] with e a learned
     (d_head × npos_max) table per layer, shared by the heads, initialised to zero as in the
-    reference code; q_i·e is computed at ⌊p⌋ and ⌈p⌉ and linearly interpolated. The term is
-    not divided by sqrt(d_head) (nor is it in the reference code).
+    reference code; q_i·e is computed at ⌊p⌋ and ⌈p⌉ and linearly interpolated.
+
+    Where the term enters: the reference's default path (``--cope-nodiv`` off, as its run
+    script trains) adds q_i·e[p_ij] to q_i·k_j *before* the division by sqrt(d_head):
+    logit_ij = (q_i·k_j + q_i·e[p_ij]) / sqrt(d_head). That is ``scale_position_term=True``
+    (the default): this hook returns q_i·e[p_ij] / sqrt(d_head), added after the model's
+    own scaling. ``scale_position_term=False`` is the reference's ``--cope-nodiv``:
+    logit_ij = q_i·k_j / sqrt(d_head) + q_i·e[p_ij], a position term sqrt(d_head) times larger.
 
     Absolute positions are ignored: only the content and the causal order matter, so
     randomized positions have nothing to act on. In a combination after a rotary part,
     the gates see the rotated queries and keys.
     """
+
+    # A run saved before ``scale_position_term`` existed added the term after the 1/√d.
+    legacy_params = {"scale_position_term": False}
 
     def __init__(
         self,
@@ -54,11 +63,17 @@ class CoPE(PositionalEncoding):
         max_len: int,
         n_layers: int = 1,
         npos_max: int = 64,
+        scale_position_term: bool = True,
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
         if not isinstance(npos_max, int) or npos_max < 2:
             raise ConfigError(f"encoding.npos_max must be an integer >= 2, got {npos_max!r}")
+        if not isinstance(scale_position_term, bool):
+            raise ConfigError(
+                f"encoding.scale_position_term must be true or false, got {scale_position_term!r}"
+            )
         self.npos_max = npos_max
+        self.scale_position_term = scale_position_term
         self.pos_emb = nn.Parameter(torch.zeros(n_layers, self.d_head, npos_max))
 
     def contextual_positions(self, q: Tensor, k: Tensor) -> Tensor:
@@ -74,4 +89,5 @@ class CoPE(PositionalEncoding):
         w = (p - lo).to(q.dtype)
         at_lo = per_position.gather(-1, lo.long())
         at_hi = per_position.gather(-1, hi.long())
-        return at_hi * w + at_lo * (1 - w)  # (B, H, Tq, Tk)
+        term = at_hi * w + at_lo * (1 - w)  # (B, H, Tq, Tk)
+        return term / math.sqrt(self.d_head) if self.scale_position_term else term

@@ -95,6 +95,12 @@ class _DigitTable(PositionalEncoding):
                 f"encoding {self.name!r} places digits within their numbers, but task "
                 f"{layout.task!r} has no digits; valid tasks: {', '.join(layout.valid_tasks)}"
             )
+        if layout.interleaved:
+            raise ConfigError(
+                f"encoding {self.name!r} cannot serve task {layout.task!r} with index hints: it "
+                "finds a number's digits as a run of consecutive digit tokens, which hints "
+                "break up (every digit would get the same id); set task.index_hints=false"
+            )
         self.layout = layout
         self.digits = torch.tensor(layout.digits, device=self.digits.device)
 
@@ -173,9 +179,10 @@ class Coupled(_DigitTable):
 
     With s the random start (s = 1 + offset): the digit of significance i (0 = least) of
     every number, operands and answer alike, gets id s + 1 + i; ``+``, the separator (``=``)
-    and every other non-digit token get id s; BOS (and padding) get 0. This is the reference
-    code's ``AdditionDatasetWithCoupledPositions`` (``HanseulJo/position-coupling``) with a
-    reversed answer: operands may be written either way (``task.lsb_first``; the paper
+    and every other non-digit token, EOS included, get id s; BOS (and padding) get 0. This
+    is the reference code's ``AdditionDatasetWithCoupledPositions``
+    (``HanseulJo/position-coupling``) with a reversed answer, except for EOS, which the
+    reference gives id 0 (no scored prediction is made from EOS, so the choice is moot): operands may be written either way (``task.lsb_first``; the paper
     writes them most significant first, zero-padded to equal length: ``task.zero_pad``),
     the answer must be least-significant digit first so that a generated digit's id follows
     from the digits generated before it. In training the offset is drawn uniformly from

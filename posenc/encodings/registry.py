@@ -108,11 +108,15 @@ def from_config(cfg) -> PositionalEncoding:
     from posenc.config import encoding_params
 
     m = cfg.model
+    name = cfg.encoding.name
+    params = encoding_params(cfg.encoding)
+    for key, value in info(name).cls.legacy_params.items():
+        params.setdefault(key, value)  # a config saved before the parameter existed
     return build(
-        cfg.encoding.name,
+        name,
         d_model=m.d_model,
         n_heads=m.n_heads,
         max_len=m.max_len,
         n_layers=m.n_layers,
-        **encoding_params(cfg.encoding),
+        **params,
     )
