@@ -6,21 +6,21 @@ that call (x, positions, encoding, cache) and recomputes
 
     softmax(q·kᵀ / √d_head + bias) over the causal past
 
-with the module's own projections and the encoding's own ``rotate`` and ``bias`` hooks,
-so the maps are those of the trained model whatever its encoding, and the model needs no
-flag. A test checks that ``probabilities @ v`` reproduces the layer's output.
+(or the encoding's own ``attention_weights``, for stick-breaking and PaTH) from the
+layer's own `CausalSelfAttention.prepare`, so the maps are those of the trained model
+whatever its encoding, and the model needs no flag. A test checks that ``probabilities @ v`` reproduces the layer's output.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-from posenc.model import CausalSelfAttention, LayerCache, Transformer, causal_mask
+from posenc.encodings.base import softmax_weights
+from posenc.model import CausalSelfAttention, LayerCache, Transformer
 
 
 @torch.no_grad()
@@ -32,22 +32,11 @@ def attention_probabilities(
     cache: LayerCache | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Recompute one layer's attention: probabilities (B, H, Tq, Tk) and values (B, H, Tk, Dh)."""
-    B, T, D = x.shape
-    q, k, v = attn.qkv(x).split(D, dim=2)
-    q, k, v = (t.view(B, T, attn.n_heads, D // attn.n_heads).transpose(1, 2) for t in (q, k, v))
-    q, k = encoding.rotate(q, k, pos, pos, layer=attn.layer)  # (B, H, T, Dh)
-    if cache is not None:
-        k = torch.cat((cache.k, k), dim=2)
-        v = torch.cat((cache.v, v), dim=2)
-        pos_k = torch.cat((cache.pos, pos), dim=1)
-    else:
-        pos_k = pos
-    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
-    bias = encoding.bias(q, k, pos, pos_k, layer=attn.layer)
-    if bias is not None:
-        logits = logits + bias.to(logits.dtype)
-    visible = causal_mask(T, k.shape[2], x.device)
-    return logits.masked_fill(~visible, float("-inf")).softmax(-1), v
+    q, k, v, _, bias, state = attn.prepare(x, pos, encoding, cache)
+    weights = encoding.attention_weights(q, k, bias, state, layer=attn.layer)
+    if weights is None:
+        weights = softmax_weights(q, k, bias)
+    return weights.to(v.dtype), v
 
 
 @contextmanager

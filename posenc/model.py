@@ -1,9 +1,11 @@
 """A small decoder-only, pre-LayerNorm transformer that knows nothing about any encoding.
 
-The model calls the three hooks of whatever `PositionalEncoding` it is given (embed,
-rotate, bias; see `posenc.encodings.base`) and never asks which one it has. Positions are
+The model calls the hooks of whatever `PositionalEncoding` it is given (embed, rotate,
+bias, and inside attention observe, state_bias, query_scale, attention_weights; see
+`posenc.encodings.base`) and never asks which one it has. Positions are
 an explicit (B, T) tensor; a KV cache keeps rotated keys and their positions so greedy
-decoding costs one token's forward pass per step. The hooks see
+decoding costs one token's forward pass per step; it also keeps each layer's encoding
+state (``observe``), so cached decoding equals teacher forcing. The hooks see
 ``encoding.token_positions(tokens, pos)`` of the whole token history (the identity for
 encodings that place a token by where it is), so the cache also keeps the tokens and the
 drawn positions seen so far.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +66,7 @@ class LayerCache:
     pos: Tensor  # (B, Tk): key positions as the hooks see them
     tokens: Tensor | None = None  # (B, Tk): the tokens seen so far
     drawn: Tensor | None = None  # (B, Tk): their positions before encoding.token_positions
+    state: Any = None  # the encoding's per-token state of this layer (encoding.observe)
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device) -> Tensor:
@@ -84,17 +88,21 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(
+    def prepare(
         self,
         x: Tensor,
         pos: Tensor,
         encoding: PositionalEncoding,
         cache: LayerCache | None = None,
-    ) -> tuple[Tensor, LayerCache]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Any]:
+        """The attention's inputs: queries (scaled), keys and values of the whole history
+        (B, nh, T|Tk, hs), key positions (B, Tk), the summed logit bias (B|1, nh, T, Tk) or
+        None, and the encoding's state. Shared with `posenc.attention` (attention maps)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         # (B, nh, T, hs) each
+        state = encoding.observe(x, cache.state if cache is not None else None, layer=self.layer)
         q, k = encoding.rotate(q, k, pos, pos, layer=self.layer)
         if cache is not None:  # keys were cached after rotation, so only the new ones rotate
             k = torch.cat((cache.k, k), dim=2)
@@ -103,9 +111,29 @@ class CausalSelfAttention(nn.Module):
         else:
             pos_k = pos
         bias = encoding.bias(q, k, pos, pos_k, layer=self.layer)  # (B|1, nh, T, Tk) or None
+        from_state = encoding.state_bias(state, T, layer=self.layer)
+        if from_state is not None:
+            bias = from_state if bias is None else bias + from_state
+        scale = encoding.query_scale(T, k.shape[2], layer=self.layer)  # (1, nh, T, 1) or None
+        if scale is not None:
+            q = q * scale.to(q.dtype)
+        return q, k, v, pos_k, bias, state
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        encoding: PositionalEncoding,
+        cache: LayerCache | None = None,
+    ) -> tuple[Tensor, LayerCache]:
+        B, T, D = x.shape
+        q, k, v, pos_k, bias, state = self.prepare(x, pos, encoding, cache)
         t_k = k.shape[2]
         p = self.dropout if self.training else 0.0
-        if bias is None and T == t_k:
+        weights = encoding.attention_weights(q, k, bias, state, layer=self.layer)
+        if weights is not None:  # the encoding's own attention (B, nh, T, Tk)
+            y = F.dropout(weights, p, self.training).to(v.dtype) @ v
+        elif bias is None and T == t_k:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         else:
             visible = causal_mask(T, t_k, x.device)
@@ -115,7 +143,7 @@ class CausalSelfAttention(nn.Module):
                 mask = bias.to(q.dtype).masked_fill(~visible, float("-inf"))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
-        return F.dropout(self.proj(y), p, self.training), LayerCache(k, v, pos_k)
+        return F.dropout(self.proj(y), p, self.training), LayerCache(k, v, pos_k, state=state)
 
 
 class MLP(nn.Module):

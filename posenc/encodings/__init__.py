@@ -8,6 +8,8 @@ Public API::
     x = enc.embed(x, pos)                   # (B, T, D)
     q, k = enc.rotate(q, k, pos_q, pos_k)   # (B, H, T, Dh)
     b = enc.bias(q, k, pos_q, pos_k)        # (B|1, H, Tq, Tk) or None, added after 1/sqrt(Dh)
+    s = enc.observe(x_layer, past)          # per-token state from the layer input (FoX, PaTH)
+    w = enc.attention_weights(q, k, b, s)   # own weights (B, H, Tq, Tk), or None: softmax
 
 Importing this package registers every encoding module listed below.
 """
@@ -18,9 +20,13 @@ from posenc.encodings import (  # noqa: F401  (registration)
     combination,
     contextual,
     digits,
+    gated,
+    hybrid,
+    normalisers,
     randomized,
     relative,
     rotary,
+    windows,
 )
 from posenc.encodings.base import DigitLayout, PositionalEncoding
 from posenc.encodings.registry import (

@@ -27,6 +27,21 @@ prompt, never from a target. Random offsets are drawn once per sequence by ``pos
 digits comes from the task, through ``bind_task(layout)`` (a `DigitLayout`), called once
 before training; the default layout is decimal addition as `posenc.tasks.addition` writes it.
 
+Attention-level and data-dependent schemes (docs/design-positions.md, "Inside attention").
+Four more hooks, all optional, let an encoding act inside attention rather than beside it:
+
+- ``observe(x, past, layer=0)``: reads the layer's input hidden states ``x`` (B, T, D) of the
+  new tokens and returns a per-token state for the whole history (``past`` is what it
+  returned for the earlier tokens, kept in the KV cache; None at the start). FoX's
+  cumulative log forget gates, PaTH's Householder vectors.
+- ``state_bias(state, t_q, layer=0)``: a logit bias (B, H, Tq, Tk) computed from that
+  state, added like ``bias`` (FoX). A plain bias: the fused attention path stays.
+- ``query_scale(t_q, t_k, layer=0)``: a factor (1, H, Tq, 1) on each query, so on its
+  content logits q·k (SSMax's s_h·log n). The fused path stays.
+- ``attention_weights(q, k, bias, state, layer=0)``: the encoding's own attention weights
+  (B, H, Tq, Tk), zero where a key is not visible, replacing softmax (stick-breaking,
+  PaTH); None (the default) means softmax, computed by the fused kernel.
+
 The base class is NoPE (Kazemnejad et al. 2023, "The Impact of Positional Encoding on
 Length Generalization in Transformers"): every hook is the identity, so a causal decoder
 has to infer order from the causal mask alone.
@@ -35,6 +50,7 @@ has to infer order from the causal mask alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +96,9 @@ class PositionalEncoding(nn.Module):
     legacy_params: dict = {}
     # True when ``token_positions`` derives positions from the tokens (Abacus, coupling).
     places_by_token: bool = False
+    # True when ``observe`` reads the hidden states (FoX, PaTH): such an encoding's position
+    # signal comes from the content, so randomized positions would not reach it.
+    data_dependent: bool = False
 
     def __init__(self, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1) -> None:
         super().__init__()
@@ -131,6 +150,31 @@ class PositionalEncoding(nn.Module):
         """Additive attention-logit bias broadcastable to (B, H, Tq, Tk), or None."""
         return None
 
+    def observe(self, x: Tensor, past: Any = None, *, layer: int = 0) -> Any:
+        """Layer input (B, T, D) of the new tokens and the state of the earlier ones (None at
+        the start) -> the state of the whole history, kept in the KV cache. Default: None.
+        Computed afresh on every call and returned, never stored on the module."""
+        return None
+
+    def state_bias(self, state: Any, t_q: int, *, layer: int = 0) -> Tensor | None:
+        """A logit bias (B, H, Tq, Tk) from ``observe``'s state (the last Tq of Tk tokens are
+        the queries), added after the 1/sqrt(d_head) scaling like ``bias``; or None."""
+        return None
+
+    def query_scale(self, t_q: int, t_k: int, *, layer: int = 0) -> Tensor | None:
+        """A factor broadcastable to (B, H, Tq, 1) multiplying each query (the last Tq of Tk
+        tokens) after rotation and after ``bias``; or None."""
+        return None
+
+    def attention_weights(
+        self, q: Tensor, k: Tensor, bias: Tensor | None, state: Any, *, layer: int = 0
+    ) -> Tensor | None:
+        """Own attention weights (B, H, Tq, Tk) for queries (B, H, Tq, Dh) and keys
+        (B, H, Tk, Dh) (rotated and scaled), the summed logit bias (or None) and
+        ``observe``'s state; zero where key j is not visible to query i. None: softmax of
+        q·k/sqrt(d_head) + bias over the causal past, on the fused kernel."""
+        return None
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, max_len={self.max_len}"
 
@@ -138,3 +182,27 @@ class PositionalEncoding(nn.Module):
 def relative_distance(pos_q: Tensor, pos_k: Tensor) -> Tensor:
     """(B, Tq), (B, Tk) -> (B, 1, Tq, Tk) with entry i - j (query minus key position)."""
     return (pos_q[:, None, :, None] - pos_k[:, None, None, :]).long()
+
+
+def visible_keys(t_q: int, t_k: int, device: torch.device | str) -> Tensor:
+    """(Tq, Tk) bool, True where query i (the last Tq of Tk tokens, the KV cache's
+    convention) may see key j <= i."""
+    i = torch.arange(t_q, device=device)[:, None] + (t_k - t_q)
+    return torch.arange(t_k, device=device)[None, :] <= i
+
+
+def softmax_weights(q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
+    """softmax(q·kᵀ/sqrt(d_head) + bias) over the causal past: (B, H, Tq, Tk), the weights
+    the fused kernel computes, written out (attention maps, per-head mixtures)."""
+    logits = q.float() @ k.float().transpose(-2, -1) / q.shape[-1] ** 0.5
+    if bias is not None:
+        logits = logits + bias.float()
+    visible = visible_keys(q.shape[2], k.shape[2], q.device)
+    return logits.masked_fill(~visible, float("-inf")).softmax(-1)
+
+
+def full_precision(x: Tensor):
+    """A context in which autocast is off on ``x``'s device: the data-dependent and custom
+    attention computations (gates, Householder products, stick-breaking) stay in float32
+    under ``train.precision=bf16``, as their reference code computes them."""
+    return torch.autocast(device_type=x.device.type, enabled=False)

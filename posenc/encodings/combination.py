@@ -13,6 +13,11 @@ from posenc.encodings.registry import build, parse_spec, register
 from posenc.errors import ConfigError
 
 
+def _own_weights(encoding: PositionalEncoding) -> bool:
+    """Whether ``encoding`` may compute its own attention weights (overrides the hook)."""
+    return type(encoding).attention_weights is not PositionalEncoding.attention_weights
+
+
 def draws_positions(encoding: PositionalEncoding) -> bool:
     """Whether ``encoding`` chooses its own sequence positions (a randomized wrapper, or a
     combination holding one) rather than the default 0, 1, ..., T-1. Encodings that place
@@ -38,6 +43,9 @@ class Combination(PositionalEncoding):
     learned absolute vectors to the tokens and T5 biases to the logits, ``[sinusoidal,
     rope]`` rotates queries and keys of a model that also has absolute vectors. A bias that
     reads queries and keys (shaw, transformer_xl, cope) sees them after every rotation.
+    Inside attention: observe keeps one state per part, state biases add up, query scales
+    multiply (``[rope, ssmax]``: RoPE with SSMax), and at most one part may compute its own
+    attention weights (stick-breaking, PaTH), which then receive the other parts' biases.
 
     Every combination that is well-defined is allowed, including two absolute parts
     (their vectors add up). Refused: fewer than two parts, and more than one part that
@@ -91,6 +99,13 @@ class Combination(PositionalEncoding):
                 "whole combination (encoding=randomized encoding.base=combo)"
             )
         self.position_source = sources[0] if sources else None
+        own = [n for n, p in zip(self.part_names, built, strict=True) if _own_weights(p)]
+        if len(own) > 1:
+            raise ConfigError(
+                f"encoding.parts has more than one part that computes its own attention weights "
+                f"({', '.join(own)}); a layer has one attention: keep one of them"
+            )
+        self.data_dependent = any(p.data_dependent for p in built)
         self.places_by_token = any(p.places_by_token for p in built)
         limits = [p.max_positions for p in built if p.max_positions is not None]
         self.max_positions = min(limits) if limits else None
@@ -155,6 +170,39 @@ class Combination(PositionalEncoding):
             if b is not None:
                 total = b if total is None else total + b
         return total
+
+    def observe(self, x: Tensor, past: Any = None, *, layer: int = 0) -> Any:
+        past = past if past is not None else [None] * len(self.parts)
+        states = [part.observe(x, p, layer=layer) for part, p in zip(self.parts, past, strict=True)]
+        return None if all(s is None for s in states) else states
+
+    def state_bias(self, state: Any, t_q: int, *, layer: int = 0) -> Tensor | None:
+        if state is None:
+            return None
+        total = None
+        for part, s in zip(self.parts, state, strict=True):
+            b = part.state_bias(s, t_q, layer=layer)
+            if b is not None:
+                total = b if total is None else total + b
+        return total
+
+    def query_scale(self, t_q: int, t_k: int, *, layer: int = 0) -> Tensor | None:
+        total = None
+        for part in self.parts:
+            s = part.query_scale(t_q, t_k, layer=layer)
+            if s is not None:
+                total = s if total is None else total * s
+        return total
+
+    def attention_weights(
+        self, q: Tensor, k: Tensor, bias: Tensor | None, state: Any, *, layer: int = 0
+    ) -> Tensor | None:
+        states = state if state is not None else [None] * len(self.parts)
+        for part, s in zip(self.parts, states, strict=True):
+            w = part.attention_weights(q, k, bias, s, layer=layer)
+            if w is not None:
+                return w
+        return None
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, parts={'+'.join(self.part_names)}"

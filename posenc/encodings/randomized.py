@@ -61,7 +61,8 @@ class Randomized(PositionalEncoding):
 
     The base is built with ``max_len = max_position`` (a ``learned`` base gets a table of
     max_position rows), and ``max_positions`` is max_position: no sequence can be longer.
-    Bases that ignore positions are refused (none, cope), as are nested wrappers.
+    Bases that ignore positions are refused (none, cope, and any holding a data-dependent
+    scheme: fox, path), as are nested wrappers.
     """
 
     def __init__(
@@ -108,6 +109,11 @@ class Randomized(PositionalEncoding):
                 f"the base {base!r} places tokens by what they are and draws its own offsets; "
                 "randomize the attention part inside a combination instead, e.g. "
                 "encoding=combo 'encoding.parts=[abacus,{name:randomized,base:fire}]'"
+            )
+        if self.base.data_dependent:
+            raise ConfigError(
+                f"the base {base!r} holds a data-dependent scheme whose positions come from "
+                "the hidden states, not from positions; randomized positions would not reach it"
             )
         if draws_positions(self.base):
             raise ConfigError(

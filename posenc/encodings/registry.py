@@ -14,15 +14,27 @@ from posenc.errors import ConfigError
 class EncodingInfo:
     name: str
     cls: type[PositionalEncoding]
-    family: str  # "none", "absolute", "rotary", "bias", "combination", "wrapper"
-    hooks: tuple[
-        str, ...
-    ]  # which of positions / token_positions / embed / rotate / bias it overrides
+    # "none", "absolute", "rotary", "bias", "combination", "wrapper", "data-dependent",
+    # "attention" (its own weights), "scale" (query scaling)
+    family: str
+    hooks: tuple[str, ...]  # which of the hooks in `HOOKS` it overrides
     paper: str
     description: str
 
 
 _REGISTRY: dict[str, EncodingInfo] = {}
+
+HOOKS = (
+    "positions",
+    "token_positions",
+    "embed",
+    "rotate",
+    "bias",
+    "observe",
+    "state_bias",
+    "query_scale",
+    "attention_weights",
+)
 
 
 def register(name: str, *, family: str, paper: str, description: str):
@@ -33,7 +45,7 @@ def register(name: str, *, family: str, paper: str, description: str):
             raise ValueError(f"encoding {name!r} is registered twice")
         hooks = tuple(
             hook
-            for hook in ("positions", "token_positions", "embed", "rotate", "bias")
+            for hook in HOOKS
             if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
         )
         _REGISTRY[name] = EncodingInfo(name, cls, family, hooks, paper, description)
@@ -58,7 +70,7 @@ def info(name: str) -> EncodingInfo:
 def parameters(name: str) -> dict[str, Any]:
     """The encoding's own hyperparameters and their defaults."""
     sig = inspect.signature(info(name).cls.__init__)
-    common = {"self", "d_model", "n_heads", "max_len", "n_layers"}
+    common = {"self", "d_model", "n_heads", "max_len", "n_layers", "d_input"}
     return {
         p.name: p.default
         for p in sig.parameters.values()
@@ -67,12 +79,21 @@ def parameters(name: str) -> dict[str, Any]:
 
 
 def build(
-    name: str, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1, **params: Any
+    name: str,
+    *,
+    d_model: int,
+    n_heads: int,
+    max_len: int,
+    n_layers: int = 1,
+    d_input: int | None = None,
+    **params: Any,
 ) -> PositionalEncoding:
     """Build the encoding ``name`` for a model of this shape.
 
     ``params`` are the encoding's own hyperparameters (see ``parameters(name)``); an
-    unknown one raises a `ConfigError` that lists the valid ones.
+    unknown one raises a `ConfigError` that lists the valid ones. ``d_input``: the width
+    of the hidden states ``observe`` reads, when the encoding serves only some of the heads
+    (``per_head``); passed to encodings that take it, else ``d_model``.
     """
     entry = info(name)
     if d_model <= 0 or n_heads <= 0 or d_model % n_heads:
@@ -86,6 +107,8 @@ def build(
         raise ConfigError(
             f"encoding {name!r} has no parameter {unknown[0]!r}; valid parameters: {choices}"
         )
+    if d_input is not None and "d_input" in inspect.signature(entry.cls.__init__).parameters:
+        params["d_input"] = d_input
     return entry.cls(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers, **params)
 
 
