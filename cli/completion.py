@@ -1,24 +1,24 @@
 """Shell completion (``posenc --install-completion``): commands, ``encoding=``/``task=`` (and
 every other config group's) options, encoding and task names after ``--encodings`` and
-``--tasks``, and config keys. Reads only the file names and YAML under ``configs/``: no torch,
-no Hydra, so a TAB answers at once."""
+``--tasks``, and config keys. Reads only the file names and YAML of the config folders (posenc's
+and ``POSENC_CONFIG_PATH``'s) and the names of installed plugins' entry points: no torch, no
+Hydra, so a TAB answers at once."""
 
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SKIP_GROUPS = ("hydra",)
 
 
 @cache
 def _groups() -> dict[str, list[str]]:
-    return {
-        p.name: sorted(f.stem for f in p.glob("*.yaml"))
-        for p in sorted(CONFIG_DIR.iterdir())
-        if p.is_dir() and p.name not in SKIP_GROUPS
-    }
+    from posenc.config import group_options, groups
+
+    try:
+        return {g: group_options(g) for g in groups() if g not in SKIP_GROUPS}
+    except Exception:  # e.g. a POSENC_CONFIG_PATH folder that is gone: no completions
+        return {}
 
 
 @cache
@@ -26,12 +26,14 @@ def _keys(group: str | None) -> list[str]:
     """Keys of the root config (``group=None``) or of a group's default YAML."""
     import yaml
 
+    from posenc.config import CONFIG_DIR, find_config
+
     if group is None:
         path = CONFIG_DIR / "config.yaml"
     else:
         options = _groups().get(group, [])
         name = "default" if "default" in options else (options[0] if options else "")
-        path = CONFIG_DIR / group / f"{name}.yaml"
+        path = find_config(group, name) or CONFIG_DIR / group / f"{name}.yaml"
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):

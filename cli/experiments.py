@@ -157,12 +157,13 @@ def _preset_compare_block(name: str) -> dict:
     """The ``compare:`` block of ``configs/preset/NAME.yaml`` ({} if it has none)."""
     from omegaconf import OmegaConf
 
-    from posenc.config import CONFIG_DIR, group_options
+    from posenc.config import find_config, group_options
 
     valid = group_options("preset")
-    if name not in valid:
+    path = find_config("preset", name)
+    if name not in valid or path is None:
         fail(f"unknown preset {name!r} in --preset; valid choices: {', '.join(valid)}")
-    tree = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "preset" / f"{name}.yaml"))
+    tree = OmegaConf.to_container(OmegaConf.load(path))
     block = (tree or {}).get("compare") or {}
     if not isinstance(block, dict):
         fail(f"preset {name!r}: compare must be a mapping of encodings, tasks, seeds, experiment")

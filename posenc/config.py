@@ -1,7 +1,16 @@
-"""Compose Hydra configs from ``configs/`` and check them before anything runs."""
+"""Compose Hydra configs from ``configs/`` and check them before anything runs.
+
+The configs ship inside the package (``posenc.configs``; ``configs/`` in the repository).
+Folders named in the environment variable ``POSENC_CONFIG_PATH`` (separated like ``PATH``)
+join Hydra's search path: their ``encoding/``, ``task/``, ``preset/`` ... YAMLs become group
+options beside posenc's own (posenc's win on a clash). Encodings and tasks of installed
+plugins (`posenc.plugins`) are group options too, through Hydra's ConfigStore.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from posenc.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _package_config_dir() -> Path:
+    """The folder of the ``posenc.configs`` package: site-packages/posenc/configs when
+    installed, the repository's configs/ in an editable install. Found without importing it."""
+    spec = importlib.util.find_spec("posenc.configs")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("posenc.configs is missing: reinstall posenc (pip install .)")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+CONFIG_DIR = _package_config_dir()
+CONFIG_PATH_ENV = "POSENC_CONFIG_PATH"
 _GROUP_OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>[A-Za-z_]+)=(?P<value>[^=]*)$")
 
 
@@ -26,15 +46,57 @@ def parts_label(parts) -> str:
 OmegaConf.register_new_resolver("parts_label", parts_label, replace=True)
 
 
+def user_config_dirs() -> list[Path]:
+    """The folders of ``POSENC_CONFIG_PATH``, in order (each must exist)."""
+    dirs = []
+    for item in filter(None, os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep)):
+        path = Path(item).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"{CONFIG_PATH_ENV}: {item!r} is not a folder")
+        dirs.append(path)
+    return dirs
+
+
+def config_dirs() -> list[Path]:
+    """Where config groups are looked up: posenc's own, then the user's folders."""
+    return [CONFIG_DIR, *(d for d in user_config_dirs() if d != CONFIG_DIR)]
+
+
+def searchpath_override() -> list[str]:
+    """``hydra.searchpath=[...]`` for the user's folders (nothing without any)."""
+    dirs = [d for d in config_dirs() if d != CONFIG_DIR]
+    if not dirs:
+        return []
+    return ["hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in dirs) + "]"]
+
+
+def find_config(group: str, name: str) -> Path | None:
+    """The YAML of option ``name`` of ``group`` as Hydra picks it, or None (a plugin's, or
+    unknown)."""
+    for folder in config_dirs():
+        path = folder / group / f"{name}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def _is_group(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith((".", "_"))
+
+
 def groups() -> list[str]:
-    """Config groups: the sub-folders of ``configs/``."""
-    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Config groups: the sub-folders of the config folders."""
+    return sorted({p.name for d in config_dirs() for p in d.iterdir() if _is_group(p)})
 
 
 def group_options(group: str) -> list[str]:
-    """Names of the YAML files in a config group."""
-    folder = CONFIG_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    """Names of the options of a config group: YAML files, and installed plugins."""
+    from posenc import plugins
+
+    names = {p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")}
+    if group in plugins.GROUPS:
+        names.update(plugins.entry_point_names(group))
+    return sorted(names)
 
 
 def check_group_overrides(overrides: list[str]) -> None:
@@ -43,6 +105,8 @@ def check_group_overrides(overrides: list[str]) -> None:
     Sweep values (``encoding=rope,alibi``) are checked one by one; sweep functions
     (``range(...)``, ``choice(...)``) are left to Hydra.
     """
+    from posenc import plugins
+
     known = set(groups())
     for item in overrides:
         m = _GROUP_OVERRIDE.match(item)
@@ -54,6 +118,9 @@ def check_group_overrides(overrides: list[str]) -> None:
                 raise ConfigError(
                     f"unknown {m['group']} {value!r}; valid choices: {', '.join(options)}"
                 )
+            problem = plugins.problem(m["group"], value)
+            if problem:
+                raise ConfigError(problem)
 
 
 def _hydra_compose(overrides: list[str]) -> DictConfig:
@@ -61,11 +128,16 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from posenc import plugins
+
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
+    plugins.store_configs()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
+            return hydra_compose(
+                config_name="config", overrides=[*searchpath_override(), *overrides]
+            )
     except Exception as exc:  # Hydra's messages are good but multi-line
         chain = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
         missing = _missing_key(chain, overrides)
@@ -109,6 +181,9 @@ def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictCo
         choices = [o for o in overrides if (m := _GROUP_OVERRIDE.match(o)) and m["group"] in known]
         check_config(cfg, _hydra_compose(choices))
         check_preset_task(cfg, overrides)
+        from posenc import plugins
+
+        plugins.check_config(cfg)  # a plugged-in encoding or task: built and checked
     return cfg
 
 

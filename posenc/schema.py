@@ -103,10 +103,13 @@ def list_of(element: Check, *, length: int | None = None) -> Check:
 
 
 def _encoding_defaults(name_: str) -> dict:
-    from posenc.config import CONFIG_DIR
+    from posenc import plugins
+    from posenc.config import find_config
 
-    path = CONFIG_DIR / "encoding" / f"{name_}.yaml"
-    if not path.is_file():
+    path = find_config("encoding", name_)
+    if path is None and plugins.is_plugin("encoding", name_):
+        return {k: v for k, v in plugins.config_node("encoding", name_).items() if k != "name"}
+    if path is None:
         from posenc.config import group_options
 
         raise ConfigError(

@@ -430,11 +430,10 @@ def child_command(plan: SweepPlan) -> list[str]:
 
 
 def child_env() -> dict[str, str]:
-    """The environment of the sweep process: this checkout first on the import path, and
+    """The environment of the sweep process: this one's (the child imports the installed
+    posenc and its plugins, and reads ``POSENC_CONFIG_PATH``, as this process does), with
     OpenMP threads that sleep instead of spin-waiting (parallel jobs collapse otherwise)."""
     env = dict(os.environ)
-    root = str(CONFIG_DIR.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
@@ -490,6 +489,11 @@ def main() -> None:
     """``python -m posenc.sweep --multirun OVERRIDES``: the Hydra entry point."""
     import hydra
 
+    from posenc import plugins
+    from posenc.config import searchpath_override
+
+    plugins.store_configs()  # installed plugins' encodings and tasks: group options
+    sys.argv += searchpath_override()  # POSENC_CONFIG_PATH: the user's config folders
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(run_job)()
 
 

@@ -20,3 +20,9 @@ from posenc.tasks import (  # noqa: F401  (registration)
 from posenc.tasks.base import Task, build, names, register, task_class
 
 __all__ = ["Task", "build", "names", "register", "task_class"]
+
+# Tasks of other installed packages (entry point group ``posenc.tasks``): last, so a plugin
+# module can import everything above. A broken one is kept aside with its error.
+from posenc import plugins as _plugins  # noqa: E402
+
+_plugins.load("task")

@@ -57,3 +57,9 @@ __all__ = [
     "parameters",
     "register",
 ]
+
+# Encodings of other installed packages (entry point group ``posenc.encodings``): last, so a
+# plugin module can import everything above. A broken one is kept aside with its error.
+from posenc import plugins as _plugins  # noqa: E402
+
+_plugins.load("encoding")

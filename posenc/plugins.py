@@ -1,0 +1,401 @@
+"""Encodings and tasks from other packages, found through Python entry points.
+
+A package plugs a class in by declaring it in its ``pyproject.toml``::
+
+    [project.entry-points."posenc.encodings"]
+    wobble = "my_pkg.encoding:Wobble"      # a PositionalEncoding subclass
+
+    [project.entry-points."posenc.tasks"]
+    echo2 = "my_pkg.task:EchoTwice"        # a posenc.tasks.base.Task subclass
+
+The entry point's name is the encoding's (or task's) name everywhere: ``encoding=wobble``,
+``posenc compare -e wobble,rope``, run folders, reports. Its config group option is made from
+the constructor's keyword arguments and their defaults (Hydra's ConfigStore), so
+``encoding.KEY=VALUE`` is checked against the constructor like a built-in encoding's YAML.
+Every process that imports `posenc.encodings` or `posenc.tasks` registers the installed
+plugins itself (the sweep's child, joblib workers, Slurm jobs): nothing has to be passed on.
+
+A plugin that cannot be loaded, raises in its constructor or breaks the interface is reported
+as one line naming it and its class (`problem`, `check_encoding_config`), before anything
+trains; `posenc list` and every other command that does not use it keep working.
+
+This module imports neither torch nor Hydra at import time (shell completion reads
+`entry_point_names`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from posenc.errors import ConfigError
+
+GROUPS = {"encoding": "posenc.encodings", "task": "posenc.tasks"}
+# Constructor arguments every encoding takes from model.*: never part of encoding.*.
+MODEL_ARGS = ("self", "d_model", "n_heads", "max_len", "n_layers")
+
+
+@dataclass
+class Plugin:
+    group: str  # "encoding" or "task"
+    name: str  # the entry point's name: the encoding's or task's name
+    target: str  # "module:Class"
+    dist: str  # the distribution that declares it
+    cls: type | None = None
+    error: str | None = None  # why it cannot be used (None: loaded and registered)
+
+    @property
+    def label(self) -> str:
+        return f"{self.group} {self.name!r} ({self.target} from {self.dist})"
+
+
+_loaded: dict[str, dict[str, Plugin]] = {}
+
+
+def _entry_points(group: str):
+    from importlib.metadata import entry_points
+
+    seen: dict[str, Any] = {}
+    for ep in entry_points(group=GROUPS[group]):
+        seen.setdefault(ep.name, ep)  # the first on sys.path wins, as for imports
+    return seen
+
+
+def entry_point_names(group: str) -> list[str]:
+    """Names of the installed plugins of ``group`` (read from metadata; nothing imported)."""
+    return sorted(_entry_points(group))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def load(group: str) -> dict[str, Plugin]:
+    """Import and register every installed plugin of ``group`` once; never raises (a broken
+    plugin is kept with its ``error``)."""
+    if group in _loaded:
+        return _loaded[group]
+    plugins: dict[str, Plugin] = {}
+    _loaded[group] = plugins  # before importing: a plugin module may import posenc back
+    for name, ep in _entry_points(group).items():
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+        plugin = Plugin(group, name, ep.value, dist)
+        plugins[name] = plugin
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            plugin.error = f"{plugin.label} cannot be imported: {_one_line(exc)}"
+            continue
+        try:
+            _register(plugin, obj)
+        except Exception as exc:
+            plugin.error = f"{plugin.label}: {_one_line(exc)}"
+    return plugins
+
+
+def _register(plugin: Plugin, obj: Any) -> None:
+    if plugin.group == "encoding":
+        from posenc.encodings import PositionalEncoding, registry
+
+        if not (isinstance(obj, type) and issubclass(obj, PositionalEncoding)):
+            raise TypeError(f"{obj!r} is not a subclass of posenc.encodings.PositionalEncoding")
+        known = registry._REGISTRY.get(plugin.name)
+        if known is not None:
+            if known.cls is not obj:
+                raise ValueError(f"the name {plugin.name!r} is taken by {known.cls.__module__}")
+        else:
+            doc = (inspect.getdoc(obj) or "").strip().splitlines()
+            registry.register(
+                plugin.name,
+                family=str(getattr(obj, "family", None) or "plugin"),
+                paper=str(getattr(obj, "paper", None) or f"plugin from {plugin.dist}"),
+                description=str(getattr(obj, "description", None) or (doc[0] if doc else "")),
+            )(obj)
+    else:
+        from posenc.tasks import base
+
+        if not (isinstance(obj, type) and issubclass(obj, base.Task)):
+            raise TypeError(f"{obj!r} is not a subclass of posenc.tasks.base.Task")
+        if obj.name and obj.name != plugin.name:
+            raise ValueError(f"the class names itself {obj.name!r}, not {plugin.name!r}")
+        known = base._TASKS.get(plugin.name)
+        if known is not None and known is not obj:
+            raise ValueError(f"the name {plugin.name!r} is taken by {known.__module__}")
+        if known is None:
+            obj.name = plugin.name
+            base.register(obj)
+    plugin.cls = obj
+
+
+def problem(group: str, name: str) -> str | None:
+    """Why the plugin ``name`` of ``group`` cannot be used, or None (also for non-plugins)."""
+    if group not in GROUPS or name not in _entry_points(group):
+        return None
+    if group == "encoding":
+        import posenc.encodings  # noqa: F401  (loads the plugins)
+    else:
+        import posenc.tasks  # noqa: F401
+    plugin = load(group).get(name)
+    return plugin.error if plugin else None
+
+
+def is_plugin(group: str, name: str) -> bool:
+    return group in GROUPS and name in _entry_points(group)
+
+
+def _yaml_value(value: Any) -> Any:
+    if value is inspect.Parameter.empty:
+        return "???"  # Hydra's MISSING: the user must set it
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def config_node(group: str, name: str) -> dict[str, Any]:
+    """The config group option of a plugin: its name and its constructor's defaults."""
+    plugin = load(group).get(name)
+    if plugin is None or plugin.cls is None:
+        return {"name": name}
+    sig = inspect.signature(plugin.cls.__init__)
+    node: dict[str, Any] = {"name": name}
+    for p in sig.parameters.values():
+        if p.name in MODEL_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if group == "encoding" and p.kind is not p.KEYWORD_ONLY:
+            continue  # encodings take their own parameters keyword-only
+        node[p.name] = _yaml_value(p.default)
+    return node
+
+
+def store_configs() -> None:
+    """Put every installed plugin's config node into Hydra's ConfigStore (group encoding or
+    task), so that ``encoding=NAME`` composes like a YAML in ``configs/encoding/``."""
+    if not any(entry_point_names(g) for g in GROUPS):
+        return
+    from hydra.core.config_store import ConfigStore
+
+    import posenc.encodings  # noqa: F401  (loads the encoding plugins)
+    import posenc.tasks  # noqa: F401
+
+    cs = ConfigStore.instance()
+    for group in GROUPS:
+        for name in load(group):
+            try:
+                cs.store(group=group, name=name, node=config_node(group, name))
+            except Exception as exc:  # a default OmegaConf cannot hold
+                plugin = load(group)[name]
+                plugin.error = plugin.error or f"{plugin.label}: {_one_line(exc)}"
+                cs.store(group=group, name=name, node={"name": name})
+
+
+# ---------------------------------------------------------------- interface checks
+
+
+_checked: dict[str, str | None] = {}
+
+
+def check_config(cfg) -> None:
+    """Before a run: a plugged-in encoding or task of ``cfg`` is built and its interface
+    checked (`check_encoding`, `check_task`); a `ConfigError` of one line names the class and
+    the problem. Built-in encodings and tasks pass through untouched."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    for group in ("encoding", "task"):
+        name = str(cfg[group].name)
+        if not is_plugin(group, name):
+            continue
+        error = problem(group, name)
+        if error:
+            raise ConfigError(error)
+        plugin = load(group)[name]
+        section = OmegaConf.to_container(cfg[group], resolve=True)
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        key = json.dumps([group, name, section, model], sort_keys=True, default=str)
+        if key not in _checked:
+            try:
+                if group == "encoding":
+                    from posenc.config import encoding_params
+
+                    check_encoding(
+                        plugin.cls,
+                        d_model=int(model["d_model"]),
+                        n_heads=int(model["n_heads"]),
+                        n_layers=int(model["n_layers"]),
+                        max_len=int(model["max_len"]),
+                        **encoding_params(cfg.encoding),
+                    )
+                else:
+                    from posenc.config import task_params
+
+                    check_task(plugin.cls, **task_params(cfg.task))
+                _checked[key] = None
+            except ConfigError as exc:  # the plugin's own check of its parameters
+                _checked[key] = f"{plugin.label}: {exc}"
+            except InterfaceError as exc:
+                _checked[key] = f"{plugin.label} {exc}"
+            except Exception as exc:
+                _checked[key] = f"{plugin.label} fails its interface check: {_one_line(exc)}"
+        if _checked[key]:
+            raise ConfigError(_checked[key])
+
+
+class InterfaceError(Exception):
+    """An encoding or task that breaks posenc's interface (the message says how)."""
+
+
+def check_encoding(
+    cls: type,
+    *,
+    d_model: int = 32,
+    n_heads: int = 4,
+    n_layers: int = 2,
+    max_len: int = 64,
+    length: int = 12,
+    **params: Any,
+) -> None:
+    """Build ``cls`` and check what every posenc encoding must do; raise `InterfaceError`.
+
+    Checked: it builds; ``embed``, ``rotate`` and ``bias`` return the documented shapes;
+    ``positions`` returns (B, T) integers; in a small model, changing token j never changes
+    the outputs before j (no look-ahead); decoding with the KV cache gives the logits of
+    the full forward pass (teacher forcing); two models built under one seed agree.
+    Seconds on a CPU at the default size: run it in your plugin's tests.
+    """
+    import torch
+
+    from posenc.model import ModelConfig, Transformer
+
+    try:
+        torch.manual_seed(0)
+        enc = cls(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers, **params)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise InterfaceError(f"raised in its constructor: {_one_line(exc)}") from exc
+    T = max(4, min(length, max_len))
+    B, H, Dh = 2, n_heads, d_model // n_heads
+
+    def call(hook: str, *args, **kwargs):
+        try:
+            return getattr(enc, hook)(*args, **kwargs)
+        except Exception as exc:
+            raise InterfaceError(f"raised in {hook}(): {_one_line(exc)}") from exc
+
+    with torch.no_grad():
+        pos = call("positions", B, T)
+        if not (isinstance(pos, torch.Tensor) and pos.shape[:2] == (B, T)):
+            raise InterfaceError(f"positions() must return (B, T) = {(B, T)}, got {_shape(pos)}")
+        ar = torch.arange(T).expand(B, T)
+        tokens = torch.randint(4, 12, (B, T), generator=torch.Generator().manual_seed(0))
+        hook_pos = call("token_positions", tokens, ar)
+        x = torch.randn(B, T, d_model)
+        out = call("embed", x, hook_pos, tokens)
+        if not (isinstance(out, torch.Tensor) and out.shape == x.shape):
+            raise InterfaceError(
+                f"embed() must return (B, T, D) = {tuple(x.shape)}, got {_shape(out)}"
+            )
+        q, k = torch.randn(B, H, T, Dh), torch.randn(B, H, T, Dh)
+        rotated = call("rotate", q, k, hook_pos, hook_pos, layer=0)
+        if not (
+            isinstance(rotated, tuple | list)
+            and len(rotated) == 2
+            and all(isinstance(t, torch.Tensor) and t.shape == q.shape for t in rotated)
+        ):
+            got = [_shape(t) for t in rotated] if isinstance(rotated, tuple | list) else rotated
+            raise InterfaceError(
+                f"rotate() must return queries and keys of (B, H, T, Dh) = {tuple(q.shape)}, "
+                f"got {got}"
+            )
+        bias = call("bias", q, k, hook_pos, hook_pos, layer=0)
+        if bias is not None:
+            ok = isinstance(bias, torch.Tensor) and bias.dim() == 4
+            try:
+                ok = ok and torch.broadcast_shapes(bias.shape, (B, H, T, T)) == (B, H, T, T)
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise InterfaceError(
+                    f"bias() must return None or a tensor broadcastable to (B, H, Tq, Tk) = "
+                    f"{(B, H, T, T)}, got {_shape(bias)}"
+                )
+
+    def model(seed: int) -> Transformer:
+        torch.manual_seed(seed)
+        e = cls(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers, **params)
+        cfg = ModelConfig(
+            vocab_size=12, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+            d_ff=2 * d_model, max_len=max_len,
+        )  # fmt: skip
+        return Transformer(cfg, e).eval()
+
+    try:
+        with torch.no_grad():
+            m = model(7)
+            base, _ = m(tokens, ar)
+            for j in sorted({1, T // 2, T - 1}):
+                changed = tokens.clone()
+                changed[:, j] = 4 + (changed[:, j] - 4 + 1) % 8
+                after, _ = m(changed, ar)
+                if not torch.allclose(after[:, :j], base[:, :j], rtol=0, atol=1e-5):
+                    raise InterfaceError(
+                        f"looks ahead: changing token {j} changes the outputs before position "
+                        f"{j} (a causal model must not see later tokens)"
+                    )
+            cut = T // 2
+            first, cache = m(tokens[:, :cut], ar[:, :cut])
+            rest, _ = m(tokens[:, cut:], ar[:, cut:], cache)
+            if not torch.allclose(torch.cat((first, rest), 1), base, rtol=1e-4, atol=1e-5):
+                raise InterfaceError(
+                    "decoding with the KV cache gives other logits than the full forward pass "
+                    "(teacher forcing)"
+                )
+            again, _ = model(7)(tokens, ar)
+            if not torch.equal(again, base):
+                raise InterfaceError("two models built under one seed give different outputs")
+    except InterfaceError:
+        raise
+    except Exception as exc:
+        raise InterfaceError(f"fails in a model's forward pass: {_one_line(exc)}") from exc
+
+
+def check_task(cls: type, **params: Any) -> None:
+    """Build task ``cls`` and check that ``sample`` draws valid pairs that ``solve`` agrees
+    with, at its shortest lengths; raise `InterfaceError`."""
+    import numpy as np
+
+    try:
+        task = cls(**params)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise InterfaceError(f"raised in its constructor: {_one_line(exc)}") from exc
+    try:
+        n_symbols = len(task.symbols)
+        rng = np.random.default_rng(0)
+        lo = max(1, int(task.min_length))
+        for n in range(lo, lo + 3):
+            if task.max_length is not None and n > task.max_length:
+                break
+            inputs, target = task.sample(n, rng)
+            for what, seq in (("input", inputs), ("target", target)):
+                if not all(isinstance(s, int | np.integer) and 0 <= s < n_symbols for s in seq):
+                    raise InterfaceError(
+                        f"sample({n}) returned a {what} that is not a list of symbol ids in "
+                        f"[0, {n_symbols}): {list(seq)[:8]}"
+                    )
+            if list(task.solve(list(inputs))) != list(target):
+                raise InterfaceError(f"solve(input) disagrees with sample({n})'s target")
+    except InterfaceError:
+        raise
+    except Exception as exc:
+        raise InterfaceError(f"fails its interface check: {_one_line(exc)}") from exc
+
+
+def _shape(value: Any) -> Any:
+    shape = getattr(value, "shape", None)
+    return tuple(shape) if shape is not None else type(value).__name__

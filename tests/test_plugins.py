@@ -1,0 +1,294 @@
+"""Encodings and tasks from other packages (entry points ``posenc.encodings``/``posenc.tasks``),
+the example plugin in examples/posenc_example, and posenc installed from its wheel."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from posenc import encodings, plugins
+from posenc.cli.app import app
+from posenc.cli.completion import complete_encodings, override_candidates
+from posenc.tasks import base as task_base
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "posenc_example"
+runner = CliRunner()
+
+BAD_PLUGIN = '''
+from posenc.encodings import PositionalEncoding
+
+
+class Raises(PositionalEncoding):
+    def __init__(self, *, d_model, n_heads, max_len, n_layers=1):
+        raise RuntimeError("needs a GPU kernel")
+
+
+class WrongShape(PositionalEncoding):
+    def embed(self, x, pos, tokens=None):
+        return x[..., :-1]
+
+
+class Peeks(PositionalEncoding):
+    """Adds the sum of the later tokens' embeddings: the model sees the future."""
+
+    def embed(self, x, pos, tokens=None):
+        return x + x.flip(1).cumsum(1).flip(1)
+'''
+BAD_ENTRY_POINTS = """
+[posenc.encodings]
+raises = bad_plugin:Raises
+missing = no_such_module_for_posenc:Encoding
+wrong_shape = bad_plugin:WrongShape
+peeks = bad_plugin:Peeks
+"""
+
+
+def _pip_install(target: Path, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+         "--no-build-isolation", *args],
+        check=True, capture_output=True, text=True, cwd=target.parent,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def example_site(tmp_path_factory) -> Path:
+    """The example package pip-installed into a folder of its own (its entry points with it)."""
+    site = tmp_path_factory.mktemp("example_site")
+    # pip builds in the source folder: build from a copy so that the checkout stays clean
+    src = tmp_path_factory.mktemp("example_src") / "posenc_example"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    _pip_install(site, "--target", str(site), str(src))
+    return site
+
+
+@pytest.fixture(scope="session")
+def bad_site(tmp_path_factory) -> Path:
+    """A 'distribution' of broken encodings: a module and its dist-info, as pip would leave."""
+    site = tmp_path_factory.mktemp("bad_site")
+    (site / "bad_plugin.py").write_text(BAD_PLUGIN)
+    info = site / "bad_plugins-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugins\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(BAD_ENTRY_POINTS)
+    return site
+
+
+def _forget_plugins() -> None:
+    for group, registry in (("encoding", encodings.registry._REGISTRY), ("task", task_base._TASKS)):
+        for name in plugins._loaded.get(group, {}):
+            registry.pop(name, None)
+    plugins._loaded.clear()
+    plugins._checked.clear()
+    from posenc.cli import completion
+
+    completion._groups.cache_clear()
+    completion._keys.cache_clear()
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """``installed(site)``: this process sees the plugins installed in ``site``, as a fresh
+    one would; the registries are restored afterwards."""
+
+    def install(site: Path) -> None:
+        monkeypatch.syspath_prepend(str(site))
+        importlib.invalidate_caches()
+        _forget_plugins()
+        plugins.load("encoding")
+        plugins.load("task")
+
+    yield install
+    _forget_plugins()
+    for name in [m for m in sys.modules if m.split(".")[0] in ("posenc_example", "bad_plugin")]:
+        del sys.modules[name]
+
+
+def test_example_is_listed_completed_and_configured_from_its_constructor(installed, example_site):
+    installed(example_site)
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.split()[:2] == ["logbias", "bias"] for line in lines), result.output
+    assert any(line.split()[:1] == ["rotate_left"] for line in lines)
+
+    assert "encoding=logbias" in override_candidates("encoding=lo")
+    assert "task=rotate_left" in override_candidates("task=rot")
+    assert "rope,logbias" in complete_encodings("rope,lo")
+
+    result = runner.invoke(
+        app, ["config", "encoding=logbias", "encoding.slope_scale=2", "task=rotate_left",
+              "task.shift=3"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "encoding:\n  name: logbias\n  slope_scale: 2\n" in result.output
+    assert "shift: 3" in result.output
+
+    # overrides are checked against the constructor, like a built-in encoding's YAML
+    result = runner.invoke(app, ["config", "encoding=logbias", "encoding.slope=2"])
+    assert result.exit_code == 2
+    assert "encoding 'logbias' has no key 'slope' (valid: name, slope_scale)" in result.output
+
+
+def test_example_classes_pass_the_interface_checks(installed, example_site):
+    installed(example_site)
+    from posenc_example.encoding import LogDistanceBias
+    from posenc_example.task import RotateLeft
+
+    plugins.check_encoding(LogDistanceBias, slope_scale=2.0)
+    plugins.check_task(RotateLeft, shift=2)
+    assert RotateLeft(shift=1).solve([1, 2, 3]) == [2, 3, 1]
+
+
+def test_a_config_folder_on_POSENC_CONFIG_PATH_adds_options(installed, example_site, monkeypatch):
+    installed(example_site)
+    monkeypatch.setenv("POSENC_CONFIG_PATH", str(EXAMPLE / "configs"))
+    from posenc.cli import completion
+
+    completion._groups.cache_clear()
+    assert "encoding=logbias_steep" in override_candidates("encoding=logbias_")
+    result = runner.invoke(
+        app, ["config", "encoding=logbias_steep", "preset=example_tiny", "task=rotate_left"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "label: logbias_steep" in result.output and "slope_scale: 4.0" in result.output
+    assert "d_model: 32" in result.output  # the preset from the user's folder
+
+    monkeypatch.setenv("POSENC_CONFIG_PATH", str(EXAMPLE / "no_such_folder"))
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert "POSENC_CONFIG_PATH" in result.output and "not a folder" in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "problem"),
+    [
+        ("raises", "bad_plugin:Raises", "raised in its constructor: RuntimeError: needs a GPU"),
+        (
+            "missing",
+            "no_such_module_for_posenc:Encoding",
+            "cannot be imported: ModuleNotFoundError: No module named 'no_such_module_for_posenc'",
+        ),
+        ("wrong_shape", "bad_plugin:WrongShape", "embed() must return (B, T, D)"),
+        ("peeks", "bad_plugin:Peeks", "looks ahead: changing token"),
+    ],
+)
+def test_a_broken_plugin_is_one_line_and_exit_2_before_anything_trains(
+    installed, bad_site, tmp_path, monkeypatch, name, target, problem
+):
+    installed(bad_site)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", f"encoding={name}", f"run_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert f"encoding {name!r} ({target} from bad-plugins)" in lines[0]
+    assert problem in lines[0]
+    assert not (tmp_path / "run").exists()
+
+    result = runner.invoke(app, ["compare", "-e", f"rope,{name}"])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1 and problem in result.output
+    assert not (tmp_path / "runs").exists()  # nothing launched
+
+
+def test_a_broken_plugin_leaves_the_other_commands_working(installed, bad_site):
+    installed(bad_site)
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    assert "rope" in result.output and "peeks" in result.output  # loaded; fails its check later
+    result = runner.invoke(app, ["config", "encoding=alibi"])
+    assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------- the installed package
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_runs_from_anywhere(tmp_path):
+    """The wheel holds posenc only (cli, tasks and configs inside it); installed into a fresh
+    virtual environment it trains, and compares the example plugin against RoPE, from a
+    folder that is not the checkout. Torch and the other dependencies come from this
+    environment (--system-site-packages): nothing is downloaded."""
+    dist = tmp_path / "dist"
+    src = tmp_path / "src"  # pip builds in the source folder: build from a copy
+    shutil.copytree(
+        ROOT, src,
+        ignore=shutil.ignore_patterns(".git", "runs", "build", "dist", "*.egg-info", "__pycache__",
+                                      ".venv", "outputs", "multirun", "examples", "docs"),
+    )  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(dist), str(src)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    (wheel,) = dist.glob("posenc-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {
+        "posenc",
+        wheel.name.split("-py3")[0] + ".dist-info",
+    }
+    for path in ("posenc/cli/app.py", "posenc/tasks/copy.py", "posenc/configs/config.yaml",
+                 "posenc/configs/preset/smoke.yaml", "posenc/configs/hydra/launcher/local.yaml"):  # fmt: skip
+        assert path in names
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    python = env_dir / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "POSENC_CONFIG_PATH")}
+    env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
+    env.update(MPLBACKEND="Agg", COLUMNS="200")  # rich wraps at 80 columns otherwise
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+           "--no-index", "--no-build-isolation"]  # fmt: skip
+    _run([*pip, "--force-reinstall", str(wheel)], tmp_path, env)
+    example = tmp_path / "example"
+    shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    _run([*pip, str(example)], tmp_path, env)
+
+    work = tmp_path / "work"  # not the checkout: nothing may come from it
+    work.mkdir()
+    where = _run(
+        [str(python), "-c", "import posenc, posenc.cli.app, posenc.tasks, posenc.config as c; "
+         "print(posenc.__file__); print(posenc.cli.app.__file__); print(c.CONFIG_DIR)"],
+        work, env,
+    ).split()  # fmt: skip
+    assert all(str(env_dir) in w and str(ROOT) not in w for w in where), where
+    posenc = str(env_dir / "bin" / "posenc")
+    listed = _run([posenc, "list"], work, env)
+    assert "logbias" in listed and "rotate_left" in listed
+
+    # the smoke preset, shortened: what matters here is that the installed command runs
+    _run([posenc, "train", "preset=smoke", "train.steps=20", "progress=false"], work, env)
+    assert list((work / "runs").glob("default/copy/rope/seed0/metrics.json"))
+
+    env["POSENC_CONFIG_PATH"] = str(example / "configs")
+    out = _run([posenc, "compare", "--preset", "example_tiny", "--jobs", "2"], work, env)
+    report = (work / "runs" / "example" / "report.md").read_text()
+    assert "logbias" in report and "rope" in report, out
+    assert list((work / "runs").glob("example/rotate_left/logbias/seed0/metrics.json"))
+    # a rerun finds both runs finished and trains nothing
+    again = _run([posenc, "compare", "--preset", "example_tiny", "--jobs", "2"], work, env)
+    assert "all 2 runs are finished with this config; nothing to launch" in again, again
+
+
+def test_plugin_entry_points_are_found_without_importing_them(bad_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(bad_site))
+    importlib.invalidate_caches()
+    assert {"raises", "missing", "peeks"} <= set(plugins.entry_point_names("encoding"))
+    assert "bad_plugin" not in sys.modules
