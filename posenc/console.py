@@ -98,7 +98,11 @@ def results_table(metrics: Mapping[str, Any], max_rows: int = 24) -> Table:
             f"in-distribution exact match {_fmt(s['id_exact_match'])} "
             f"(min {_fmt(s.get('min_id_exact_match'))}) · "
             f"beyond training {_fmt(s['ood_exact_match'])} · "
-            f"extrapolation horizon {_fmt(s['extrapolation_horizon'])}"
+            + (
+                "did not fit the training range (no extrapolation horizon)"
+                if s.get("fits_training_range") is False
+                else f"extrapolation horizon {_fmt(s['extrapolation_horizon'])}"
+            )
         ),
     )
     table.add_column("length", justify="right")

@@ -2,15 +2,16 @@
 
 ``SUMMARY_VERSION`` names the definitions below; ``metrics.json`` records it, and the report
 recomputes every summary from ``per_length`` so folders written under an older definition
-never mix silently with new ones. Version 1 (before issue 12) ended the horizon at the
-first failing length counted from the shortest, so one noisy in-range length could end it.
+never mix silently with new ones. Version 1 ended the horizon at the first failing length
+counted from the shortest; version 2 gave a horizon to runs that never fit their training
+range; version 3 gives them none (``fits_training_range`` false).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3
 
 
 def extrapolation_horizon(
@@ -49,16 +50,23 @@ def summarize(
 
     ``id_exact_match`` and ``min_id_exact_match``: mean and minimum exact match over the
     lengths in [train_min, train_max]; ``ood_exact_match`` and ``ood_token_accuracy``: means
-    over the lengths > train_max; ``extrapolation_horizon`` (see `extrapolation_horizon`).
+    over the lengths > train_max; ``fits_training_range``: whether exact match reaches
+    ``threshold`` at every training length; ``extrapolation_horizon`` (see
+    `extrapolation_horizon`), only for a run that fits its training range: one that does not
+    has no horizon to speak of (None), not the training maximum.
     """
     em = {int(n): float(v["exact_match"]) for n, v in per_length.items()}
     tok = {int(n): float(v["token_accuracy"]) for n, v in per_length.items()}
     inside = [v for n, v in sorted(em.items()) if train_min <= n <= train_max]
     beyond = sorted(n for n in em if n > train_max)
+    fits = min(inside) >= threshold if inside else None
     return {
         "id_exact_match": _mean(inside),
         "min_id_exact_match": min(inside) if inside else None,
         "ood_exact_match": _mean([em[n] for n in beyond]),
         "ood_token_accuracy": _mean([tok[n] for n in beyond]),
-        "extrapolation_horizon": extrapolation_horizon(em, train_max, threshold),
+        "fits_training_range": fits,
+        "extrapolation_horizon": (
+            None if fits is False else extrapolation_horizon(em, train_max, threshold)
+        ),
     }

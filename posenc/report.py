@@ -246,6 +246,7 @@ class SummaryRow:
     train_minutes: Stat = field(default_factory=Stat)
     paper: float | None = None  # the published figure for this encoding, if the preset has one
     as_paper: float | None = None  # ours, computed the paper's way (its metric, aggregation)
+    fit: int = 0  # complete runs whose exact match reaches the threshold at every training length
 
 
 def _best_key(record: RunRecord) -> tuple[float, float, int]:
@@ -282,6 +283,7 @@ def summary_rows(records: Iterable[RunRecord], task: str) -> list[SummaryRow]:
                 failed=sorted((r for r in runs if r.status == "failed"), key=lambda r: r.seed),
                 unfinished=sum(r.status == "unfinished" for r in runs),
                 train_minutes=Stat.of([_train_minutes(r) for r in complete]),
+                fit=sum(r.metrics["summary"].get("fits_training_range") is not False for r in complete),
                 **stats,
             )
         )
@@ -315,6 +317,24 @@ def _value(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
     return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+NOT_FIT = "did not fit"
+
+
+def horizon_text(row: SummaryRow) -> str:
+    """The horizon over the runs that fit their training range, saying how many that is when
+    not all did; ``did not fit`` when none did (a horizon needs a fitted range to extend)."""
+    if row.seeds and row.fit == 0:
+        return NOT_FIT
+    text = format_stat(row.extrapolation_horizon, 1)
+    return text if row.fit == len(row.seeds) else f"{text} ({row.fit} of {len(row.seeds)} fit)"
+
+
+def best_horizon_text(row: SummaryRow) -> str:
+    if row.best.get("fits_training_range") is False:
+        return NOT_FIT
+    return _value(row.best.get("extrapolation_horizon"))
 
 
 def status_text(row: SummaryRow) -> str:
@@ -351,11 +371,11 @@ def table_cells(row: SummaryRow, digits: int = 3) -> list[str]:
         format_stat(row.id_exact_match, digits),
         _value(row.min_id_exact_match.mean, digits),
         format_stat(row.ood_exact_match, digits),
-        format_stat(row.extrapolation_horizon, 1),
+        horizon_text(row),
         _value(row.best_seed),
         _value(b.get("id_exact_match"), digits),
         _value(b.get("ood_exact_match"), digits),
-        _value(b.get("extrapolation_horizon")),
+        best_horizon_text(row),
         format_stat(row.train_minutes, 1),
         status_text(row),
     ]
@@ -1012,7 +1032,9 @@ def render_markdown(report: Report) -> str:
         "interval (none for one seed). *ID*: mean exact match over the training lengths; *OOD*: "
         "over the evaluated lengths beyond them; *horizon*: the longest length up to which every "
         "length past the training range reaches the exact-match threshold (`eval.threshold`), "
-        "counted up to the first length that does not; *min ID*: the lowest exact match at a "
+        "counted up to the first length that does not, for the runs that fit their training "
+        "range (exact match at the threshold at every training length; *did not fit* where "
+        "none did, *k of n fit* where some did not); *min ID*: the lowest exact match at a "
         "training length (mean over seeds). The *best seed* is the seed with the highest "
         "OOD exact match; its own scores follow it. Rows are sorted by mean OOD exact match.",
         "",
@@ -1181,7 +1203,7 @@ def rich_tables(report: Report) -> list:
                 "–"
                 if row.best_seed is None
                 else f"{row.best_seed}: {_short(b.get('id_exact_match'))}/"
-                f"{_short(b.get('ood_exact_match'))}/{_value(b.get('extrapolation_horizon'))}"
+                f"{_short(b.get('ood_exact_match'))}/{best_horizon_text(row)}"
             )
             seeds = str(len(row.seeds))
             if row.failed or row.unfinished:  # "1 of 3": the others failed or are unfinished
@@ -1193,7 +1215,7 @@ def rich_tables(report: Report) -> list:
                 format_stat(row.id_exact_match, 2),
                 _short(row.min_id_exact_match.mean),
                 format_stat(row.ood_exact_match, 2),
-                format_stat(row.extrapolation_horizon, 1),
+                horizon_text(row),
                 best,
             ]
             table.add_row(*cells)

@@ -57,7 +57,7 @@ def rows(*positions: int) -> torch.Tensor:
 
 
 def test_kerple_log_values_at_hand_picked_distances():
-    enc = build("kerple_log").eval()
+    enc = build("kerple_log", layer_shared=False).eval()
     with torch.no_grad():
         enc.r1[1].copy_(torch.tensor([0.5, 1.5]))
         enc.r2[1].copy_(torch.tensor([0.2, 0.9]))
@@ -78,14 +78,17 @@ def test_kerple_power_values_and_clamping():
     for i, j in [(2, 0), (6, 1), (5, 5)]:
         assert b[0, 0, i, j].item() == pytest.approx(-0.7 * (i - j) ** 1.5, abs=1e-5)
         assert b[0, 1, i, j].item() == pytest.approx(-0.01 * (i - j) ** 2, abs=1e-6)
-    enc.train()  # training clamps the stored parameters, as the reference code does
+    enc.train()  # the forward pass never writes to them; the projection after a step does
     enc.bias(q, k, rows(*range(7)), rows(*range(7)))
+    assert enc.r1[0].tolist() == pytest.approx([0.7, 0.001])
+    enc.constrain_()  # what the reference's clamp does to the stored values
     assert enc.r1[0].tolist() == pytest.approx([0.7, 0.01])
     assert enc.r2[0].tolist() == pytest.approx([1.5, 2.0])
 
 
 def test_kerple_init_ranges_follow_the_reference_code():
-    log, power = build("kerple_log", n_layers=8), build("kerple_power", n_layers=8)
+    log = build("kerple_log", n_layers=8, layer_shared=False)
+    power = build("kerple_power", n_layers=8, layer_shared=False)
     r = lambda ps: torch.stack(list(ps))  # noqa: E731
     assert 0 <= r(log.r1).min() and r(log.r1).max() <= 2 and r(log.r2).max() <= 1
     assert r(power.r1).max() <= 1 and r(power.r2).max() <= 2 and r(power.r2).max() > 1
@@ -181,7 +184,7 @@ def test_cope_positions_on_a_hand_made_gate_pattern():
 
 
 def test_cope_bias_interpolates_between_integer_positions():
-    enc = build("cope", n_layers=1, npos_max=8)
+    enc = build("cope", n_layers=1, npos_max=8, scale_position_term=False)  # the term as is
     dh = D // H
     with torch.no_grad():  # e[p] = p·u with u = (1, 0, ...): q·e[p] = p·q_0
         enc.pos_emb.zero_()

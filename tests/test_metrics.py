@@ -21,12 +21,23 @@ def test_summary_figures_on_hand_made_accuracies():
     assert s["extrapolation_horizon"] == 3  # length 4 fails at once; 5 does not count
 
 
-def test_an_in_range_dip_does_not_end_the_horizon():
-    # The run: 0.86 at n = 4 (inside 1-20) used to give horizon 3.
-    ems = {3: 1.0, 4: 0.86, 5: 1.0, 20: 0.99, 21: 0.98, 22: 0.95, 25: 0.97, 30: 0.90, 40: 0.08}
+def test_the_horizon_is_counted_from_the_training_maximum():
+    # A lower length inside 1-20 (0.92) used to give horizon 3.
+    ems = {3: 1.0, 4: 0.92, 5: 1.0, 20: 0.99, 21: 0.98, 22: 0.95, 25: 0.97, 30: 0.90, 40: 0.08}
     s = summarize(_pl(ems), train_min=1, train_max=20)
     assert s["extrapolation_horizon"] == 30
+    assert s["fits_training_range"] is True
+
+
+def test_a_run_that_does_not_fit_its_training_range_has_no_horizon():
+    # 0.86 at n = 4 is below the threshold: the run did not fit, so no horizon (not 30, and
+    # not the training maximum 20, which reads as success).
+    ems = {3: 1.0, 4: 0.86, 5: 1.0, 20: 0.99, 21: 0.98, 22: 0.95, 25: 0.97, 30: 0.90, 40: 0.08}
+    s = summarize(_pl(ems), train_min=1, train_max=20)
+    assert s["fits_training_range"] is False
+    assert s["extrapolation_horizon"] is None
     assert s["min_id_exact_match"] == 0.86
+    assert summarize(_pl(ems), 1, 20, threshold=0.85)["extrapolation_horizon"] == 30
 
 
 def test_a_dip_right_after_the_range_gives_the_training_max():

@@ -114,6 +114,25 @@ def test_summary_rows_mean_ci_best_seed_and_order():
     assert rp.table_cells(learned)[-1] == "1 failed, 1 unfinished"
 
 
+def test_a_horizon_is_shown_only_for_runs_that_fit_their_training_range():
+    """rope seed 1 has 0.8 at a training length (threshold 0.9): its horizon is left out of
+    the mean and the cell says over how many runs it is; a row where no run fit says so."""
+    rows = {r.encoding: r for r in rp.summary_rows(hand_made_runs(), "copy")}
+    rope = rows["rope"]
+    assert rope.fit == 2 and rope.extrapolation_horizon.n == 2
+    cells = dict(zip(rp.TABLE_HEADER, rp.table_cells(rope), strict=True))
+    assert cells["extrapolation horizon"] == "2.0 ± 0.0 (2 of 3 fit)"
+    assert rp.table_cells(rows["alibi"])[5] == "2.3 ± 1.4"  # all three fit: no note
+    unfit = [
+        record("copy", "t5", seed, {1: 0.5, 2: 0.2, 3: 0.0, 4: 0.0}, horizon=2) for seed in (0, 1)
+    ]
+    (t5,) = rp.summary_rows(unfit, "copy")
+    cells = dict(zip(rp.TABLE_HEADER, rp.table_cells(t5), strict=True))
+    assert cells["extrapolation horizon"] == "did not fit"
+    assert cells["best horizon"] == "did not fit"
+    assert t5.best["fits_training_range"] is False and t5.best["extrapolation_horizon"] is None
+
+
 def test_best_seed_breaks_ood_ties_by_id_then_lowest_seed():
     runs = [
         record("copy", "t5", 0, {1: 0.8, 2: 0.8, 3: 0.5}),
@@ -237,12 +256,13 @@ def test_summary_rows_carry_mean_training_minutes():
 def test_report_recomputes_old_summaries_from_per_length_with_the_run_threshold():
     m = metrics("copy", "rope", 0, {1: 0.86, 2: 1.0, 3: 0.95, 4: 0.92, 5: 0.2}, horizon=0)
     m["summary"]["extrapolation_horizon"] = 0  # as version 1 wrote it: ended by n = 1
-    old = rp.record_from_metrics(m, config={"eval": {"threshold": 0.9}})
+    old = rp.record_from_metrics(m, config={"eval": {"threshold": 0.85}})
     assert old.summary_version == 1
     assert old.metrics["summary"]["extrapolation_horizon"] == 4
     assert old.metrics["summary"]["min_id_exact_match"] == 0.86
-    strict = rp.record_from_metrics(m, config={"eval": {"threshold": 0.93}})
-    assert strict.metrics["summary"]["extrapolation_horizon"] == 3
+    strict = rp.record_from_metrics(m, config={"eval": {"threshold": 0.9}})
+    assert strict.metrics["summary"]["fits_training_range"] is False  # 0.86 at n = 1
+    assert strict.metrics["summary"]["extrapolation_horizon"] is None
     report = rp.build_report([old], "hand", plots=False)
     assert report.older_summaries == 1
     assert "1 runs were written under older definitions" in rp.render_markdown(report)

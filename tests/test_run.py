@@ -364,3 +364,18 @@ def test_pieces_run_side_by_side_one_thread_each_only_where_that_is_safe(tiny_cf
     assert all(name.startswith("posenc-piece") and n == 1 for name, n in seen)
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         Trainer.from_config(p.model, p.cfg.train, workers=0)
+
+
+def test_a_run_that_does_not_fit_says_so_in_metrics_and_tensorboard(tiny_cfg, tmp_path):
+    """Five steps cannot fit copy: metrics.json marks it and has no horizon, TensorBoard logs
+    summary/fits_training_range = 0 and no horizon scalar."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tiny_cfg("train.steps=5"))
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["summary"]["fits_training_range"] is False
+    assert m["summary"]["extrapolation_horizon"] is None
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("summary/fits_training_range")] == [0.0]
+    assert "summary/extrapolation_horizon" not in acc.Tags()["scalars"]
