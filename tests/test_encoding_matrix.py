@@ -2,9 +2,14 @@
 threads and one at a time at 1, mixed, by_length), bf16, and greedy KV-cache decoding against
 teacher forcing. Parametrized over `encodings.names()`, so an encoding registered later is
 tested the day it lands. Tiny models and a few steps: this is about running, not learning.
+
+``POSENC_TEST_DEVICE=cuda`` runs the same matrix on a GPU (benchmarks/gpu.sh); pieces side by
+side are a CPU feature, checked on the CPU only.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +21,10 @@ from posenc.evaluate import evaluate_pairs
 from posenc.run import plan
 from posenc.train import Trainer
 
+DEVICE = os.environ.get("POSENC_TEST_DEVICE", "cpu")
+if DEVICE != "cpu" and not torch.cuda.is_available():
+    pytest.skip(f"POSENC_TEST_DEVICE={DEVICE} but torch sees no GPU", allow_module_level=True)
+
 # Encodings that only serve a task that writes numbers.
 NEEDS_DIGITS = {"abacus", "coupled"}
 # Four pieces of two rows at most: every bucketed batch really splits into several pieces.
@@ -24,7 +33,7 @@ BATCH = ["train.batch_size=8", "train.buckets=4", "train.min_len=1", "train.max_
 
 def overrides_for(name: str) -> list[str]:
     task = ["task=addition", "train.max_len=3", "eval.max_len=4"] if name in NEEDS_DIGITS else []
-    return [f"encoding={name}", *BATCH, *task]
+    return [f"encoding={name}", f"device={DEVICE}", *BATCH, *task]
 
 
 @pytest.fixture
@@ -38,7 +47,7 @@ def threads():
 def steps(cfg, n: int = 2) -> list[float]:
     """Build the run's model and trainer from ``cfg`` and take ``n`` optimizer steps."""
     p = plan(cfg)
-    trainer = Trainer.from_config(p.model, p.cfg.train)
+    trainer = Trainer.from_config(p.model, p.cfg.train, device=p.device)
     stream = TrainStream(
         p.task, p.cfg.train.min_len, p.cfg.train.max_len, p.cfg.train.batch_size,
         seed=0, batching=p.cfg.train.batching,
@@ -57,7 +66,7 @@ def steps(cfg, n: int = 2) -> list[float]:
 def test_every_encoding_trains_under_every_batching_and_thread_count(tiny_cfg, threads, name):
     threads(2)
     _, trainer, _ = steps(tiny_cfg(*overrides_for(name), "train.batching=bucketed"))
-    assert trainer.workers == 2, "at 2 threads the pieces must run side by side"
+    assert trainer.workers == (2 if DEVICE == "cpu" else 1), "2 threads: pieces side by side"
     threads(1)
     _, trainer, _ = steps(tiny_cfg(*overrides_for(name), "train.batching=bucketed"))
     assert trainer.workers == 1
@@ -84,15 +93,16 @@ def test_every_encoding_decodes_with_the_kv_cache_as_it_scores_by_teacher_forcin
     lo, hi = p.cfg.train.min_len, p.cfg.eval.max_len
     pairs = [p.task.sample(n, rng) for n in range(lo, hi + 1) for _ in range(3)]
     gen = torch.Generator().manual_seed(0)
-    forced = evaluate_pairs(model, pairs, greedy=False, generator=gen, fmt=p.fmt)
+    forced = evaluate_pairs(model, pairs, greedy=False, generator=gen, fmt=p.fmt, device=p.device)
     gen = torch.Generator().manual_seed(0)
-    greedy = evaluate_pairs(model, pairs, greedy=True, generator=gen, fmt=p.fmt)
+    greedy = evaluate_pairs(model, pairs, greedy=True, generator=gen, fmt=p.fmt, device=p.device)
     assert greedy["examples"] == forced["examples"]
 
     from posenc.data import collate
 
-    tokens = collate([pairs[-1]], p.fmt).tokens  # (1, T)
-    pos = model.encoding.positions(1, tokens.shape[1], generator=torch.Generator().manual_seed(1))
+    tokens = collate([pairs[-1]], p.fmt).tokens.to(p.device)  # (1, T)
+    gen = torch.Generator().manual_seed(1)
+    pos = model.encoding.positions(1, tokens.shape[1], generator=gen).to(p.device)
     with torch.no_grad():
         whole, _ = model(tokens, pos)
         split = 3
