@@ -157,6 +157,8 @@ DECLARED: dict[str, Check] = {
     "encoding.label": optional(name),
     "encoding.yarn_original_len": optional(integer(minimum=1)),
     "encoding.parts": list_of(encoding_part),
+    "encoding.layers": optional(list_of(encoding_part)),
+    "encoding.heads": optional(list_of(encoding_part)),
     "encoding.base_params": encoding_params(lambda tree: tree["encoding"].get("base")),
 }
 

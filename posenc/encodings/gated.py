@@ -249,7 +249,14 @@ class PaTH(PositionalEncoding):
     description="PaTH attention plus a forget gate's Σ log f_l on the logits (fla's use_forget_gate)",
 )
 class PaTHFoX(PaTH):
-    """PaTH with FoX's forget gate (``forget_gate=True``): see `PaTH`."""
+    """PaTH-FoX (Yang et al. 2025): PaTH with FoX's forget gate (`PaTH`, ``forget_gate=True``).
+
+        logit_ij = (q_iᵀ (H_i ... H_{j+1}) k_j + Σ_{l=j+1..i} log f_l) / sqrt(d_head),
+        f_t = σ(w_h·x_t + b_h),
+
+    the gate term scaled with the transported product, as fla's parallel PaTH kernel does
+    (``(b_s + g_q - g_k) * scale``); its paper's strongest variant on length extrapolation.
+    """
 
     def __init__(
         self,

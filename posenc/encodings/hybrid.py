@@ -53,9 +53,10 @@ class PerLayer(PositionalEncoding):
     mappings with a ``name``), exactly ``model.n_layers`` of them.
 
     Layer l calls the hooks of its own entry, built as a one-layer encoding (its parameters
-    are its own: two ``t5`` layers do not share a table). The default
-    ``[rope, rope, rope, none]`` is Llama 4's interleaving (NoPE in every 4th layer, the
-    last one here) at posenc's default depth. Entries act inside attention only: an
+    are its own: two ``t5`` layers do not share a table). The default (``layers: null``)
+    is Llama 4's iRoPE interleaving at the model's depth: NoPE in every 4th layer (layers
+    4, 8, ... counted from 1), RoPE in the others; ``[rope, rope, rope, none]`` at posenc's
+    default 4 layers (at 2 layers it is plain RoPE). Entries act inside attention only: an
     absolute (embed), randomized or token-derived entry is refused, since it would act on
     the whole model; combine it beside the per-layer scheme instead.
     """
@@ -67,9 +68,11 @@ class PerLayer(PositionalEncoding):
         n_heads: int,
         max_len: int,
         n_layers: int = 1,
-        layers: Sequence[Any] = ("rope", "rope", "rope", "none"),
+        layers: Sequence[Any] | None = None,
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        if layers is None:  # Llama 4: NoPE in every 4th layer
+            layers = ["none" if (i + 1) % 4 == 0 else "rope" for i in range(n_layers)]
         specs = _specs(layers, "layers", n_layers, "model.n_layers")
         built = []
         for i, spec in enumerate(specs):
@@ -144,8 +147,9 @@ class PerHead(PositionalEncoding):
     biases, scales and states per group (heads of a group without one get 0, 1, none).
     If any group computes its own attention weights (stick-breaking, PaTH), the other
     groups' softmax weights are written out beside them for that layer (no fused kernel);
-    otherwise the fused path stays. The default ``[rope, rope, none, none]`` is
-    x-transformers' ``rotate_num_heads`` at half the heads. Entries act inside attention
+    otherwise the fused path stays. The default (``heads: null``) is x-transformers'
+    ``rotate_num_heads`` at half the heads: RoPE on the first ⌈H/2⌉, NoPE on the rest
+    (``[rope, rope, none, none]`` for 4 heads). Entries act inside attention
     only (no absolute, randomized or token-derived entries).
     """
 
@@ -156,9 +160,11 @@ class PerHead(PositionalEncoding):
         n_heads: int,
         max_len: int,
         n_layers: int = 1,
-        heads: Sequence[Any] = ("rope", "rope", "none", "none"),
+        heads: Sequence[Any] | None = None,
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        if heads is None:  # RoPE on the first half of the heads, NoPE on the rest
+            heads = ["rope" if h < (n_heads + 1) // 2 else "none" for h in range(n_heads)]
         specs = _specs(heads, "heads", n_heads, "model.n_heads")
         groups: list[list[Any]] = []
         for spec in specs:
