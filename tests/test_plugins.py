@@ -217,7 +217,7 @@ def test_a_broken_plugin_leaves_the_other_commands_working(installed, bad_site):
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> str:
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out.stdout
+    return out.stdout + out.stderr
 
 
 @pytest.mark.slow
@@ -267,8 +267,10 @@ def test_the_wheel_installs_and_runs_from_anywhere(tmp_path):
         [str(python), "-c", "import posenc, posenc.cli.app, posenc.tasks, posenc.config as c; "
          "print(posenc.__file__); print(posenc.cli.app.__file__); print(c.CONFIG_DIR)"],
         work, env,
-    ).split()  # fmt: skip
-    assert all(str(env_dir) in w and str(ROOT) not in w for w in where), where
+    ).splitlines()  # fmt: skip
+    where = [w for w in where if w.startswith("/")]
+    assert len(where) == 3, where
+    assert all(w.startswith(str(env_dir)) and str(ROOT) not in w for w in where), where
     posenc = str(env_dir / "bin" / "posenc")
     listed = _run([posenc, "list"], work, env)
     assert "logbias" in listed and "rotate_left" in listed
