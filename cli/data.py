@@ -54,7 +54,6 @@ def show(
     They are the first examples of the frozen evaluation set at that length (same
     eval.seed), generated in memory: nothing is written.
     """
-    from posenc.tasks.format import render
 
     from posenc import tasks
     from posenc.config import compose, task_format, task_params
@@ -66,7 +65,7 @@ def show(
     try:
         cfg = compose([f"task={task}", *(overrides or [])])
         t = tasks.build(cfg.task.name, **task_params(cfg.task))
-        fmt = task_format(cfg.task)
+        fmt = task_format(cfg.task).for_task(t)
         if lengths is None:
             from posenc.run import eval_lengths
 
@@ -87,7 +86,7 @@ def show(
         if n != previous:
             typer.echo(f"n = {n}")
             previous = n
-        typer.echo("  " + render(fmt.prompt_ids(inputs) + fmt.answer_ids(target), t.symbols))
+        typer.echo("  " + fmt.render_example(inputs, target, t.symbols))
 
 
 @app.command()

@@ -28,7 +28,10 @@ from posenc.tasks.format import DEFAULT_FORMAT, FORMAT_VERSION, PAD, SequenceFor
 @dataclass
 class Batch:
     tokens: Tensor  # (B, T) int64: [BOS] input [SEP] target [EOS] <pad>...
-    loss_mask: Tensor  # (B, T-1) bool: True where tokens[:, 1:] is a target or EOS token
+    loss_mask: Tensor  # (B, T-1) bool: True where a prediction is trained and scored
+    # (B, T-1) int64: what each prediction must be, where it is not simply the next token
+    # (inline answers, `posenc.tasks.format.SequenceFormat.layout`); None: tokens[:, 1:]
+    label_ids: Tensor | None = None
 
     @property
     def inputs(self) -> Tensor:
@@ -36,25 +39,33 @@ class Batch:
 
     @property
     def labels(self) -> Tensor:
-        return self.tokens[:, 1:]
+        return self.tokens[:, 1:] if self.label_ids is None else self.label_ids
+
+    def rows(self, rows: Tensor, t: int) -> Batch:
+        """The given rows, trimmed to ``t`` tokens."""
+        labels = None if self.label_ids is None else self.label_ids[rows, : t - 1]
+        return Batch(self.tokens[rows, :t], self.loss_mask[rows, : t - 1], labels)
+
+    def to(self, device: torch.device | str) -> Batch:
+        labels = None if self.label_ids is None else self.label_ids.to(device)
+        return Batch(self.tokens.to(device), self.loss_mask.to(device), labels)
 
 
 def collate(
     pairs: list[tuple[list[int], list[int]]], fmt: SequenceFormat = DEFAULT_FORMAT
 ) -> Batch:
     """(input, target) pairs -> right-padded tokens and the loss mask (the answer only)."""
-    seqs, starts = [], []
-    for inputs, target in pairs:
-        prompt = fmt.prompt_ids(inputs)
-        seqs.append(prompt + fmt.answer_ids(target))
-        starts.append(len(prompt))
-    T = max(map(len, seqs))
-    tokens = np.full((len(seqs), T), PAD, dtype=np.int64)
-    mask = np.zeros((len(seqs), T - 1), dtype=bool)
-    for b, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
-        tokens[b, : len(seq)] = seq
-        mask[b, start - 1 : len(seq) - 1] = True  # predictions of the answer's tokens
-    return Batch(torch.from_numpy(tokens), torch.from_numpy(mask))
+    laid = [fmt.layout(inputs, target) for inputs, target in pairs]
+    T = max(len(ids) for ids, _, _ in laid)
+    tokens = np.full((len(laid), T), PAD, dtype=np.int64)
+    labels = np.full((len(laid), T - 1), PAD, dtype=np.int64)
+    mask = np.zeros((len(laid), T - 1), dtype=bool)
+    for b, (ids, lab, scored) in enumerate(laid):
+        tokens[b, : len(ids)] = ids
+        labels[b, : len(lab)] = lab
+        mask[b, : len(scored)] = scored
+    label_ids = torch.from_numpy(labels) if fmt.inline is not None else None
+    return Batch(torch.from_numpy(tokens), torch.from_numpy(mask), label_ids)
 
 
 BATCHING = ("by_length", "mixed", "bucketed")
@@ -100,7 +111,7 @@ def length_buckets(batch: Batch, buckets: int) -> list[Batch]:
     pieces = []
     for lo, hi, t in reversed(bounds):
         rows = order[lo:hi]
-        pieces.append(Batch(batch.tokens[rows, :t], batch.loss_mask[rows, : t - 1]))
+        pieces.append(batch.rows(rows, t))
     return pieces
 
 
@@ -174,7 +185,7 @@ def generate_eval_rows(
     for n in sorted(lengths):
         rng = np.random.default_rng([seed, n])  # independent of which other lengths exist
         for _ in range(n_samples):
-            inputs, target = task.sample(n, rng)
+            inputs, target = task.sample_eval(n, rng)
             rows["length"].append(n)
             rows["input"].append(inputs)
             rows["target"].append(target)

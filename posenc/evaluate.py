@@ -31,7 +31,10 @@ def evaluate_pairs(
     batch, as they are for every encoding here (randomized positions are drawn once per batch
     for the whole sequence); ``greedy=True`` decodes with the KV cache instead (in the
     ``known_length`` format exactly ``len(target)`` tokens). ``examples``: one '0'/'1' per
-    pair, in the order given, for paired statistics across runs.
+    pair, in the order given, for paired statistics across runs. Inline answers (``fmt.inline``)
+    are scored where the task says, always by teacher forcing: the model never generates them
+    (flip_flop's read bits and mqar's values are in the given stream; state_tracking's
+    products are never fed back), so ``greedy`` does not apply.
     """
     was_training = model.training
     model.eval()
@@ -49,10 +52,10 @@ def evaluate_pairs(
             B, T = tokens.shape
             pos = model.encoding.positions(B, T, device=device, generator=generator)
             logits, _ = model(tokens[:, :-1], pos[:, :-1])
-            correct = (logits.argmax(-1) == tokens[:, 1:]) & mask
+            correct = (logits.argmax(-1) == batch.labels.to(device)) & mask
             tok_correct += int(correct.sum())
             tok_total += int(mask.sum())
-            if greedy:
+            if greedy and fmt.inline is None:  # inline answers: never generated
                 t_prompt = len(fmt.prompt_ids(chunk[0][0]))
                 answers = [fmt.answer_ids(target) for _, target in chunk]
                 n_new = max(map(len, answers))

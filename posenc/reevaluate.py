@@ -30,6 +30,9 @@ from posenc.run import CHECKPOINT, CONFIG, METRICS, plan
 
 # Keys outside ``encoding.*`` that may change at evaluation: none of them changes the model.
 EVAL_KEYS = ("eval.batch_size", "eval.greedy", "eval.threshold", "device", "threads", "data_dir")
+# Task parameters named ``eval_*`` choose only the frozen evaluation sets (flip_flop's
+# ``eval_p_ignore``: the sparse and dense splits), never the training data.
+EVAL_TASK_PREFIX = "task.eval_"
 _TAG = re.compile(r"^[A-Za-z0-9._+-]+$")
 
 
@@ -38,8 +41,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
     Values are read by Hydra's override grammar, as ``posenc train`` reads them (``2`` is an
     int, ``null`` None, ``[learned,{name:t5}]`` a list). Only ``encoding.*`` (but not
-    ``encoding.name``) and `EVAL_KEYS` may be set: anything else would change the model or
-    the evaluation set the run was scored on.
+    ``encoding.name``), `EVAL_KEYS` and a task's ``task.eval_*`` parameters (a new frozen set,
+    keyed by them) may be set: anything else would change the model or what it was trained on.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -62,10 +65,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
                 "encoding.name cannot change at evaluation: the checkpoint belongs to the "
                 "encoding it was trained with"
             )
-        if not (key.startswith("encoding.") or key in EVAL_KEYS):
+        if not (key.startswith(("encoding.", EVAL_TASK_PREFIX)) or key in EVAL_KEYS):
             raise ConfigError(
                 f"{key} cannot change at evaluation; allowed: encoding.* (except encoding.name), "
-                f"{', '.join(EVAL_KEYS)}"
+                f"{EVAL_TASK_PREFIX}* (a task's evaluation-only parameters), {', '.join(EVAL_KEYS)}"
             )
         pairs.append((key, override.value()))
     return pairs

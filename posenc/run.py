@@ -133,7 +133,7 @@ def digit_layout(task: tasks.Task) -> encodings.DigitLayout:
 def plan(cfg: DictConfig) -> Plan:
     """Check the whole config and build task and model; writes nothing."""
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
-    fmt = task_format(cfg.task)
+    fmt = task_format(cfg.task).for_task(task)
     tr = cfg.train
     lo = _positive_int(tr.min_len, "train.min_len")
     hi = _positive_int(tr.max_len, "train.max_len")

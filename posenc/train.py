@@ -226,7 +226,7 @@ class Trainer:
             return self._backward_side_by_side(pieces, n_answer)
         total, slots = torch.zeros((), device=self.device), 0
         for piece in pieces:
-            piece = Batch(piece.tokens.to(self.device), piece.loss_mask.to(self.device))
+            piece = piece.to(self.device)
             with self.autocast():
                 logits, _ = self.forward(piece.inputs)
             if len(pieces) == 1:  # the mean itself: the arithmetic of runs before buckets
@@ -244,7 +244,7 @@ class Trainer:
         loop, whose forward passes draw them one piece at a time); each thread returns its
         piece's gradients, which are added in piece order, as the sequential loop's
         ``backward()`` calls accumulate them."""
-        pieces = [Batch(p.tokens.to(self.device), p.loss_mask.to(self.device)) for p in pieces]
+        pieces = [p.to(self.device) for p in pieces]
         encoding = self.model.encoding
         positions = [
             encoding.positions(*p.inputs.shape, device=self.device) for p in pieces

@@ -10,12 +10,15 @@ from posenc.tasks import (  # noqa: F401  (registration)
     copy,
     count,
     duplicate,
+    flip_flop,
     missing_duplicate,
     mode,
+    mqar,
     odds_first,
     parity,
     reverse,
     sort,
+    state_tracking,
 )
 from posenc.tasks.base import Task, build, names, register, task_class
 

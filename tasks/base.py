@@ -42,6 +42,10 @@ class Task:
     description: ClassVar[str] = ""
     min_length: ClassVar[int] = 1
     max_length: ClassVar[int | None] = None
+    # Inline answers: the sequence is ``[BOS] input [EOS]`` and the answers are scored at
+    # the predictions made right after the input positions `answer_positions` names (one
+    # per target symbol), instead of after ``[SEP]`` (`posenc.tasks.format.SequenceFormat`).
+    inline: ClassVar[bool] = False
 
     @property
     def symbols(self) -> list[str]:
@@ -56,6 +60,16 @@ class Task:
         """The target for ``inputs``, computed plainly (the reference solver)."""
         raise NotImplementedError
 
+    def sample_eval(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        """One pair of the frozen evaluation sets: `sample`, unless a task evaluates on
+        another distribution than it trains on (flip_flop's ``eval_p_ignore``)."""
+        return self.sample(n, rng)
+
+    def answer_positions(self, inputs: list[int]) -> list[int]:
+        """Inline tasks: the input indices i whose next prediction (made after reading
+        ``inputs[i]``) is scored, in order, one per target symbol."""
+        raise NotImplementedError(f"task {self.name!r} answers after [SEP], not inline")
+
     def max_sequence_length(self, n: int, rng: np.random.Generator) -> int:
         """An upper bound on len(``[BOS] input [SEP] target [EOS]``) at length ``n``.
 
@@ -64,6 +78,8 @@ class Task:
         """
         from posenc.tasks.format import sequence_length
 
+        if self.inline:  # [BOS] input [EOS]
+            return max(len(self.sample(n, rng)[0]) + 2 for _ in range(64))
         return max(sequence_length(*map(len, self.sample(n, rng))) for _ in range(64))
 
     def numbers(self) -> Numbers | None:

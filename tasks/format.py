@@ -9,11 +9,18 @@ greedy decoding generates that many (the hand-written loop of the ALiBi trial in
 REFERENCES.md does this); ``bos=false`` drops the leading BOS, so the input starts at
 position 0. Neither changes the stored evaluation data (raw input and target symbols), so
 the evaluation-set cache key does not include them.
+
+A task with inline answers (``Task.inline``: flip_flop, mqar, state_tracking) is laid out
+as ``[BOS] input [EOS]`` instead, and scored where its ``answer_positions`` say: the
+prediction made right after input position i must be the next target symbol. Its labels
+are then not always the next input token (state_tracking's running products are never
+fed back), so `layout` returns them beside the tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from posenc.errors import ConfigError
 
@@ -34,6 +41,8 @@ class SequenceFormat:
 
     answer: str = "eos"  # "eos": the answer ends with EOS; "known_length": no EOS
     bos: bool = True  # start with BOS
+    # the task's answer_positions when its answers are inline (then `answer` is unused)
+    inline: Callable[[list[int]], list[int]] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.answer not in ANSWERS:
@@ -52,7 +61,42 @@ class SequenceFormat:
         return [*(N_SPECIAL + s for s in target), *([EOS] if self.answer == "eos" else [])]
 
     def sequence_length(self, input_len: int, target_len: int) -> int:
+        if self.inline is not None:
+            return input_len + 1 + self.bos
         return input_len + target_len + 1 + self.bos + (self.answer == "eos")
+
+    def for_task(self, task) -> SequenceFormat:
+        """This format for ``task``: inline when the task answers inline."""
+        return replace(self, inline=task.answer_positions) if task.inline else self
+
+    def layout(
+        self, inputs: list[int], target: list[int]
+    ) -> tuple[list[int], list[int], list[bool]]:
+        """(tokens, labels, scored): ``labels[k]`` is what prediction k (made after reading
+        ``tokens[: k + 1]``) must be, ``scored[k]`` whether it is trained and scored."""
+        if self.inline is None:
+            prompt = self.prompt_ids(inputs)
+            ids = prompt + self.answer_ids(target)
+            scored = [k >= len(prompt) - 1 for k in range(len(ids) - 1)]
+            return ids, ids[1:], scored
+        ids = [*([BOS] if self.bos else []), *(N_SPECIAL + s for s in inputs), EOS]
+        labels, scored = ids[1:], [False] * (len(ids) - 1)
+        positions = self.inline(inputs)
+        if len(positions) != len(target):
+            raise ValueError(f"{len(positions)} answer positions for {len(target)} answers")
+        for i, answer in zip(positions, target, strict=True):
+            k = i + self.bos  # the prediction made after reading input i
+            labels[k], scored[k] = N_SPECIAL + answer, True
+        return ids, labels, scored
+
+    def render_example(self, inputs: list[int], target: list[int], symbols: list[str]) -> str:
+        """One example as text: the whole sequence, and for inline answers the answers."""
+        if self.inline is None:
+            return render(self.prompt_ids(inputs) + self.answer_ids(target), symbols)
+        ids = self.layout(inputs, target)[0]
+        return (
+            f"{render(ids, symbols)}   answers: {render([N_SPECIAL + s for s in target], symbols)}"
+        )
 
 
 DEFAULT_FORMAT = SequenceFormat()
