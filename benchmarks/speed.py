@@ -1,4 +1,4 @@
-"""How fast posenc is on this machine, row by row against the speed targets (README, "Speed").
+"""How fast posenc is on this machine, row by row against the speed targets (docs/performance.md).
 
     python benchmarks/speed.py                      # every row (about 20 minutes on 2 cores)
     python benchmarks/speed.py --rows step,bf16     # only some rows

@@ -4,7 +4,7 @@
 bfloat16 (matmuls and attention in bf16; weights, gradients and AdamW state stay fp32, so
 the optimizer keeps full-precision master weights). ``compile=True`` trains through
 ``torch.compile(model, dynamic=True)`` (one graph for every sequence length). Both are off
-by default: measured on CPU, neither pays at this model size (README, "Speed").
+by default: measured on CPU, neither pays at this model size (docs/performance.md).
 ``buckets`` > 1 computes each batch in that many length-sorted pieces at most
 (`posenc.data.length_buckets`) and accumulates their gradients: the same step as the whole
 padded batch, with a fraction of its padding. On CPU with more than one torch thread the

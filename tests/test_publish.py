@@ -4,6 +4,7 @@ re-rendered from committed experiment folders), including the repository's own d
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -158,7 +159,20 @@ def test_cli_publish_and_tables(tmp_path):
     assert result.exit_code == 2 and "has no posenc blocks" in result.output
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/results.md"])
+# The pages that hold posenc blocks: every markdown file of the repository's docs (and the
+# README) with an opening line; `posenc tables` refuses a file without one.
+DOCS_WITH_TABLES = sorted(
+    p.relative_to(ROOT).as_posix()
+    for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    if re.search(r"^<!-- posenc report ", p.read_text(), re.MULTILINE)
+)
+
+
+def test_the_results_pages_have_tables():
+    assert {"docs/results.md", "docs/performance.md"} <= set(DOCS_WITH_TABLES)
+
+
+@pytest.mark.parametrize("name", DOCS_WITH_TABLES)
 def test_the_repository_docs_tables_are_the_ones_posenc_writes(name):
     """Every results table in the docs is rendered from a committed experiment folder:
     this fails when one is edited by hand or its runs change (fix: posenc tables FILE)."""

@@ -19,6 +19,7 @@ from posenc.data import TrainStream
 from posenc.errors import ConfigError
 from posenc.run import plan
 from posenc.train import Trainer
+from tests.test_publish import DOCS_WITH_TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -233,7 +234,7 @@ def test_published_tables_regenerate_identically_on_another_machine(threads, sim
         "NPY_DISABLE_CPU_FEATURES": simd,
     }
     r = subprocess.run(
-        [sys.executable, "-m", "posenc.cli", "tables", "--check", "README.md", "docs/results.md"],
+        [sys.executable, "-m", "posenc.cli", "tables", "--check", *DOCS_WITH_TABLES],
         capture_output=True, text=True, cwd=ROOT, env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
