@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from posenc.cli.app import Overrides, fail
 from posenc.cli.completion import complete_encodings, complete_overrides, complete_tasks
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from posenc.tasks.base import Numbers, Task, check_bool, check_int, register
 
 

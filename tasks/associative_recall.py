@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from posenc.tasks.base import Task, check_int, register
 
 from posenc.errors import ConfigError
+from posenc.tasks.base import Task, check_int, register
 
 
 @register

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from posenc.cli.app import app
 from typer.testing import CliRunner
 
 from posenc import encodings
+from posenc.cli.app import app
 from posenc.config import group_options
 from tests.conftest import TINY
 

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from posenc.cli.app import app
 from typer.testing import CliRunner
 
 from posenc import sweep
+from posenc.cli.app import app
 from posenc.io import atomic_write_json
 from tests.conftest import MICRO
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from posenc.tasks.format import BOS, EOS, PAD, SEP, render
 
 from posenc import tasks
 from posenc.data import (
@@ -16,6 +15,7 @@ from posenc.data import (
     length_buckets,
     load_eval_set,
 )
+from posenc.tasks.format import BOS, EOS, PAD, SEP, render
 
 
 def test_collate_formats_pads_and_masks_target_and_eos_only():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from posenc.tasks.format import EOS, N_SPECIAL, prompt_ids
 
 from posenc import encodings, tasks
 from posenc.config import compose
@@ -20,6 +19,7 @@ from posenc.errors import ConfigError
 from posenc.evaluate import evaluate_pairs
 from posenc.model import ModelConfig, Transformer
 from posenc.run import digit_layout, plan, run
+from posenc.tasks.format import EOS, N_SPECIAL, prompt_ids
 
 D = 32
 

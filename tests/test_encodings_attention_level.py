@@ -15,11 +15,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from posenc.cli.app import app
 from typer.testing import CliRunner
 
 import posenc.model
 from posenc import encodings
+from posenc.cli.app import app
 from posenc.encodings.gated import householder_logits
 from posenc.encodings.normalisers import stick_breaking_weights
 from posenc.errors import ConfigError

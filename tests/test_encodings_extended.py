@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from posenc.cli.app import app
 from typer.testing import CliRunner
 
 from posenc import encodings
+from posenc.cli.app import app
 from posenc.config import compose, encoding_label, group_options
 from posenc.data import TrainStream
 from posenc.encodings.absolute import sinusoidal_table

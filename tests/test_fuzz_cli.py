@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
-from posenc.cli.app import app
 from typer.testing import CliRunner
 
+from posenc.cli.app import app
 from posenc.config import compose, group_options
 from tests.conftest import MICRO
 

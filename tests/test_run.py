@@ -9,7 +9,6 @@ import threading
 import pytest
 import torch
 from omegaconf import OmegaConf
-from posenc.tasks.format import PAD
 
 from posenc import tasks
 from posenc.console import Reporter
@@ -17,6 +16,7 @@ from posenc.data import TrainStream, length_buckets
 from posenc.errors import ConfigError, RunExistsError
 from posenc.evaluate import evaluate_pairs
 from posenc.run import plan, run
+from posenc.tasks.format import PAD
 from tests.conftest import tiny_model
 
 
