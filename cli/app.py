@@ -8,6 +8,7 @@ import sys
 from typing import Annotated
 
 import typer
+
 from posenc.cli.completion import complete_overrides
 from posenc.cli.data import app as data_app
 
@@ -86,18 +87,27 @@ def metrics_dir(cfg) -> str:
 def list_() -> None:
     """List the encodings and tasks, one line each."""
     from rich.console import Console
+    from rich.markup import escape
 
-    from posenc import encodings, tasks
+    from posenc import encodings, plugins, tasks
 
     console = Console(highlight=False, soft_wrap=True)
     width = max(map(len, [*encodings.names(), *tasks.names()])) + 2
+
+    def broken(group: str) -> None:  # installed plugins that cannot be used, and why
+        for name, plugin in sorted(plugins.load(group).items()):
+            if plugin.error and name not in (encodings.names() + tasks.names()):
+                console.print(f"  {name:<{width}}[red]{'broken':<12}[/]{escape(plugin.error)}")
+
     console.print("[bold]encodings[/]")
     for name in encodings.names():
         e = encodings.info(name)
         console.print(f"  {name:<{width}}{e.family:<12}{e.description} ({e.paper})")
+    broken("encoding")
     console.print("[bold]tasks[/]")
     for name in tasks.names():
         console.print(f"  {name:<{width}}{tasks.task_class(name).description}")
+    broken("task")
 
 
 @app.command()

@@ -207,6 +207,8 @@ def test_a_broken_plugin_leaves_the_other_commands_working(installed, bad_site):
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0, result.output
     assert "rope" in result.output and "peeks" in result.output  # loaded; fails its check later
+    (missing,) = [line for line in result.output.splitlines() if line.split()[:1] == ["missing"]]
+    assert "broken" in missing and "No module named 'no_such_module_for_posenc'" in missing
     result = runner.invoke(app, ["config", "encoding=alibi"])
     assert result.exit_code == 0, result.output
 
