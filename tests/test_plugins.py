@@ -26,6 +26,7 @@ runner = CliRunner()
 
 BAD_PLUGIN = '''
 from posenc.encodings import PositionalEncoding
+from posenc.tasks.base import SymbolTask
 
 
 class Raises(PositionalEncoding):
@@ -36,6 +37,17 @@ class Raises(PositionalEncoding):
 class WrongShape(PositionalEncoding):
     def embed(self, x, pos, tokens=None):
         return x[..., :-1]
+
+
+class WrongSolver(SymbolTask):
+    """Solves another task than it samples."""
+
+    def solve(self, inputs):
+        return list(reversed(inputs))
+
+    def sample(self, n, rng):
+        inputs = self.draw(n, rng).tolist()
+        return inputs, inputs
 
 
 class Peeks(PositionalEncoding):
@@ -50,6 +62,9 @@ raises = bad_plugin:Raises
 missing = no_such_module_for_posenc:Encoding
 wrong_shape = bad_plugin:WrongShape
 peeks = bad_plugin:Peeks
+
+[posenc.tasks]
+wrong_solver = bad_plugin:WrongSolver
 """
 
 
@@ -200,6 +215,18 @@ def test_a_broken_plugin_is_one_line_and_exit_2_before_anything_trains(
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and problem in result.output
     assert not (tmp_path / "runs").exists()  # nothing launched
+
+
+def test_a_task_that_disagrees_with_its_solver_is_refused_before_training(
+    installed, bad_site, tmp_path
+):
+    installed(bad_site)
+    result = runner.invoke(app, ["train", "task=wrong_solver", f"run_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "task 'wrong_solver' (bad_plugin:WrongSolver from bad-plugins)" in line
+    assert "solve(input) disagrees with sample(" in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_broken_plugin_leaves_the_other_commands_working(installed, bad_site):
