@@ -32,9 +32,6 @@ from pathlib import Path
 from posenc.errors import ConfigError
 from posenc.io import atomic_write_text
 from posenc.report import (
-    CONFIG,
-    ERROR,
-    METRICS,
     Report,
     accuracy_plot_name,
     build_report,
@@ -42,6 +39,7 @@ from posenc.report import (
     task_section_lines,
     write_report,
 )
+from posenc.runfolder import CONFIG, ERROR, METRICS
 
 OPEN = re.compile(r"^<!-- posenc (?P<args>.*?) -->[ \t]*$", re.MULTILINE)
 CLOSE = "<!-- /posenc -->"

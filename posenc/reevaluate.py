@@ -26,7 +26,8 @@ from posenc.errors import ConfigError, UnreadableFileError
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json, read_json
 from posenc.metrics import SUMMARY_VERSION, summarize
-from posenc.run import CHECKPOINT, CONFIG, METRICS, plan
+from posenc.run import plan
+from posenc.runfolder import CHECKPOINT, CONFIG, METRICS
 
 # Keys outside ``encoding.*`` that may change at evaluation: none of them changes the model.
 EVAL_KEYS = ("eval.batch_size", "eval.greedy", "eval.threshold", "device", "threads", "data_dir")

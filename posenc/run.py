@@ -29,35 +29,19 @@ from posenc.lock import RunLock, clear_folder
 from posenc.memory import check_fits
 from posenc.metrics import SUMMARY_VERSION, summarize
 from posenc.model import EMBED_INITS, ModelConfig, Transformer
+from posenc.runfolder import (
+    CHECKPOINT,
+    CONFIG,
+    LEGACY_DEFAULTS,
+    LOG,
+    METRICS,
+    config_identity,
+)
 from posenc.signals import RunStopped, StopSignals
 from posenc.tasks.format import DEFAULT_FORMAT, N_SPECIAL, SEP, SequenceFormat, vocab_size
 from posenc.train import PRECISIONS, Trainer
 
-METRICS = "metrics.json"
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.yaml"
-LOG = "train.log"
 MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo
-# Settings that change how a run is executed or shown, not what it computes.
-EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir")
-# Metadata carried into config.yaml for the report and `posenc compare --preset`: never numbers.
-METADATA_KEYS = ("paper", "compare")
-# Options added after runs were written, at the values that reproduce the older behaviour: a
-# config saved before they existed still matches one that has them at these values.
-LEGACY_DEFAULTS = {
-    ("task", "answer"): "eos",
-    ("task", "bos"): True,
-    ("model", "embed_init"): "scaled",
-    ("model", "bias"): True,
-    ("model", "tie_embeddings"): False,
-    ("train", "decay_embeddings"): False,
-    ("train", "batching"): "mixed",
-    ("train", "precision"): "fp32",
-    ("train", "compile"): False,
-    ("train", "stop_at"): None,
-    ("encoding", "layer_shared"): False,  # KERPLE: per-layer r1, r2 before it existed
-    ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
-}
 
 
 @dataclass
@@ -224,25 +208,6 @@ def plan(cfg: DictConfig) -> Plan:
     model = Transformer(model_cfg, encoding).to(device)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     return Plan(cfg, task, model, lengths, quick, run_dir, device, fmt)
-
-
-def config_identity(cfg: DictConfig) -> dict:
-    """The part of the config that determines the numbers (for resume and skip checks):
-    no execution or metadata keys, no option at its `LEGACY_DEFAULTS` value, and no
-    ``train.buckets``: like ``threads``, it decides how a batch is computed (the pieces'
-    gradients sum to the whole batch's), not what is trained."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(tree, dict)
-    for key in (*EXECUTION_KEYS, *METADATA_KEYS):
-        tree.pop(key, None)
-    for (section, key), value in LEGACY_DEFAULTS.items():
-        part = tree.get(section)
-        if isinstance(part, dict) and key in part and part[key] == value:
-            del part[key]
-    train = tree.get("train")
-    if isinstance(train, dict):
-        train.pop("buckets", None)
-    return tree
 
 
 def check_run_dir(p: Plan) -> str:

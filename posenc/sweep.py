@@ -28,9 +28,9 @@ from posenc.config import CONFIG_DIR, encoding_label
 from posenc.errors import ConfigError
 from posenc.io import atomic_write_json, read_json
 from posenc.lock import RunLock
+from posenc.runfolder import ERROR, EXECUTION_KEYS, METRICS, is_finished, same_config
 from posenc.signals import RunStopped
 
-ERROR = "error.json"
 JOB_STATUS = "posenc_job.json"
 # Written into a sweep's folder by `posenc compare`/`sweep` to stop the sweep: a training run
 # sees it at its next step and saves its checkpoint, a job that has not started a run starts
@@ -42,7 +42,6 @@ LAUNCHER_GROUP = "hydra/launcher"
 # Keys that name the run folder themselves (or only change how a run executes), so they
 # never become part of a variant label; every other swept key does.
 NAMING_KEYS = ("encoding", "task", "seed", "experiment", "runs_root", "data_dir", "run_dir")
-EXECUTION_KEYS = ("progress", "threads", "device", "overwrite")
 # Sweeping these would send several jobs to one run folder (or to several experiments).
 UNSWEPT_KEYS = ("experiment", "runs_root", "data_dir", "run_dir", *EXECUTION_KEYS)
 # Set by the sweep itself (runs_root made absolute, threads from the launcher, no progress bars).
@@ -74,7 +73,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     """The Hydra task function: run (or skip, or resume) one run; never raises on failure."""
     from hydra.core.hydra_config import HydraConfig
 
-    from posenc.run import CONFIG, METRICS, config_identity, run
+    from posenc.run import run
 
     hc = HydraConfig.get()
     apply_variant(cfg, hc.job.override_dirname)
@@ -107,9 +106,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         # first's lock, then finds the run finished (skip) or interrupted (resume).
         with RunLock(run_dir, wait=True, on_wait=waiting):
             job["status"] = "running"
-            if (run_dir / METRICS).exists() and not cfg.overwrite:
-                saved = OmegaConf.load(run_dir / CONFIG) if (run_dir / CONFIG).exists() else None
-                if saved is None or config_identity(saved) != config_identity(cfg):
+            if is_finished(run_dir) and not cfg.overwrite:
+                if not same_config(run_dir, cfg):
                     raise ConfigError(
                         f"{run_dir} holds a finished run with a different config; choose "
                         "another experiment name or pass overwrite=true"
@@ -403,7 +401,6 @@ def count_finished(
     import itertools
 
     from posenc.config import compose
-    from posenc.run import CONFIG, METRICS, config_identity
 
     n = 0
     for combo in itertools.product(*axes):
@@ -412,11 +409,7 @@ def count_finished(
         apply_variant(cfg, variant)
         d = run_dir_of(cfg)
         try:
-            same = (
-                (d / METRICS).is_file()
-                and config_identity(OmegaConf.load(d / CONFIG)) == config_identity(cfg)
-                and bool(read_json(d / METRICS))
-            )
+            same = is_finished(d) and same_config(d, cfg) and bool(read_json(d / METRICS))
         except Exception:  # an unreadable config: the job reports it
             same = False
         if not same:

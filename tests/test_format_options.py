@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
-from posenc.tasks.format import BOS, EOS, PAD, SEP, SequenceFormat
 
 from posenc.config import compose, task_params
 from posenc.data import TrainStream, collate
 from posenc.errors import ConfigError
 from posenc.evaluate import evaluate_pairs
-from posenc.run import config_identity, plan, run
+from posenc.run import plan, run
+from posenc.runfolder import config_identity
+from posenc.tasks.format import BOS, EOS, PAD, SEP, SequenceFormat
 from posenc.train import make_optimizer, masked_loss
 from tests.conftest import tiny_model
 

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-from posenc.cli.app import app
 from typer.testing import CliRunner
 
 from posenc import report as rp
+from posenc.cli.app import app
 from posenc.errors import ConfigError
 from posenc.publish import publish, render_tables, update_tables
 from tests.test_report import metrics, write_run
@@ -232,7 +232,7 @@ def test_the_documented_commands_still_make_the_published_runs(run, overrides):
     from omegaconf import OmegaConf
 
     from posenc.config import compose
-    from posenc.run import config_identity
+    from posenc.runfolder import config_identity
 
     published = OmegaConf.load(ROOT / "docs" / "experiments" / run / "config.yaml")
     experiment, task, encoding, seed = run.split("/")

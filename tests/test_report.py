@@ -9,6 +9,7 @@ import statistics
 import pytest
 
 from posenc import report as rp
+from posenc.errors import ConfigError
 
 # Two-sided 95% Student-t critical values t_{0.975, df}, from a printed table.
 T_TABLE = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 9: 2.2622, 29: 2.0452}
@@ -334,7 +335,7 @@ def test_encodings_missing_from_the_paper_get_a_dash_and_no_paper_means_no_colum
 def test_a_bad_paper_aggregation_is_one_line_with_the_choices():
     runs = paper_runs({"t5": [0.3]}, dict(PAPER, aggregation="median"))
     with pytest.raises(
-        rp.ConfigError, match="paper.aggregation 'median'; valid choices: mean, best"
+        ConfigError, match="paper.aggregation 'median'; valid choices: mean, best"
     ):
         rp.build_report(runs, "hand", plots=False)
 
@@ -441,7 +442,7 @@ def test_report_baseline_table_and_unknown_baseline(tmp_path):
     assert (d.encoding, d.mean, d.low, d.high) == ("alibi", 1.0, 1.0, 1.0)
     md = rp.render_markdown(report)
     assert "| alibi | 2 | +1.000 | [+1.000, +1.000] | seeds × examples |" in md
-    with pytest.raises(rp.ConfigError, match="baseline 't5' .*valid choices: alibi, rope"):
+    with pytest.raises(ConfigError, match="baseline 't5' .*valid choices: alibi, rope"):
         rp.build_report(runs, "hand", plots=False, baseline="t5")
 
 

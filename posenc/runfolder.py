@@ -1,0 +1,79 @@
+"""A run folder's file names, in one torch-free module that the run, the sweep, the report
+and the command line share.
+
+``runs/<experiment>/<task>/<encoding>/seed<k>/`` holds ``config.yaml`` (the resolved config),
+``checkpoint.pt`` (the last checkpoint), ``metrics.json`` (written last: its presence marks the
+run finished), ``error.json`` (a failed run in a sweep), ``train.log`` and TensorBoard events.
+An experiment folder holds the report: ``results.csv``, ``report.md`` and ``plots/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.json"
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.yaml"
+ERROR = "error.json"
+LOG = "train.log"
+RESULTS_CSV = "results.csv"
+REPORT_MD = "report.md"
+PLOTS = "plots"
+
+# Settings that change how a run is executed or shown, or where it is written, not what it
+# computes.
+EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir")
+# Metadata carried into config.yaml for the report and `posenc compare --preset`: never numbers.
+METADATA_KEYS = ("paper", "compare")
+# Options added after runs were written, at the values that reproduce the older behaviour: a
+# config saved before they existed still matches one that has them at these values.
+LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("task", "answer"): "eos",
+    ("task", "bos"): True,
+    ("model", "embed_init"): "scaled",
+    ("model", "bias"): True,
+    ("model", "tie_embeddings"): False,
+    ("train", "decay_embeddings"): False,
+    ("train", "batching"): "mixed",
+    ("train", "precision"): "fp32",
+    ("train", "compile"): False,
+    ("train", "stop_at"): None,
+    ("encoding", "layer_shared"): False,  # KERPLE: per-layer r1, r2 before it existed
+    ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
+}
+
+
+def config_identity(cfg) -> dict:
+    """The part of a config (a DictConfig) that determines the numbers, for resume and skip
+    checks: no execution or metadata keys, no option at its `LEGACY_DEFAULTS` value, and no
+    ``train.buckets``: like ``threads``, it decides how a batch is computed (the pieces'
+    gradients sum to the whole batch's), not what is trained."""
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(tree, dict)
+    for key in (*EXECUTION_KEYS, *METADATA_KEYS):
+        tree.pop(key, None)
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        part = tree.get(section)
+        if isinstance(part, dict) and key in part and part[key] == value:
+            del part[key]
+    train = tree.get("train")
+    if isinstance(train, dict):
+        train.pop("buckets", None)
+    return tree
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (its metrics.json is written last)."""
+    return (Path(run_dir) / METRICS).is_file()
+
+
+def same_config(run_dir: Path, cfg) -> bool:
+    """Whether the config saved in ``run_dir`` computes what ``cfg`` computes (False without
+    one). Raises what reading it raises."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / CONFIG
+    return path.is_file() and config_identity(OmegaConf.load(path)) == config_identity(cfg)

@@ -1,0 +1,49 @@
+"""One home for each fact: run-folder file names and key sets are defined in one module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = {
+    "METRICS",
+    "CHECKPOINT",
+    "CONFIG",
+    "ERROR",
+    "LOG",
+    "RESULTS_CSV",
+    "REPORT_MD",
+    "PLOTS",
+    "EXECUTION_KEYS",
+    "METADATA_KEYS",
+    "LEGACY_DEFAULTS",
+    "NAMING_KEYS",
+}
+FILE_NAMES = {"metrics.json", "checkpoint.pt", "config.yaml", "error.json", "results.csv", "report.md"}
+
+
+def module_constants(path: Path) -> dict[str, object]:
+    """Top-level NAME = value assignments of a module: {name: value or None}."""
+    out = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            value = node.value
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    out[t.id] = value.value if isinstance(value, ast.Constant) else None
+    return out
+
+
+def test_run_folder_names_and_key_sets_are_defined_once():
+    homes: dict[str, list[str]] = {}
+    for path in sorted([*(ROOT / "posenc").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]):
+        rel = str(path.relative_to(ROOT))
+        for name, value in module_constants(path).items():
+            if name in SHARED or value in FILE_NAMES:
+                homes.setdefault(name, []).append(rel)
+    twice = {name: where for name, where in homes.items() if len(where) > 1}
+    assert not twice, f"defined in more than one module: {twice}"
+    file_names = {n for n, where in homes.items() if n in SHARED - {"NAMING_KEYS"}}
+    assert all(homes[n] == ["posenc/runfolder.py"] for n in file_names), homes
