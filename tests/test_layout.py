@@ -47,3 +47,17 @@ def test_run_folder_names_and_key_sets_are_defined_once():
     assert not twice, f"defined in more than one module: {twice}"
     file_names = {n for n, where in homes.items() if n in SHARED - {"NAMING_KEYS"}}
     assert all(homes[n] == ["posenc/runfolder.py"] for n in file_names), homes
+
+
+def test_every_subpackage_of_posenc_is_installed():
+    """pyproject lists its packages by name (folders are mapped into the posenc namespace):
+    a new subpackage missing there would be absent from a built wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "posenc").rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
