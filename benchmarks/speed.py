@@ -23,6 +23,11 @@ Rows:
   layers and width, RoPE) on the same batches (the peer's own mixed-length, padded ones):
   milliseconds per forward/backward/clip/AdamW step, interleaved over three rounds. Tells a
   slower model from a slower loop.
+- ``encodings``: milliseconds per training step (the bare loop, configured batching) of each
+  scheme that acts inside attention (issue 23: FoX, PaTH, PaTH-FoX, stick-breaking, SSMax
+  alone and with RoPE, p-RoPE, Hard-ALiBi, per-layer, per-head) against RoPE on the same
+  model and batches, interleaved over three rounds, medians; which of them leave the fused
+  attention kernel (stick-breaking and PaTH compute their own weights, O(T²) per head).
 - ``bf16``: the bare loop with ``train.precision=bf16`` against fp32, same batches.
 - ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
 - ``decode``: exact match at n = 60 by teacher forcing (the default) and by greedy KV-cache
@@ -81,6 +86,7 @@ ROWS = (
     "batching",
     "pieces",
     "model",
+    "encodings",
     "bf16",
     "compile",
     "decode",
@@ -399,6 +405,38 @@ def model_row(cfg, peer: Path, steps: int) -> None:
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 
+# The schemes of issue 23, as configs/encoding/ names; "own" marks those that compute their
+# own attention weights (no fused kernel).
+INSIDE_ATTENTION = {
+    "fox": False,
+    "path": True,
+    "path_fox": True,
+    "stick_breaking": True,
+    "ssmax": False,
+    "combo_rope_ssmax": False,
+    "p_rope": False,
+    "hard_alibi": False,
+    "per_layer": False,
+    "per_head": False,
+}
+
+
+def encoding_rows(overrides: list[str], steps: int) -> None:
+    """Each attention-level scheme's training step against RoPE's, same model and batches."""
+    names = ["rope", *INSIDE_ATTENTION]
+    cfgs = {name: compose([*overrides, f"encoding={name}"]) for name in names}
+    sample = batches(cfgs["rope"], steps + 10, seed=3)
+    ms = interleaved_ms(
+        {name: lambda name=name: bare_loop(cfgs[name], sample) for name in names}
+    )
+    for name in INSIDE_ATTENTION:
+        kernel = "own attention weights" if INSIDE_ATTENTION[name] else "fused kernel"
+        row(
+            f"training step, encoding={name} ({kernel})",
+            f"{ms[name]:.0f} ms = {ms[name] / ms['rope']:.2f}x rope's {ms['rope']:.0f} ms",
+        )
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -556,6 +594,8 @@ def main() -> None:
             )
     if "model" in rows:
         model_row(cfg, Path(args.peer), args.steps)
+    if "encodings" in rows:
+        encoding_rows(args.overrides, args.steps)
     if "bf16" in rows:
         few = data[:30]  # bf16 can be 10x slower where the CPU lacks bf16 instructions
         base = bare_loop(cfg, few)
