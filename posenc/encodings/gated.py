@@ -155,8 +155,10 @@ class PaTH(PositionalEncoding):
     Other encodings' biases (in a combination) are added after the scaling, as everywhere.
 
     Choices the paper leaves open: initialisation (N(0, 0.02) for the projections and
-    zero biases, as the reference's initialiser; PyTorch's default for the convolution, as
-    fla's ``ShortConvolution``), so β ≈ 1 at the start; L2 norm with ε = 1e-6 under the
+    zero biases, as the reference model's initialiser, so β ≈ 1 at the start; PyTorch's
+    default U(±1/sqrt(conv_size)) for the convolution: the reference model draws it
+    N(0, 0.02) too, which at its width (2048) still gives ||w||² ≫ ε, but at d_model 64
+    would leave ||w||² near ε = 1e-6, so w would start far from unit length); L2 norm with ε = 1e-6 under the
     square root; w, β and the logits in float32. The KV cache keeps w, β and the last
     ``conv_size - 1`` inputs of the convolution; a decoding step recomputes the logits of
     its queries from the cached keys (the reference instead multiplies the cached keys by
