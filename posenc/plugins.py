@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from posenc.errors import ConfigError
@@ -53,6 +54,7 @@ class Plugin:
 _loaded: dict[str, dict[str, Plugin]] = {}
 
 
+@cache  # read once per process: scanning every installed distribution takes ~20 ms
 def _entry_points(group: str):
     from importlib.metadata import entry_points
 

@@ -105,6 +105,7 @@ def _forget_plugins() -> None:
             registry.pop(name, None)
     plugins._loaded.clear()
     plugins._checked.clear()
+    plugins._entry_points.cache_clear()
     from posenc.cli import completion
 
     completion._groups.cache_clear()
@@ -321,5 +322,9 @@ def test_the_wheel_installs_and_runs_from_anywhere(tmp_path):
 def test_plugin_entry_points_are_found_without_importing_them(bad_site, monkeypatch):
     monkeypatch.syspath_prepend(str(bad_site))
     importlib.invalidate_caches()
-    assert {"raises", "missing", "peeks"} <= set(plugins.entry_point_names("encoding"))
-    assert "bad_plugin" not in sys.modules
+    plugins._entry_points.cache_clear()
+    try:
+        assert {"raises", "missing", "peeks"} <= set(plugins.entry_point_names("encoding"))
+        assert "bad_plugin" not in sys.modules
+    finally:
+        plugins._entry_points.cache_clear()  # the other tests must not see these
