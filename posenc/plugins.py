@@ -366,8 +366,9 @@ def check_encoding(
 
 
 def check_task(cls: type, **params: Any) -> None:
-    """Build task ``cls`` and check that ``sample`` draws valid pairs that ``solve`` agrees
-    with, at its shortest lengths; raise `InterfaceError`."""
+    """Build task ``cls`` and check that it keeps its parameters (``params``) and that
+    ``sample`` draws valid pairs that ``solve`` agrees with, at its shortest lengths; raise
+    `InterfaceError`."""
     import numpy as np
 
     try:
@@ -376,6 +377,13 @@ def check_task(cls: type, **params: Any) -> None:
         raise
     except Exception as exc:
         raise InterfaceError(f"raised in its constructor: {_one_line(exc)}") from exc
+    try:
+        task.params()  # the evaluation-set cache key: one attribute per constructor parameter
+    except AttributeError as exc:
+        raise InterfaceError(
+            f"must keep each constructor parameter as an attribute of the same name "
+            f"(Task.params): {_one_line(exc)}"
+        ) from exc
     try:
         n_symbols = len(task.symbols)
         rng = np.random.default_rng(0)
