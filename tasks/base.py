@@ -46,6 +46,7 @@ class Task:
     # the predictions made right after the input positions `answer_positions` names (one
     # per target symbol), instead of after ``[SEP]`` (`posenc.tasks.format.SequenceFormat`).
     inline: ClassVar[bool] = False
+    scored: ClassVar[str] = ""  # inline tasks: which predictions are scored, in words (reports)
 
     @property
     def symbols(self) -> list[str]:

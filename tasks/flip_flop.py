@@ -42,6 +42,7 @@ class FlipFlop(Task):
     name = "flip_flop"
     description = "w/i/r bit instructions: after every read, the last written bit (inline answers)"
     inline = True
+    scored = "the bit after every read (r)"
 
     def __init__(self, p_ignore: float = 0.8, eval_p_ignore: float | None = None) -> None:
         check_probability(self.name, "p_ignore", p_ignore)

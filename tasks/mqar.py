@@ -29,6 +29,7 @@ class MultiQueryRecall(Task):
     name = "mqar"
     description = "n key-value pairs, then every key queried in-stream: predict each value"
     inline = True
+    scored = "the value after each queried key"
 
     def __init__(self, n_keys: int = 64, n_values: int = 64, fillers: int = 1) -> None:
         check_int(self.name, "n_keys", n_keys, 1)

@@ -58,6 +58,7 @@ class StateTracking(Task):
     name = "state_tracking"
     description = "a sequence of permutations (S5, A5, Z_m): the running product (inline answers)"
     inline = True
+    scored = "the running product after every element (answers=every) or the last"
 
     def __init__(self, group: str = "S5", answers: str = "every") -> None:
         self.elements = group_elements(group)

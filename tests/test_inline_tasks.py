@@ -423,3 +423,12 @@ def test_a_tiny_training_run_scores_the_answers(name, tmp_path):
     metrics = run(cfg)
     assert metrics["status"] == "complete" and set(metrics["per_length"]) == {"2", "7"}
     assert all(0 <= s["token_accuracy"] <= 1 for s in metrics["per_length"].values())
+
+
+def test_the_report_says_what_an_inline_task_scores():
+    from posenc.report.markdown import inline_scoring
+
+    assert "the bit after every read" in inline_scoring("flip_flop")
+    assert "the value after each queried key" in inline_scoring("mqar")
+    assert "token accuracy: the share of answers right" in inline_scoring("state_tracking")
+    assert inline_scoring("copy") is None and inline_scoring("no_such_task") is None

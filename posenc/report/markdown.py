@@ -35,6 +35,24 @@ HOW_TO_READ = (
 )
 
 
+def inline_scoring(task: str) -> str | None:
+    """What exact match and token accuracy count for a task with inline answers (None for
+    the others, which answer after ``<sep>``, or a task this install does not know)."""
+    from posenc import tasks
+    from posenc.errors import ConfigError
+
+    try:
+        cls = tasks.task_class(task)
+    except ConfigError:
+        return None
+    if not cls.inline:
+        return None
+    return (
+        f"Answers inline, scored where the paper scores them: {cls.scored}. Exact match: "
+        "every answer of a sequence right; token accuracy: the share of answers right."
+    )
+
+
 def task_section_lines(
     report: Report, task: str, heading: str | None, plot: str | None
 ) -> list[str]:
@@ -46,6 +64,8 @@ def task_section_lines(
     lines = [heading, ""] if heading else []
     if ranges:
         lines += [f"Trained on lengths {ranges}.", ""]
+    if (scoring := inline_scoring(task)) is not None:
+        lines += [scoring, ""]
     lines += markdown(summary_table(report, task))
     for build in (lift_table, stop_table, difference_table):
         table = build(report, task)
