@@ -62,7 +62,10 @@ def make_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    # foreach: one kernel per operation over all parameters instead of one per parameter
+    # (about a quarter less optimizer time on CPU), the same numbers bit for bit
+    # (tests/test_fast_paths.py); ``fused`` would be faster still but rounds differently.
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), foreach=True)
 
 
 def masked_loss(logits: Tensor, batch: Batch, reduction: str = "mean") -> Tensor:

@@ -683,3 +683,17 @@ def test_plan_seeds_the_encodings_initial_parameters():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     c = plan(compose(["encoding=combo", "encoding.parts=[learned,kerple_log,fire]", "seed=4"]))
     assert not torch.equal(c.model.encoding.state_dict()["parts.1.r1.0"], a["parts.1.r1.0"])
+
+
+@pytest.mark.parametrize("name", ["rope", "xpos", "p_rope"])
+def test_rotary_tables_shared_by_the_batch_give_the_row_by_row_rotation_bit_for_bit(name):
+    """The rotation tables are computed once when the batch shares its positions (and once
+    for queries and keys at the same positions): exactly the row-by-row rotation."""
+    enc = build(name)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(3, H, 7, D // H, generator=g), torch.randn(3, H, 7, D // H, generator=g)
+    pos = rows(*range(2, 9)).expand(3, 7)
+    shared = enc.rotate(q, k, pos, pos)
+    for b in range(3):  # one row at a time: nothing to share
+        alone = enc.rotate(q[b : b + 1], k[b : b + 1], pos[b : b + 1], pos[b : b + 1].clone())
+        assert torch.equal(shared[0][b], alone[0][0]) and torch.equal(shared[1][b], alone[1][0])

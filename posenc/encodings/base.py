@@ -206,3 +206,14 @@ def full_precision(x: Tensor):
     attention computations (gates, Householder products, stick-breaking) stay in float32
     under ``train.precision=bf16``, as their reference code computes them."""
     return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def shared_rows(pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor]:
+    """Keep one row of positions when every row of the batch has the same ones.
+
+    Positions are usually ``arange`` expanded over the batch (randomized positions are
+    shared by the batch too), so a position-only bias can be computed once and broadcast.
+    """
+    if pos_q.shape[0] > 1 and bool((pos_q == pos_q[:1]).all()) and bool((pos_k == pos_k[:1]).all()):
+        return pos_q[:1], pos_k[:1]
+    return pos_q, pos_k

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import PositionalEncoding, relative_distance
+from posenc.encodings.base import PositionalEncoding, relative_distance, shared_rows
 from posenc.encodings.registry import register
 from posenc.errors import ConfigError
 
@@ -118,17 +118,6 @@ class T5Bias(PositionalEncoding):
             relative_distance(pos_q, pos_k)[:, 0], self.num_buckets, self.max_distance
         )
         return self.table(buckets).permute(0, 3, 1, 2).to(q.dtype)  # (B, H, Tq, Tk)
-
-
-def shared_rows(pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor]:
-    """Keep one row of positions when every row of the batch has the same ones.
-
-    Positions are usually ``arange`` expanded over the batch (randomized positions are
-    shared by the batch too), so a position-only bias can be computed once and broadcast.
-    """
-    if pos_q.shape[0] > 1 and bool((pos_q == pos_q[:1]).all()) and bool((pos_k == pos_k[:1]).all()):
-        return pos_q[:1], pos_k[:1]
-    return pos_q, pos_k
 
 
 KERPLE_EPS = 1e-2  # the reference code's lower bound on r1 and r2

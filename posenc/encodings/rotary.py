@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.base import PositionalEncoding, shared_rows
 from posenc.encodings.registry import register
 from posenc.errors import ConfigError
 
@@ -18,17 +18,28 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x: Tensor, angle: Tensor) -> Tensor:
-    """Rotate the first ``2 * angle.shape[-1]`` dims of ``x`` (..., T, Dh) by ``angle`` (..., T, r/2).
+def rotary_tables(angle: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Angles (..., T, r/2) -> cos and sin (..., T, r), each half repeated, in ``dtype``."""
+    cos, sin = angle.cos(), angle.sin()
+    return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((sin, sin), dim=-1).to(dtype)
+
+
+def rotate_with(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first r dims of ``x`` (..., T, Dh) by tables (..., T, r) of `rotary_tables`.
 
     Dimension i is paired with i + r/2 (half-split layout); the remaining dims pass through.
     """
-    r = 2 * angle.shape[-1]
-    x_rot, x_pass = x[..., :r], x[..., r:]
-    cos = torch.cat((angle.cos(), angle.cos()), dim=-1).to(x.dtype)
-    sin = torch.cat((angle.sin(), angle.sin()), dim=-1).to(x.dtype)
-    out = x_rot * cos + rotate_half(x_rot) * sin
-    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+    r = cos.shape[-1]
+    x1, x2, x_pass = x[..., : r // 2], x[..., r // 2 : r], x[..., r:]
+    c, s = cos[..., : r // 2], sin[..., : r // 2]
+    # x_rot·cos + rotate_half(x_rot)·sin, half by half: the same values without the copies
+    parts = (x1 * c - x2 * s, x2 * c + x1 * s)
+    return torch.cat((*parts, x_pass) if x_pass.shape[-1] else parts, dim=-1)
+
+
+def apply_rotary(x: Tensor, angle: Tensor) -> Tensor:
+    """Rotate the first ``2 * angle.shape[-1]`` dims of ``x`` (..., T, Dh) by ``angle`` (..., T, r/2)."""
+    return rotate_with(x, *rotary_tables(angle, x.dtype))
 
 
 SCALINGS = ("pi", "ntk", "yarn")
@@ -167,7 +178,14 @@ class RoPE(PositionalEncoding):
     def rotate(
         self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
     ) -> tuple[Tensor, Tensor]:
-        q, k = apply_rotary(q, self.angles(pos_q)), apply_rotary(k, self.angles(pos_k))
+        # The tables are computed once for queries and keys at the same positions, and once
+        # for the batch when its rows share their positions (the usual case): the same values
+        # as row by row, a fraction of the sin/cos work.
+        same = pos_q is pos_k
+        rows_q, rows_k = shared_rows(pos_q, pos_k)
+        tables_q = rotary_tables(self.angles(rows_q), q.dtype)
+        tables_k = tables_q if same else rotary_tables(self.angles(rows_k), k.dtype)
+        q, k = rotate_with(q, *tables_q), rotate_with(k, *tables_k)
         if self.attention_factor != 1.0:
             q, k = q * self.attention_factor, k * self.attention_factor
         return q, k
