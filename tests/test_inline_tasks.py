@@ -432,3 +432,11 @@ def test_the_report_says_what_an_inline_task_scores():
     assert "the value after each queried key" in inline_scoring("mqar")
     assert "token accuracy: the share of answers right" in inline_scoring("state_tracking")
     assert inline_scoring("copy") is None and inline_scoring("no_such_task") is None
+
+
+def test_posenc_eval_may_change_only_the_evaluation_density():
+    from posenc.reevaluate import parse_overrides
+
+    assert parse_overrides(["task.eval_p_ignore=0.98"]) == [("task.eval_p_ignore", 0.98)]
+    with pytest.raises(ConfigError, match="task.p_ignore cannot change at evaluation"):
+        parse_overrides(["task.p_ignore=0.5"])
