@@ -244,6 +244,25 @@ def test_a_broken_plugin_leaves_the_other_commands_working(installed, bad_site):
 # ---------------------------------------------------------------- the installed package
 
 
+def test_every_package_folder_is_in_the_wheel():
+    """pyproject lists posenc's packages by hand (cli/, tasks/, configs/ are mapped into
+    posenc): a new sub-package missing from that list would be missing from the wheel."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    folders = {"posenc": "posenc"} | {
+        name: folder for name, folder in setuptools["package-dir"].items() if name != ""
+    }
+    expected = set()
+    for name, folder in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            expected.add(".".join((name, *rel)))
+    missing = sorted(expected - listed)
+    assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"
+
+
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> str:
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
