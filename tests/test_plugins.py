@@ -4,6 +4,7 @@ the example plugin in examples/posenc_example, and posenc installed from its whe
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -336,6 +337,35 @@ def test_the_wheel_installs_and_runs_from_anywhere(tmp_path):
     # a rerun finds both runs finished and trains nothing
     again = _run([posenc, "compare", "--preset", "example_tiny", "--jobs", "2"], work, env)
     assert "all 2 runs are finished with this config; nothing to launch" in again, again
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_slurm_job_imports_the_plugin_itself(example_site, tmp_path):
+    """The example's encoding and task run as Slurm array tasks: each job finds them through
+    their entry points (the environment passes only the install location on)."""
+    from tests.conftest import MICRO
+    from tests.test_slurm import slurm_is_up
+
+    reason = slurm_is_up()
+    if reason:
+        pytest.skip(reason)
+    env = {**os.environ, "PYTHONPATH": str(example_site), "COLUMNS": "200"}
+    command = [
+        sys.executable, "-m", "posenc.cli", "compare", "--launcher", "slurm",
+        "-e", "logbias,rope", "-t", "rotate_left", "--experiment", "plugin", *MICRO,
+        f"runs_root={tmp_path / 'runs'}", "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
+    ]  # fmt: skip
+    out = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    exp = tmp_path / "runs" / "plugin"
+    jobs = [json.loads(p.read_text()) for p in exp.glob("_sweeps/*/*/posenc_job.json")]
+    assert sorted(j["encoding"] for j in jobs) == ["logbias", "rope"]
+    assert all(j["status"] == "finished" and j["slurm_job_id"] for j in jobs), jobs
+    assert "logbias" in (exp / "report.md").read_text()
 
 
 def test_plugin_entry_points_are_found_without_importing_them(bad_site, monkeypatch):
