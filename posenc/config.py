@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from posenc.errors import ConfigError
+from posenc.errors import ConfigError, first_line
 
 
 def _package_config_dir() -> Path:
@@ -143,7 +143,7 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
         missing = _missing_key(chain, overrides)
         if missing:
             raise ConfigError(missing) from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"bad override: {first}") from exc
 
 

@@ -222,7 +222,7 @@ def _load_cached(path: Path):
     """A cached evaluation set; a truncated or corrupt one raises `UnreadableFileError`."""
     import datasets
 
-    from posenc.errors import UnreadableFileError
+    from posenc.errors import UnreadableFileError, first_line
 
     try:
         ds = datasets.load_from_disk(str(path))
@@ -231,7 +231,7 @@ def _load_cached(path: Path):
         ds[:1]  # reads the Arrow data, not only the metadata
         return ds
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise UnreadableFileError(
             f"the cached evaluation set {path} cannot be read ({reason[:160]}); delete that "
             "folder and run the same command again (it is rebuilt from its seed)"

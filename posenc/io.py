@@ -47,13 +47,13 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def read_json(path: str | Path) -> Any:
     """The JSON in ``path``; a truncated or corrupt file raises `UnreadableFileError`."""
-    from posenc.errors import UnreadableFileError
+    from posenc.errors import UnreadableFileError, first_line
 
     text = Path(path).read_bytes()
     try:
         return json.loads(text)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise UnreadableFileError(
             f"{path} is corrupt ({reason}); delete it, or rerun that run with overwrite=true"
         ) from exc

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from posenc import encodings
-from posenc.errors import ConfigError
+from posenc.errors import ConfigError, first_line
 from posenc.model import ModelConfig, Transformer
 from posenc.tasks.format import vocab_size
 
@@ -25,8 +25,6 @@ def check_fits(cfg, task, lengths: list[int], device: torch.device) -> None:
     """The whole check: the blocks' size first (cheap), then the model built on the meta
     device (its encoding's own parameters counted, nothing allocated), then activations and
     the evaluation set."""
-    from posenc.checkpoint import first_line
-
     m = cfg.model
     check_model_size(m, device)
     model_cfg = ModelConfig.from_config(m, vocab_size(len(task.symbols)))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from posenc.errors import ConfigError
+from posenc.errors import ConfigError, describe
 
 GROUPS = {"encoding": "posenc.encodings", "task": "posenc.tasks"}
 # Constructor arguments every encoding takes from model.*: never part of encoding.*.
@@ -69,12 +69,6 @@ def entry_point_names(group: str) -> list[str]:
     return sorted(_entry_points(group))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 def load(group: str) -> dict[str, Plugin]:
     """Import and register every installed plugin of ``group`` once; never raises (a broken
     plugin is kept with its ``error``)."""
@@ -89,12 +83,12 @@ def load(group: str) -> dict[str, Plugin]:
         try:
             obj = ep.load()
         except Exception as exc:
-            plugin.error = f"{plugin.label} cannot be imported: {_one_line(exc)}"
+            plugin.error = f"{plugin.label} cannot be imported: {describe(exc)}"
             continue
         try:
             _register(plugin, obj)
         except Exception as exc:
-            plugin.error = f"{plugin.label}: {_one_line(exc)}"
+            plugin.error = f"{plugin.label}: {describe(exc)}"
     return plugins
 
 
@@ -189,7 +183,7 @@ def store_configs() -> None:
                 cs.store(group=group, name=name, node=config_node(group, name))
             except Exception as exc:  # a default OmegaConf cannot hold
                 plugin = load(group)[name]
-                plugin.error = plugin.error or f"{plugin.label}: {_one_line(exc)}"
+                plugin.error = plugin.error or f"{plugin.label}: {describe(exc)}"
                 cs.store(group=group, name=name, node={"name": name})
 
 
@@ -241,7 +235,7 @@ def check_config(cfg) -> None:
             except InterfaceError as exc:
                 _checked[key] = f"{plugin.label} {exc}"
             except Exception as exc:
-                _checked[key] = f"{plugin.label} fails its interface check: {_one_line(exc)}"
+                _checked[key] = f"{plugin.label} fails its interface check: {describe(exc)}"
         if _checked[key]:
             raise ConfigError(_checked[key])
 
@@ -278,7 +272,7 @@ def check_encoding(
     except ConfigError:
         raise
     except Exception as exc:
-        raise InterfaceError(f"raised in its constructor: {_one_line(exc)}") from exc
+        raise InterfaceError(f"raised in its constructor: {describe(exc)}") from exc
     T = max(4, min(length, max_len))
     B, H, Dh = 2, n_heads, d_model // n_heads
 
@@ -286,7 +280,7 @@ def check_encoding(
         try:
             return getattr(enc, hook)(*args, **kwargs)
         except Exception as exc:
-            raise InterfaceError(f"raised in {hook}(): {_one_line(exc)}") from exc
+            raise InterfaceError(f"raised in {hook}(): {describe(exc)}") from exc
 
     with torch.no_grad():
         pos = call("positions", B, T)
@@ -362,7 +356,7 @@ def check_encoding(
     except InterfaceError:
         raise
     except Exception as exc:
-        raise InterfaceError(f"fails in a model's forward pass: {_one_line(exc)}") from exc
+        raise InterfaceError(f"fails in a model's forward pass: {describe(exc)}") from exc
 
 
 def check_task(cls: type, **params: Any) -> None:
@@ -376,13 +370,13 @@ def check_task(cls: type, **params: Any) -> None:
     except ConfigError:
         raise
     except Exception as exc:
-        raise InterfaceError(f"raised in its constructor: {_one_line(exc)}") from exc
+        raise InterfaceError(f"raised in its constructor: {describe(exc)}") from exc
     try:
         task.params()  # the evaluation-set cache key: one attribute per constructor parameter
     except AttributeError as exc:
         raise InterfaceError(
             f"must keep each constructor parameter as an attribute of the same name "
-            f"(Task.params): {_one_line(exc)}"
+            f"(Task.params): {describe(exc)}"
         ) from exc
     try:
         n_symbols = len(task.symbols)
@@ -403,7 +397,7 @@ def check_task(cls: type, **params: Any) -> None:
     except InterfaceError:
         raise
     except Exception as exc:
-        raise InterfaceError(f"fails its interface check: {_one_line(exc)}") from exc
+        raise InterfaceError(f"fails its interface check: {describe(exc)}") from exc
 
 
 def _shape(value: Any) -> Any:

@@ -20,13 +20,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from posenc import tasks
-from posenc.config import encoding_label, task_params
+from posenc.checkpoint import load_weights
+from posenc.config import task_params
 from posenc.data import by_length, load_eval_set
-from posenc.errors import ConfigError, UnreadableFileError
+from posenc.errors import ConfigError, first_line
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json, read_json
-from posenc.metrics import SUMMARY_VERSION, summarize
-from posenc.run import plan
+from posenc.planning import plan
+from posenc.record import metrics_record
 from posenc.runfolder import CHECKPOINT, CONFIG, METRICS
 
 # Keys outside ``encoding.*`` that may change at evaluation: none of them changes the model.
@@ -56,8 +57,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         try:
             (override,) = parser.parse_overrides([item])
         except HydraException as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"cannot read override {item!r}: {first}") from exc
+            raise ConfigError(f"cannot read override {item!r}: {first_line(exc)}") from exc
         key = override.key_or_group
         if override.is_delete() or override.is_sweep_override():
             raise ConfigError(f"override {item!r}: posenc eval takes plain KEY=VALUE overrides")
@@ -150,24 +150,7 @@ def reevaluate(
         applied += filled
 
     p = plan(cfg)
-    try:
-        state = torch.load(d / CHECKPOINT, map_location=p.device, weights_only=True)
-        state["model"]
-    except Exception as exc:
-        raise UnreadableFileError(
-            f"{d / CHECKPOINT} cannot be read as a posenc checkpoint "
-            f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc!r}); "
-            "retrain the run with posenc train ... overwrite=true"
-        ) from exc
-    try:
-        p.model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()
-        raise ConfigError(
-            f"the checkpoint in {d} does not fit the model these overrides build "
-            f"({detail[1].strip() if len(detail) > 1 else detail[0]}); override only "
-            "settings that leave the parameters alone"
-        ) from exc
+    load_weights(d / CHECKPOINT, p.model, p.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
 
@@ -186,24 +169,14 @@ def reevaluate(
     )
     seconds = time.perf_counter() - t0
     trained = read_json(d / METRICS)
-    metrics = {
-        "status": "complete",
-        "experiment": str(cfg.experiment),
-        "task": p.task.name,
-        "encoding": encoding_label(cfg.encoding),
-        "seed": int(cfg.seed),
-        "train_range": [int(cfg.train.min_len), int(cfg.train.max_len)],
-        "summary_version": SUMMARY_VERSION,
-        "summary": summarize(per_length, cfg.train.min_len, cfg.train.max_len, cfg.eval.threshold),
-        "per_length": {str(n): v for n, v in per_length.items()},
-        "train": trained.get("train", {}),
-        "eval": {
-            "seconds": round(seconds, 3),
-            "greedy": bool(cfg.eval.greedy),
-            "tag": tag,
-            "overrides": applied,
-        },
+    evaluation = {
+        "seconds": round(seconds, 3),
+        "greedy": bool(cfg.eval.greedy),
+        "tag": tag,
+        "overrides": applied,
     }
+    train = trained.get("train", {})
+    metrics = metrics_record(cfg, p.task.name, per_length, train=train, evaluation=evaluation)
     path = d / f"eval-{tag}.json"
     atomic_write_json(path, metrics)
     return metrics, path

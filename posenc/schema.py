@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from posenc.errors import ConfigError
+from posenc.errors import ConfigError, first_line
 
 # The largest integer torch, numpy and the OS accept as a seed, a size or a count.
 MAX_INT = 2**63 - 1
@@ -228,7 +228,7 @@ def check_config(cfg: DictConfig, reference: DictConfig) -> None:
     try:
         tree = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # an interpolation that cannot resolve
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"bad value: {first}") from exc
     defaults = OmegaConf.to_container(reference, resolve=False)
     encoding = tree.get("encoding")

@@ -50,13 +50,14 @@ def test_run_writes_every_file_with_the_documented_schema(tiny_cfg, tmp_path):
     slots = sum(q.tokens.numel() for b in drawn for q in length_buckets(b, 4))
     assert on_disk["train"]["padding_share"] == round(1 - real / slots, 4)
     assert on_disk["train"]["stopped_at"] is None
-    assert on_disk["summary_version"] == 2
+    assert on_disk["summary_version"] == 3  # posenc.metrics.SUMMARY_VERSION
     assert set(on_disk["summary"]) == {
         "id_exact_match",
         "min_id_exact_match",
         "ood_exact_match",
         "ood_token_accuracy",
         "extrapolation_horizon",
+        "fits_training_range",
     }
     assert on_disk["train"]["steps"] == 12 and on_disk["train"]["tokens_per_sec"] > 0
     assert "encoding:\n  name: alibi" in (d / "config.yaml").read_text()
@@ -180,17 +181,17 @@ def test_greedy_exact_match_equals_teacher_forced_exact_match(name):
 
 
 def test_stop_at_ends_training_after_two_consecutive_good_checks(tiny_cfg, tmp_path, monkeypatch):
-    import posenc.run
+    import posenc.session
 
     script = iter([0.5, 0.995, 0.3, 0.995, 0.995, 1.0, 1.0])  # quick ID exact match per check
-    real = posenc.run.evaluate_lengths
+    real = posenc.session.evaluate_lengths
 
     def scripted(model, groups, **kwargs):
         scores = real(model, groups, **kwargs)
         value = next(script) if 1 in groups else None  # the quick set has every training length
         return {n: {**v, "exact_match": value} for n, v in scores.items()} if value else scores
 
-    monkeypatch.setattr(posenc.run, "evaluate_lengths", scripted)
+    monkeypatch.setattr(posenc.session, "evaluate_lengths", scripted)  # the quick evaluations
     out = run(tiny_cfg("train.stop_at=0.99", "train.eval_every=2", "train.steps=50"))
     # Checks at steps 2, 4, 6, 8, 10: the hit at 4 is broken by 6; 8 and 10 are two running.
     assert out["train"]["stopped_at"] == 10 and out["train"]["steps"] == 10

@@ -1,0 +1,201 @@
+"""A run in progress: its folder made and config written, the trainer and data stream built
+(resumed from the checkpoint if one is there), and the training loop with its quick
+evaluations, ``train.stop_at`` and checkpoints."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posenc.checkpoint import load_checkpoint
+from posenc.config import encoding_label, to_yaml
+from posenc.console import Reporter
+from posenc.data import TrainStream, generate_eval_rows
+from posenc.evaluate import evaluate_lengths
+from posenc.io import atomic_torch_save, atomic_write_text
+from posenc.lock import clear_folder
+from posenc.planning import Plan
+from posenc.runfolder import CHECKPOINT, CONFIG, LOG
+from posenc.signals import RunStopped, StopSignals
+from posenc.train import Trainer
+
+
+class _Log:
+    def __init__(self, path: Path) -> None:
+        self.f = open(path, "a", buffering=1)
+
+    def __call__(self, text: str) -> None:
+        self.f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+@dataclass
+class Session:
+    """A run in progress: its plan, folder, trainer, data stream, log and counters."""
+
+    p: Plan
+    mode: str
+    trainer: Trainer
+    stream: TrainStream
+    log: _Log
+    writer: Any
+    title: str
+    quick_groups: dict[int, list]
+    seconds_before: float = 0.0  # training time of earlier, interrupted attempts
+    tokens: int = 0  # non-padding training tokens so far
+    slots: int = 0  # training token slots so far, padding included
+    stop_hits: int = 0  # consecutive quick evaluations at or above train.stop_at
+    stopped_at: int | None = None  # the step train.stop_at ended training at
+    loss: float = float("nan")
+
+    def checkpoint(self, seconds: float) -> None:
+        atomic_torch_save(
+            {
+                "model": self.p.model.state_dict(),
+                "trainer": self.trainer.state_dict(),
+                "stream": self.stream.state(),
+                "torch_rng": torch.get_rng_state(),
+                "seconds": seconds,
+                "tokens": self.tokens,
+                "slots": self.slots,
+                "stop_hits": self.stop_hits,
+                "config": to_yaml(self.p.cfg),
+            },
+            self.p.run_dir / CHECKPOINT,
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+        self.log.close()
+
+
+def prepare(p: Plan, mode: str) -> Session:
+    """Make the run folder, write the config, build the trainer, resume if a checkpoint is there."""
+    cfg, d, tr = p.cfg, p.run_dir, p.cfg.train
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    # An unreadable checkpoint fails here, before anything is written.
+    state = load_checkpoint(d / CHECKPOINT, p.model, p.device) if mode == "resume" else None
+    if mode == "overwrite":
+        clear_folder(d)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(d / CONFIG, to_yaml(cfg))
+    log = _Log(d / LOG)
+    stream = TrainStream(
+        p.task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed, tr.batching, p.fmt
+    )
+    trainer = Trainer.from_config(p.model, tr, p.device)
+    resumed: dict[str, Any] = {}
+    if state is not None:  # the model's weights are loaded already
+        trainer.load_state_dict(state["trainer"])
+        stream.load_state(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        resumed = state
+        log(f"resumed from step {trainer.step_count}")
+
+    from posenc import tblog
+
+    writer = tblog.open_writer(d, purge_step=trainer.step_count if mode == "resume" else None)
+    quick_groups: dict[int, list] = {}
+    if p.quick_lengths and tr.eval_every:  # small, in memory, disjoint seed from the final set
+        rows = generate_eval_rows(
+            p.task, p.quick_lengths, min(32, cfg.eval.n_samples), cfg.eval.seed + 1
+        )
+        for n, inputs, target in zip(rows["length"], rows["input"], rows["target"], strict=True):
+            quick_groups.setdefault(n, []).append((inputs, target))
+    title = f"{p.task.name} · {encoding_label(cfg.encoding)} · seed {cfg.seed} → {d}"
+    log(f"start ({mode}) {title}; {p.model.num_parameters():,} parameters")
+    return Session(
+        p,
+        mode,
+        trainer,
+        stream,
+        log,
+        writer,
+        title,
+        quick_groups,
+        seconds_before=resumed.get("seconds", 0.0),
+        tokens=resumed.get("tokens", 0),
+        slots=resumed.get("slots", 0),
+        stop_hits=resumed.get("stop_hits", 0),
+    )
+
+
+def quick_evaluation(s: Session, step: int, reporter: Reporter) -> None:
+    """Score the quick lengths (teacher forcing); count a hit towards ``train.stop_at``."""
+    from posenc import tblog
+
+    cfg, tr = s.p.cfg, s.p.cfg.train
+    scores = evaluate_lengths(
+        s.p.model, s.quick_groups, device=s.p.device, batch_size=cfg.eval.batch_size, fmt=s.p.fmt
+    )
+    tblog.log_per_length(s.writer, scores, step)
+    shown = {n: v for n, v in scores.items() if n in (tr.eval_lengths or scores)}
+    summary = ", ".join(f"n={n}: {v['exact_match']:.2f}" for n, v in shown.items())
+    inside = [v["exact_match"] for n, v in scores.items() if tr.min_len <= n <= tr.max_len]
+    if tr.stop_at is not None and inside:
+        id_em = sum(inside) / len(inside)
+        s.stop_hits = s.stop_hits + 1 if id_em >= tr.stop_at else 0
+        s.writer.add_scalar("train/quick_id_exact_match", id_em, step)
+        summary += f"; ID {id_em:.3f}"
+    reporter.message(f"step {step}: exact match {summary}")
+    s.log(f"step {step} quick eval exact match {summary}")
+
+
+def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -> float:
+    """The training loop, until ``train.steps`` or ``train.stop_at``; returns training seconds.
+
+    Ctrl-C, a stop signal or ``stop_file`` appearing saves a checkpoint before it propagates,
+    so the same command resumes the run.
+    """
+    tr, trainer = s.p.cfg.train, s.trainer
+    reporter.start(s.title, tr.steps, trainer.step_count)
+    t0 = time.perf_counter()
+    tokens_at_start = s.tokens
+    window_t, window_steps = t0, 0
+    stop = StopSignals(stop_file).install()  # SIGTERM, SIGUSR1, SIGUSR2: posenc.signals
+    try:
+        while trainer.step_count < tr.steps and s.stop_hits < 2:
+            stop.check(trainer.step_count)
+            result = trainer.step(s.stream.next())
+            step, s.loss = trainer.step_count, result.loss
+            s.tokens += result.tokens
+            s.slots += result.slots
+            window_steps += 1
+            if step % max(tr.log_every, 1) == 0 or step == tr.steps:
+                now = time.perf_counter()
+                rate = window_steps / max(now - window_t, 1e-9)
+                s.writer.add_scalar("train/loss", s.loss, step)
+                s.writer.add_scalar("train/lr", result.lr, step)
+                s.writer.add_scalar(
+                    "train/tokens_per_sec", (s.tokens - tokens_at_start) / max(now - t0, 1e-9), step
+                )
+                reporter.step(step, s.loss, rate)
+                s.log(f"step {step} loss {s.loss:.4f} lr {result.lr:.2e} {rate:.1f} steps/s")
+                window_t, window_steps = now, 0
+            if s.quick_groups and step % tr.eval_every == 0 and step < tr.steps:
+                quick_evaluation(s, step, reporter)
+                if s.stop_hits >= 2:
+                    s.stopped_at = step
+                    s.log(f"stopped at step {step}: ID exact match >= {tr.stop_at} twice running")
+            if tr.checkpoint_every and step % tr.checkpoint_every == 0:
+                s.checkpoint(s.seconds_before + time.perf_counter() - t0)
+    except (KeyboardInterrupt, RunStopped):
+        s.checkpoint(s.seconds_before + time.perf_counter() - t0)
+        s.log(f"interrupted at step {trainer.step_count}; checkpoint saved")
+        s.close()
+        reporter.close()
+        stop.pass_on()  # a stop signal goes on to the earlier handler (submitit requeues)
+        raise
+    finally:
+        stop.restore()  # also after a crash: the caller's handlers come back
+        trainer.close()  # the piece threads, if any (a resumed loop restarts them)
+    seconds = s.seconds_before + time.perf_counter() - t0
+    s.checkpoint(seconds)
+    return seconds
