@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from posenc.cli.completion import complete_overrides
+from posenc.cli.common import Overrides, error_line, fail
 from posenc.cli.data import app as data_app
 
 app = typer.Typer(
@@ -19,30 +19,6 @@ app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion (cli/completion.py)
     pretty_exceptions_enable=False,
 )
-
-Overrides = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="Hydra overrides, e.g. encoding=alibi task=copy train.steps=2000 seed=1",
-        autocompletion=complete_overrides,
-    ),
-]
-
-
-def error_line(message: str) -> None:
-    """One red line on stderr."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, highlight=False).print(
-        f"[bold red]error:[/] {escape(message)}", soft_wrap=True
-    )
-
-
-def fail(message: str, code: int = 2) -> None:
-    """One red line on stderr, then exit with ``code``."""
-    error_line(message)
-    raise typer.Exit(code)
 
 
 def _compose(overrides: list[str] | None):
@@ -150,7 +126,7 @@ def eval_(
 
 app.add_typer(data_app, name="data")
 
-from posenc.cli import experiments  # noqa: E402  (compare, sweep, report, tb)
+from posenc.cli import experiments  # noqa: E402  (compare, sweep, report, publish, tables, tb)
 
 experiments.register(app)
 

@@ -21,7 +21,7 @@ Overrides = Annotated[
 
 
 def _fail(message: str) -> None:
-    from posenc.cli.app import fail  # lazy: cli.app imports this module
+    from posenc.cli.common import fail
 
     fail(message)
 

@@ -2,25 +2,22 @@
 and ``posenc tb``.
 
 A sweep runs as a Hydra multirun in a child process (``python -m posenc.sweep``) whose
-output goes to a log file, while this process shows live progress by reading the job
-status files and aggregates the experiment folder when the child is done.
+output goes to a log file; `posenc.sweep` plans, starts, follows and stops it, and this
+module shows its live progress and aggregates the experiment folder when it is done.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from posenc.cli.app import Overrides, fail
+from posenc.cli.common import Overrides, fail
 from posenc.cli.completion import complete_encodings, complete_overrides, complete_tasks
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
@@ -118,10 +115,8 @@ def compare(
         encodings = ",".join(block.get("encodings") or []) or CORE_ENCODINGS
     if tasks is None:
         tasks = ",".join(block.get("tasks") or []) or "copy"
-    if seeds is None:
-        seeds = int(block.get("seeds") or 1)
-    if experiment is None:
-        experiment = str(block.get("experiment") or "compare")
+    seeds = int(block.get("seeds") or 1) if seeds is None else seeds
+    experiment = str(block.get("experiment") or "compare") if experiment is None else experiment
     enc = _names(encodings, "encoding", "--encodings")
     tsk = _names(tasks, "task", "--tasks")
     if seeds < 1:
@@ -217,7 +212,7 @@ def _launch(
     from rich.console import Console
 
     from posenc.errors import PosencError
-    from posenc.sweep import child_command, child_env, plan_sweep
+    from posenc.sweep import plan_sweep, supervise
 
     try:
         plan = plan_sweep(
@@ -246,37 +241,34 @@ def _launch(
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     log_path = plan.sweep_dir / "launcher.log"
     console.print(f"sweep log: {log_path}")
-    with open(log_path, "ab") as log:
-        # Its own session, so the sweep and its worker processes are one process group that
-        # this process stops as a whole, whether it got Ctrl-C or a kill (SIGTERM).
-        child = subprocess.Popen(
-            child_command(plan),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=child_env(),
-            start_new_session=True,
+    with _progress_bar(console, plan.total) as (show, close):
+
+        def stopping(signum: int) -> None:
+            close()  # the bar ends before the stop, which may take a while
+            console.print(f"stopping the sweep ({signal.Signals(signum).name}) ...")
+
+        outcome = supervise(plan, log_path, on_progress=show, on_stop=stopping)
+    if outcome.signum is not None:
+        fail(
+            "interrupted; finished runs are kept and checkpoints saved: run the same "
+            "command again to resume",
+            128 + outcome.signum,
         )
-        with noted_signals() as requested:  # the watch loop sees one within half a second
-            _watch(child, plan, console, requested)
-            if requested:
-                signum = requested[0]
-                console.print(f"stopping the sweep ({signal.Signals(signum).name}) ...")
-                _stop(child, plan.sweep_dir, signum)
-                fail(
-                    "interrupted; finished runs are kept and checkpoints saved: run the same "
-                    "command again to resume",
-                    128 + signum,
-                )
+    _after(plan, outcome.returncode, log_path, console, total)
+
+
+def _after(plan, returncode: int | None, log_path: Path, console, total: str) -> None:
+    """The report of what the sweep left, its log's tail if it crashed, and its failures."""
     from posenc.report import load_experiment
     from posenc.sweep import sweep_progress
 
     shown: set[str] = set()
     if load_experiment(plan.experiment_dir):  # also after a crash: report what is there
         shown = _report(plan.experiment_dir)
-    if child.returncode != 0:
+    if returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
         console.print("\n".join(tail), markup=False)
-        fail(f"the sweep process exited with status {child.returncode}; see {log_path}", 1)
+        fail(f"the sweep process exited with status {returncode}; see {log_path}", 1)
 
     mine = sweep_progress(plan.sweep_dir, plan.total)
     if mine.failed:
@@ -287,91 +279,11 @@ def _launch(
 
 
 @contextmanager
-def noted_signals() -> Iterator[list[int]]:
-    """While the block runs, SIGTERM (kill) and SIGINT (Ctrl-C) only append their number to
-    the yielded list, for a loop of the command to act on; the earlier handlers come back
-    after. Raising from a handler instead (KeyboardInterrupt) could land inside rich's live
-    display while it held its lock, whose exit then waited forever: `posenc compare` hung
-    and its sweep trained on. A SIGINT ignored when posenc started (a background job of a
-    non-interactive shell) stays ignored, as the shell meant."""
-    requested: list[int] = []
-    signals = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signals.append(signal.SIGINT)
-    handlers = {
-        s: signal.signal(s, lambda signum, frame: requested.append(signum)) for s in signals
-    }
-    try:
-        yield requested
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-
-
-def _job_pids(sweep_dir: Path) -> set[int]:
-    """The processes of this sweep's jobs that have not said they are done."""
-    import json
-
-    from posenc.sweep import JOB_STATUS
-
-    pids = set()
-    for path in sweep_dir.glob(f"*/{JOB_STATUS}"):
-        try:
-            job = json.loads(path.read_text())
-        except (OSError, ValueError):  # being rewritten: read it next time
-            continue
-        if job.get("status") in ("running", "waiting") and isinstance(job.get("pid"), int):
-            pids.add(job["pid"])
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop(child: subprocess.Popen, sweep_dir: Path, signum: int, grace: float = 60) -> None:
-    """Stop the sweep: mark its folder as stopping (`posenc.sweep.STOPPING`). Each running
-    job sees it at its next step, saves its checkpoint and returns; a job that has not
-    started a run starts none; a run already in its final evaluation finishes. Once no job
-    is running (or after ``grace`` seconds), the signal goes to the sweep's whole process
-    group (the sweep itself, joblib's helpers), and whatever is left is killed.
-
-    No signal goes to the jobs themselves: a worker that dies of one (a SIGTERM outside the
-    training loop), or a job that raises, makes joblib abort its pool and kill the workers
-    that are still saving. Under load one run of two lost its checkpoint that way."""
-    from posenc.io import atomic_write_text
-    from posenc.sweep import STOPPING
-
-    deadline = time.monotonic() + grace
-    atomic_write_text(sweep_dir / STOPPING, f"stopped by {signal.Signals(signum).name}\n")
-    while time.monotonic() < deadline and any(map(_alive, _job_pids(sweep_dir))):
-        time.sleep(0.1)
-    group = child.pid  # its own session: the group id is its pid
-    try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
-        pass
-    while time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.1)
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    child.wait()
-
-
-def _watch(child: subprocess.Popen, plan, console, requested: list[int]) -> None:
-    """Live progress (finished / running / failed, best so far) until the child exits or
-    a stop is ``requested`` (a signal number appended by the signal handlers)."""
+def _progress_bar(console, total: int | None):
+    """A live bar of finished / running / failed runs and the best so far; yields the
+    function that shows a `posenc.sweep.SweepProgress` (failures printed as they come) and
+    the one that ends the bar early."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from posenc.sweep import sweep_progress
 
     progress = Progress(
         TextColumn("[bold]runs"),
@@ -383,25 +295,24 @@ def _watch(child: subprocess.Popen, plan, console, requested: list[int]) -> None
         transient=False,
     )
     seen_errors = 0
+
+    def show(p) -> None:
+        nonlocal seen_errors
+        info = f"{p.running} running"
+        info += f" · [red]{p.failed} failed[/]" if p.failed else " · 0 failed"
+        if p.skipped:
+            info += f" · {p.skipped} done before"
+        if p.best:
+            name = p.best[0] if len(p.best[0]) <= 24 else p.best[0][:23] + "…"
+            info += f" · best [bold]{name}[/] ({p.best[2]} {p.best[1]:.2f})"
+        progress.update(bar, completed=p.done, info=info)
+        for err in p.errors[seen_errors:]:
+            progress.console.print(f"[red]failed[/] {err}", markup=True)
+        seen_errors = len(p.errors)
+
     with progress:
-        bar = progress.add_task("runs", total=plan.total, info="starting")
-        while True:
-            running = child.poll() is None
-            p = sweep_progress(plan.sweep_dir, plan.total)
-            info = f"{p.running} running"
-            info += f" · [red]{p.failed} failed[/]" if p.failed else " · 0 failed"
-            if p.skipped:
-                info += f" · {p.skipped} done before"
-            if p.best:
-                name = p.best[0] if len(p.best[0]) <= 24 else p.best[0][:23] + "…"
-                info += f" · best [bold]{name}[/] ({p.best[2]} {p.best[1]:.2f})"
-            progress.update(bar, completed=p.done, info=info)
-            for err in p.errors[seen_errors:]:
-                progress.console.print(f"[red]failed[/] {err}", markup=True)
-            seen_errors = len(p.errors)
-            if not running or requested:
-                break
-            time.sleep(0.5)
+        bar = progress.add_task("runs", total=total, info="starting")
+        yield show, progress.stop
 
 
 def _report(exp_dir: Path, baseline: str | None = None) -> set[str]:
@@ -514,6 +425,7 @@ def tensorboard(
     ] = None,
 ) -> None:
     """Start TensorBoard on 127.0.0.1 for an experiment and print its URL (Ctrl-C stops it)."""
+    from posenc.signals import noted_signals
     from posenc.tbserver import TensorBoardError, start, stop
 
     if not directory.is_dir():

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -84,3 +86,25 @@ class StopSignals:
         self.restore()
         if callable(previous) and previous is not signal.default_int_handler:
             previous(self.requested, None)
+
+
+@contextmanager
+def noted_signals() -> Iterator[list[int]]:
+    """While the block runs, SIGTERM (kill) and SIGINT (Ctrl-C) only append their number to
+    the yielded list, for a loop of the command to act on; the earlier handlers come back
+    after. Raising from a handler instead (KeyboardInterrupt) could land inside rich's live
+    display while it held its lock, whose exit then waited forever: `posenc compare` hung
+    and its sweep trained on. A SIGINT ignored when posenc started (a background job of a
+    non-interactive shell) stays ignored, as the shell meant."""
+    requested: list[int] = []
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signals.append(signal.SIGINT)
+    handlers = {
+        s: signal.signal(s, lambda signum, frame: requested.append(signum)) for s in signals
+    }
+    try:
+        yield requested
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)

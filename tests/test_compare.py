@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from posenc import sweep
 from posenc.cli.app import app
+from posenc.errors import ConfigError
 from posenc.io import atomic_write_json
 from tests.conftest import MICRO
 
@@ -86,7 +87,7 @@ def test_sweep_rejects_a_swept_experiment(tmp_path, monkeypatch):
 
 
 def test_plan_gives_each_local_job_its_share_of_the_cores(monkeypatch, tmp_path):
-    monkeypatch.setattr(sweep, "cores", lambda: 4)
+    monkeypatch.setattr(sweep.threads, "cores", lambda: 4)
     base = ["encoding=rope,alibi,t5", "seed=0,1", f"runs_root={tmp_path}"]
     plan = sweep.plan_sweep(["model.n_layers=2,4", "train.lr=1e-3"], base=base, experiment="e")
     assert plan.total == 3 * 2 * 2
@@ -109,7 +110,7 @@ def test_plan_gives_each_local_job_its_share_of_the_cores(monkeypatch, tmp_path)
 
 @pytest.mark.parametrize("key", ["threads", "device", "experiment", "runs_root"])
 def test_keys_that_name_no_run_cannot_be_swept(key):
-    with pytest.raises(sweep.ConfigError, match=f"{key} cannot be swept"):
+    with pytest.raises(ConfigError, match=f"{key} cannot be swept"):
         sweep.plan_sweep([f"{key}=a,b"], experiment="e")
 
 

@@ -1,0 +1,149 @@
+"""Inside a Hydra job: `run_job`, the task function that ``python -m posenc.sweep --multirun``
+calls once per run.
+
+It calls `posenc.run.run` and never raises: a finished run is skipped, an interrupted one
+resumes from its checkpoint (`posenc.run` does that), and a failing one leaves ``error.json``
+in its run folder so the others go on and the report can say what went wrong. It keeps its
+status in ``posenc_job.json`` (`posenc.sweep.status`) for the parent to count.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from posenc.config import CONFIG_DIR, encoding_label
+from posenc.errors import ConfigError, describe
+from posenc.io import atomic_write_json, read_json
+from posenc.lock import RunLock
+from posenc.runfolder import ERROR, METRICS, is_finished, same_config
+from posenc.signals import RunStopped
+from posenc.sweep.status import JOB_STATUS, STOPPING
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    from posenc.planning import default_run_dir
+
+    return Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+
+
+def apply_variant(cfg: DictConfig, variant: str) -> None:
+    """Name the run after its swept hyperparameters: ``rope@model.n_layers=2``.
+
+    Runs that differ only in a swept key such as ``model.n_layers`` would otherwise share
+    one run folder; the label names the folder, the table row and the TensorBoard run.
+    """
+    if not variant:
+        return
+    with open_dict(cfg):
+        cfg.encoding.label = f"{encoding_label(cfg.encoding)}@{variant}".replace("/", "_")
+
+
+def _skip_or_run(cfg: DictConfig, run_dir: Path, job: dict, stopping: Path) -> dict[str, Any]:
+    """A finished run with this config is skipped; any other is run (or resumed)."""
+    from posenc.run import run
+
+    if is_finished(run_dir) and not cfg.overwrite:
+        if not same_config(run_dir, cfg):
+            raise ConfigError(
+                f"{run_dir} holds a finished run with a different config; choose "
+                "another experiment name or pass overwrite=true"
+            )
+        job["status"] = "skipped"
+        return read_json(run_dir / METRICS)
+    metrics = run(cfg, lock=False, stop_file=stopping)
+    job["status"] = "finished"
+    return metrics
+
+
+def _record_failure(cfg: DictConfig, run_dir: Path, job: dict, exc: Exception) -> None:
+    """``error.json`` in the run folder, unless it holds a finished run (that stays valid)."""
+    if (run_dir / METRICS).exists():
+        return
+    atomic_write_json(
+        run_dir / ERROR,
+        {
+            "status": "failed",
+            "experiment": str(cfg.experiment),
+            "task": job["task"],
+            "encoding": job["encoding"],
+            "seed": job["seed"],
+            "error": job["error"],
+            "type": type(exc).__name__,
+            "traceback": traceback.format_exc(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """The Hydra task function: run (or skip, or resume) one run; never raises on failure."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    apply_variant(cfg, hc.job.override_dirname)
+    run_dir = run_dir_of(cfg)
+    status_path = Path(hc.runtime.output_dir) / JOB_STATUS
+    job = {
+        "status": "running",
+        "run_dir": str(run_dir),
+        "task": str(cfg.task.name),
+        "encoding": encoding_label(cfg.encoding),
+        "seed": int(cfg.seed),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "started": time.time(),
+    }
+    stopping = Path(hc.runtime.output_dir).parent / STOPPING
+    if stopping.exists():  # the sweep is being stopped: start nothing
+        job.update(status="interrupted", ended=time.time())
+        atomic_write_json(status_path, job)
+        return {"status": "interrupted"}
+    atomic_write_json(status_path, job)
+
+    def waiting(holder: str) -> None:  # another sweep (or posenc train) holds this run
+        job.update(status="waiting", holder=holder)
+        atomic_write_json(status_path, job)
+
+    try:
+        # Two sweeps over the same runs never train one twice: the second waits for the
+        # first's lock, then finds the run finished (skip) or interrupted (resume).
+        with RunLock(run_dir, wait=True, on_wait=waiting):
+            job["status"] = "running"
+            metrics = _skip_or_run(cfg, run_dir, job, stopping)
+            (run_dir / ERROR).unlink(missing_ok=True)
+        job["summary"] = metrics["summary"]
+        return metrics
+    except (KeyboardInterrupt, RunStopped, SystemExit):  # checkpoint saved; a rerun resumes
+        job["status"] = "interrupted"
+        if stopping.exists():  # the sweep stops every job: let the others save theirs too
+            return {"status": "interrupted"}
+        raise
+    except Exception as exc:  # recorded, so the other jobs go on
+        job["status"] = "failed"
+        job["error"] = describe(exc)
+        _record_failure(cfg, run_dir, job, exc)
+        return {"status": "failed", "error": job["error"]}
+    finally:
+        job["ended"] = time.time()
+        atomic_write_json(status_path, job)
+
+
+def main() -> None:
+    """``python -m posenc.sweep --multirun OVERRIDES``: the Hydra entry point."""
+    import hydra
+
+    from posenc import plugins
+    from posenc.config import searchpath_override
+
+    plugins.store_configs()  # installed plugins' encodings and tasks: group options
+    sys.argv += searchpath_override()  # POSENC_CONFIG_PATH: the user's config folders
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(run_job)()

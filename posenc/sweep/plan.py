@@ -1,0 +1,272 @@
+"""Planning a sweep in the parent process: read and check its overrides, count its jobs,
+stamp its folder, share the cores, assemble the child's multirun command line and count the
+runs that are finished already. Raises `ConfigError` before anything runs."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from posenc.errors import ConfigError, first_line
+from posenc.io import read_json
+from posenc.runfolder import EXECUTION_KEYS, METRICS, is_finished, same_config
+from posenc.sweep.job import apply_variant, run_dir_of
+from posenc.sweep.threads import LAUNCHER_GROUP, check_launcher, share_threads
+
+SWEEPS = "_sweeps"  # <runs_root>/<experiment>/_sweeps/<time>/: Hydra's job folders and logs
+# Keys that name the run folder themselves (or only change how a run executes), so they
+# never become part of a variant label; every other swept key does.
+NAMING_KEYS = ("encoding", "task", "seed", "experiment", "runs_root", "data_dir", "run_dir")
+# Sweeping these would send several jobs to one run folder (or to several experiments).
+UNSWEPT_KEYS = ("experiment", "runs_root", "data_dir", "run_dir", *EXECUTION_KEYS)
+# Set by the sweep itself (runs_root made absolute, threads from the launcher, no progress bars).
+SET_HERE = ("runs_root", "threads", "progress")
+# Compositions checked before a sweep starts: every value of every swept key, with the
+# other keys at their first value (a bad combination of two keys is still the job's error).
+MAX_VALUE_CHECKS = 64
+# A sweep up to this size checks its run folders first, so a rerun of finished runs
+# launches nothing (no Slurm array of jobs that would only find their runs done).
+MAX_PRECHECK = 1000
+
+
+@dataclass
+class SweepPlan:
+    """Everything the CLI needs to launch one multirun and watch it."""
+
+    overrides: list[str]  # the child's command line after ``--multirun``
+    sweep_dir: Path  # Hydra's job folders, the launcher log
+    experiment_dir: Path  # the runs and the report
+    total: int | None  # number of jobs (None when a sweep function hides it)
+    launcher: str
+    jobs: int
+    threads: str  # the child's threads= value
+    threads_shown: str = ""  # the same, resolved for the banner
+    finished: int = 0  # runs already finished (== total: nothing to launch)
+
+
+@dataclass
+class Axes:
+    """The sweep's overrides, one axis of choices per override (one choice if not swept)."""
+
+    first: list[str]  # one combination: the first value of every swept key
+    axes: list[list[str]]  # every job's task overrides: one choice per axis
+    total: int | None  # number of combinations (None when a sweep function hides it)
+
+
+def _parse(overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise ConfigError(f"bad override: {first_line(exc)}") from exc
+
+
+def _sweep_values(o) -> list[str] | None:
+    try:
+        return list(o.sweep_string_iterator())
+    except Exception:  # glob() needs Hydra's config loader; the count is then unknown
+        return None
+
+
+def check_overrides(overrides: list[str], parsed: list) -> None:
+    """Group names exist; no launcher, ``run_dir`` or swept `UNSWEPT_KEYS` among them."""
+    from posenc.config import check_group_overrides
+
+    check_group_overrides(overrides)
+    for o in parsed:
+        key = o.key_or_group
+        if key == LAUNCHER_GROUP:
+            raise ConfigError(f"{o.input_line!r}: choose the launcher with --launcher")
+        if key == "run_dir" and not o.is_delete() and o.value() is not None:
+            raise ConfigError("run_dir names one run folder; a sweep gives each run its own")
+        if o.is_sweep_override() and key in UNSWEPT_KEYS:
+            raise ConfigError(f"{o.input_line!r}: {key} cannot be swept; run one sweep per value")
+
+
+def expand(parsed: list) -> Axes:
+    """The axes of the sweep's task overrides (Hydra's own ``hydra.*`` left out)."""
+    first = []
+    total: int | None = 1
+    axes: list[list[str]] = []
+    for o in parsed:
+        if o.is_hydra_override():
+            continue
+        if o.is_sweep_override():
+            values = _sweep_values(o)
+            if values is None:
+                total = None
+                continue
+            if total is not None:
+                total *= len(values)
+            first.append(f"{o.get_key_element()}={values[0]}" if values else o.input_line)
+            axes.append([f"{o.get_key_element()}={v}" for v in values])
+        else:
+            first.append(o.input_line)
+            axes.append([o.input_line])
+    return Axes(first, axes, total)
+
+
+def check_every_value(first: list[str], axes: list[list[str]]) -> None:
+    """Compose the sweep once per value of each swept key, so that a value that fails with
+    another key's override (``encoding.max_offset=20`` beside ``encoding=none``) is a
+    one-line `ConfigError` before anything runs."""
+    from posenc.config import compose
+
+    checked = 0
+    for i, axis in enumerate(axes):
+        for value in axis[1:]:
+            if checked >= MAX_VALUE_CHECKS:
+                return
+            checked += 1
+            try:
+                compose([*first[:i], value, *first[i + 1 :]])
+            except ConfigError as exc:
+                hint = ""
+                if value.startswith("encoding=") and "has no key" in str(exc):
+                    hint = (
+                        "; an encoding.KEY override applies to every encoding of the sweep: "
+                        "run the encodings that take it in their own posenc compare (the "
+                        "same --experiment puts them in one report)"
+                    )
+                raise ConfigError(f"with {value}: {exc}{hint}") from exc
+
+
+def stamp_sweep_dir(experiment_dir: Path) -> Path:
+    """``<experiment>/_sweeps/<time>/``, a new folder even for two sweeps in one second."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    sweep_dir = experiment_dir / SWEEPS / stamp
+    n = 1
+    while sweep_dir.exists():  # two sweeps started in the same second
+        n += 1
+        sweep_dir = experiment_dir / SWEEPS / f"{stamp}_{n}"
+    return sweep_dir
+
+
+def child_overrides(
+    overrides: list[str],
+    parsed: list,
+    *,
+    launcher: str,
+    jobs: int | None,
+    threads: str,
+    runs_root: Path,
+    sweep_dir: Path,
+    extra: list[str],
+) -> list[str]:
+    """The child's command line after ``--multirun``: the user's overrides, then what the
+    sweep sets itself; runs are named by their swept keys other than `NAMING_KEYS`."""
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    fixed = sorted({o.key_or_group for o in parsed if not o.is_hydra_override()} - swept)
+    exclude = sorted({*NAMING_KEYS, *EXECUTION_KEYS, *fixed})
+    child = [
+        f"hydra/launcher={launcher}",
+        *(
+            line
+            for line, o in zip(overrides, parsed, strict=True)
+            if o.key_or_group not in SET_HERE
+        ),
+        f"runs_root={runs_root}",
+        f"threads={threads}",
+        "progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.job.name=posenc",  # the Slurm job name and Hydra's per-job log file
+        "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(exclude) + "]",
+        *extra,
+    ]
+    if launcher == "local":
+        child.append(f"hydra.launcher.n_jobs={jobs}")
+    elif launcher == "slurm" and jobs is not None:
+        child.append(f"hydra.launcher.array_parallelism={jobs}")
+    return child
+
+
+def count_finished(
+    axes: list[list[str]], extra: list[str], swept: list[str], runs_root: Path
+) -> int:
+    """How many of the sweep's runs are finished with the same config, stopping at the first
+    that is not (then the sweep must launch anyway)."""
+    from posenc.config import compose
+
+    n = 0
+    for combo in itertools.product(*axes):
+        cfg = compose([*combo, *extra, f"runs_root={runs_root}"], check=False)
+        variant = ",".join(sorted(o for o in combo if o.split("=", 1)[0].lstrip("+~") in swept))
+        apply_variant(cfg, variant)
+        d = run_dir_of(cfg)
+        try:
+            same = is_finished(d) and same_config(d, cfg) and bool(read_json(d / METRICS))
+        except Exception:  # an unreadable config: the job reports it
+            same = False
+        if not same:
+            return n
+        n += 1
+    return n
+
+
+def plan_sweep(
+    overrides: list[str],
+    *,
+    base: list[str] | None = None,
+    launcher: str = "local",
+    jobs: int | None = None,
+    experiment: str | None = None,
+    reserved: dict[str, str] | None = None,
+) -> SweepPlan:
+    """Check a sweep's overrides and turn them into the child's multirun command line.
+
+    ``base`` are the caller's own overrides (``posenc compare``'s encoding, task and seed
+    lists), placed before the user's ``overrides``; ``reserved`` maps keys the user may not
+    set to the option that sets them; ``experiment`` is used unless the overrides name one.
+    Raises `ConfigError` before anything runs.
+    """
+    from posenc.config import compose
+
+    check_launcher(launcher, jobs)
+    for o in _parse(overrides):
+        if reserved and o.key_or_group in reserved:
+            raise ConfigError(
+                f"{o.input_line!r}: {o.key_or_group} is set by {reserved[o.key_or_group]}"
+            )
+    overrides = [*(base or []), *overrides]
+    parsed = _parse(overrides)
+    check_overrides(overrides, parsed)
+    # Compose one combination (first value of every sweep) to catch bad keys and read paths.
+    ax = expand(parsed)
+    named = experiment is not None and "experiment" not in {o.key_or_group for o in parsed}
+    extra = [f"experiment={experiment}"] if named else []
+    first = [*ax.first, *extra]
+    cfg = compose(first)
+    check_every_value(first, ax.axes)
+    runs_root = Path(str(cfg.runs_root)).absolute()
+    experiment_dir = runs_root / str(cfg.experiment)
+    sweep_dir = stamp_sweep_dir(experiment_dir)
+    jobs, threads, threads_shown = share_threads(launcher, jobs, ax.total, parsed)
+    child = child_overrides(
+        overrides,
+        parsed,
+        launcher=launcher,
+        jobs=jobs,
+        threads=threads,
+        runs_root=runs_root,
+        sweep_dir=sweep_dir,
+        extra=extra,
+    )
+    finished = 0
+    if ax.total is not None and ax.total <= MAX_PRECHECK:
+        swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+        swept_names = sorted(swept - {*NAMING_KEYS, *EXECUTION_KEYS})
+        finished = count_finished(ax.axes, extra, swept_names, runs_root)
+    return SweepPlan(
+        child,
+        sweep_dir,
+        experiment_dir,
+        ax.total,
+        launcher,
+        jobs or 1,
+        threads,
+        threads_shown or threads,
+        finished,
+    )
