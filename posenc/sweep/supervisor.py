@@ -30,7 +30,10 @@ class Outcome:
 
 
 def child_command(plan: SweepPlan) -> list[str]:
-    return [sys.executable, "-m", "posenc.sweep", "--multirun", *plan.overrides]
+    # -P: the current folder is not put on the import path, so a sweep started inside a
+    # checkout runs the installed posenc (and its workers, which inherit the path), not the
+    # checkout's posenc/ folder
+    return [sys.executable, "-P", "-m", "posenc.sweep", "--multirun", *plan.overrides]
 
 
 def child_env() -> dict[str, str]:
