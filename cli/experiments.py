@@ -121,12 +121,7 @@ def compare(
     tsk = _names(tasks, "task", "--tasks")
     if seeds < 1:
         fail(f"--seeds must be >= 1, got {seeds}")
-    owned = {
-        "encoding": "--encodings",
-        "task": "--tasks",
-        "seed": "--seeds",
-        "experiment": "--experiment",
-    }
+    owned = dict(encoding="--encodings", task="--tasks", seed="--seeds", experiment="--experiment")
     base = [
         f"encoding={','.join(enc)}",
         f"task={','.join(tsk)}",
@@ -142,11 +137,13 @@ def compare(
         jobs=jobs,
         experiment=experiment,
         reserved=owned,
-        what=" x ".join(
-            f"{k} {noun}{'s' * (k != 1)}"
-            for k, noun in ((len(enc), "encoding"), (len(tsk), "task"), (seeds, "seed"))
-        ),
+        what=_counted(encoding=len(enc), task=len(tsk), seed=seeds),
     )
+
+
+def _counted(**counts: int) -> str:
+    """``3 encodings x 1 task x 2 seeds``."""
+    return " x ".join(f"{k} {noun}{'s' * (k != 1)}" for noun, k in counts.items())
 
 
 def _preset_compare_block(name: str) -> dict:

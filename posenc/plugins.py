@@ -264,8 +264,6 @@ def check_encoding(
     """
     import torch
 
-    from posenc.model import ModelConfig, Transformer
-
     try:
         torch.manual_seed(0)
         enc = cls(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers, **params)
@@ -274,7 +272,15 @@ def check_encoding(
     except Exception as exc:
         raise InterfaceError(f"raised in its constructor: {describe(exc)}") from exc
     T = max(4, min(length, max_len))
-    B, H, Dh = 2, n_heads, d_model // n_heads
+    tokens, ar = _check_hooks(enc, B=2, H=n_heads, T=T, d_model=d_model)
+    _check_in_a_model(cls, tokens, ar, d_model, n_heads, n_layers, max_len, params)
+
+
+def _check_hooks(enc, *, B: int, H: int, T: int, d_model: int):
+    """Each hook returns the documented shapes; returns the tokens and positions used."""
+    import torch
+
+    Dh = d_model // H
 
     def call(hook: str, *args, **kwargs):
         try:
@@ -319,6 +325,17 @@ def check_encoding(
                     f"bias() must return None or a tensor broadcastable to (B, H, Tq, Tk) = "
                     f"{(B, H, T, T)}, got {_shape(bias)}"
                 )
+    return tokens, ar
+
+
+def _check_in_a_model(cls, tokens, ar, d_model, n_heads, n_layers, max_len, params) -> None:
+    """In a small model: no look-ahead, the KV cache agrees with the full forward pass, and
+    two models built under one seed agree."""
+    import torch
+
+    from posenc.model import ModelConfig, Transformer
+
+    T = tokens.shape[1]
 
     def model(seed: int) -> Transformer:
         torch.manual_seed(seed)
