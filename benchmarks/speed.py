@@ -26,7 +26,7 @@ Rows:
 - ``encodings``: milliseconds per training step (the bare loop, configured batching) of each
   scheme that acts inside attention (issue 23: FoX, PaTH, PaTH-FoX, stick-breaking, SSMax
   alone and with RoPE, p-RoPE, Hard-ALiBi, per-layer, per-head) against RoPE on the same
-  model and batches, interleaved over three rounds, medians; which of them leave the fused
+  model and batches, interleaved over three rounds in rotated orders, medians; which leave the fused
   attention kernel (stick-breaking and PaTH compute their own weights, O(T²) per head).
 - ``bf16``: the bare loop with ``train.precision=bf16`` against fp32, same batches.
 - ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
@@ -426,9 +426,12 @@ def encoding_rows(overrides: list[str], steps: int) -> None:
     names = ["rope", *INSIDE_ATTENTION]
     cfgs = {name: compose([*overrides, f"encoding={name}"]) for name in names}
     sample = batches(cfgs["rope"], steps + 10, seed=3)
-    ms = interleaved_ms(
-        {name: lambda name=name: bare_loop(cfgs[name], sample) for name in names}
-    )
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(3):  # each round in a rotated order, so no scheme always goes first
+        for name in names[r:] + names[:r]:
+            out = bare_loop(cfgs[name], sample)
+            runs[name].append(1000 * out["seconds"] / out["steps"])
+    ms = {name: statistics.median(v) for name, v in runs.items()}
     for name in INSIDE_ATTENTION:
         kernel = "own attention weights" if INSIDE_ATTENTION[name] else "fused kernel"
         row(
