@@ -112,3 +112,12 @@ def test_every_encoding_decodes_with_the_kv_cache_as_it_scores_by_teacher_forcin
             logits, cache = model(tokens[:, t : t + 1], pos[:, t : t + 1], cache)
             steps_logits.append(logits)
     torch.testing.assert_close(torch.cat(steps_logits, dim=1), whole, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", encodings.names())
+def test_every_encoding_passes_the_checks_a_plugin_must_pass(name):
+    """posenc's own encodings pass the one-call checks offered to plugin authors
+    (`posenc.plugins.check_encoding`: shapes, no look-ahead, KV cache, determinism)."""
+    from posenc import plugins
+
+    plugins.check_encoding(encodings.info(name).cls)
