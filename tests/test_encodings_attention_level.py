@@ -85,7 +85,7 @@ def test_fox_attention_is_the_softmax_of_logits_plus_summed_log_gates():
         expected = torch.full((1, 4, 5, 5), float("-inf"))
         for i in range(5):
             for j in range(i + 1):
-                path = sum((log_f[0, l] for l in range(j + 1, i + 1)), torch.zeros(4))
+                path = sum((log_f[0, s] for s in range(j + 1, i + 1)), torch.zeros(4))
                 expected[0, :, i, j] = (q[0, :, i] * k[0, :, j]).sum(-1) / math.sqrt(8) + path
         got = q @ k.transpose(-1, -2) / math.sqrt(8) + bias
         lower = torch.ones(5, 5, dtype=torch.bool).tril()
@@ -116,7 +116,9 @@ def test_stick_breaking_weights_match_the_product_formula_and_sum_to_at_most_one
     # the remainder weights the query's own value, so each row then sums to 1
     w2 = stick_breaking_weights(z, remainder_to_current=True)
     torch.testing.assert_close(w2.sum(-1).float(), torch.ones(1, 1, 6))
-    torch.testing.assert_close(w2.diagonal(dim1=-2, dim2=-1)[0, 0].double(), 1 - w[0, 0].sum(-1).double())
+    torch.testing.assert_close(
+        w2.diagonal(dim1=-2, dim2=-1)[0, 0].double(), 1 - w[0, 0].sum(-1).double()
+    )
 
 
 def test_stick_breaking_breaks_the_nearest_key_first():
@@ -154,17 +156,23 @@ def test_path_logits_equal_the_product_of_householder_matrices():
     q, k, w = qkv(B=1, H=2, T=9, D=4)
     w = w / w.norm(dim=-1, keepdim=True)
     beta = 2 * torch.rand(1, 2, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(householder_logits(q, k, w, beta), path_logits_by_products(q, k, w, beta))
+    torch.testing.assert_close(
+        householder_logits(q, k, w, beta), path_logits_by_products(q, k, w, beta)
+    )
 
 
 def test_path_with_beta_zero_is_nope():
     q, k, w = qkv()
     lower = torch.ones(7, 7, dtype=torch.bool).tril()
     plain = (q @ k.transpose(-1, -2)).masked_fill(~lower, 0)
-    torch.testing.assert_close(householder_logits(q, k, w, torch.zeros(2, 4, 7, dtype=q.dtype)), plain)
+    torch.testing.assert_close(
+        householder_logits(q, k, w, torch.zeros(2, 4, 7, dtype=q.dtype)), plain
+    )
     # in the model: β = 2σ(bias) = 0 gives the NoPE model with the same weights
     path, nope = model_for("path"), model_for("none")
-    nope.load_state_dict({k: v for k, v in path.state_dict().items() if not k.startswith("encoding.")})
+    nope.load_state_dict(
+        {k: v for k, v in path.state_dict().items() if not k.startswith("encoding.")}
+    )
     with torch.no_grad():
         path.encoding.beta_weight.zero_()
         path.encoding.beta_bias.fill_(-1e4)
@@ -192,7 +200,9 @@ def test_path_fox_scales_the_gate_with_the_logits_as_the_reference_kernel():
     with torch.no_grad():
         q, k, v, _, bias, state = attn.prepare(x, torch.arange(6)[None], enc)
         weights = enc.attention_weights(q, k, bias, state)
-        A = path_logits_by_products(q.double(), k.double(), state["w"].double(), state["beta"].double())
+        A = path_logits_by_products(
+            q.double(), k.double(), state["w"].double(), state["beta"].double()
+        )
         c = state["gates"].double()
         logits = (A + c[..., :, None] - c[..., None, :]) / math.sqrt(8)
         lower = torch.ones(6, 6, dtype=torch.bool).tril()
@@ -220,12 +230,16 @@ def test_path_direction_is_the_l2_normalised_short_convolution_of_a_low_rank_pro
 
 def test_ssmax_with_s_log_n_equal_to_one_is_the_plain_softmax():
     ssmax, nope = model_for("ssmax"), model_for("none")
-    nope.load_state_dict({k: v for k, v in ssmax.state_dict().items() if not k.startswith("encoding.")})
+    nope.load_state_dict(
+        {k: v for k, v in ssmax.state_dict().items() if not k.startswith("encoding.")}
+    )
     T = 9
     with torch.no_grad():
         ssmax.encoding.s.fill_(1 / math.log(T))  # s·log n = 1 for the last query (n = T)
     tokens = torch.randint(4, 12, (2, T))
-    torch.testing.assert_close(ssmax(tokens)[0][:, -1], nope(tokens)[0][:, -1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ssmax(tokens)[0][:, -1], nope(tokens)[0][:, -1], rtol=1e-5, atol=1e-5
+    )
     assert not torch.allclose(ssmax(tokens)[0][:, -3], nope(tokens)[0][:, -3])
 
 
@@ -295,7 +309,9 @@ def test_hard_alibi_windows_are_those_of_the_official_code():
 
 
 def test_per_layer_runs_each_layers_own_encoding():
-    enc = encodings.build("per_layer", d_model=32, n_heads=4, max_len=64, n_layers=2, layers=["rope", "none"])
+    enc = encodings.build(
+        "per_layer", d_model=32, n_heads=4, max_len=64, n_layers=2, layers=["rope", "none"]
+    )
     rope = encodings.build("rope", d_model=32, n_heads=4, max_len=64)
     q, k, _ = qkv(dtype=torch.float32)
     pos = torch.arange(7).expand(2, 7)
@@ -321,7 +337,13 @@ def test_per_head_rotates_only_its_rope_heads():
 
 
 def test_per_head_mixes_own_weights_with_softmax_heads():
-    enc = encodings.build("per_head", d_model=32, n_heads=4, max_len=64, heads=["stick_breaking", "stick_breaking", "alibi", "alibi"])
+    enc = encodings.build(
+        "per_head",
+        d_model=32,
+        n_heads=4,
+        max_len=64,
+        heads=["stick_breaking", "stick_breaking", "alibi", "alibi"],
+    )
     q, k, _ = qkv(dtype=torch.float32)
     pos = torch.arange(7).expand(2, 7)
     bias = enc.bias(q, k, pos, pos)
@@ -330,7 +352,9 @@ def test_per_head_mixes_own_weights_with_softmax_heads():
     z = q[:, :2] @ k[:, :2].transpose(-1, -2) / math.sqrt(8)
     torch.testing.assert_close(w[:, :2], stick_breaking_weights(z))
     alibi = encodings.build("alibi", d_model=16, n_heads=2, max_len=64)
-    logits = q[:, 2:] @ k[:, 2:].transpose(-1, -2) / math.sqrt(8) + alibi.bias(q[:, 2:], k[:, 2:], pos, pos)
+    logits = q[:, 2:] @ k[:, 2:].transpose(-1, -2) / math.sqrt(8) + alibi.bias(
+        q[:, 2:], k[:, 2:], pos, pos
+    )
     lower = torch.ones(7, 7, dtype=torch.bool).tril()
     torch.testing.assert_close(w[:, 2:], logits.masked_fill(~lower, float("-inf")).softmax(-1))
 
@@ -338,12 +362,28 @@ def test_per_head_mixes_own_weights_with_softmax_heads():
 @pytest.mark.parametrize(
     "name, params, message",
     [
-        ("per_layer", {"layers": ["rope", "none", "rope"]}, "encoding.layers has 3 entries but model.n_layers=2"),
-        ("per_head", {"heads": ["rope", "none"]}, "encoding.heads has 2 entries but model.n_heads=4"),
+        (
+            "per_layer",
+            {"layers": ["rope", "none", "rope"]},
+            "encoding.layers has 3 entries but model.n_layers=2",
+        ),
+        (
+            "per_head",
+            {"heads": ["rope", "none"]},
+            "encoding.heads has 2 entries but model.n_heads=4",
+        ),
         ("per_layer", {"layers": ["learned", "none"]}, "acts on the whole model"),
-        ("combo", {"parts": ["path", "stick_breaking"]}, "more than one part that computes its own attention"),
+        (
+            "combo",
+            {"parts": ["path", "stick_breaking"]},
+            "more than one part that computes its own attention",
+        ),
         ("randomized", {"base": "fox"}, "need a base that reads positions"),
-        ("randomized", {"base": "combo", "base_params": {"parts": ["rope", "fox"]}}, "data-dependent"),
+        (
+            "randomized",
+            {"base": "combo", "base_params": {"parts": ["rope", "fox"]}},
+            "data-dependent",
+        ),
     ],
 )
 def test_bad_combinations_are_refused(name, params, message):
@@ -355,13 +395,25 @@ def test_bad_combinations_are_refused(name, params, message):
     "args, expected",
     [
         (["encoding=randomized", "encoding.base=fox"], "randomized positions need a base"),
-        (["encoding=randomized", "encoding.base=combo", "+encoding.base_params.parts=[rope,path]"], "data-dependent"),
+        (
+            [
+                "encoding=randomized",
+                "encoding.base=combo",
+                "+encoding.base_params.parts=[rope,path]",
+            ],
+            "data-dependent",
+        ),
         (["encoding=p_rope", "encoding.p=1.5"], "encoding.p must be in (0, 1]"),
         (["encoding=p_rope", "encoding.p=0.0"], "encoding.p must be in (0, 1]"),
-        (["encoding=per_layer", "encoding.layers=[rope,rope,none]"], "encoding.layers has 3 entries but model.n_layers=2"),
+        (
+            ["encoding=per_layer", "encoding.layers=[rope,rope,none]"],
+            "encoding.layers has 3 entries but model.n_layers=2",
+        ),
     ],
 )
-def test_bad_combinations_from_the_cli_are_one_line_exit_2_and_write_nothing(tmp_path, args, expected):
+def test_bad_combinations_from_the_cli_are_one_line_exit_2_and_write_nothing(
+    tmp_path, args, expected
+):
     run_dir = tmp_path / "r"
     result = CliRunner().invoke(
         app, ["train", *TINY, *args, f"run_dir={run_dir}", f"data_dir={tmp_path / 'd'}"]
@@ -413,7 +465,9 @@ def test_gradients_reach_every_parameter(name, params):
     tokens = torch.randint(4, 12, (2, 10), generator=torch.Generator().manual_seed(4))
     logits, _ = model(tokens)
     F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
-    missing = [k for k, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    missing = [
+        k for k, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
     assert not missing
 
 

@@ -215,7 +215,11 @@ class PaTH(PositionalEncoding):
         w = w.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
         w = w / torch.sqrt((w * w).sum(-1, keepdim=True) + 1e-6)
         beta = 2 * torch.sigmoid(x @ self.beta_weight[layer].float().t() + self.beta_bias[layer])
-        state = {"w": w, "beta": beta.transpose(1, 2), "conv": history[:, history.shape[1] - (K - 1) :]}
+        state = {
+            "w": w,
+            "beta": beta.transpose(1, 2),
+            "conv": history[:, history.shape[1] - (K - 1) :],
+        }
         if self.gate is not None:
             state["gates"] = self.gate.cumulative(x, None if past is None else past["gates"], layer)
         if past is not None:

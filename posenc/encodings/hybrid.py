@@ -77,7 +77,9 @@ class PerLayer(PositionalEncoding):
         built = []
         for i, spec in enumerate(specs):
             name, params = parse_spec(spec, "every entry of encoding.layers")
-            part = build(name, d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=1, **params)
+            part = build(
+                name, d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=1, **params
+            )
             check_attention_level(part, f"encoding.layers[{i}]", name)
             built.append(part)
         self.parts = nn.ModuleList(built)
@@ -208,7 +210,9 @@ class PerHead(PositionalEncoding):
     ) -> tuple[Tensor, Tensor]:
         pairs = [
             part.rotate(qg, kg, pos_q, pos_k, layer=layer)
-            for part, qg, kg in zip(self.parts, q.split(self.sizes, 1), k.split(self.sizes, 1), strict=True)
+            for part, qg, kg in zip(
+                self.parts, q.split(self.sizes, 1), k.split(self.sizes, 1), strict=True
+            )
         ]
         return torch.cat([p[0] for p in pairs], 1), torch.cat([p[1] for p in pairs], 1)
 
@@ -217,7 +221,9 @@ class PerHead(PositionalEncoding):
     ) -> Tensor | None:
         values = [
             part.bias(qg, kg, pos_q, pos_k, layer=layer)
-            for part, qg, kg in zip(self.parts, q.split(self.sizes, 1), k.split(self.sizes, 1), strict=True)
+            for part, qg, kg in zip(
+                self.parts, q.split(self.sizes, 1), k.split(self.sizes, 1), strict=True
+            )
         ]
         out = _per_group(values, self.sizes, 0.0)
         return None if out is None else out.to(q.dtype)
@@ -254,7 +260,9 @@ class PerHead(PositionalEncoding):
             return None  # every group is softmax: the fused kernel
         return torch.cat(
             [
-                (softmax_weights(qg, kg, bg) if w is None else w).float().expand(q.shape[0], -1, -1, -1)
+                (softmax_weights(qg, kg, bg) if w is None else w)
+                .float()
+                .expand(q.shape[0], -1, -1, -1)
                 for w, qg, kg, bg in zip(weights, qs, ks, biases, strict=True)
             ],
             dim=1,
