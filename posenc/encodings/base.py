@@ -1,7 +1,7 @@
 """The positional-encoding interface: three hooks, explicit positions.
 
 A positional encoding can touch a decoder in exactly three places, and every scheme is
-some combination of them (see DESIGN.md):
+some combination of them (docs/design-positions.md says how the interface grew beyond them):
 
 - ``embed(x, pos, tokens=None)``: the token embeddings ``x`` (B, T, D) before layer 0.
 - ``rotate(q, k, pos_q, pos_k, layer=0)``: queries (B, H, Tq, Dh) and keys (B, H, Tk, Dh)
