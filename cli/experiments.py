@@ -391,12 +391,18 @@ def tables(
     ] = False,
 ) -> None:
     """Re-render the results tables of markdown files from the experiment folders they name:
-    every block from '<!-- posenc report FOLDER [--baseline ENC] -->' to '<!-- /posenc -->'."""
+    every block from '<!-- posenc report FOLDER [--baseline ENC] -->' to '<!-- /posenc -->'.
+    Among several files, one without blocks is passed over (README.md docs/*.md works); a
+    lone file without blocks is an error."""
     from posenc.errors import PosencError
-    from posenc.publish import update_tables
+    from posenc.publish import has_blocks, update_tables
 
     stale = []
+    some = len(files) > 1 and any(has_blocks(p) for p in files)
     for path in files:
+        if some and path.is_file() and not has_blocks(path):
+            print(f"{path}: no tables")
+            continue
         try:
             changed = update_tables(path, check=check)
         except PosencError as exc:

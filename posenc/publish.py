@@ -201,6 +201,12 @@ def render_tables(text: str, base: str | Path) -> str:
     return "".join(out)
 
 
+def has_blocks(path: str | Path) -> bool:
+    """Whether the markdown file ``path`` (if it exists) holds a posenc block."""
+    path = Path(path)
+    return path.is_file() and OPEN.search(path.read_text()) is not None
+
+
 def update_tables(path: str | Path, check: bool = False) -> bool:
     """Re-render the posenc blocks of a markdown file; True if it was (``check``: would be)
     changed. ``check`` writes nothing."""

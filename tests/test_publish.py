@@ -241,3 +241,13 @@ def test_the_documented_commands_still_make_the_published_runs(run, overrides):
         + [f"experiment={experiment}"]
     )
     assert config_identity(composed) == config_identity(published)
+
+
+def test_tables_passes_over_a_file_without_blocks_among_several(tmp_path):
+    """`posenc tables --check README.md docs/*.md`: the README (no blocks since its tables
+    moved to docs/) is passed over, the pages with blocks are checked."""
+    pages = [str(ROOT / page) for page in DOCS_WITH_TABLES]
+    result = RUNNER.invoke(app, ["tables", "--check", str(ROOT / "README.md"), *pages])
+    assert result.exit_code == 0, result.output
+    assert f"{ROOT / 'README.md'}: no tables" in result.output
+    assert all(f"{page}: up to date" in result.output for page in pages)
