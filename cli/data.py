@@ -56,16 +56,18 @@ def show(
     """
 
     from posenc import tasks
-    from posenc.config import compose, task_format, task_params
+    from posenc.config import compose
     from posenc.data import generate_eval_rows
     from posenc.errors import PosencError
+    from posenc.schema import task_params
+    from posenc.tasks.format import SequenceFormat
 
     if count < 1:
         _fail(f"--count must be an integer >= 1, got {count}")
     try:
         cfg = compose([f"task={task}", *(overrides or [])])
         t = tasks.build(cfg.task.name, **task_params(cfg.task))
-        fmt = task_format(cfg.task).for_task(t)
+        fmt = SequenceFormat.from_config(cfg.task).for_task(t)
         if lengths is None:
             from posenc.run import eval_lengths
 

@@ -101,8 +101,8 @@ def compare(
         str | None,
         typer.Option(
             "--preset",
-            help="A preset (configs/preset/NAME.yaml) applied to every run; its compare: block "
-            "gives the encodings, tasks, seeds and experiment that options do not.",
+            help="A preset (configs/preset/NAME.yaml) applied to every run; its sweep "
+            "(hydra.sweeper.params) and experiment give what the options do not.",
         ),
     ] = None,
 ) -> None:
@@ -110,22 +110,22 @@ def compare(
 
     Finished runs are skipped and interrupted ones resume, so the same command picks up where it stopped. Extra arguments are Hydra overrides for every run (train.steps=1000 model.n_layers=4); a comma-separated value sweeps that key too. --preset kazemnejad_copy runs a paper reproduction as its preset describes.
     """
-    block = _preset_compare_block(preset) if preset is not None else {}
+    axes, named = _preset_sweep(preset) if preset is not None else ({}, None)
     if encodings is None:
-        encodings = ",".join(block.get("encodings") or []) or CORE_ENCODINGS
+        encodings = ",".join(axes.get("encoding") or []) or CORE_ENCODINGS
     if tasks is None:
-        tasks = ",".join(block.get("tasks") or []) or "copy"
-    seeds = int(block.get("seeds") or 1) if seeds is None else seeds
-    experiment = str(block.get("experiment") or "compare") if experiment is None else experiment
+        tasks = ",".join(axes.get("task") or []) or "copy"
+    seed_values = [str(s) for s in range(seeds)] if seeds is not None else axes.get("seed") or ["0"]
+    experiment = experiment or named or "compare"
     enc = _names(encodings, "encoding", "--encodings")
     tsk = _names(tasks, "task", "--tasks")
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         fail(f"--seeds must be >= 1, got {seeds}")
     owned = dict(encoding="--encodings", task="--tasks", seed="--seeds", experiment="--experiment")
     base = [
         f"encoding={','.join(enc)}",
         f"task={','.join(tsk)}",
-        f"seed={','.join(str(s) for s in range(seeds))}",
+        f"seed={','.join(seed_values)}",
     ]
     if preset is not None:
         owned["preset"] = "--preset"
@@ -137,7 +137,7 @@ def compare(
         jobs=jobs,
         experiment=experiment,
         reserved=owned,
-        what=_counted(encoding=len(enc), task=len(tsk), seed=seeds),
+        what=_counted(encoding=len(enc), task=len(tsk), seed=len(seed_values)),
     )
 
 
@@ -146,27 +146,20 @@ def _counted(**counts: int) -> str:
     return " x ".join(f"{k} {noun}{'s' * (k != 1)}" for noun, k in counts.items())
 
 
-def _preset_compare_block(name: str) -> dict:
-    """The ``compare:`` block of ``configs/preset/NAME.yaml`` ({} if it has none)."""
-    from omegaconf import OmegaConf
-
-    from posenc.config import find_config, group_options
+def _preset_sweep(name: str) -> tuple[dict[str, list[str]], str | None]:
+    """The sweep axes of ``configs/preset/NAME.yaml`` (its ``hydra.sweeper.params``) and the
+    experiment it names (or None)."""
+    from posenc.config import group_options, preset_axes, read_preset
+    from posenc.errors import ConfigError
 
     valid = group_options("preset")
-    path = find_config("preset", name)
-    if name not in valid or path is None:
+    if name not in valid:
         fail(f"unknown preset {name!r} in --preset; valid choices: {', '.join(valid)}")
-    tree = OmegaConf.to_container(OmegaConf.load(path))
-    block = (tree or {}).get("compare") or {}
-    if not isinstance(block, dict):
-        fail(f"preset {name!r}: compare must be a mapping of encodings, tasks, seeds, experiment")
-    unknown = sorted(set(block) - {"encodings", "tasks", "seeds", "experiment"})
-    if unknown:
-        fail(
-            f"preset {name!r}: unknown compare key {unknown[0]!r}; valid choices: "
-            "encodings, tasks, seeds, experiment"
-        )
-    return block
+    try:
+        named = read_preset(name).get("experiment")
+        return preset_axes(name), None if named is None else str(named)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def sweep(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from posenc import schema
 from posenc.errors import ConfigError, first_line
 
 
@@ -123,6 +124,23 @@ def check_group_overrides(overrides: list[str]) -> None:
                 raise ConfigError(problem)
 
 
+def check_switch_overrides(overrides: list[str]) -> None:
+    """A true-or-false key (`posenc.schema.switches`) takes true or false: OmegaConf would
+    read ``model.bias=3`` or ``yes`` as true."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # reported by Hydra while composing
+        return
+    switches = schema.switches()
+    for o in parsed:
+        if o.key_or_group not in switches or o.is_delete() or o.is_sweep_override():
+            continue
+        if not isinstance(o.value(), bool):
+            raise ConfigError(f"{o.key_or_group} must be true or false, got {o.value()!r}")
+
+
 def _hydra_compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -132,6 +150,7 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
 
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
+    schema.store()
     plugins.store_configs()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -140,18 +159,18 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
             )
     except Exception as exc:  # Hydra's messages are good but multi-line
         chain = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
-        missing = _missing_key(chain, overrides)
-        if missing:
-            raise ConfigError(missing) from exc
+        message = _missing_key(chain, overrides) or invalid_value(exc)
+        if message:
+            raise ConfigError(message) from exc
         first = first_line(exc)
         raise ConfigError(f"bad override: {first}") from exc
 
 
 def _missing_key(message: str, overrides: list[str]) -> str | None:
-    """For "Could not override 'a.b' ... not in struct": one line naming the section's keys
-    (and, for an encoding parameter, the encoding that lacks it), or None."""
+    """For "Could not override 'a.b'" (a key its section lacks): one line naming the
+    section's keys (and, for an encoding parameter, the encoding that lacks it), or None."""
     m = re.search(r"Could not override '([^']+)'", message)
-    if not m or "not in struct" not in message or "." not in m[1]:
+    if not m or "." not in m[1] or not re.search(r"not in (struct|'\w+')", message):
         return None
     full_key = m[1]
     section, name = full_key.rsplit(".", 1)
@@ -168,77 +187,141 @@ def _missing_key(message: str, overrides: list[str]) -> str | None:
     return f"{where} has no key {name!r} (valid: {keys})"
 
 
+# OmegaConf's complaint about a value of a typed key -> what the key takes.
+_WANTED = {
+    "converted to Integer": "an integer",
+    "converted to Float": "a finite number",
+    "not a valid bool": "true or false",
+    "to string": "a name",
+    "is not a ListConfig": "a list",
+    "is not Optional": "not null",
+    "does not support deletion": "kept",
+}
+
+
+def invalid_value(exc: BaseException) -> str | None:
+    """One line for OmegaConf's rejection of a value of a typed key (`posenc.schema`),
+    e.g. ``train.steps must be an integer, got 'abc'``; None for any other error."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    while exc is not None and not (
+        isinstance(exc, OmegaConfBaseException) and getattr(exc, "full_key", None)
+    ):
+        exc = exc.__cause__ or exc.__context__
+    if exc is None:
+        return None
+    message = str(exc).splitlines()[0]
+    wanted = next((w for k, w in _WANTED.items() if k in message), None)
+    if wanted is None:
+        return None
+    key = exc.full_key
+    if wanted == "not null":
+        return f"{key} must not be null"
+    if wanted == "kept":
+        return f"{key} cannot be deleted: every run needs a value"
+    m = re.search(r"Value '(.*)' (?:of type '(\w+)'|is not a valid bool \(type (\w+)\))", message)
+    m = m or re.search(r"Cannot convert '(.*)' to string: '(.*)'", message)
+    if m and m[0].startswith("Cannot"):
+        got = m[2]
+    elif m:
+        got = repr(m[1]) if (m[2] or m[3]) == "str" else m[1]
+    else:
+        return f"{key} must be {wanted}, e.g. {key}=[...]"
+    return f"{key} must be {wanted}, got {got}"
+
+
 def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictConfig:
-    """The root config with ``overrides`` applied (Hydra's Compose API), its values checked
-    against the types of the same config groups' defaults (`posenc.schema`)."""
-    from posenc.schema import check_config
+    """The root config with ``overrides`` applied (Hydra's Compose API; OmegaConf types the
+    `posenc.schema` sections), its values checked (`posenc.checks`)."""
+    from posenc import checks, plugins
 
     overrides = list(overrides or [])
     check_group_overrides(overrides)
+    check_switch_overrides(overrides)
     cfg = _hydra_compose(overrides)
     if check:
         known = set(groups())
         choices = [o for o in overrides if (m := _GROUP_OVERRIDE.match(o)) and m["group"] in known]
-        check_config(cfg, _hydra_compose(choices))
+        checks.check_open_sections(cfg, _hydra_compose(choices), encoding_defaults)
+        checks.check_values(cfg)
         check_preset_task(cfg, overrides)
-        from posenc import plugins
-
         plugins.check_config(cfg)  # a plugged-in encoding or task: built and checked
     return cfg
 
 
+def encoding_defaults(name: str) -> dict:
+    """The parameters of encoding ``name`` with their defaults, from its YAML (or its
+    plugin's node); raises `ConfigError` with the valid choices for an unknown name."""
+    from posenc import plugins
+
+    path = find_config("encoding", name)
+    if path is None and plugins.is_plugin("encoding", name):
+        return {k: v for k, v in plugins.config_node("encoding", name).items() if k != "name"}
+    if path is None:
+        raise ConfigError(
+            f"unknown encoding {name!r}; valid choices: {', '.join(group_options('encoding'))}"
+        )
+    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    assert isinstance(tree, dict)
+    tree.pop("name", None)
+    tree.pop("label", None)
+    return tree
+
+
+def read_preset(name: str) -> dict:
+    """The YAML of preset ``name`` as a mapping (unresolved); `ConfigError` with the valid
+    choices for an unknown one."""
+    path = find_config("preset", name)
+    if path is None:
+        valid = ", ".join(group_options("preset"))
+        raise ConfigError(f"unknown preset {name!r}; valid choices: {valid}")
+    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    assert isinstance(tree, dict)
+    return tree
+
+
+def preset_axes(name: str) -> dict[str, list[str]]:
+    """The sweep a preset declares the Hydra way, ``hydra: {sweeper: {params: {encoding:
+    "a,b", task: copy, seed: "0,1,2"}}}``, as each key's values (``{}`` for none); these are
+    the runs ``posenc compare --preset NAME`` makes unless its options say otherwise."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = ((read_preset(name).get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+    axes = {}
+    for key, value in params.items():
+        line = f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}"
+        try:
+            (override,) = OverridesParser.create().parse_overrides([line])
+            values = (
+                list(override.sweep_string_iterator())
+                if override.is_sweep_override()
+                else [str(override.value())]
+            )
+        except Exception as exc:
+            raise ConfigError(
+                f"preset {name!r}: hydra.sweeper.params {line!r}: {first_line(exc)}"
+            ) from exc
+        axes[str(key)] = values
+    return axes
+
+
 def check_preset_task(cfg: DictConfig, overrides: list[str]) -> None:
-    """A preset made for some tasks (its ``compare:`` block lists them) must not silently
-    train the default task: `posenc train/sweep preset=kazemnejad_reverse` without
-    ``task=`` would train copy. An explicit ``task=`` always wins."""
-    tasks = [str(t) for t in ((cfg.get("compare") or {}).get("tasks") or [])]
+    """A preset made for some tasks (its sweep's ``task`` axis) must not silently train the
+    default task: `posenc train/sweep preset=kazemnejad_reverse` without ``task=`` would train
+    copy. An explicit ``task=`` always wins."""
+    named = {m["group"]: m["value"] for o in overrides if (m := _GROUP_OVERRIDE.match(o))}
+    preset = named.get("preset")
+    if "task" in named or not preset or preset == "null" or "," in preset:
+        return
+    tasks = preset_axes(preset).get("task") or []
     if not tasks or cfg.task.name in tasks:
         return
-    named = {m["group"]: m["value"] for o in overrides if (m := _GROUP_OVERRIDE.match(o))}
-    if "task" in named:
-        return
-    preset = named.get("preset", "?")
     raise ConfigError(
-        f"preset {preset!r} is made for task {', '.join(tasks)} (its compare: block), but "
-        f"this run would train the default task {cfg.task.name!r}; add task={tasks[0]} "
+        f"preset {preset!r} is made for task {', '.join(tasks)} (its hydra.sweeper.params), "
+        f"but this run would train the default task {cfg.task.name!r}; add task={tasks[0]} "
         f"(or run posenc compare --preset {preset})"
     )
 
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def encoding_label(enc_cfg: DictConfig) -> str:
-    """Folder and table name of an encoding config: its ``label`` if set, else its ``name``."""
-    label = enc_cfg.get("label") or enc_cfg.get("name")
-    return str(label)
-
-
-def encoding_params(enc_cfg: DictConfig) -> dict:
-    """The encoding's own hyperparameters: everything but ``name`` and ``label``."""
-    params = OmegaConf.to_container(enc_cfg, resolve=True)
-    assert isinstance(params, dict)
-    params.pop("name", None)
-    params.pop("label", None)
-    return params
-
-
-# Keys of ``task.*`` that choose the sequence format (`posenc.tasks.format.SequenceFormat`), not data.
-FORMAT_KEYS = ("answer", "bos")
-
-
-def task_params(task_cfg: DictConfig) -> dict:
-    """The task's own parameters: everything but ``name`` and the format keys."""
-    params = OmegaConf.to_container(task_cfg, resolve=True)
-    assert isinstance(params, dict)
-    for key in ("name", *FORMAT_KEYS):
-        params.pop(key, None)
-    return params
-
-
-def task_format(task_cfg: DictConfig):
-    """The `posenc.tasks.format.SequenceFormat` of ``task.answer`` and ``task.bos`` (checked)."""
-    from posenc.tasks.format import SequenceFormat
-
-    return SequenceFormat(answer=str(task_cfg.get("answer", "eos")), bos=task_cfg.get("bos", True))

@@ -68,9 +68,6 @@ def collate(
     return Batch(torch.from_numpy(tokens), torch.from_numpy(mask), label_ids)
 
 
-BATCHING = ("by_length", "mixed", "bucketed")
-
-
 def length_buckets(batch: Batch, buckets: int) -> list[Batch]:
     """Split a padded batch into at most ``buckets`` pieces of length-sorted rows, each
     trimmed to its own longest row, with the fewest padded token slots possible.
@@ -134,11 +131,9 @@ class TrainStream:
         max_len: int,
         batch_size: int,
         seed: int,
-        batching: str = "by_length",
+        batching: str,
         fmt: SequenceFormat = DEFAULT_FORMAT,
     ) -> None:
-        if batching not in BATCHING:
-            raise ValueError(f"unknown batching {batching!r}; valid choices: {', '.join(BATCHING)}")
         self.task, self.min_len, self.max_len, self.batch_size = task, min_len, max_len, batch_size
         self.batching = batching
         self.fmt = fmt

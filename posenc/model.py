@@ -14,47 +14,28 @@ drawn positions seen so far.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc import schema
 from posenc.encodings.base import PositionalEncoding
 
 
-@dataclass
-class ModelConfig:
+@dataclass(kw_only=True)
+class ModelConfig(schema.Model):
+    """The ``model.*`` section (`posenc.schema.Model`: sizes, ``embed_init``, ``bias``,
+    ``tie_embeddings``) and the vocabulary size the task gives."""
+
     vocab_size: int
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 512
-    dropout: float = 0.0
-    max_len: int = 256
-    embed_init: str = "scaled"  # "scaled": N(0, 1/d)·√d (Vaswani et al.); "gpt": N(0, 0.02)
-    bias: bool = True  # biases in the attention and MLP linear layers
-    tie_embeddings: bool = False  # the LM head shares the token-embedding matrix
 
     @classmethod
     def from_config(cls, m, vocab_size: int) -> ModelConfig:
         """The ``model.*`` section of a posenc config, for a vocabulary of ``vocab_size``."""
-        return cls(
-            vocab_size=vocab_size,
-            d_model=m.d_model,
-            n_layers=m.n_layers,
-            n_heads=m.n_heads,
-            d_ff=m.d_ff,
-            dropout=m.dropout,
-            max_len=m.max_len,
-            embed_init=m.get("embed_init", "scaled"),
-            bias=m.get("bias", True),
-            tie_embeddings=m.get("tie_embeddings", False),
-        )
-
-
-EMBED_INITS = ("scaled", "gpt")
+        return cls(vocab_size=vocab_size, **{f.name: m[f.name] for f in fields(schema.Model)})
 
 
 @dataclass
@@ -195,8 +176,6 @@ class Transformer(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
-        if cfg.embed_init not in EMBED_INITS:
-            raise ValueError(f"embed_init must be one of {EMBED_INITS}, got {cfg.embed_init!r}")
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.embed_init == "scaled" else 1.0
         self._init_weights()
 

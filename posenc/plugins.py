@@ -94,7 +94,8 @@ def load(group: str) -> dict[str, Plugin]:
 
 def _register(plugin: Plugin, obj: Any) -> None:
     if plugin.group == "encoding":
-        from posenc.encodings import PositionalEncoding, registry
+        from posenc.encodings import registry  # the package first: built-ins registered
+        from posenc.encodings.base import PositionalEncoding
 
         if not (isinstance(obj, type) and issubclass(obj, PositionalEncoding)):
             raise TypeError(f"{obj!r} is not a subclass of posenc.encodings.PositionalEncoding")
@@ -111,7 +112,7 @@ def _register(plugin: Plugin, obj: Any) -> None:
                 description=str(getattr(obj, "description", None) or (doc[0] if doc else "")),
             )(obj)
     else:
-        from posenc.tasks import base
+        from posenc.tasks import base  # the package first: built-ins registered
 
         if not (isinstance(obj, type) and issubclass(obj, base.Task)):
             raise TypeError(f"{obj!r} is not a subclass of posenc.tasks.base.Task")
@@ -130,10 +131,6 @@ def problem(group: str, name: str) -> str | None:
     """Why the plugin ``name`` of ``group`` cannot be used, or None (also for non-plugins)."""
     if group not in GROUPS or name not in _entry_points(group):
         return None
-    if group == "encoding":
-        import posenc.encodings  # noqa: F401  (loads the plugins)
-    else:
-        import posenc.tasks  # noqa: F401
     plugin = load(group).get(name)
     return plugin.error if plugin else None
 
@@ -172,9 +169,6 @@ def store_configs() -> None:
     if not any(entry_point_names(g) for g in GROUPS):
         return
     from hydra.core.config_store import ConfigStore
-
-    import posenc.encodings  # noqa: F401  (loads the encoding plugins)
-    import posenc.tasks  # noqa: F401
 
     cs = ConfigStore.instance()
     for group in GROUPS:
@@ -215,7 +209,7 @@ def check_config(cfg) -> None:
         if key not in _checked:
             try:
                 if group == "encoding":
-                    from posenc.config import encoding_params
+                    from posenc.schema import encoding_params
 
                     check_encoding(
                         plugin.cls,
@@ -226,7 +220,7 @@ def check_config(cfg) -> None:
                         **encoding_params(cfg.encoding),
                     )
                 else:
-                    from posenc.config import task_params
+                    from posenc.schema import task_params
 
                     check_task(plugin.cls, **task_params(cfg.task))
                 _checked[key] = None

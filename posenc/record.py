@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from posenc.config import encoding_label
 from posenc.metrics import SUMMARY_VERSION, summarize
+from posenc.schema import encoding_label
 
 
 def metrics_record(

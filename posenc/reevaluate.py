@@ -21,14 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from posenc import tasks
 from posenc.checkpoint import load_weights
-from posenc.config import task_params
+from posenc.config import invalid_value
 from posenc.data import by_length, load_eval_set
 from posenc.errors import ConfigError, first_line
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json, read_json
 from posenc.planning import plan
 from posenc.record import metrics_record
-from posenc.runfolder import CHECKPOINT, CONFIG, METRICS
+from posenc.runfolder import CHECKPOINT, CONFIG, METRICS, read_config
+from posenc.schema import task_params
 
 # Keys outside ``encoding.*`` that may change at evaluation: none of them changes the model.
 EVAL_KEYS = ("eval.batch_size", "eval.greedy", "eval.threshold", "device", "threads", "data_dir")
@@ -138,10 +139,12 @@ def reevaluate(
     if not _TAG.match(tag):
         raise ConfigError(f"tag {tag!r} may only use letters, digits and . _ + -")
 
-    cfg = OmegaConf.load(d / CONFIG)
-    assert isinstance(cfg, DictConfig)
+    cfg = read_config(d)
     for key, value in pairs:
-        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+        try:
+            OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+        except Exception as exc:  # a value of the wrong type for a typed key
+            raise ConfigError(invalid_value(exc) or f"{key}={value}: {first_line(exc)}") from exc
     applied = [f"{key}={value}" for key, value in pairs]
     enc = OmegaConf.to_container(cfg.encoding)
     filled = fill_yarn_length(enc, lambda: longest_training_sequence(cfg))

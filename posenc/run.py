@@ -24,7 +24,6 @@ from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json, read_json
 from posenc.lock import RunLock
 from posenc.planning import (
-    MAX_THREADS,
     Plan,
     default_run_dir,
     digit_layout,
@@ -39,7 +38,6 @@ from posenc.session import Session, prepare, train_phase
 
 # Imported from here by the CLI, tests, benchmarks and plugins.
 __all__ = [
-    "MAX_THREADS",
     "Plan",
     "default_run_dir",
     "digit_layout",

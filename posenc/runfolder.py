@@ -24,10 +24,14 @@ PLOTS = "plots"
 # Settings that change how a run is executed or shown, or where it is written, not what it
 # computes.
 EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir")
-# Metadata carried into config.yaml for the report and `posenc compare --preset`: never numbers.
-METADATA_KEYS = ("paper", "compare")
-# Options added after runs were written, at the values that reproduce the older behaviour: a
-# config saved before they existed still matches one that has them at these values.
+# Metadata carried into config.yaml for the report: never numbers.
+METADATA_KEYS = ("paper",)
+# Keys a config.yaml may hold that the config does not have: ``compare``, a copy of the
+# preset's runs (which presets declare as ``hydra.sweeper.params``). Ignored on reading.
+RETIRED_KEYS = ("compare",)
+# Options that a config.yaml may lack, at the values that reproduce a run saved without
+# them: a config without the option still matches one that has it at this value, and reads
+# back with it (`read_config`; encodings that take the parameter, `posenc.encodings.registry`).
 LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("task", "answer"): "eos",
     ("task", "bos"): True,
@@ -39,7 +43,7 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("train", "precision"): "fp32",
     ("train", "compile"): False,
     ("train", "stop_at"): None,
-    ("encoding", "layer_shared"): False,  # KERPLE: per-layer r1, r2 before it existed
+    ("encoding", "layer_shared"): False,  # KERPLE: one (r1, r2) per layer
     ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
 }
 
@@ -53,7 +57,7 @@ def config_identity(cfg) -> dict:
 
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
-    for key in (*EXECUTION_KEYS, *METADATA_KEYS):
+    for key in (*EXECUTION_KEYS, *METADATA_KEYS, *RETIRED_KEYS):
         tree.pop(key, None)
     for (section, key), value in LEGACY_DEFAULTS.items():
         part = tree.get(section)
@@ -63,6 +67,30 @@ def config_identity(cfg) -> dict:
     if isinstance(train, dict):
         train.pop("buckets", None)
     return tree
+
+
+def legacy_values(section: str) -> dict[str, Any]:
+    """The `LEGACY_DEFAULTS` of one section: ``{"layer_shared": False, ...}``."""
+    return {key: value for (part, key), value in LEGACY_DEFAULTS.items() if part == section}
+
+
+def read_config(run_dir: Path):
+    """The config a run folder was trained with, as a DictConfig on the schema: without
+    `RETIRED_KEYS`, an option it lacks at its `LEGACY_DEFAULTS` value, and any other key it
+    lacks at its default (`posenc.schema`)."""
+    from omegaconf import OmegaConf, open_dict
+
+    from posenc.schema import with_defaults
+
+    saved = OmegaConf.load(Path(run_dir) / CONFIG)
+    with open_dict(saved):
+        for key in RETIRED_KEYS:
+            saved.pop(key, None)
+        for section in ("task", "model", "train"):
+            for key, value in legacy_values(section).items():
+                if section in saved and key not in saved[section]:
+                    saved[section][key] = value
+    return with_defaults(saved)
 
 
 def is_finished(run_dir: Path) -> bool:

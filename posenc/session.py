@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from posenc.checkpoint import load_checkpoint
-from posenc.config import encoding_label, to_yaml
+from posenc.config import to_yaml
 from posenc.console import Reporter
 from posenc.data import TrainStream, generate_eval_rows
 from posenc.evaluate import evaluate_lengths
@@ -20,6 +20,7 @@ from posenc.io import atomic_torch_save, atomic_write_text
 from posenc.lock import clear_folder
 from posenc.planning import Plan
 from posenc.runfolder import CHECKPOINT, CONFIG, LOG
+from posenc.schema import encoding_label
 from posenc.signals import RunStopped, StopSignals
 from posenc.train import Trainer
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc import schema
 from posenc.data import Batch, length_buckets
 from posenc.encodings.base import PositionalEncoding
 from posenc.model import Transformer
@@ -77,14 +78,11 @@ def masked_loss(logits: Tensor, batch: Batch, reduction: str = "mean") -> Tensor
     )
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
 def bucket_count(train_cfg, batching: str | None = None) -> int:
     """Pieces a batch is computed in: ``train.buckets`` under ``bucketed`` batching (or
     ``batching`` in its place), else 1."""
-    if (batching or train_cfg.get("batching")) == "bucketed":
-        return train_cfg.get("buckets", 4)
+    if (batching or train_cfg.batching) == "bucketed":
+        return train_cfg.buckets
     return 1
 
 
@@ -111,19 +109,13 @@ class Trainer:
         betas: tuple[float, float],
         grad_clip: float,
         device: torch.device | str = "cpu",
-        precision: str = "fp32",
-        compile: bool = False,
-        decay_embeddings: bool = False,
+        precision: str = schema.Train.precision,
+        compile: bool = schema.Train.compile,
+        decay_embeddings: bool = schema.Train.decay_embeddings,
         buckets: int = 1,
         workers: int | None = None,
     ) -> None:
-        if buckets < 1:
-            raise ValueError(f"buckets must be >= 1, got {buckets}")
         self.buckets = buckets
-        if precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}"
-            )
         self.model = model
         self.device = device
         self.grad_clip = grad_clip
@@ -201,9 +193,9 @@ class Trainer:
             betas=tuple(train_cfg.betas),
             grad_clip=train_cfg.grad_clip,
             device=device,
-            precision=train_cfg.get("precision", "fp32"),
-            compile=bool(train_cfg.get("compile", False)),
-            decay_embeddings=bool(train_cfg.get("decay_embeddings", False)),
+            precision=train_cfg.precision,
+            compile=train_cfg.compile,
+            decay_embeddings=train_cfg.decay_embeddings,
             buckets=bucket_count(train_cfg),
             workers=workers,
         )

@@ -52,6 +52,11 @@ class SequenceFormat:
         if not isinstance(self.bos, bool):
             raise ConfigError(f"task.bos must be true or false, got {self.bos!r}")
 
+    @classmethod
+    def from_config(cls, task_cfg) -> SequenceFormat:
+        """The format of a config's ``task.answer`` and ``task.bos`` (checked)."""
+        return cls(answer=str(task_cfg.answer), bos=task_cfg.bos)
+
     def prompt_ids(self, inputs: list[int]) -> list[int]:
         """``[BOS] input [SEP]``: what the model is given before it answers."""
         return [*([BOS] if self.bos else []), *(N_SPECIAL + s for s in inputs), SEP]

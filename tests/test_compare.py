@@ -300,7 +300,7 @@ def test_preset_runs_carry_the_paper_block_into_config_yaml():
 
     cfg = compose(["preset=kazemnejad_copy"])
     assert cfg.paper["values"]["copy"]["t5"] == 0.42 and cfg.eval.max_len == 40
-    assert cfg.compare.seeds == 3
+    assert cfg.experiment == "kazemnejad_copy" and "compare" not in cfg
 
 
 def test_report_baseline_on_the_command_line(tmp_path):
@@ -329,14 +329,15 @@ def test_report_baseline_on_the_command_line(tmp_path):
 
 
 def test_a_preset_made_for_another_task_needs_task_named(tmp_path, monkeypatch):
-    """`posenc sweep preset=kazemnejad_reverse` used to train copy, the default task."""
+    """`posenc sweep preset=kazemnejad_reverse` without task= would train copy, the default
+    task: it stops instead, naming the task."""
     from posenc.config import compose
     from posenc.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         compose(["preset=kazemnejad_reverse", "encoding=rope"])
     assert str(err.value) == (
-        "preset 'kazemnejad_reverse' is made for task reverse (its compare: block), but this "
+        "preset 'kazemnejad_reverse' is made for task reverse (its hydra.sweeper.params), but this "
         "run would train the default task 'copy'; add task=reverse (or run posenc compare "
         "--preset kazemnejad_reverse)"
     )

@@ -1,4 +1,4 @@
-"""The extended encodings (issue 3): each formula restated independently at hand-picked
+"""The extended encodings: each formula restated independently at hand-picked
 positions, the relative schemes' dependence on i - j, every YAML, a tiny training run per
 registered encoding, and ``posenc eval`` end to end."""
 
@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from posenc import encodings
 from posenc.cli.app import app
-from posenc.config import compose, encoding_label, group_options
+from posenc.config import compose, group_options
 from posenc.data import TrainStream
 from posenc.encodings.absolute import sinusoidal_table
 from posenc.encodings.contextual import cope_positions
@@ -23,6 +23,7 @@ from posenc.errors import ConfigError
 from posenc.model import ModelConfig, Transformer
 from posenc.reevaluate import default_tag, fill_yarn_length, parse_overrides, reevaluate
 from posenc.run import plan, run
+from posenc.schema import encoding_label
 from posenc.train import Trainer
 
 D, H = 32, 2  # d_head 16
@@ -528,7 +529,7 @@ def test_a_tiny_training_run_lowers_the_loss(name):
     enc = encodings.build(name, d_model=32, n_heads=2, max_len=64, n_layers=2)
     cfg = ModelConfig(vocab_size=12, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=64)
     model = Transformer(cfg, enc)
-    stream = TrainStream(tasks.build("copy", vocab_size=8), 1, 6, 16, seed=0)
+    stream = TrainStream(tasks.build("copy", vocab_size=8), 1, 6, 16, seed=0, batching="by_length")
     trainer = Trainer(
         model, steps=30, lr=1e-2, warmup_steps=3, min_lr_ratio=0.1, weight_decay=0.0,
         betas=(0.9, 0.98), grad_clip=1.0,

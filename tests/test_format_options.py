@@ -8,12 +8,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from posenc.config import compose, task_params
+from posenc.config import compose
 from posenc.data import TrainStream, collate
 from posenc.errors import ConfigError
 from posenc.evaluate import evaluate_pairs
 from posenc.run import plan, run
 from posenc.runfolder import config_identity
+from posenc.schema import task_params
 from posenc.tasks.format import BOS, EOS, PAD, SEP, SequenceFormat
 from posenc.train import make_optimizer, masked_loss
 from tests.conftest import tiny_model
@@ -42,7 +43,7 @@ def test_without_bos_the_input_starts_at_position_zero():
 def test_train_stream_uses_the_format():
     from posenc import tasks
 
-    stream = TrainStream(tasks.build("copy"), 3, 3, 2, seed=0, fmt=KNOWN)
+    stream = TrainStream(tasks.build("copy"), 3, 3, 2, seed=0, batching="by_length", fmt=KNOWN)
     batch = stream.next()
     assert EOS not in batch.tokens.tolist()[0] and batch.tokens.shape == (2, 8)
     assert int(batch.loss_mask.sum()) == 2 * 3
@@ -154,7 +155,8 @@ def test_new_options_at_their_defaults_keep_old_run_folders_resumable():
     for section, key in (("task", "answer"), ("task", "bos"), ("model", "embed_init"),
                          ("model", "bias"), ("model", "tie_embeddings"), ("train", "decay_embeddings")):  # fmt: skip
         del old[section][key]
-    del old["paper"], old["compare"]
+    del old["paper"]
+    old["compare"] = {"encodings": ["rope"], "tasks": ["copy"], "seeds": 3, "experiment": "x"}
     assert config_identity(OmegaConf.create(old)) == config_identity(cfg)
     assert config_identity(compose(["paper={source: x}"])) == config_identity(cfg)
     assert config_identity(compose(["task.answer=known_length"])) != config_identity(cfg)

@@ -1,4 +1,4 @@
-"""The tasks with inline answers (issue 24): flip_flop, mqar, state_tracking.
+"""The tasks with inline answers: flip_flop, mqar, state_tracking.
 
 Each generator is checked against its reference solver and against an oracle written here
 from the docstring, on thousands of draws; the scored positions are checked against the
@@ -370,6 +370,7 @@ def test_data_show_prints_the_sequence_and_its_answers(name):
 
 
 def test_every_inline_preset_composes_and_plans():
+    from posenc.config import preset_axes
     from posenc.run import plan
 
     presets = {
@@ -380,15 +381,9 @@ def test_every_inline_preset_composes_and_plans():
     }
     for preset, task in presets.items():
         cfg = compose([f"task={task}", f"preset={preset}"])
-        assert list(cfg.compare.tasks) == [task]
-        assert list(cfg.compare.encodings) == [
-            "none",
-            "sinusoidal",
-            "learned",
-            "rope",
-            "alibi",
-            "t5",
-        ]
+        axes = preset_axes(preset)
+        assert axes["task"] == [task] and axes["seed"] == ["0", "1", "2"]
+        assert axes["encoding"] == ["none", "sinusoidal", "learned", "rope", "alibi", "t5"]
         assert plan(cfg).fmt.inline is not None
     assert compose(["task=state_tracking", "preset=merrill_state_tracking"]).task.group == "A5"
 

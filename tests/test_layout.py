@@ -18,6 +18,7 @@ SHARED = {
     "EXECUTION_KEYS",
     "METADATA_KEYS",
     "LEGACY_DEFAULTS",
+    "RETIRED_KEYS",
     "NAMING_KEYS",
 }
 FILE_NAMES = {"metrics.json", "checkpoint.pt", "config.yaml", "error.json", "results.csv", "report.md"}
@@ -69,8 +70,8 @@ LONG_FUNCTIONS_LEFT: set[str] = set()
 
 def test_modules_functions_and_imports_stay_within_the_module_map_limits():
     """scripts/module_map.py: no module of posenc/ or cli/ over 500 lines, no function over
-    80 lines beyond `LONG_FUNCTIONS_LEFT`, no cycle among the imports a module runs when it
-    is imported."""
+    80 lines beyond `LONG_FUNCTIONS_LEFT`, no cycle among the imports, those inside
+    functions included."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("module_map", ROOT / "scripts" / "module_map.py")
@@ -81,5 +82,6 @@ def test_modules_functions_and_imports_stay_within_the_module_map_limits():
     assert not [n for n in mine if m["lines"][n] > 500], "modules over 500 lines"
     long = {f"{n}.{f}" for n in mine for f, _ in m["long"][n]}
     assert long <= LONG_FUNCTIONS_LEFT, f"functions over 80 lines: {sorted(long)}"
-    cycles = [c for c in m["top_cycles"] if any(module_map.checked(n) for n in c)]
+    found = m["top_cycles"] + m["all_cycles"]
+    cycles = [c for c in found if any(module_map.checked(n) for n in c)]
     assert not cycles, f"import cycles: {cycles}"

@@ -161,7 +161,7 @@ def test_greedy_exact_match_equals_teacher_forced_exact_match(name):
     model = tiny_model(name, vocab=12)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     task = tasks.build("copy", vocab_size=8)
-    stream = TrainStream(task, 1, 4, 32, seed=0)
+    stream = TrainStream(task, 1, 4, 32, seed=0, batching="by_length")
     model.train()
     for _ in range(200):
         b = stream.next()
@@ -232,7 +232,7 @@ def test_bf16_trains_in_bf16_with_fp32_master_weights(tiny_cfg, tmp_path):
     trainer = Trainer.from_config(p.model, p.cfg.train)
     seen = []
     hook = p.model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    batch = TrainStream(p.task, 1, 6, 8, seed=0).next()
+    batch = TrainStream(p.task, 1, 6, 8, seed=0, batching="by_length").next()
     first = trainer.step(batch).loss
     hook.remove()
     assert seen == [torch.bfloat16]  # the matmuls ran in bf16 ...

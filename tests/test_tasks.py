@@ -23,10 +23,11 @@ from typer.testing import CliRunner
 
 from posenc import tasks
 from posenc.cli.app import app
-from posenc.config import CONFIG_DIR, compose, task_params
+from posenc.config import CONFIG_DIR, compose
 from posenc.data import eval_set_key, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError
 from posenc.run import plan, run
+from posenc.schema import task_params
 from posenc.tasks.format import SequenceFormat
 
 REPO = Path(__file__).resolve().parent.parent

@@ -91,8 +91,10 @@ class PositionalEncoding(nn.Module):
     """
 
     max_positions: int | None = None
-    # Parameters added after runs were saved, at the values that reproduce those runs: a
-    # saved config without the key builds the encoding with this value (`registry`).
+    # Values for parameters a saved config may lack, at those that reproduce the runs saved
+    # without them: a config without the key builds the encoding with this value
+    # (`registry.from_config`). posenc's own encodings list theirs in
+    # `posenc.runfolder.LEGACY_DEFAULTS`, which run identity also reads; this is a plugin's.
     legacy_params: dict = {}
     # True when ``token_positions`` derives positions from the tokens (Abacus, coupling).
     places_by_token: bool = False

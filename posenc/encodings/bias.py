@@ -142,8 +142,6 @@ class _Kerple(PositionalEncoding):
     r1_init: float  # r1 ~ U(0, r1_init)
     r2_init: float  # r2 ~ U(0, r2_init)
     r2_max: float | None
-    # A run saved before ``layer_shared`` existed had one (r1, r2) per layer.
-    legacy_params = {"layer_shared": False}
 
     def __init__(
         self,

@@ -52,8 +52,6 @@ class CoPE(PositionalEncoding):
     the gates see the rotated queries and keys.
     """
 
-    # A run saved before ``scale_position_term`` existed added the term after the 1/√d.
-    legacy_params = {"scale_position_term": False}
 
     def __init__(
         self,

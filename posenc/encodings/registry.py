@@ -44,9 +44,7 @@ def register(name: str, *, family: str, paper: str, description: str):
         if name in _REGISTRY:
             raise ValueError(f"encoding {name!r} is registered twice")
         hooks = tuple(
-            hook
-            for hook in HOOKS
-            if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
+            hook for hook in HOOKS if getattr(cls, hook) is not getattr(PositionalEncoding, hook)
         )
         _REGISTRY[name] = EncodingInfo(name, cls, family, hooks, paper, description)
         cls.name = name
@@ -128,13 +126,17 @@ def parse_spec(spec: Any, what: str = "encoding part") -> tuple[str, dict[str, A
 
 def from_config(cfg) -> PositionalEncoding:
     """The encoding of a posenc config: ``encoding.*`` sized by ``model.*``."""
-    from posenc.config import encoding_params
+    from posenc.runfolder import legacy_values
+    from posenc.schema import encoding_params
 
     m = cfg.model
     name = cfg.encoding.name
     params = encoding_params(cfg.encoding)
-    for key, value in info(name).cls.legacy_params.items():
-        params.setdefault(key, value)  # a config saved before the parameter existed
+    legacy = {**legacy_values("encoding"), **info(name).cls.legacy_params}
+    valid = parameters(name)
+    for key, value in legacy.items():  # a config saved without the parameter
+        if key in valid:
+            params.setdefault(key, value)
     return build(
         name,
         d_model=m.d_model,

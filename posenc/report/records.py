@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from posenc import schema
 from posenc.errors import UnreadableFileError
 from posenc.io import read_json
 from posenc.metrics import summarize
@@ -50,7 +51,7 @@ def record_from_metrics(
     """A complete run. Its summary is recomputed from ``per_length`` with the current
     definitions (`posenc.metrics`), the run's training range and its ``eval.threshold``, so
     folders written under older definitions are never mixed in silently."""
-    threshold = ((config or {}).get("eval") or {}).get("threshold", 0.9)
+    threshold = ((config or {}).get("eval") or {}).get("threshold", schema.Eval.threshold)
     lo, hi = metrics["train_range"]
     metrics = dict(metrics, summary=summarize(metrics["per_length"], lo, hi, threshold))
     return RunRecord(

@@ -19,11 +19,12 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from posenc.config import CONFIG_DIR, encoding_label
+from posenc.config import CONFIG_DIR
 from posenc.errors import ConfigError, describe
 from posenc.io import atomic_write_json, read_json
 from posenc.lock import RunLock
 from posenc.runfolder import ERROR, METRICS, is_finished, same_config
+from posenc.schema import encoding_label
 from posenc.signals import RunStopped
 from posenc.sweep.status import JOB_STATUS, STOPPING
 
@@ -141,9 +142,10 @@ def main() -> None:
     """``python -m posenc.sweep --multirun OVERRIDES``: the Hydra entry point."""
     import hydra
 
-    from posenc import plugins
+    from posenc import plugins, schema
     from posenc.config import searchpath_override
 
+    schema.store()  # the schema configs/config.yaml composes first
     plugins.store_configs()  # installed plugins' encodings and tasks: group options
     sys.argv += searchpath_override()  # POSENC_CONFIG_PATH: the user's config folders
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(run_job)()

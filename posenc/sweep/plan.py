@@ -71,6 +71,20 @@ def _sweep_values(o) -> list[str] | None:
         return None
 
 
+def preset_sweep(parsed: list) -> list[str]:
+    """The axes a ``preset=NAME`` override's preset declares (``hydra.sweeper.params``) that
+    the overrides do not set, as overrides: what Hydra's sweeper would add in the child, made
+    explicit so that the sweep is counted and checked here."""
+    from posenc.config import preset_axes
+
+    given = {o.key_or_group for o in parsed}
+    preset = next((o for o in parsed if o.key_or_group == "preset"), None)
+    if preset is None or preset.is_sweep_override() or preset.value() is None:
+        return []
+    axes = preset_axes(str(preset.value()))
+    return [f"{key}={','.join(values)}" for key, values in axes.items() if key not in given]
+
+
 def check_overrides(overrides: list[str], parsed: list) -> None:
     """Group names exist; no launcher, ``run_dir`` or swept `UNSWEPT_KEYS` among them."""
     from posenc.config import check_group_overrides
@@ -231,6 +245,7 @@ def plan_sweep(
                 f"{o.input_line!r}: {o.key_or_group} is set by {reserved[o.key_or_group]}"
             )
     overrides = [*(base or []), *overrides]
+    overrides = [*preset_sweep(_parse(overrides)), *overrides]
     parsed = _parse(overrides)
     check_overrides(overrides, parsed)
     # Compose one combination (first value of every sweep) to catch bad keys and read paths.
