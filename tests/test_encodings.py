@@ -22,7 +22,7 @@ ALL = encodings.names()
 SHIFT_INVARIANT = {
     "none", "rope", "alibi", "t5", "shaw", "transformer_xl", "kerple_log", "kerple_power",
     "xpos", "cope",
-    # issue 23: data-dependent and attention-level schemes read no absolute position; the
+    # data-dependent and attention-level schemes read no absolute position; the
     # hybrids' defaults are RoPE and NoPE parts
     "fox", "path", "path_fox", "stick_breaking", "ssmax", "p_rope", "hard_alibi",
     "per_layer", "per_head",

@@ -1,4 +1,4 @@
-"""Issue 23: data-dependent and attention-level schemes (FoX, PaTH, PaTH-FoX, stick-breaking,
+"""Data-dependent and attention-level schemes (FoX, PaTH, PaTH-FoX, stick-breaking,
 SSMax, p-RoPE, Hard-ALiBi, per-layer and per-head hybrids).
 
 Each scheme against its formula written out here, independently of the implementation, on

@@ -1,4 +1,4 @@
-"""Summary figures on hand-made per-length tables (issue 12: the horizon counts from the end
+"""Summary figures on hand-made per-length tables (the horizon counts from the end
 of the training range, so in-range wobbles do not end it)."""
 
 import pytest

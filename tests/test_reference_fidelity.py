@@ -1,4 +1,4 @@
-"""KERPLE and CoPE as their authors' code has them, the refusals of issue 22, and published
+"""KERPLE and CoPE as their authors' code has them, the configs they refuse, and published
 tables that come out the same on every machine."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def test_kerple_forward_never_writes_its_parameters_and_the_step_projects_them(t
 @pytest.mark.parametrize("name", ["kerple_log", "kerple_power", "cope", "fire"])
 def test_learned_bias_gradient_with_pieces_side_by_side_equals_one_thread(tiny_cfg, name):
     """The bucketed batch's pieces computed in two threads give the gradient of the
-    sequential pieces at one thread, to float rounding (the KERPLE crash of issue 22)."""
+    sequential pieces at one thread, to float rounding (KERPLE's parameters are never written in the forward pass)."""
     before = torch.get_num_threads()
     grads = []
     try:

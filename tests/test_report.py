@@ -251,7 +251,7 @@ def test_summary_rows_carry_mean_training_minutes():
     assert rp.table_cells(row)[rp.TABLE_HEADER.index("train min")].startswith("2.0 ± ")
 
 
-# ---------------------------------------------------------------- issue 12: recomputed summaries
+# ---------------------------------------------------------------- recomputed summaries
 
 
 def test_report_recomputes_old_summaries_from_per_length_with_the_run_threshold():
@@ -446,7 +446,7 @@ def test_report_baseline_table_and_unknown_baseline(tmp_path):
         rp.build_report(runs, "hand", plots=False, baseline="t5")
 
 
-# ---------------------------------------------------------------- issue 8: time to accuracy
+# ---------------------------------------------------------------- time to accuracy
 
 
 def stop_run(encoding, seed, stopped_at, *, steps=3000, seconds=60.0, stop_at=0.99):
