@@ -75,8 +75,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from posenc.config import compose  # noqa: E402
-from posenc.data import BATCHING, TrainStream, length_buckets  # noqa: E402
+from posenc.data import TrainStream, length_buckets  # noqa: E402
 from posenc.run import plan, run  # noqa: E402
+from posenc.schema import BATCHING  # noqa: E402
 from posenc.train import Trainer, bucket_count  # noqa: E402
 
 ROWS = (
