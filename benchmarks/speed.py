@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -294,7 +295,14 @@ def start_side_by_side(n: int, overrides: list[str], root: Path) -> float:
     procs = []
     t0 = time.perf_counter()
     for i in range(n):
-        cmd = [sys.executable, "-m", "posenc.cli", "train", *overrides, f"runs_root={root / str(i)}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "posenc.cli",
+            "train",
+            *overrides,
+            f"runs_root={root / str(i)}",
+        ]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
     for proc in procs:
         if proc.wait() != 0:
@@ -445,8 +453,73 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def profile_rows(cfg, steps: int = 30) -> None:
-    """torch.profiler over ``steps`` training steps: the matmuls' share and rate in place."""
+def op_phase(event) -> str:
+    """forward, backward or optimizer: the phase a profiled operator ran in, read from its
+    outermost enclosing event (the autograd engine's for the backward pass; the
+    ``record_function`` ranges `profile_rows` opens for the others)."""
+    top = event
+    while top.cpu_parent is not None:
+        top = top.cpu_parent
+        if top.name.startswith("autograd::engine::evaluate_function"):
+            return "backward"
+    if top.name in PHASES:
+        return top.name
+    return "forward"
+
+
+PHASES = ("forward", "backward", "optimizer")
+# Operators that only reshape or alias (no arithmetic, no memory traffic of their own).
+VIEWS = {
+    "aten::view", "aten::reshape", "aten::t", "aten::transpose", "aten::permute",
+    "aten::expand", "aten::as_strided", "aten::select", "aten::slice", "aten::unsqueeze",
+    "aten::squeeze", "aten::split", "aten::unflatten", "aten::flatten", "aten::detach",
+    "aten::alias", "aten::_unsafe_view", "aten::empty", "aten::empty_like", "aten::zeros",
+    "aten::resize_", "aten::empty_strided", "aten::lift_fresh", "aten::unbind", "aten::chunk",
+}  # fmt: skip
+
+
+def copy_bandwidth(nbytes: int = 1 << 20, seconds: float = 0.3) -> float:
+    """GB/s of ``copy_`` between two float32 tensors of ``nbytes`` (read + write counted):
+    the activations of this model are about that size, so they move at cache, not DRAM,
+    speed."""
+    a = torch.randn(nbytes // 4)
+    b = torch.empty_like(a)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        b.copy_(a)
+        reps += 1
+    return 2 * nbytes * reps / (time.perf_counter() - t0) / 1e9
+
+
+def dispatch_cost(seconds: float = 0.3) -> float:
+    """Microseconds of one eager ``add`` on one-element tensors: the framework's cost of an
+    operator call with (next to) no arithmetic, the floor of an eager operator."""
+    a, b = torch.ones(1), torch.ones(1)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.add(a, b)
+        reps += 1
+    return 1e6 * (time.perf_counter() - t0) / reps
+
+
+def op_bytes(event) -> int:
+    """Bytes an operator reads, estimated from its float32 inputs' shapes (written bytes
+    are about as many again for elementwise operators)."""
+    total = 0
+    for shape in event.input_shapes or []:
+        if isinstance(shape, list) and shape and all(isinstance(d, int) for d in shape):
+            total += 4 * math.prod(shape)
+    return total
+
+
+def profile_rows(cfg, steps: int = 30, peak: float | None = None) -> None:
+    """Where a step's time goes, by phase (forward, backward, optimizer with clipping): the
+    matmuls (time, rate in place, floor at the fp32 peak), the other operators (time,
+    bytes they read, floor at the copy bandwidth of activation-sized tensors), and the
+    framework's share (eager operator calls times the cost of an empty one, plus Python time
+    between operators). ``steps`` steps of the configured batching, pieces one after the
+    other at the run's threads, under torch's profiler (which adds a little per call)."""
+    from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
     p = plan(cfg)
@@ -454,24 +527,73 @@ def profile_rows(cfg, steps: int = 30) -> None:
     trainer = make_trainer(cfg, p.model, len(data), workers=1)
     for b in data[:10]:
         trainer.step(b)
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    params = list(p.model.parameters())
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
+        t0 = time.perf_counter()
         for b in data[10:]:
-            trainer.step(b)
+            with record_function("forward"):  # the backward pass runs inside it, on the
+                trainer.backward(b)  # engine's events, which op_phase tells apart
+            with record_function("optimizer"):
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+                trainer.optimizer.step()
+        wall = time.perf_counter() - t0
     trainer.close()
-    ops = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in ops)
-    mm = [e for e in ops if e.key in MATMULS]
-    mm_us = sum(e.self_cpu_time_total for e in mm)
-    mm_gflops = sum(e.flops for e in mm) / (mm_us * 1e-6) / 1e9
+    ms = 1 / (1000 * steps)  # microseconds over all steps -> milliseconds per step
+    stats = {ph: {"mm": 0.0, "flops": 0.0, "other": 0.0, "bytes": 0, "calls": 0} for ph in PHASES}
+    others: dict[tuple[str, str], float] = {}
+    for e in prof.events():
+        if e.name.startswith(("autograd::", "forward", "optimizer", "Optimizer.")) or e.name in (
+            "ProfilerStep*",
+        ):
+            continue
+        ph = stats[op_phase(e)]
+        if e.cpu_parent is None or e.cpu_parent.name.startswith(
+            ("autograd::engine", "forward", "optimizer", "Optimizer.")
+        ):
+            ph["calls"] += 1  # an operator called from Python or the engine, not a nested one
+        if e.name in MATMULS:
+            ph["mm"] += e.self_cpu_time_total
+            ph["flops"] += e.flops or 0
+        elif e.name not in VIEWS or e.self_cpu_time_total:
+            ph["other"] += e.self_cpu_time_total
+            if e.name not in VIEWS:
+                ph["bytes"] += op_bytes(e)
+                key = (op_phase(e), e.name.removeprefix("aten::"))
+                others[key] = others.get(key, 0.0) + e.self_cpu_time_total
+    in_ops = sum(s["mm"] + s["other"] for s in stats.values())
+    gap_ms = max(0.0, wall * 1e6 - in_ops) * ms
+    bandwidth = copy_bandwidth()
+    empty_us = dispatch_cost()
+    peak = peak or max(matmul_gflops(*s, torch.float32) for s in model_shapes(cfg))
+    threads = plural(torch.get_num_threads(), "thread")
     row(
-        f"profile: matmuls' share of a step; their GFLOP/s in place ({plural(torch.get_num_threads(), 'thread')})",
-        f"{mm_us / total:.1%}; {mm_gflops:.1f} GFLOP/s",
+        f"profile ({threads}): a step's wall time; in operators; Python between them",
+        f"{wall * 1000 / steps:.0f} ms; {in_ops * ms:.0f} ms; {gap_ms:.0f} ms",
     )
-    rest = sorted((e for e in ops if e.key not in MATMULS), key=lambda e: -e.self_cpu_time_total)
-    top = ", ".join(
-        f"{e.key.removeprefix('aten::')} {e.self_cpu_time_total / total:.1%}" for e in rest[:6]
+    for name, s in stats.items():
+        mm_ms, other_ms = s["mm"] * ms, s["other"] * ms
+        rate = s["flops"] / (s["mm"] * 1e-6) / 1e9 if s["mm"] else 0.0
+        mm_floor = s["flops"] / steps / (peak * 1e9) * 1000
+        mem_floor = 2 * s["bytes"] / steps / (bandwidth * 1e9) * 1000
+        calls = s["calls"] / steps
+        row(
+            f"profile, {name}: matmuls ms (GFLOP/s; floor at peak)",
+            f"{mm_ms:.0f} ms ({rate:.0f} GFLOP/s; {mm_floor:.0f} ms)",
+        )
+        row(
+            f"profile, {name}: other operators ms (floor: memory; calls x empty call)",
+            f"{other_ms:.0f} ms (memory {mem_floor:.0f} ms; {calls:,.0f} calls x "
+            f"{empty_us:.1f} us = {calls * empty_us / 1000:.0f} ms)",
+        )
+    top = sorted(others.items(), key=lambda kv: -kv[1])[:8]
+    row(
+        "profile: the costliest other operators, ms per step",
+        ", ".join(f"{op} ({ph[0]}) {t * ms:.0f}" for (ph, op), t in top),
     )
-    row("profile: the costliest other operators", top)
+    row(
+        "profile: peak used for the floors; copy bandwidth; empty operator call",
+        f"{peak:.0f} GFLOP/s; {bandwidth:.0f} GB/s (1 MiB tensors); {empty_us:.1f} us",
+    )
 
 
 def floor_rows(cfg, peak: float) -> None:
@@ -523,7 +645,7 @@ def main() -> None:
         f"posenc speed benchmark · torch {torch.__version__} · {plural(threads, 'thread')}",
         flush=True,
     )
-    rates = peaks(cfg) if {"machine", "step", "bf16", "floor"} & set(rows) else {}
+    rates = peaks(cfg) if {"machine", "step", "bf16", "floor", "profile"} & set(rows) else {}
     peak = {dtype: max(r) for dtype, r in rates.items()}
     if "machine" in rows:
         row("CPU", cpu_model())
@@ -610,17 +732,24 @@ def main() -> None:
             ">= 1.3x or a measured negative result",
         )
     if "compile" in rows:
+        from posenc.train import use_compile_cache
+
+        cache = use_compile_cache()
         compiled = bare_loop(cfg, data, compile=True)
+        torch._dynamo.reset()  # as a new process would: compiled again, from the disk cache
+        again = bare_loop(cfg, data[:20], compile=True)
         row(
             "torch.compile / eager step speed (after warm-up)",
-            f"{fp32['seconds'] / compiled['seconds']:.2f}x; first 10 steps {compiled['warm']:.0f} s",
+            f"{fp32['seconds'] / compiled['seconds']:.2f}x; first 10 steps {compiled['warm']:.0f} s, "
+            f"then {again['warm']:.0f} s from the cache",
             "default off unless it wins incl. compile time",
         )
+        row("torch.compile cache", cache)
 
     if "decode" in rows:
         decode_row(cfg)
     if "profile" in rows:
-        profile_rows(cfg)
+        profile_rows(cfg, peak=peak.get(torch.float32))
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(args.runs_root).resolve() if args.runs_root else Path(tmp)

@@ -3,8 +3,10 @@
 ``precision="bf16"`` runs the forward and backward passes under ``torch.autocast`` in
 bfloat16 (matmuls and attention in bf16; weights, gradients and AdamW state stay fp32, so
 the optimizer keeps full-precision master weights). ``compile=True`` trains through
-``torch.compile(model, dynamic=True)`` (one graph for every sequence length). Both are off
-by default: measured on CPU, neither pays at this model size (docs/performance.md).
+``torch.compile(model, dynamic=True)`` (one graph for every sequence length; its artifacts
+cached on disk, `use_compile_cache`). Both are off by default: bf16 is slower on the CPUs
+measured, and compile, 1.3-1.5x faster per step at one thread, changes the rounding and
+costs a compile per shape family (docs/performance.md).
 ``buckets`` > 1 computes each batch in that many length-sorted pieces at most
 (`posenc.data.length_buckets`) and accumulates their gradients: the same step as the whole
 padded batch, with a fraction of its padding. On CPU with more than one torch thread the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -78,6 +81,22 @@ def masked_loss(logits: Tensor, batch: Batch, reduction: str = "mean") -> Tensor
     )
 
 
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def use_compile_cache() -> str:
+    """Where torch.compile keeps its compiled artifacts (inductor's FX-graph cache and
+    AOT-autograd's cache, both on by default): ``$TORCHINDUCTOR_CACHE_DIR`` if set, else
+    ``$XDG_CACHE_HOME/posenc/torchinductor`` (``~/.cache/...``) rather than torch's /tmp
+    default, so every run of a comparison and every later command on this machine reuses
+    them (a cold compile of the default model is about two minutes on one core, a cached
+    one about half a minute: docs/performance.md)."""
+    if COMPILE_CACHE_ENV not in os.environ:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        os.environ[COMPILE_CACHE_ENV] = os.path.join(base, "posenc", "torchinductor")
+    return os.environ[COMPILE_CACHE_ENV]
+
+
 def bucket_count(train_cfg, batching: str | None = None) -> int:
     """Pieces a batch is computed in: ``train.buckets`` under ``bucketed`` batching (or
     ``batching`` in its place), else 1."""
@@ -121,6 +140,8 @@ class Trainer:
         self.grad_clip = grad_clip
         self.precision = precision
         # The compiled module shares parameters with `model`; checkpoints use `model`.
+        if compile:
+            use_compile_cache()
         self.forward = torch.compile(model, dynamic=True) if compile else model
         self.optimizer = make_optimizer(
             model,
@@ -241,9 +262,7 @@ class Trainer:
         ``backward()`` calls accumulate them."""
         pieces = [p.to(self.device) for p in pieces]
         encoding = self.model.encoding
-        positions = [
-            encoding.positions(*p.inputs.shape, device=self.device) for p in pieces
-        ]
+        positions = [encoding.positions(*p.inputs.shape, device=self.device) for p in pieces]
         params = [p for p in self.model.parameters() if p.requires_grad]
 
         def piece_gradients(piece: Batch, pos: Tensor) -> tuple[Tensor, tuple]:

@@ -216,6 +216,8 @@ def shared_rows(pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor]:
     Positions are usually ``arange`` expanded over the batch (randomized positions are
     shared by the batch too), so a position-only bias can be computed once and broadcast.
     """
+    if torch.compiler.is_compiling():  # a data-dependent branch would break the graph
+        return pos_q, pos_k
     if pos_q.shape[0] > 1 and bool((pos_q == pos_q[:1]).all()) and bool((pos_k == pos_k[:1]).all()):
         return pos_q[:1], pos_k[:1]
     return pos_q, pos_k

@@ -123,7 +123,12 @@ class _DigitTable(PositionalEncoding):
         return pos + k.to(device)
 
     def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
-        if pos.numel() and int(pos.max()) >= self.max_position:
+        # Checked eagerly only: the data-dependent test would break a compiled graph.
+        if (
+            not torch.compiler.is_compiling()
+            and pos.numel()
+            and int(pos.max()) >= self.max_position
+        ):
             raise ConfigError(
                 f"{self.name} id {int(pos.max())} is beyond its table "
                 f"(encoding.max_position={self.max_position}); raise encoding.max_position"
