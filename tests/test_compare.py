@@ -345,9 +345,22 @@ def test_a_preset_made_for_another_task_needs_task_named(tmp_path, monkeypatch):
     assert compose(["preset=kazemnejad_reverse", "task=copy"]).task.name == "copy"  # named
     assert compose(["preset=kazemnejad_copy"]).task.name == "copy"  # its own task
     monkeypatch.chdir(tmp_path)
-    for command in (["sweep", "seed=0,1"], ["train"]):
-        result = CliRunner().invoke(app, [*command, "preset=kazemnejad_reverse", "encoding=rope"])
-        assert result.exit_code == 2, result.output
-        assert "add task=reverse" in result.output
-        assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, ["train", "preset=kazemnejad_reverse", "encoding=rope"])
+    assert result.exit_code == 2, result.output
+    assert "add task=reverse" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_with_a_preset_takes_the_axes_it_does_not_set_from_the_preset(tmp_path):
+    """`posenc sweep preset=NAME` sweeps what the preset's hydra.sweeper.params declare, as
+    Hydra's sweeper would, unless its own overrides set the key."""
+    from posenc.sweep import plan_sweep
+
+    plan = plan_sweep(
+        ["preset=kazemnejad_reverse", "encoding=rope", "seed=0,1", f"runs_root={tmp_path}"]
+    )
+    assert "task=reverse" in plan.overrides and "encoding=rope" in plan.overrides
+    assert "seed=0,1" in plan.overrides and plan.total == 2
+    assert not any(o.startswith("seed=0,1,2") for o in plan.overrides)
+    assert not any(tmp_path.iterdir())
