@@ -151,7 +151,11 @@ class PerHead(PositionalEncoding):
     groups' softmax weights are written out beside them for that layer (no fused kernel);
     otherwise the fused path stays. The default (``heads: null``) is x-transformers'
     ``rotate_num_heads`` at half the heads: RoPE on the first ⌈H/2⌉, NoPE on the rest
-    (``[rope, rope, none, none]`` for 4 heads). Entries act inside attention
+    (``[rope, rope, none, none]`` for 4 heads). x-transformers rotates the *last*
+    ``rotate_num_heads`` heads (``q[:, -rotate_num_heads:]``, read in its
+    ``x_transformers.py``) and has no default count; which heads does not matter, as heads
+    are interchangeable (initialised independently, summed by the output projection), so
+    posenc lists them first for readability. Entries act inside attention
     only (no absolute, randomized or token-derived entries).
     """
 
