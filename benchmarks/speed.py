@@ -28,7 +28,8 @@ Rows:
   alone and with RoPE, p-RoPE, Hard-ALiBi, per-layer, per-head) against RoPE on the same
   model and batches, interleaved over three rounds in rotated orders, medians; which leave the fused
   attention kernel (stick-breaking and PaTH compute their own weights, O(T²) per head).
-- ``bf16``: the bare loop with ``train.precision=bf16`` against fp32, same batches.
+- ``bf16``: the bare loop with ``train.precision=bf16`` against fp32, same batches; ``--record``
+  stores the ratio for ``train.precision=auto`` on this machine (`posenc.precision`).
 - ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
 - ``decode``: exact match at n = 60 by teacher forcing (the default) and by greedy KV-cache
   decoding (``eval.greedy=true``) on the same examples; asserts they agree example by example.
@@ -632,6 +633,16 @@ def main() -> None:
         "--runs-root",
         help="keep the smoke/train/compare runs here (default: a temporary folder)",
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="store the bf16 row's speedup for train.precision=auto on this machine",
+    )
+    parser.add_argument(
+        "--accuracy-checked",
+        action="store_true",
+        help="with --record: a 3-seed check showed bf16 runs reach fp32's accuracy here",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the model under test")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -726,11 +737,17 @@ def main() -> None:
         few = data[:30]  # bf16 can be 10x slower where the CPU lacks bf16 instructions
         base = bare_loop(cfg, few)
         bf16 = bare_loop(cfg, few, precision="bf16")
+        speedup = base["seconds"] / bf16["seconds"]
         row(
             "bf16 (autocast, fp32 master weights) / fp32 step speed",
-            f"{base['seconds'] / bf16['seconds']:.2f}x",
+            f"{speedup:.2f}x",
             ">= 1.3x or a measured negative result",
         )
+        if args.record:  # what train.precision=auto reads on this machine (posenc.precision)
+            from posenc.precision import machine_key, save_record
+
+            path = save_record(speedup, accuracy_checked=args.accuracy_checked)
+            row("bf16 measurement recorded for train.precision=auto", f"{path} [{machine_key()}]")
     if "compile" in rows:
         from posenc.train import use_compile_cache
 

@@ -119,6 +119,7 @@ def write_phase(
         "padding_share": round(1 - s.tokens / s.slots, 4) if s.slots else None,
         "final_loss": s.loss,
         "parameters": model.num_parameters(),
+        "precision_used": s.trainer.precision,  # what train.precision (e.g. auto) became
     }
     evaluation = {"seconds": round(eval_seconds, 3), "greedy": bool(cfg.eval.greedy)}
     metrics = metrics_record(cfg, s.p.task.name, per_length, train=train, evaluation=evaluation)

@@ -23,7 +23,7 @@ SCHEMA_NAME = "posenc_schema"
 
 EMBED_INITS = ("scaled", "gpt")
 BATCHING = ("by_length", "mixed", "bucketed")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: posenc.precision
 # Keys of ``task.*`` that choose the sequence format (`posenc.tasks.format.SequenceFormat`), not data.
 FORMAT_KEYS = ("answer", "bos")
 

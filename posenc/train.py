@@ -33,6 +33,7 @@ from posenc import schema
 from posenc.data import Batch, length_buckets
 from posenc.encodings.base import PositionalEncoding
 from posenc.model import Transformer
+from posenc.precision import resolve as resolve_precision
 from posenc.tasks.format import PAD
 
 
@@ -138,7 +139,7 @@ class Trainer:
         self.model = model
         self.device = device
         self.grad_clip = grad_clip
-        self.precision = precision
+        self.precision = resolve_precision(precision, device)  # "auto" -> fp32 or bf16
         # The compiled module shares parameters with `model`; checkpoints use `model`.
         if compile:
             use_compile_cache()

@@ -211,7 +211,7 @@ def test_stop_at_never_reached_trains_every_step(tiny_cfg):
             "unknown train.batching 'sorted'; valid choices: by_length, mixed, bucketed",
         ),
         ("train.buckets=0", "train.buckets must be an integer >= 1, got 0"),
-        ("train.precision=fp16", "unknown train.precision 'fp16'; valid choices: fp32, bf16"),
+        ("train.precision=fp16", "unknown train.precision 'fp16'; valid choices: fp32, bf16, auto"),
         ("train.stop_at=1.5", "train.stop_at must be in (0, 1] or null, got 1.5"),
         ("train.compile=maybe", "train.compile must be true or false, got 'maybe'"),
     ],

@@ -1,0 +1,95 @@
+"""``train.precision=auto``: bf16 only on a machine where it was measured to pay.
+
+posenc never guesses that bf16 is faster from the instruction set: on the AMX machine
+posenc's step under autocast was 0.53x the fp32 step, and on the AVX2 machine 0.13x
+(docs/performance.md). ``auto`` therefore reads a measurement of *this* machine, written by
+the benchmark (``python benchmarks/speed.py --rows bf16 --record``) into
+``$XDG_CACHE_HOME/posenc/precision.json`` (``~/.cache/...``), keyed by the machine: device
+type, CPU model, the bf16 instruction-set flags and the torch version. It resolves to
+``bf16`` only where that record says the bf16 step was at least ``MIN_SPEEDUP`` times the
+fp32 one *and* that a 3-seed accuracy check was recorded as passed (``accuracy_checked``,
+set by whoever ran the check: the benchmark cannot know), and to ``fp32`` everywhere else,
+including any machine without a record. The run records what it used (`metrics.json`,
+``train.precision_used``), since ``auto`` alone does not say.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+PRECISION_FILE_ENV = "POSENC_PRECISION_FILE"
+MIN_SPEEDUP = 1.0
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def record_path() -> Path:
+    """Where per-machine measurements live (``$POSENC_PRECISION_FILE`` wins)."""
+    if PRECISION_FILE_ENV in os.environ:
+        return Path(os.environ[PRECISION_FILE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "posenc" / "precision.json"
+
+
+def _cpu() -> tuple[str, list[str]]:
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags |= set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return model, sorted(f for f in BF16_FLAGS if f in flags)
+
+
+def machine_key(device: torch.device | str = "cpu") -> str:
+    """What a measurement holds for: the device type and name, bf16 flags, torch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"cuda | {name} | torch {torch.__version__}"
+    model, flags = _cpu()
+    return f"{device.type} | {model} | {','.join(flags) or 'no bf16 flags'} | torch {torch.__version__}"
+
+
+def load_records() -> dict:
+    path = record_path()
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_record(
+    speedup: float, *, device: torch.device | str = "cpu", accuracy_checked: bool = False
+) -> Path:
+    """Store this machine's measured bf16/fp32 step speed (written atomically)."""
+    path = record_path()
+    records = load_records()
+    key = machine_key(device)
+    previous = records.get(key, {})
+    records[key] = {
+        "bf16_speedup": round(float(speedup), 3),
+        "accuracy_checked": bool(accuracy_checked or previous.get("accuracy_checked", False)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def resolve(precision: str, device: torch.device | str = "cpu") -> str:
+    """The precision a run trains in: ``fp32`` and ``bf16`` as asked; ``auto`` as this
+    machine's record allows (module docstring)."""
+    if precision != "auto":
+        return precision
+    record = load_records().get(machine_key(device), {})
+    if record.get("bf16_speedup", 0.0) >= MIN_SPEEDUP and record.get("accuracy_checked"):
+        return "bf16"
+    return "fp32"

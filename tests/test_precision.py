@@ -1,0 +1,65 @@
+"""``train.precision=auto``: bf16 only where this machine's record says it is faster and its
+accuracy check passed; fp32 otherwise; the run records what it used."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from posenc import precision
+from posenc.run import run
+
+
+@pytest.fixture
+def record_file(monkeypatch, tmp_path):
+    path = tmp_path / "precision.json"
+    monkeypatch.setenv(precision.PRECISION_FILE_ENV, str(path))
+    return path
+
+
+def test_explicit_precisions_are_kept(record_file):
+    assert precision.resolve("fp32") == "fp32"
+    assert precision.resolve("bf16") == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("speedup", "checked", "expected"),
+    [
+        (None, False, "fp32"),  # no measurement of this machine
+        (0.53, True, "fp32"),  # measured slower (the AMX machine's autocast)
+        (1.6, False, "fp32"),  # faster, but accuracy not checked
+        (1.6, True, "bf16"),
+    ],
+)
+def test_auto_follows_this_machines_record(record_file, speedup, checked, expected):
+    if speedup is not None:
+        precision.save_record(speedup, accuracy_checked=checked)
+    assert precision.resolve("auto") == expected
+
+
+def test_a_record_of_another_machine_does_not_count(record_file):
+    record_file.write_text(
+        json.dumps({"cpu | another CPU | amx_bf16 | torch 0": {"bf16_speedup": 2.0,
+                                                              "accuracy_checked": True}})
+    )  # fmt: skip
+    assert precision.resolve("auto") == "fp32"
+
+
+def test_a_new_measurement_keeps_a_passed_accuracy_check(record_file):
+    precision.save_record(1.6, accuracy_checked=True)
+    precision.save_record(1.7)
+    assert precision.load_records()[precision.machine_key()] == {
+        "bf16_speedup": 1.7,
+        "accuracy_checked": True,
+    }
+
+
+def test_an_unreadable_record_means_fp32(record_file):
+    record_file.write_text("{not json")
+    assert precision.resolve("auto") == "fp32"
+
+
+def test_a_run_records_the_precision_it_used(tiny_cfg, record_file):
+    metrics = run(tiny_cfg("train.precision=auto"))
+    assert metrics["train"]["precision_used"] == "fp32"
