@@ -24,7 +24,7 @@ Rows:
   milliseconds per forward/backward/clip/AdamW step, interleaved over three rounds. Tells a
   slower model from a slower loop.
 - ``encodings``: milliseconds per training step (the bare loop, configured batching) of each
-  scheme that acts inside attention (issue 23: FoX, PaTH, PaTH-FoX, stick-breaking, SSMax
+  scheme that acts inside attention (FoX, PaTH, PaTH-FoX, stick-breaking, SSMax
   alone and with RoPE, p-RoPE, Hard-ALiBi, per-layer, per-head) against RoPE on the same
   model and batches, interleaved over three rounds in rotated orders, medians; which leave the fused
   attention kernel (stick-breaking and PaTH compute their own weights, O(T²) per head).
@@ -415,7 +415,7 @@ def model_row(cfg, peer: Path, steps: int) -> None:
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 
-# The schemes of issue 23, as configs/encoding/ names; "own" marks those that compute their
+# The schemes that act inside attention, as configs/encoding/ names; "own" marks those that compute their
 # own attention weights (no fused kernel).
 INSIDE_ATTENTION = {
     "fox": False,

@@ -182,6 +182,24 @@ def check_values(cfg: DictConfig) -> None:
     _check_machine(tree)
 
 
+# What replaced a retired top-level key (runfolder.RETIRED_KEYS), for a user's old YAML.
+RETIRED_HINTS = {
+    "compare": "a preset declares its runs as hydra.sweeper.params (encoding, task, seed) and "
+    "experiment: NAME now; move the compare: block there (docs/experiments.md)",
+}
+
+
+def unknown_key(key: str) -> str:
+    """The one line for a key the schema lacks (``train.momentum`` or a top-level one):
+    the section's valid keys, or what replaced a retired key."""
+    if key in RETIRED_HINTS:
+        return f"unknown key {key}: {RETIRED_HINTS[key]}"
+    section, _, _ = key.rpartition(".")
+    known = [f.name for f in fields(SECTIONS[section] if section else Root)]
+    prefix = f"{section}." if section else ""
+    return f"unknown key {key}; valid keys: {', '.join(prefix + k for k in known)}"
+
+
 def _check_keys(tree: dict) -> None:
     """No key that the schema lacks (``+train.momentum=0.9`` adds one past OmegaConf)."""
     for section, part in [("", tree), *((s, tree[s]) for s in SECTIONS)]:
@@ -189,8 +207,7 @@ def _check_keys(tree: dict) -> None:
         prefix = f"{section}." if section else ""
         for key in part:
             if key not in known:
-                valid = ", ".join(prefix + k for k in known)
-                raise ConfigError(f"unknown key {prefix}{key}; valid keys: {valid}")
+                raise ConfigError(unknown_key(prefix + key))
 
 
 def _check_lengths(tree: dict) -> None:

@@ -159,11 +159,25 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
             )
     except Exception as exc:  # Hydra's messages are good but multi-line
         chain = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
-        message = _missing_key(chain, overrides) or invalid_value(exc)
+        message = _missing_key(chain, overrides) or invalid_value(exc) or _unknown_key(chain)
         if message:
             raise ConfigError(message) from exc
         first = first_line(exc)
         raise ConfigError(f"bad override: {first}") from exc
+
+
+def _unknown_key(message: str) -> str | None:
+    """For "Key 'k' not in 'Root'" (a YAML, e.g. a user's preset, setting a key the schema
+    lacks): `checks.unknown_key`'s line, or None."""
+    from posenc import checks
+
+    m = re.search(r"Key '([^']+)' not in '(\w+)'", message)
+    if not m:
+        return None
+    section = {"Root": ""} | {cls.__name__: name for name, cls in schema.SECTIONS.items()}
+    if m[2] not in section:
+        return None
+    return checks.unknown_key(f"{section[m[2]]}.{m[1]}".lstrip("."))
 
 
 def _missing_key(message: str, overrides: list[str]) -> str | None:

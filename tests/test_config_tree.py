@@ -90,3 +90,20 @@ def test_a_config_yaml_without_newer_keys_reads_back_on_the_schema(tmp_path):
     assert cfg.model.embed_init == "scaled" and cfg.task.answer == "eos"
     assert "compare" not in cfg
     checks.check_values(cfg)
+
+
+def test_an_old_compare_block_says_what_replaced_it(tmp_path, monkeypatch):
+    """A user's preset that still has the retired ``compare:`` block is refused in one line
+    that says where its runs go now."""
+    import pytest as _pytest
+
+    from posenc.config import compose
+    from posenc.errors import ConfigError
+
+    (tmp_path / "preset").mkdir()
+    (tmp_path / "preset" / "old_style.yaml").write_text(
+        "# @package _global_\ncompare:\n  encodings: [rope]\n  seeds: 3\n"
+    )
+    monkeypatch.setenv("POSENC_CONFIG_PATH", str(tmp_path))
+    with _pytest.raises(ConfigError, match=r"unknown key compare: .*hydra\.sweeper\.params"):
+        compose(["preset=old_style"])
