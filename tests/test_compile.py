@@ -53,9 +53,10 @@ def test_listed_breaks_are_real():
         assert explained.graph_break_count > 0, name
 
 
-def test_compiled_step_equals_eager(monkeypatch):
+def test_compiled_step_equals_eager(monkeypatch, tmp_path):
     """Three AdamW steps through the compiled graphs (aot_eager: the graphs inductor would
     fuse, run op by op) give the eager run's losses and weights (to float32 rounding)."""
+    monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path))  # restored after the test
     real_compile = torch.compile
     monkeypatch.setattr(
         torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager", **kw)
