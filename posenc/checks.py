@@ -170,7 +170,10 @@ def check_values(cfg: DictConfig) -> None:
     _check_keys(tree)
     for key, default in _typed_keys():
         section, _, leaf = key.rpartition(".")
-        value = tree[section][leaf] if section else tree[key]
+        part = tree[section] if section else tree
+        if leaf not in part:  # removed by a ~key override (Hydra allows it on the root)
+            raise ConfigError(f"{key} cannot be deleted: every run needs a value")
+        value = part[leaf]
         check = DECLARED.get(key) or inferred(default)
         if check is not None:
             check(value, key, tree)

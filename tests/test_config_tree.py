@@ -107,3 +107,11 @@ def test_an_old_compare_block_says_what_replaced_it(tmp_path, monkeypatch):
     monkeypatch.setenv("POSENC_CONFIG_PATH", str(tmp_path))
     with _pytest.raises(ConfigError, match=r"unknown key compare: .*hydra\.sweeper\.params"):
         compose(["preset=old_style"])
+
+
+@pytest.mark.parametrize("key", ["experiment", "seed", "train.steps"])
+def test_deleting_a_key_every_run_needs_is_one_line(key):
+    from posenc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^{key} cannot be deleted: every run needs a value$"):
+        compose([f"~{key}"])
