@@ -542,24 +542,22 @@ def profile_rows(cfg, steps: int = 30, peak: float | None = None) -> None:
     ms = 1 / (1000 * steps)  # microseconds over all steps -> milliseconds per step
     stats = {ph: {"mm": 0.0, "flops": 0.0, "other": 0.0, "bytes": 0, "calls": 0} for ph in PHASES}
     others: dict[tuple[str, str], float] = {}
+    ranges = ("autograd::", "forward", "optimizer", "Optimizer.")  # not operators
     for e in prof.events():
-        if e.name.startswith(("autograd::", "forward", "optimizer", "Optimizer.")) or e.name in (
-            "ProfilerStep*",
-        ):
+        if e.name.startswith(ranges):
             continue
-        ph = stats[op_phase(e)]
-        if e.cpu_parent is None or e.cpu_parent.name.startswith(
-            ("autograd::engine", "forward", "optimizer", "Optimizer.")
-        ):
+        phase = op_phase(e)
+        ph = stats[phase]
+        if e.cpu_parent is None or e.cpu_parent.name.startswith(ranges):
             ph["calls"] += 1  # an operator called from Python or the engine, not a nested one
         if e.name in MATMULS:
             ph["mm"] += e.self_cpu_time_total
             ph["flops"] += e.flops or 0
-        elif e.name not in VIEWS or e.self_cpu_time_total:
+        else:  # views and allocations count their (small) time but move no bytes
             ph["other"] += e.self_cpu_time_total
             if e.name not in VIEWS:
                 ph["bytes"] += op_bytes(e)
-                key = (op_phase(e), e.name.removeprefix("aten::"))
+                key = (phase, e.name.removeprefix("aten::"))
                 others[key] = others.get(key, 0.0) + e.self_cpu_time_total
     in_ops = sum(s["mm"] + s["other"] for s in stats.values())
     gap_ms = max(0.0, wall * 1e6 - in_ops) * ms

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from posenc.errors import ConfigError, first_line
+from posenc.runfolder import RETIRED_KEYS
 from posenc.schema import BATCHING, EMBED_INITS, PRECISIONS, SECTIONS, Root
 
 # The largest integer torch, numpy and the OS accept as a seed, a size or a count.
@@ -185,18 +186,11 @@ def check_values(cfg: DictConfig) -> None:
     _check_machine(tree)
 
 
-# What replaced a retired top-level key (runfolder.RETIRED_KEYS), for a user's old YAML.
-RETIRED_HINTS = {
-    "compare": "a preset declares its runs as hydra.sweeper.params (encoding, task, seed) and "
-    "experiment: NAME now; move the compare: block there (docs/experiments.md)",
-}
-
-
 def unknown_key(key: str) -> str:
     """The one line for a key the schema lacks (``train.momentum`` or a top-level one):
     the section's valid keys, or what replaced a retired key."""
-    if key in RETIRED_HINTS:
-        return f"unknown key {key}: {RETIRED_HINTS[key]}"
+    if key in RETIRED_KEYS:
+        return f"unknown key {key}: {RETIRED_KEYS[key]}"
     section, _, _ = key.rpartition(".")
     known = [f.name for f in fields(SECTIONS[section] if section else Root)]
     prefix = f"{section}." if section else ""

@@ -28,7 +28,11 @@ EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs
 METADATA_KEYS = ("paper",)
 # Keys a config.yaml may hold that the config does not have: ``compare``, a copy of the
 # preset's runs (which presets declare as ``hydra.sweeper.params``). Ignored on reading.
-RETIRED_KEYS = ("compare",)
+# Each with what replaced it, for the one-line error a user's old YAML gets (posenc.checks).
+RETIRED_KEYS = {
+    "compare": "a preset declares its runs as hydra.sweeper.params (encoding, task, seed) and "
+    "experiment: NAME now; move the compare: block there (docs/experiments.md)",
+}
 # Options that a config.yaml may lack, at the values that reproduce a run saved without
 # them: a config without the option still matches one that has it at this value, and reads
 # back with it (`read_config`; encodings that take the parameter, `posenc.encodings.registry`).
