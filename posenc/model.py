@@ -24,6 +24,9 @@ from torch import Tensor, nn
 from posenc import schema
 from posenc.encodings.base import PositionalEncoding
 
+# The std of GPT-2's token embeddings (and of every other weight matrix it initialises).
+GPT_STD = 0.02
+
 
 @dataclass(kw_only=True)
 class ModelConfig(schema.Model):
@@ -178,13 +181,17 @@ class Transformer(nn.Module):
             self.head.weight = self.tok_emb.weight
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.embed_init == "scaled" else 1.0
         self._init_weights()
+        token_std = 1.0 if cfg.embed_init == "scaled" else GPT_STD
+        for module in encoding.modules():
+            if isinstance(module, PositionalEncoding):
+                module.match_token_scale(token_std)
 
     def _init_weights(self) -> None:
         for name, p in self.named_parameters():
             if name.startswith("encoding."):
                 continue  # each encoding initialises its own parameters
             if name == "tok_emb.weight":  # also the head's, when tied
-                std = self.cfg.d_model**-0.5 if self.cfg.embed_init == "scaled" else 0.02
+                std = self.cfg.d_model**-0.5 if self.cfg.embed_init == "scaled" else GPT_STD
                 nn.init.normal_(p, std=std)
             elif p.dim() >= 2:
                 nn.init.normal_(p, std=0.02)

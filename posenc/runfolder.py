@@ -49,6 +49,7 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("train", "stop_at"): None,
     ("encoding", "layer_shared"): False,  # KERPLE: one (r1, r2) per layer
     ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
+    ("encoding", "amplitude"): None,  # sinusoidal: sized to the token embeddings
 }
 
 

@@ -238,6 +238,37 @@ def test_sinusoidal_values_at_known_positions():
         assert pe[2, 2 * i].item() == pytest.approx(math.sin(50 * w), abs=1e-5)
 
 
+def _model(name: str, embed_init: str, **params):
+    from posenc.model import ModelConfig, Transformer
+
+    enc = encodings.build(name, d_model=8, n_heads=2, max_len=16, **params)
+    cfg = ModelConfig(vocab_size=5, d_model=8, n_layers=1, n_heads=2, d_ff=8, max_len=16,
+                      embed_init=embed_init)  # fmt: skip
+    return Transformer(cfg, enc)
+
+
+@pytest.mark.parametrize("embed_init, amplitude", [("scaled", 1.0), ("gpt", 0.02)])
+def test_sinusoidal_amplitude_follows_the_token_embeddings(embed_init, amplitude):
+    # amplitude=null: PE at the tokens' std, so PE(0) = [0, A, 0, A, ...]
+    model = _model("sinusoidal", embed_init)
+    assert model.encoding.amplitude == amplitude
+    x = torch.zeros(1, 2, 8)
+    out = model.encoding.embed(x, torch.tensor([[0, 1]]))
+    assert out[0, 0].tolist() == pytest.approx([0, amplitude] * 4)
+    assert out[0, 1, 0].item() == pytest.approx(amplitude * math.sin(1.0))
+    # the token embeddings' std is what the model says it is
+    tok = model.tok_emb.weight * model.embed_scale
+    assert tok.std().item() == pytest.approx(amplitude, rel=0.5)
+
+
+def test_sinusoidal_amplitude_given_is_kept_and_reaches_a_randomized_base():
+    assert _model("sinusoidal", "gpt", amplitude=0.5).encoding.amplitude == 0.5
+    wrapped = _model("randomized", "gpt", base="sinusoidal").encoding
+    assert wrapped.base.amplitude == 0.02
+    with pytest.raises(ConfigError, match="encoding.amplitude must be > 0 or null, got 0"):
+        encodings.build("sinusoidal", d_model=8, n_heads=2, max_len=8, amplitude=0)
+
+
 def test_learned_table_refuses_positions_beyond_it():
     enc = encodings.build("learned", d_model=8, n_heads=2, max_len=10)
     x = torch.zeros(1, 11, 8)

@@ -35,22 +35,48 @@ class Sinusoidal(PositionalEncoding):
     x_t <- x_t + PE(t), PE(t, 2i) = sin(t / base^(2i/d)), PE(t, 2i+1) = cos(t / base^(2i/d)),
     base 10000, interleaved as in the paper. Defined for every real position, so it never
     runs out of table; whether the *model* generalizes beyond trained positions is another
-    matter (it usually does not). The model scales token embeddings to unit variance
-    (Vaswani et al. multiply them by sqrt(d_model)) so the encoding does not swamp them.
+    matter (it usually does not).
+
+    ``amplitude`` multiplies PE. The paper adds PE at amplitude 1 to token embeddings of unit
+    variance (they multiply them by sqrt(d_model)); it leaves open how the two compare at
+    other token scales. posenc's ``amplitude=null`` (the default) sets it to the std of the
+    token embeddings (`match_token_scale`): 1 with ``model.embed_init=scaled``, the paper's
+    setting, and 0.02 with ``gpt``, where PE at amplitude 1 would be 35x the tokens and
+    sits on the loss plateau (docs/results.md). A number fixes it whatever the tokens.
     """
 
     def __init__(
-        self, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1, base: float = 10000.0
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        max_len: int,
+        n_layers: int = 1,
+        base: float = 10000.0,
+        amplitude: float | None = None,
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
         if d_model % 2:
             raise ConfigError(f"sinusoidal encoding needs an even model.d_model, got {d_model}")
         if base <= 1:
             raise ConfigError(f"encoding.base must be > 1, got {base}")
+        if amplitude is not None and (
+            isinstance(amplitude, bool) or not isinstance(amplitude, int | float) or amplitude <= 0
+        ):
+            raise ConfigError(f"encoding.amplitude must be > 0 or null, got {amplitude}")
         self.base = float(base)
+        self.fixed_amplitude = amplitude
+        self.amplitude = 1.0 if amplitude is None else float(amplitude)
+
+    def match_token_scale(self, std: float) -> None:
+        if self.fixed_amplitude is None:
+            self.amplitude = float(std)
 
     def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
-        return x + sinusoidal_table(pos, self.d_model, self.base).to(x.dtype)
+        pe = sinusoidal_table(pos, self.d_model, self.base)
+        if self.amplitude != 1.0:
+            pe = pe * self.amplitude
+        return x + pe.to(x.dtype)
 
 
 @register(

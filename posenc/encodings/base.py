@@ -130,6 +130,12 @@ class PositionalEncoding(nn.Module):
         """Learn how the task writes numbers; raise a `ConfigError` if the encoding cannot
         serve it. Default: nothing to learn."""
 
+    def match_token_scale(self, std: float) -> None:
+        """Learn the std of the token embeddings as they enter the residual stream (1 with
+        ``model.embed_init=scaled``, 0.02 with ``gpt``). The model calls it once on every
+        encoding module, parts of composite encodings included; an encoding whose added
+        vectors have no amplitude of their own sizes them by it. Default: nothing to learn."""
+
     def constrain_(self) -> None:
         """Project parameters back into their valid range, in place. The trainer calls it on
         every encoding module after each optimizer step, so that the forward pass never
