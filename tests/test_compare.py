@@ -108,6 +108,18 @@ def test_plan_gives_each_local_job_its_share_of_the_cores(monkeypatch, tmp_path)
     assert not any("array_parallelism" in o for o in preset.overrides)  # the preset's value
 
 
+def test_a_key_only_the_swept_encodings_have_is_force_added_for_hydras_first_compose(tmp_path):
+    """Hydra composes a multirun once with each swept group at its default (rope) before it
+    sweeps; a plain encoding.max_offset=30 failed there ("Could not override")."""
+    base = ["encoding=coupled,abacus", "task=addition", "seed=0", f"runs_root={tmp_path}"]
+    plan = sweep.plan_sweep(["encoding.max_offset=30", "train.steps=1"], base=base, experiment="e")
+    assert "++encoding.max_offset=30" in plan.overrides and "train.steps=1" in plan.overrides
+    assert "encoding.max_offset=30" not in plan.overrides
+    one = ["encoding=coupled", "task=addition", "seed=0,1", f"runs_root={tmp_path}"]
+    plan = sweep.plan_sweep(["encoding.max_offset=30"], base=one, experiment="e")
+    assert "encoding.max_offset=30" in plan.overrides  # not swept: composed as given
+
+
 @pytest.mark.parametrize("key", ["threads", "device", "experiment", "runs_root"])
 def test_keys_that_name_no_run_cannot_be_swept(key):
     with pytest.raises(ConfigError, match=f"{key} cannot be swept"):

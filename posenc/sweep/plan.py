@@ -159,6 +159,22 @@ def stamp_sweep_dir(experiment_dir: Path) -> Path:
     return sweep_dir
 
 
+def _inside_swept_group(line: str, o, swept: set[str]) -> str:
+    """``encoding.max_offset=30`` beside ``encoding=coupled,abacus`` as ``++encoding.max_offset=30``.
+
+    Hydra composes the multirun's config once before sweeping, with the group at its
+    default (``encoding=rope``) and every plain override applied, so a key only the swept
+    options have fails there ("Could not override"). Force-adding sets it alike in every job;
+    that each job's group has the key was checked here first (`check_every_value`)."""
+    from hydra.core.override_parser.types import OverrideType
+
+    group = o.key_or_group.split(".")[0]
+    if o.type is OverrideType.CHANGE and not o.is_sweep_override() and "." in o.key_or_group:
+        if group in swept and group != o.key_or_group:
+            return f"++{line}"
+    return line
+
+
 def child_overrides(
     overrides: list[str],
     parsed: list,
@@ -178,7 +194,7 @@ def child_overrides(
     child = [
         f"hydra/launcher={launcher}",
         *(
-            line
+            _inside_swept_group(line, o, swept)
             for line, o in zip(overrides, parsed, strict=True)
             if o.key_or_group not in SET_HERE
         ),
