@@ -120,6 +120,17 @@ def test_a_key_only_the_swept_encodings_have_is_force_added_for_hydras_first_com
     assert "encoding.max_offset=30" in plan.overrides  # not swept: composed as given
 
 
+def test_one_label_for_several_swept_encodings_is_refused_before_anything_runs(tmp_path):
+    """Both runs would land in <experiment>/copy/same/seed0: the second failed after the first
+    had trained."""
+    base = ["encoding=none,rope", "task=copy", "seed=0", f"runs_root={tmp_path}"]
+    with pytest.raises(ConfigError, match=r"'\+encoding.label=same' names the runs of every encoding of the sweep \(none, rope\)"):
+        sweep.plan_sweep(["+encoding.label=same"], base=base, experiment="e")
+    one = ["encoding=rope", "task=copy", "seed=0,1", f"runs_root={tmp_path}"]
+    assert sweep.plan_sweep(["+encoding.label=same"], base=one, experiment="e").total == 2
+    assert not any((tmp_path / "e").glob("*/*"))  # nothing was written
+
+
 @pytest.mark.parametrize("key", ["threads", "device", "experiment", "runs_root"])
 def test_keys_that_name_no_run_cannot_be_swept(key):
     with pytest.raises(ConfigError, match=f"{key} cannot be swept"):

@@ -100,6 +100,24 @@ def check_overrides(overrides: list[str], parsed: list) -> None:
             raise ConfigError(f"{o.input_line!r}: {key} cannot be swept; run one sweep per value")
 
 
+def check_label(parsed: list) -> None:
+    """One ``encoding.label`` for several swept encodings would put their runs in one folder
+    (the label names it): refused here, before the first run trains."""
+    encodings = next(
+        (o for o in parsed if o.key_or_group == "encoding" and o.is_sweep_override()), None
+    )
+    label = next((o for o in parsed if o.key_or_group == "encoding.label"), None)
+    if encodings is None or label is None or label.is_sweep_override() or label.is_delete():
+        return
+    names = _sweep_values(encodings) or []
+    if len(names) > 1:
+        raise ConfigError(
+            f"{label.input_line!r} names the runs of every encoding of the sweep "
+            f"({', '.join(names)}), which would share one run folder; run each encoding in "
+            "its own command with its own label (the same --experiment puts them in one report)"
+        )
+
+
 def expand(parsed: list) -> Axes:
     """The axes of the sweep's task overrides (Hydra's own ``hydra.*`` left out)."""
     first = []
@@ -264,6 +282,7 @@ def plan_sweep(
     overrides = [*preset_sweep(_parse(overrides)), *overrides]
     parsed = _parse(overrides)
     check_overrides(overrides, parsed)
+    check_label(parsed)
     # Compose one combination (first value of every sweep) to catch bad keys and read paths.
     ax = expand(parsed)
     named = experiment is not None and "experiment" not in {o.key_or_group for o in parsed}
