@@ -260,7 +260,27 @@ def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictCo
         checks.check_values(cfg)
         check_preset_task(cfg, overrides)
         plugins.check_config(cfg)  # a plugged-in encoding or task: built and checked
+    resolve_auto(cfg)
     return cfg
+
+
+def resolve_auto(cfg: DictConfig) -> None:
+    """``model.embed_init=auto`` -> the token-embedding init the encoding declares
+    (`PositionalEncoding.token_scale`: ``gpt`` for ALiBi, ``scaled`` for the others),
+    written into the config: a run records the scale it trained with, and its identity is
+    that of the same run with the scale given explicitly. A composite encoding (``combo``,
+    ``randomized``, the hybrids) takes its own class's, ``scaled``."""
+    from omegaconf import open_dict
+
+    from posenc import encodings, plugins
+
+    if cfg.model.embed_init != "auto":
+        return
+    name = str(cfg.encoding.name)
+    if plugins.is_plugin("encoding", name):
+        plugins.load("encoding")
+    with open_dict(cfg):
+        cfg.model.embed_init = encodings.info(name).cls.token_scale
 
 
 def encoding_defaults(name: str) -> dict:

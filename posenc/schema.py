@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 # The name of the root schema in Hydra's ConfigStore (first in configs/config.yaml's defaults).
 SCHEMA_NAME = "posenc_schema"
 
-EMBED_INITS = ("scaled", "gpt")
+EMBED_INITS = ("scaled", "gpt", "auto")  # auto: the encoding's own (posenc.config.resolve_auto)
 BATCHING = ("by_length", "mixed", "bucketed")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: posenc.precision
 # Keys of ``task.*`` that choose the sequence format (`posenc.tasks.format.SequenceFormat`), not data.
@@ -38,7 +38,7 @@ class Model:
     d_ff: int = 512  # MLP hidden width
     dropout: float = 0.0
     max_len: int = 512  # longest sequence in tokens
-    embed_init: str = "scaled"  # scaled: N(0, 1/d)·√d (Vaswani et al.); gpt: N(0, 0.02)
+    embed_init: str = "scaled"  # scaled: N(0, 1/d)·√d (Vaswani et al.); gpt: N(0, 0.02); auto: the encoding's
     bias: bool = True  # biases in the attention and MLP linear layers
     tie_embeddings: bool = False  # the LM head shares the token-embedding matrix
 

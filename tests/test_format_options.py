@@ -131,7 +131,7 @@ def test_embed_init_bias_and_tied_head():
         p.numel() for n, p in default.named_parameters() if n.endswith(".bias") and "ln" not in n
     )
     assert tied_saving == default.head.weight.numel() + biases
-    with pytest.raises(ConfigError, match="model.embed_init 'big'; valid choices: scaled, gpt"):
+    with pytest.raises(ConfigError, match="model.embed_init 'big'; valid choices: scaled, gpt, auto"):
         plan(compose(["model.embed_init=big"]))
     with pytest.raises(ConfigError, match="model.bias must be true or false"):
         plan(compose(["model.bias=3"]))
@@ -177,3 +177,18 @@ def test_buckets_are_how_a_batch_is_computed_not_part_of_a_run_identity():
     a = compose(["train.batching=bucketed"])
     b = compose(["train.batching=mixed"])
     assert config_identity(a) != config_identity(b)  # the batching itself still counts
+
+
+def test_embed_init_auto_is_the_encodings_own_scale_and_recorded_as_it():
+    """auto resolves when the config is composed (and in a sweep's job): ALiBi's token_scale
+    is gpt, every other encoding's scaled; the run is the same run as with the scale given."""
+    from posenc.config import resolve_auto
+
+    alibi = compose(["encoding=alibi", "model.embed_init=auto"])
+    assert alibi.model.embed_init == "gpt"
+    assert config_identity(alibi) == config_identity(compose(["encoding=alibi", "model.embed_init=gpt"]))
+    for name in ("rope", "t5", "none", "combo"):
+        assert compose([f"encoding={name}", "model.embed_init=auto"]).model.embed_init == "scaled"
+    raw = OmegaConf.create({"model": {"embed_init": "auto"}, "encoding": {"name": "alibi"}})
+    resolve_auto(raw)  # what the sweep's job calls on Hydra's config
+    assert raw.model.embed_init == "gpt"

@@ -501,3 +501,27 @@ def test_report_shows_steps_to_stop_at_only_when_runs_set_it(tmp_path):
     shown = console.export_text()
     assert "steps to ID exact match ≥ 0.99" in shown and "not by 3000" in shown
     assert "…" not in shown
+
+
+def test_a_table_whose_rows_trained_at_different_token_scales_says_which():
+    """model.embed_init=auto trains ALiBi at gpt and the others at scaled: the table says so,
+    in report.md and in the terminal table's caption; one scale throughout says nothing."""
+    ems = {n: 1.0 if n <= 4 else 0.2 for n in range(1, 9)}
+
+    def run(encoding, seed, init):
+        m = metrics("copy", encoding, seed, ems, train=(1, 4), horizon=4)
+        config = {"model": {"embed_init": init}} if init else {}  # None: an old run, no key
+        return rp.record_from_metrics(m, config=config)
+
+    mixed = [run("alibi", s, "gpt") for s in (0, 1)] + [run("rope", s, None) for s in (0, 1)]
+    report = rp.build_report(mixed, "hand", plots=False)
+    md = rp.render_markdown(report)
+    assert "Token embeddings differ between rows (`model.embed_init`): gpt for alibi; scaled for rope" in md
+    from posenc.report.sections import compact_summary_table
+
+    caption = compact_summary_table(report, "copy").caption
+    assert caption.endswith("token embeddings (model.embed_init): gpt for alibi; scaled for rope")
+    same = [run("alibi", 0, "scaled"), run("rope", 0, None)]
+    plain = rp.build_report(same, "hand", plots=False)
+    assert "Token embeddings differ" not in rp.render_markdown(plain)
+    assert "token embeddings" not in compact_summary_table(plain, "copy").caption

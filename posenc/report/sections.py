@@ -53,6 +53,35 @@ def paper_caption(paper: PaperComparison) -> str:
     return f"{paper.metric}, {aggregation_words(paper.aggregation)} · {tau}"
 
 
+def token_scales(report: Report, task: str) -> dict[str, list[str]]:
+    """``model.embed_init`` -> the encodings of ``task`` trained with it (complete runs)."""
+    from posenc.runfolder import LEGACY_DEFAULTS
+
+    legacy = LEGACY_DEFAULTS[("model", "embed_init")]
+    scales: dict[str, set[str]] = {}
+    for r in report.records:
+        if r.task == task and r.status == "complete":
+            init = str(((r.config or {}).get("model") or {}).get("embed_init", legacy))
+            scales.setdefault(init, set()).add(r.encoding)
+    return {init: sorted(encs) for init, encs in sorted(scales.items())}
+
+
+def _scales_text(scales: dict[str, list[str]]) -> str:
+    return "; ".join(f"{init} for {', '.join(encs)}" for init, encs in scales.items())
+
+
+def scale_note(report: Report, task: str) -> str | None:
+    """One sentence when the rows were trained at different token-embedding scales
+    (``model.embed_init=auto``, or runs gathered from several settings), else None."""
+    scales = token_scales(report, task)
+    if len(scales) < 2:
+        return None
+    return (
+        f"Token embeddings differ between rows (`model.embed_init`): {_scales_text(scales)} "
+        "(scaled: N(0, 1/d)·√d, unit variance; gpt: N(0, 0.02), unscaled)."
+    )
+
+
 def summary_table(report: Report, task: str) -> Table:
     """Every metric over seeds and the best seed's, one row per encoding; with the paper
     column (ours computed the paper's way, and the published figure) when there is one."""
@@ -64,6 +93,8 @@ def summary_table(report: Report, task: str) -> Table:
         align=["l", *["r"] * (len(TABLE_HEADER) - 2), "l", *["r"] * len(extra)],
         notes=[paper_sentence(paper)] if paper else [],
     )
+    if note := scale_note(report, task):
+        table.notes.append(note)
     for row in report.tables[task]:
         cells = table_cells(row)
         table.rows.append(cells + ([_value(row.as_paper), _value(row.paper)] if paper else []))
@@ -73,9 +104,13 @@ def summary_table(report: Report, task: str) -> Table:
 def compact_summary_table(report: Report, task: str) -> Table:
     """`summary_table` narrow enough for 80 columns: two digits, the best seed in one cell."""
     ranges = _ranges(report, task)
+    scales = token_scales(report, task)
+    caption = "mean ± 95% CI over seeds · best seed (by OOD): ID/OOD/horizon"
+    if len(scales) > 1:
+        caption += f"\ntoken embeddings (model.embed_init): {_scales_text(scales)}"
     table = Table(
         title=f"[bold]{task}[/]" + (f" · trained on lengths {ranges}" if ranges else ""),
-        caption="mean ± 95% CI over seeds · best seed (by OOD): ID/OOD/horizon",
+        caption=caption,
         columns=["encoding", "seeds", "ID exact", "min ID", "OOD exact", "horizon", "best seed"],
         align=["l", *["r"] * 6],
         compact=True,

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from posenc.config import CONFIG_DIR
+from posenc.config import CONFIG_DIR, resolve_auto
 from posenc.errors import ConfigError, describe
 from posenc.io import atomic_write_json, read_json
 from posenc.lock import RunLock
@@ -89,6 +89,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
+    resolve_auto(cfg)  # as posenc.config.compose does: the run records the scale it used
     apply_variant(cfg, hc.job.override_dirname)
     run_dir = run_dir_of(cfg)
     status_path = Path(hc.runtime.output_dir) / JOB_STATUS
