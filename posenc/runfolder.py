@@ -22,8 +22,12 @@ REPORT_MD = "report.md"
 PLOTS = "plots"
 
 # Settings that change how a run is executed or shown, or where it is written, not what it
-# computes.
-EXECUTION_KEYS = ("overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir")
+# computes. ``experiment`` names the folder under runs_root: a finished run copied into
+# another experiment's folder is the same run there (the default comparison reuses the runs
+# of its parametrisations' own experiments: docs/results.md).
+EXECUTION_KEYS = (
+    "overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir", "experiment"
+)  # fmt: skip
 # Metadata carried into config.yaml for the report: never numbers.
 METADATA_KEYS = ("paper",)
 # Keys a config.yaml may hold that the config does not have: ``compare``, a copy of the

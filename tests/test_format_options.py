@@ -192,3 +192,12 @@ def test_embed_init_auto_is_the_encodings_own_scale_and_recorded_as_it():
     raw = OmegaConf.create({"model": {"embed_init": "auto"}, "encoding": {"name": "alibi"}})
     resolve_auto(raw)  # what the sweep's job calls on Hydra's config
     assert raw.model.embed_init == "gpt"
+
+
+def test_the_experiment_names_a_folder_not_a_run():
+    """A finished run copied into another experiment's folder is the same run there (the
+    default comparison reuses runs of its parametrisations' own experiments); what the run
+    computes still counts."""
+    a, b = compose(["experiment=compare_gpt"]), compose(["experiment=compare"])
+    assert config_identity(a) == config_identity(b)
+    assert config_identity(compose(["seed=1"])) != config_identity(b)

@@ -20,7 +20,7 @@ SWEEPS = "_sweeps"  # <runs_root>/<experiment>/_sweeps/<time>/: Hydra's job fold
 # never become part of a variant label; every other swept key does.
 NAMING_KEYS = ("encoding", "task", "seed", "experiment", "runs_root", "data_dir", "run_dir")
 # Sweeping these would send several jobs to one run folder (or to several experiments).
-UNSWEPT_KEYS = ("experiment", "runs_root", "data_dir", "run_dir", *EXECUTION_KEYS)
+UNSWEPT_KEYS = EXECUTION_KEYS
 # Set by the sweep itself (runs_root made absolute, threads from the launcher, no progress bars).
 SET_HERE = ("runs_root", "threads", "progress")
 # Compositions checked before a sweep starts: every value of every swept key, with the
