@@ -165,7 +165,8 @@ class Transformer(nn.Module):
     in Vaswani et al. 2017, so they enter the residual stream with unit variance and an
     absolute encoding of comparable size does not swamp them (``embed_init="scaled"``);
     ``embed_init="gpt"`` draws them N(0, 0.02) and leaves them unscaled, as GPT-2 and
-    nanoGPT do. ``tie_embeddings`` makes the LM head reuse the token-embedding matrix.
+    nanoGPT do; ``embed_init="auto"`` takes the encoding's ``token_scale``.
+    ``tie_embeddings`` makes the LM head reuse the token-embedding matrix.
     """
 
     def __init__(self, cfg: ModelConfig, encoding: PositionalEncoding) -> None:
@@ -179,9 +180,12 @@ class Transformer(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
-        self.embed_scale = math.sqrt(cfg.d_model) if cfg.embed_init == "scaled" else 1.0
+        # auto (resolved when a config is composed) may reach here from code that builds a
+        # ModelConfig itself: the encoding's own scale, as posenc.config.resolve_auto gives
+        self.embed_init = encoding.token_scale if cfg.embed_init == "auto" else cfg.embed_init
+        self.embed_scale = math.sqrt(cfg.d_model) if self.embed_init == "scaled" else 1.0
         self._init_weights()
-        token_std = 1.0 if cfg.embed_init == "scaled" else GPT_STD
+        token_std = 1.0 if self.embed_init == "scaled" else GPT_STD
         for module in encoding.modules():
             if isinstance(module, PositionalEncoding):
                 module.match_token_scale(token_std)
@@ -191,7 +195,7 @@ class Transformer(nn.Module):
             if name.startswith("encoding."):
                 continue  # each encoding initialises its own parameters
             if name == "tok_emb.weight":  # also the head's, when tied
-                std = self.cfg.d_model**-0.5 if self.cfg.embed_init == "scaled" else GPT_STD
+                std = self.cfg.d_model**-0.5 if self.embed_init == "scaled" else GPT_STD
                 nn.init.normal_(p, std=std)
             elif p.dim() >= 2:
                 nn.init.normal_(p, std=0.02)

@@ -247,6 +247,12 @@ def _model(name: str, embed_init: str, **params):
     return Transformer(cfg, enc)
 
 
+def test_a_model_built_with_auto_takes_the_encodings_token_scale():
+    assert _model("alibi", "auto").embed_init == "gpt"
+    assert _model("rope", "auto").embed_init == "scaled"
+    assert _model("sinusoidal", "auto").encoding.amplitude == 1.0
+
+
 @pytest.mark.parametrize("embed_init, amplitude", [("scaled", 1.0), ("gpt", 0.02)])
 def test_sinusoidal_amplitude_follows_the_token_embeddings(embed_init, amplitude):
     # amplitude=null: PE at the tokens' std, so PE(0) = [0, A, 0, A, ...]
