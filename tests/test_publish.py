@@ -169,7 +169,7 @@ DOCS_WITH_TABLES = sorted(
 
 
 def test_the_results_pages_have_tables():
-    assert {"docs/results.md", "docs/performance.md"} <= set(DOCS_WITH_TABLES)
+    assert {"README.md", "docs/results.md", "docs/performance.md"} <= set(DOCS_WITH_TABLES)
 
 
 @pytest.mark.parametrize("name", DOCS_WITH_TABLES)
@@ -213,6 +213,10 @@ def test_per_length_table_is_the_mean_over_seeds_at_the_asked_lengths(tmp_path):
     "run, overrides",
     [
         ("compare/copy/t5/seed0", []),
+        ("compare/copy/alibi/seed1", []),  # auto: gpt
+        ("compare_scaled/copy/alibi/seed0", ["model.embed_init=scaled"]),
+        ("compare_gpt/copy/t5/seed2", ["model.embed_init=gpt"]),
+        ("compare_gpt/copy/sinusoidal/seed0", ["model.embed_init=gpt"]),
         ("kazemnejad_copy/copy/alibi/seed1", ["preset=kazemnejad_copy"]),
         ("kazemnejad_reverse/reverse/none/seed2", ["preset=kazemnejad_reverse"]),
         ("arithmetic/addition/rope/seed0", ["preset=arithmetic", "task=addition"]),
@@ -244,10 +248,12 @@ def test_the_documented_commands_still_make_the_published_runs(run, overrides):
 
 
 def test_tables_passes_over_a_file_without_blocks_among_several(tmp_path):
-    """`posenc tables --check README.md docs/*.md`: the README (no blocks since its tables
-    moved to docs/) is passed over, the pages with blocks are checked."""
+    """`posenc tables --check README.md docs/*.md`: a page without blocks is passed over,
+    the pages with blocks are checked."""
+    plain = tmp_path / "plain.md"
+    plain.write_text("# no tables here\n")
     pages = [str(ROOT / page) for page in DOCS_WITH_TABLES]
-    result = RUNNER.invoke(app, ["tables", "--check", str(ROOT / "README.md"), *pages])
+    result = RUNNER.invoke(app, ["tables", "--check", str(plain), *pages])
     assert result.exit_code == 0, result.output
-    assert f"{ROOT / 'README.md'}: no tables" in result.output
+    assert f"{plain}: no tables" in result.output
     assert all(f"{page}: up to date" in result.output for page in pages)
