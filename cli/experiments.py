@@ -147,9 +147,9 @@ def _counted(**counts: int) -> str:
 
 
 def _preset_sweep(name: str) -> tuple[dict[str, list[str]], str | None]:
-    """The sweep axes of ``configs/preset/NAME.yaml`` (its ``hydra.sweeper.params``) and the
-    experiment it names (or None)."""
-    from posenc.config import group_options, preset_axes, read_preset
+    """The sweep axes of ``configs/preset/NAME.yaml`` (its ``hydra.sweeper.params``, with the
+    task its defaults list selects when it sweeps none) and the experiment it names (or None)."""
+    from posenc.config import group_options, preset_axes, preset_tasks, read_preset
     from posenc.errors import ConfigError
 
     valid = group_options("preset")
@@ -157,7 +157,12 @@ def _preset_sweep(name: str) -> tuple[dict[str, list[str]], str | None]:
         fail(f"unknown preset {name!r} in --preset; valid choices: {', '.join(valid)}")
     try:
         named = read_preset(name).get("experiment")
-        return preset_axes(name), None if named is None else str(named)
+        axes = preset_axes(name)
+        # A preset that selects its task in its defaults list (override /task: addition)
+        # and sweeps nothing still names the task its runs are for.
+        if tasks := preset_tasks(name):
+            axes["task"] = tasks
+        return axes, None if named is None else str(named)
     except ConfigError as exc:
         fail(str(exc))
 

@@ -339,6 +339,21 @@ def preset_axes(name: str) -> dict[str, list[str]]:
     return axes
 
 
+def preset_tasks(name: str) -> list[str]:
+    """The tasks preset ``name`` is made for: its sweep's ``task`` axis, else the task its
+    defaults list selects (``- override /task: addition``), else ``[]``. `posenc compare
+    --preset NAME` without --tasks trains these, not the default task."""
+    swept = preset_axes(name).get("task")
+    if swept:
+        return swept
+    for entry in read_preset(name).get("defaults") or []:
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                if str(key).removeprefix("override ").strip().lstrip("/") == "task":
+                    return [str(value)]
+    return []
+
+
 def check_preset_task(cfg: DictConfig, overrides: list[str]) -> None:
     """A preset made for some tasks (its sweep's ``task`` axis) must not silently train the
     default task: `posenc train/sweep preset=kazemnejad_reverse` without ``task=`` would train

@@ -307,6 +307,29 @@ def test_compare_preset_supplies_encodings_tasks_seeds_and_experiment(monkeypatc
     assert seen["base"][:3] == ["encoding=t5", "task=copy", "seed=0"]  # options win
 
 
+def test_compare_preset_that_selects_its_task_in_its_defaults_trains_that_task(
+    monkeypatch, tmp_path
+):
+    """preset=arithmetic sweeps nothing but selects ``override /task: addition``: `posenc
+    compare --preset arithmetic -e coupled` once passed task=copy, which overrode it, and
+    the run failed after launching ("task 'copy' has no parameter 'lsb_first'")."""
+    from posenc.cli import experiments
+    from posenc.config import preset_axes, preset_tasks
+
+    assert "task" not in preset_axes("arithmetic") and preset_tasks("arithmetic") == ["addition"]
+    assert preset_tasks("kazemnejad_reverse") == ["reverse"] and preset_tasks("smoke") == []
+    seen = {}
+    monkeypatch.setattr(
+        experiments, "_launch", lambda base, overrides, **kw: seen.update(kw, base=base)
+    )
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["compare", "--preset", "arithmetic", "-e", "coupled"])
+    assert result.exit_code == 0, result.output
+    assert seen["base"][:2] == ["encoding=coupled", "task=addition"]
+    CliRunner().invoke(app, ["compare", "--preset", "arithmetic", "-e", "none", "-t", "copy"])
+    assert seen["base"][1] == "task=copy"  # --tasks wins
+
+
 def test_compare_unknown_preset_and_a_second_preset_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["compare", "--preset", "kazemnejad"])
