@@ -16,7 +16,8 @@ and plot from the committed files alone.
 from the experiment folder its opening line names (relative to ``base``, the document's
 folder): the report's tables for it (``--baseline``: with the differences to that
 encoding; ``--per-length token_accuracy --lengths 5,8,16``: with a table of that metric at
-those lengths). So a results table in the docs is always the one the report computes, and
+those lengths; ``--factors 0.9,0.5``: with each row's training range, model, steps and its
+length-generalization factor at those exact-match thresholds). So a results table in the docs is always the one the report computes, and
 ``posenc tables --check`` (a test runs it) fails when someone edits one by hand or the
 committed runs change.
 """
@@ -28,11 +29,15 @@ import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from posenc.errors import ConfigError
 from posenc.io import atomic_write_text
+from posenc.metrics import summarize
 from posenc.report import (
+    NOT_FIT,
     Report,
+    RunRecord,
     accuracy_plot_name,
     build_report,
     load_experiment,
@@ -43,7 +48,7 @@ from posenc.runfolder import CONFIG, ERROR, METRICS
 
 OPEN = re.compile(r"^<!-- posenc (?P<args>.*?) -->[ \t]*$", re.MULTILINE)
 CLOSE = "<!-- /posenc -->"
-BLOCK_OPTIONS = ("--baseline", "--per-length", "--lengths")
+BLOCK_OPTIONS = ("--baseline", "--per-length", "--lengths", "--factors")
 PER_LENGTH_METRICS = ("exact_match", "token_accuracy")
 
 
@@ -94,11 +99,12 @@ class Block:
     baseline: str | None = None
     per_length: str | None = None  # a per-length table of this metric ...
     lengths: tuple[int, ...] = ()  # ... at these lengths
+    factors: tuple[float, ...] = ()  # a table of length factors at these thresholds
 
 
 def block_options(args: str) -> Block:
-    """``report FOLDER [--baseline ENC] [--per-length METRIC --lengths 5,6,8]``; one-line
-    errors."""
+    """``report FOLDER [--baseline ENC] [--per-length METRIC --lengths 5,6,8] [--factors
+    0.9,0.5]``; one-line errors."""
     words = shlex.split(args)
     if not words or words[0] != "report" or len(words) < 2:
         raise ConfigError(
@@ -123,6 +129,16 @@ def block_options(args: str) -> Block:
                     f"{', '.join(PER_LENGTH_METRICS)}"
                 )
             block.per_length = value
+        elif option == "--factors":
+            try:
+                block.factors = tuple(float(t) for t in value.split(","))
+            except ValueError:
+                block.factors = ()
+            if not block.factors or not all(0 < t <= 1 for t in block.factors):
+                raise ConfigError(
+                    f"--factors takes comma-separated exact-match thresholds in (0, 1] "
+                    f"(0.9,0.5), got {value!r}"
+                )
         else:
             try:
                 block.lengths = tuple(int(n) for n in value.split(","))
@@ -157,6 +173,70 @@ def per_length_lines(report: Report, task: str, metric: str, lengths: tuple[int,
     return [*lines, ""]
 
 
+def run_factor(record: RunRecord, threshold: float) -> float | None:
+    """How many times its longest training length a run generalizes to at ``threshold``:
+    its extrapolation horizon at that exact-match threshold over ``train.max_len``; None
+    when it does not fit its training range at that threshold (no horizon to speak of) or
+    nothing past the range was evaluated."""
+    assert record.metrics is not None
+    lo, hi = record.metrics["train_range"]
+    summary = summarize(record.metrics["per_length"], lo, hi, threshold)
+    horizon = summary["extrapolation_horizon"]
+    return None if horizon is None else horizon / hi
+
+
+def _factor_cell(runs: list[RunRecord], threshold: float) -> str:
+    """``1.5×`` (mean over the runs that fit at ``threshold``), ``1.2× (2 of 3 fit)``, ``did
+    not fit``."""
+    factors = [f for r in runs if (f := run_factor(r, threshold)) is not None]
+    if not factors:
+        return NOT_FIT
+    text = f"{sum(factors) / len(factors):.2f}×"
+    return text if len(factors) == len(runs) else f"{text} ({len(factors)} of {len(runs)} fit)"
+
+
+def _scale_cells(config: dict[str, Any] | None) -> list[str]:
+    """A run's model and its amount of training: ``2 × 64``, ``10,000 × 64``."""
+    model, train = (config or {}).get("model") or {}, (config or {}).get("train") or {}
+
+    def num(value: Any) -> str:
+        return "–" if value is None else f"{value:,}"
+
+    return [
+        f"{num(model.get('n_layers'))} × {num(model.get('d_model'))}",
+        f"{num(train.get('steps'))} × {num(train.get('batch_size'))}",
+    ]
+
+
+def factor_lines(report: Report, task: str, thresholds: tuple[float, ...]) -> list[str]:
+    """Encodings (in the summary table's order) with their training range, model (layers ×
+    d_model), training (steps × batch) and length-generalization factor at each threshold,
+    over the seeds that finished."""
+    runs: dict[str, list[RunRecord]] = {}
+    for r in report.records:
+        if r.task == task and r.status == "complete":
+            runs.setdefault(r.encoding, []).append(r)
+    lines = [
+        "Length-generalization factor: the extrapolation horizon at an exact-match threshold "
+        "over the longest training length, so bounded by the evaluated lengths (mean over "
+        "the seeds that fit the training range at that threshold):",
+        "",
+        "| encoding | trained on | layers × d_model | steps × batch | "
+        + " | ".join(f"factor at {t:g}" for t in thresholds)
+        + " |",
+        "|---|---|---|---|" + "--:|" * len(thresholds),
+    ]
+    for summary in report.tables[task]:
+        group = sorted(runs.get(summary.encoding, []), key=lambda r: r.seed)
+        if not group:
+            continue
+        lo, hi = group[0].metrics["train_range"]  # type: ignore[index]
+        cells = [f"{lo}–{hi}", *_scale_cells(group[0].config)]
+        cells += [_factor_cell(group, t) for t in thresholds]
+        lines.append(f"| {summary.encoding} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def render_block(folder: Path, link: str, block: Block) -> str:
     """The tables of one experiment for a document: every task's summary table, paper
     column, randomized lifts and differences to the baseline, with plot links relative to
@@ -179,6 +259,8 @@ def render_block(folder: Path, link: str, block: Block) -> str:
         )
         if block.per_length:
             lines += per_length_lines(report, task, block.per_length, block.lengths)
+        if block.factors:
+            lines += factor_lines(report, task, block.factors)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -209,6 +209,36 @@ def test_per_length_table_is_the_mean_over_seeds_at_the_asked_lengths(tmp_path):
         render_tables(doc(args="report exp --per-length exact_match"), tmp_path / "docs")
 
 
+def test_factor_table_gives_each_row_its_scale_and_factor_at_each_threshold(tmp_path):
+    """The factor is the horizon at a threshold over the longest training length, averaged
+    over the seeds that fit the range at that threshold; none fit: "did not fit"."""
+    exp = tmp_path / "runs" / "arith"
+    config = "model:\n  n_layers: 1\n  d_model: 64\ntrain:\n  steps: 10000\n  batch_size: 64\n"
+    runs = [
+        ("coupled", 0, {2: 1.0, 4: 1.0, 6: 0.95, 8: 0.6, 10: 0.1}),  # 0.9: 6/4; 0.5: 8/4
+        ("coupled", 1, {2: 1.0, 4: 0.8, 6: 0.7, 8: 0.2, 10: 0.0}),  # 0.9: no fit; 0.5: 6/4
+        ("none", 0, {2: 0.4, 4: 0.1, 6: 0.0}),
+    ]
+    for enc, seed, em in runs:
+        run = metrics("addition", enc, seed, em, train=(1, 4))
+        write_run(exp, f"addition/{enc}/seed{seed}", run).joinpath("config.yaml").write_text(
+            config
+        )
+    publish(exp, tmp_path / "docs" / "arith")
+    block = render_tables(doc(args="report arith --factors 0.9,0.5"), tmp_path / "docs")
+    table = block.split("at that threshold):\n\n")[1].split("<!-- /posenc -->")[0].splitlines()
+    assert table[:4] == [
+        "| encoding | trained on | layers × d_model | steps × batch | factor at 0.9 "
+        "| factor at 0.5 |",
+        "|---|---|---|---|--:|--:|",
+        "| coupled | 1–4 | 1 × 64 | 10,000 × 64 | 1.50× (1 of 2 fit) | 1.75× |",
+        "| none | 1–4 | 1 × 64 | 10,000 × 64 | did not fit | did not fit |",
+    ]
+    for bad in ("0.9,x", "1.5", "0"):
+        with pytest.raises(ConfigError, match=f"--factors takes comma-separated .*got '{bad}'"):
+            render_tables(doc(args=f"report arith --factors {bad}"), tmp_path / "docs")
+
+
 @pytest.mark.parametrize(
     "run, overrides",
     [
