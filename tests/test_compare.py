@@ -326,6 +326,7 @@ def test_compare_preset_that_selects_its_task_in_its_defaults_trains_that_task(
     result = CliRunner().invoke(app, ["compare", "--preset", "arithmetic", "-e", "coupled"])
     assert result.exit_code == 0, result.output
     assert seen["base"][:2] == ["encoding=coupled", "task=addition"]
+    assert seen["experiment"] == "arithmetic"  # the preset names it, as the papers' presets do
     CliRunner().invoke(app, ["compare", "--preset", "arithmetic", "-e", "none", "-t", "copy"])
     assert seen["base"][1] == "task=copy"  # --tasks wins
 
