@@ -17,9 +17,9 @@ from the experiment folder its opening line names (relative to ``base``, the doc
 folder): the report's tables for it (``--baseline``: with the differences to that
 encoding; ``--per-length token_accuracy --lengths 5,8,16``: with a table of that metric at
 those lengths; ``--factors 0.9,0.5``: with each row's training range, model, steps and its
-length-generalization factor at those exact-match thresholds). So a results table in the docs is always the one the report computes, and
-``posenc tables --check`` (a test runs it) fails when someone edits one by hand or the
-committed runs change.
+length-generalization factor at those exact-match thresholds). So a results table in the
+docs is always the one the report computes, and ``posenc tables --check`` (a test runs it)
+fails when someone edits one by hand or the committed runs change.
 """
 
 from __future__ import annotations

@@ -124,7 +124,10 @@ def test_one_label_for_several_swept_encodings_is_refused_before_anything_runs(t
     """Both runs would land in <experiment>/copy/same/seed0: the second failed after the first
     had trained."""
     base = ["encoding=none,rope", "task=copy", "seed=0", f"runs_root={tmp_path}"]
-    with pytest.raises(ConfigError, match=r"'\+encoding.label=same' names the runs of every encoding of the sweep \(none, rope\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'\+encoding.label=same' names the runs of every encoding of the sweep \(none, rope\)",
+    ):
         sweep.plan_sweep(["+encoding.label=same"], base=base, experiment="e")
     one = ["encoding=rope", "task=copy", "seed=0,1", f"runs_root={tmp_path}"]
     assert sweep.plan_sweep(["+encoding.label=same"], base=one, experiment="e").total == 2

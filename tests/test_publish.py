@@ -221,9 +221,7 @@ def test_factor_table_gives_each_row_its_scale_and_factor_at_each_threshold(tmp_
     ]
     for enc, seed, em in runs:
         run = metrics("addition", enc, seed, em, train=(1, 4))
-        write_run(exp, f"addition/{enc}/seed{seed}", run).joinpath("config.yaml").write_text(
-            config
-        )
+        write_run(exp, f"addition/{enc}/seed{seed}", run).joinpath("config.yaml").write_text(config)
     publish(exp, tmp_path / "docs" / "arith")
     block = render_tables(doc(args="report arith --factors 0.9,0.5"), tmp_path / "docs")
     table = block.split("at that threshold):\n\n")[1].split("<!-- /posenc -->")[0].splitlines()
