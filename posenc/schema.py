@@ -38,7 +38,7 @@ class Model:
     d_ff: int = 512  # MLP hidden width
     dropout: float = 0.0
     max_len: int = 512  # longest sequence in tokens
-    embed_init: str = "auto"  # scaled: N(0, 1/d)·√d (Vaswani et al.); gpt: N(0, 0.02); auto: the encoding's
+    embed_init: str = "auto"  # scaled: N(0, 1/d)·√d; gpt: N(0, 0.02); auto: the encoding's
     bias: bool = True  # biases in the attention and MLP linear layers
     tie_embeddings: bool = False  # the LM head shares the token-embedding matrix
 

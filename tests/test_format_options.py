@@ -131,7 +131,9 @@ def test_embed_init_bias_and_tied_head():
         p.numel() for n, p in default.named_parameters() if n.endswith(".bias") and "ln" not in n
     )
     assert tied_saving == default.head.weight.numel() + biases
-    with pytest.raises(ConfigError, match="model.embed_init 'big'; valid choices: scaled, gpt, auto"):
+    with pytest.raises(
+        ConfigError, match="model.embed_init 'big'; valid choices: scaled, gpt, auto"
+    ):
         plan(compose(["model.embed_init=big"]))
     with pytest.raises(ConfigError, match="model.bias must be true or false"):
         plan(compose(["model.bias=3"]))
@@ -186,7 +188,9 @@ def test_embed_init_auto_is_the_encodings_own_scale_and_recorded_as_it():
 
     alibi = compose(["encoding=alibi", "model.embed_init=auto"])
     assert alibi.model.embed_init == "gpt"
-    assert config_identity(alibi) == config_identity(compose(["encoding=alibi", "model.embed_init=gpt"]))
+    assert config_identity(alibi) == config_identity(
+        compose(["encoding=alibi", "model.embed_init=gpt"])
+    )
     for name in ("rope", "t5", "none", "combo"):
         assert compose([f"encoding={name}", "model.embed_init=auto"]).model.embed_init == "scaled"
     raw = OmegaConf.create({"model": {"embed_init": "auto"}, "encoding": {"name": "alibi"}})

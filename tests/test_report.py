@@ -334,9 +334,7 @@ def test_encodings_missing_from_the_paper_get_a_dash_and_no_paper_means_no_colum
 
 def test_a_bad_paper_aggregation_is_one_line_with_the_choices():
     runs = paper_runs({"t5": [0.3]}, dict(PAPER, aggregation="median"))
-    with pytest.raises(
-        ConfigError, match="paper.aggregation 'median'; valid choices: mean, best"
-    ):
+    with pytest.raises(ConfigError, match="paper.aggregation 'median'; valid choices: mean, best"):
         rp.build_report(runs, "hand", plots=False)
 
 
@@ -516,7 +514,10 @@ def test_a_table_whose_rows_trained_at_different_token_scales_says_which():
     mixed = [run("alibi", s, "gpt") for s in (0, 1)] + [run("rope", s, None) for s in (0, 1)]
     report = rp.build_report(mixed, "hand", plots=False)
     md = rp.render_markdown(report)
-    assert "Token embeddings differ between rows (`model.embed_init`): gpt for alibi; scaled for rope" in md
+    assert (
+        "Token embeddings differ between rows (`model.embed_init`): gpt for alibi; scaled for rope"
+        in md
+    )
     from posenc.report.sections import compact_summary_table
 
     caption = compact_summary_table(report, "copy").caption

@@ -96,11 +96,11 @@ class PositionalEncoding(nn.Module):
     # (`registry.from_config`). posenc's own encodings list theirs in
     # `posenc.runfolder.LEGACY_DEFAULTS`, which run identity also reads; this is a plugin's.
     legacy_params: dict = {}
-    # True when ``token_positions`` derives positions from the tokens (Abacus, coupling).
     # The token-embedding init (``model.embed_init``) that ``model.embed_init=auto`` gives
     # this encoding: the scale posenc's experiments found it at its published behaviour
     # (docs/results.md, "Token-embedding scale and the default comparison").
     token_scale: str = "scaled"
+    # True when ``token_positions`` derives positions from the tokens (Abacus, coupling).
     places_by_token: bool = False
     # True when ``observe`` reads the hidden states (FoX, PaTH): such an encoding's position
     # signal comes from the content, so randomized positions would not reach it.
