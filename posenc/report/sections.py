@@ -10,13 +10,16 @@ from posenc.report.records import train_ranges
 from posenc.report.summary import (
     STOP_HEADER,
     TABLE_HEADER,
+    SummaryRow,
     _short,
     _signed,
     _value,
     aggregation_words,
     best_horizon_text,
+    fit_text,
     format_stat,
     horizon_text,
+    robust_text,
     stop_cells,
     table_cells,
 )
@@ -95,23 +98,79 @@ def summary_table(report: Report, task: str) -> Table:
     )
     if note := scale_note(report, task):
         table.notes.append(note)
+    if note := unfit_note(report.tables[task]):
+        table.notes.append(note)
+    if note := pairs_note(report, task):
+        table.notes.append(note)
     for row in report.tables[task]:
         cells = table_cells(row)
         table.rows.append(cells + ([_value(row.as_paper), _value(row.paper)] if paper else []))
     return table
 
 
+def unfit_note(rows: list[SummaryRow]) -> str | None:
+    """The runs that did not fit their training range, listed by encoding with their lowest
+    training-length exact match (they are in no OOD figure, horizon or pair); None if all fit."""
+    parts = []
+    for row in rows:
+        if row.unfit:
+            seeds = ", ".join(str(s) for s in row.unfit)
+            parts.append(f"{row.encoding} (seed{'s' * (len(row.unfit) > 1)} {seeds})")
+    if not parts:
+        return None
+    return (
+        "Did not fit their training range (listed with their ID figures, left out of every "
+        "OOD figure, horizon and pair): " + "; ".join(parts) + "."
+    )
+
+
+def pairs_note(report: Report, task: str) -> str | None:
+    """Which adjacent pairs of the ranking the paired bootstrap resolves (95% interval of the
+    OOD difference excludes 0) and which it leaves unresolved; None below two ranked rows."""
+    from posenc.report.protocol import MIN_SEEDS
+
+    pairs = report.pairs.get(task) or []
+    if not pairs:
+        return None
+    open_ = [p for p in pairs if not p.resolved]
+    if not open_:
+        text = f"Every adjacent pair of the ranking is resolved by the paired bootstrap ({len(pairs)} pairs, 95%)."
+    else:
+        text = (
+            f"Unresolved adjacent pairs ({len(open_)} of {len(pairs)}; the 95% paired-bootstrap "
+            "interval of the OOD difference includes 0, so their order is not established): "
+            + "; ".join(p.text() for p in open_)
+            + "."
+        )
+    seeds = min((len(row.seeds) for row in report.tables[task] if row.ranked), default=0)
+    if seeds < MIN_SEEDS:
+        text += f" With {seeds} seed{'s' * (seeds != 1)} (fewer than {MIN_SEEDS}), more seeds may resolve them (`posenc compare --seeds auto`)."
+    return text
+
+
 def compact_summary_table(report: Report, task: str) -> Table:
-    """`summary_table` narrow enough for 80 columns: two digits, the best seed in one cell."""
+    """`summary_table` narrow enough for 80 columns: two digits, the fit count in the seeds'
+    place, the best seed in one cell (min ID is in report.md)."""
     ranges = _ranges(report, task)
     scales = token_scales(report, task)
-    caption = "mean ± 95% CI over seeds · best seed (by OOD): ID/OOD/horizon"
+    caption = (
+        "fit: runs that fit / complete runs · mean ± 95% CI; OOD and horizon over the runs "
+        "that fit\nrobust: horizon past the training range · best seed: OOD/horizon"
+    )
     if len(scales) > 1:
         caption += f"\ntoken embeddings (model.embed_init): {_scales_text(scales)}"
     table = Table(
         title=f"[bold]{task}[/]" + (f" · trained on lengths {ranges}" if ranges else ""),
         caption=caption,
-        columns=["encoding", "seeds", "ID exact", "min ID", "OOD exact", "horizon", "best seed"],
+        columns=[
+            "encoding",
+            "fit",
+            "ID exact",
+            "OOD exact",
+            "horizon",
+            "robust",
+            "best seed",
+        ],
         align=["l", *["r"] * 6],
         compact=True,
     )
@@ -120,11 +179,12 @@ def compact_summary_table(report: Report, task: str) -> Table:
         best = (
             "–"
             if row.best_seed is None
-            else f"{row.best_seed}: {_short(b.get('id_exact_match'))}/"
-            f"{_short(b.get('ood_exact_match'))}/{best_horizon_text(row)}"
+            else f"{row.best_seed}: –"
+            if row.fit == 0
+            else f"{row.best_seed}: {_short(b.get('ood_exact_match'))}/{best_horizon_text(row)}"
         )
-        seeds = str(len(row.seeds))
-        if row.failed or row.unfinished:  # "1 of 3": the others failed or are unfinished
+        seeds = fit_text(row)  # "2/3": fit of the complete runs
+        if row.failed or row.unfinished:  # "1/1 of 3": the others failed or are unfinished
             total = len(row.seeds) + len(row.failed) + row.unfinished
             seeds = f"{seeds} of {total}"
             table.markup[(i, 1)] = f"[red]{seeds}[/]"
@@ -133,9 +193,9 @@ def compact_summary_table(report: Report, task: str) -> Table:
                 row.encoding,
                 seeds,
                 format_stat(row.id_exact_match, 2),
-                _short(row.min_id_exact_match.mean),
-                format_stat(row.ood_exact_match, 2),
+                format_stat(row.ood_exact_match, 2),  # "–" where none fit: the horizon says so
                 horizon_text(row),
+                robust_text(row),
                 best,
             ]
         )
@@ -252,7 +312,10 @@ def difference_table(report: Report, task: str) -> Table | None:
 def difference_absent(report: Report, task: str) -> str | None:
     """The sentence for a baseline with no paired runs on ``task`` (else None)."""
     if report.baseline is not None and not report.differences.get(task):
-        return f"No paired runs with baseline `{report.baseline}` on this task."
+        return (
+            f"No paired runs with baseline `{report.baseline}` on this task (a seed pairs "
+            "only where both runs fit their training range)."
+        )
     return None
 
 

@@ -15,6 +15,7 @@ from fractions import Fraction
 from typing import Any
 
 from posenc.errors import ConfigError
+from posenc.report.protocol import fits, ood_lengths
 from posenc.report.records import RunRecord
 
 
@@ -67,15 +68,14 @@ BOOTSTRAP_SEED = 0
 
 
 def _ood_examples(record: RunRecord) -> dict[int, Any] | None:
-    """{OOD length: 0/1 array per evaluation example}, or None without per-example results."""
+    """{OOD length: 0/1 array per evaluation example}, or None without per-example results.
+    The OOD lengths are those the run's OOD exact match averages (`ood_lengths`)."""
     import numpy as np
 
-    hi = record.metrics["train_range"][1]
+    per_length = {int(n): scores for n, scores in record.metrics["per_length"].items()}
     out = {}
-    for n, scores in record.metrics["per_length"].items():
-        if int(n) <= hi:
-            continue
-        text = scores.get("examples")
+    for n in ood_lengths(record.metrics):
+        text = per_length[n].get("examples")
         if not isinstance(text, str) or not text:
             return None
         out[int(n)] = np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
@@ -181,14 +181,15 @@ def _quantile(ordered: Sequence[Fraction], q: Fraction) -> Fraction:
 
 
 def baseline_differences(records: list[RunRecord], task: str, baseline: str) -> list[Difference]:
-    """`paired_difference` of every other encoding of ``task`` against ``baseline``."""
+    """`paired_difference` of every other encoding of ``task`` against ``baseline``, over the
+    runs that fit their training range (a seed pairs only where both runs fit)."""
     by_encoding: dict[str, list[RunRecord]] = {}
     for r in records:
-        if r.task == task and r.status == "complete":
+        if r.task == task and r.status == "complete" and fits(r):
             by_encoding.setdefault(r.encoding, []).append(r)
     if baseline not in by_encoding:
         return []
-    out = []
+    out: list[Difference] = []
     for encoding, runs in sorted(by_encoding.items()):
         if encoding != baseline:
             d = paired_difference(runs, by_encoding[baseline])
