@@ -85,9 +85,16 @@ def compare(
         ),
     ] = None,
     seeds: Annotated[
-        int | None,
-        typer.Option("--seeds", "-s", help="Seeds 0..N-1 per pair. Default: 1, or the preset's."),
+        str | None,
+        typer.Option(
+            "--seeds",
+            "-s",
+            help="Seeds 0..N-1 per pair, or auto: 5 seeds, then one more at a time until the "
+            "paired bootstrap resolves each adjacent pair of the ranking or --max-seeds is "
+            "reached. Default: 1, or the preset's.",
+        ),
     ] = None,
+    max_seeds: Annotated[int, typer.Option("--max-seeds", help="The cap of --seeds auto.")] = 10,
     jobs: Jobs = None,
     launcher: Launcher = "local",
     experiment: Annotated[
@@ -115,12 +122,12 @@ def compare(
         encodings = ",".join(axes.get("encoding") or []) or CORE_ENCODINGS
     if tasks is None:
         tasks = ",".join(axes.get("task") or []) or "copy"
-    seed_values = [str(s) for s in range(seeds)] if seeds is not None else axes.get("seed") or ["0"]
+    auto = seeds == "auto"
+    count = _seed_count(seeds, max_seeds)
+    seed_values = [str(s) for s in range(count)] if count is not None else axes.get("seed") or ["0"]
     experiment = experiment or named or "compare"
     enc = _names(encodings, "encoding", "--encodings")
     tsk = _names(tasks, "task", "--tasks")
-    if seeds is not None and seeds < 1:
-        fail(f"--seeds must be >= 1, got {seeds}")
     owned = dict(encoding="--encodings", task="--tasks", seed="--seeds", experiment="--experiment")
     base = [
         f"encoding={','.join(enc)}",
@@ -130,15 +137,62 @@ def compare(
     if preset is not None:
         owned["preset"] = "--preset"
         base.append(f"preset={preset}")
-    _launch(
-        base,
-        list(overrides or []),
-        launcher=launcher,
-        jobs=jobs,
-        experiment=experiment,
-        reserved=owned,
-        what=_counted(encoding=len(enc), task=len(tsk), seed=len(seed_values)),
-    )
+    while True:
+        base[2] = f"seed={','.join(seed_values)}"
+        exp_dir = _launch(
+            base,
+            list(overrides or []),
+            launcher=launcher,
+            jobs=jobs,
+            experiment=experiment,
+            reserved=owned,
+            what=_counted(encoding=len(enc), task=len(tsk), seed=len(seed_values)),
+        )
+        if not auto or (more := _more_seeds(exp_dir, tsk, len(seed_values), max_seeds)) is None:
+            return
+        seed_values = [str(s) for s in range(more)]
+
+
+def _seed_count(seeds: str | None, max_seeds: int) -> int | None:
+    """The seeds to start with: N from ``--seeds N``, --seeds auto's start (5, at most
+    ``max_seeds``), or None (the preset's, else one)."""
+    from posenc.report.seeds import AUTO_START
+
+    if seeds is None:
+        return None
+    if seeds == "auto":
+        if max_seeds < 2:
+            fail(f"--max-seeds must be >= 2 for --seeds auto, got {max_seeds}")
+        return min(AUTO_START, max_seeds)
+    try:
+        count = int(seeds)
+    except ValueError:
+        fail(f"--seeds takes a count or auto, got {seeds!r}")
+    if count < 1:
+        fail(f"--seeds must be >= 1, got {count}")
+    return count
+
+
+def _more_seeds(exp_dir: Path, tasks: list[str], seeds: int, cap: int) -> int | None:
+    """--seeds auto: the seed count to run next (`posenc.report.seeds.next_seed_count` on the
+    experiment's runs of ``tasks``), saying why; None to stop, naming what stays unresolved."""
+    from posenc.report import load_experiment
+    from posenc.report.seeds import next_seed_count, unresolved_pairs
+
+    records = [r for r in load_experiment(exp_dir) if r.task in tasks]
+    open_ = unresolved_pairs(records)
+    names = "; ".join(f"{p.task}: {p.text()}" for p in open_)
+    more = next_seed_count(records, seeds, cap)
+    if more is not None:
+        print(
+            f"--seeds auto: {len(open_)} adjacent pairs unresolved at {seeds} seeds "
+            f"({names}); running {more} seeds"
+        )
+    elif open_:
+        print(f"--seeds auto: stopped at the cap of {cap} seeds (--max-seeds); unresolved: {names}")
+    else:
+        print(f"--seeds auto: every adjacent pair resolved at {seeds} seeds")
+    return more
 
 
 def _counted(**counts: int) -> str:
@@ -203,7 +257,8 @@ def _launch(
     experiment: str | None,
     reserved: dict[str, str] | None,
     what: str,
-) -> None:
+) -> Path:
+    """Plan, run and report a sweep; returns its experiment folder."""
     from rich.console import Console
 
     from posenc.errors import PosencError
@@ -232,7 +287,7 @@ def _launch(
     if plan.total is not None and plan.finished == plan.total:
         console.print(f"all {total} runs are finished with this config; nothing to launch")
         _report(plan.experiment_dir)
-        return
+        return plan.experiment_dir
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     log_path = plan.sweep_dir / "launcher.log"
     console.print(f"sweep log: {log_path}")
@@ -250,6 +305,7 @@ def _launch(
             128 + outcome.signum,
         )
     _after(plan, outcome.returncode, log_path, console, total)
+    return plan.experiment_dir
 
 
 def _after(plan, returncode: int | None, log_path: Path, console, total: str) -> None:

@@ -329,3 +329,55 @@ def test_old_run_folders_load_and_are_marked_made_before_the_protocol(tmp_path):
     md = (exp / "report.md").read_text()
     assert "No positive control shown for copy" in md
     assert "on the test set (1 run made before the protocol)" in md
+
+
+def fake_launch(exp, outcomes, launched):
+    """Stands in for the sweep: writes each asked seed's runs from ``outcomes(encoding,
+    seed)`` (its 8 test examples at length 7) and records the seed counts asked for."""
+
+    def launch(base, overrides, **kwargs):
+        seeds = [int(s) for s in base[2].removeprefix("seed=").split(",")]
+        launched.append(len(seeds))
+        for encoding in base[0].removeprefix("encoding=").split(","):
+            for seed in seeds:
+                if not (exp / f"copy/{encoding}/seed{seed}").exists():
+                    text = outcomes(encoding, seed)
+                    em = {**{n: 1.0 for n in range(1, 7)}, 7: text.count("1") / 8}
+                    write(exp, run(encoding, seed, test_em=em, examples={7: text}))
+        return exp
+
+    return launch
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "cap", "counts", "said"),
+    [
+        (  # alibi and t5 trade places seed by seed: never resolved, so up to the cap
+            lambda enc, s: ("11110000", "11111000")[(enc == "t5") ^ (s % 2)],
+            7,
+            [5, 6, 7],
+            "stopped at the cap of 7 seeds (--max-seeds); unresolved: copy: ",
+        ),
+        (  # alibi always right, t5 never: resolved at the start
+            lambda enc, s: "11111111" if enc == "alibi" else "00000000",
+            10,
+            [5],
+            "every adjacent pair resolved at 5 seeds",
+        ),
+    ],
+)
+def test_compare_seeds_auto_runs_more_seeds_until_resolved_or_the_cap(
+    tmp_path, monkeypatch, outcomes, cap, counts, said
+):
+    from typer.testing import CliRunner
+
+    from posenc.cli import experiments
+    from posenc.cli.app import app
+
+    launched: list[int] = []
+    monkeypatch.setattr(experiments, "_launch", fake_launch(tmp_path / "exp", outcomes, launched))
+    args = ["compare", "-e", "alibi,t5", "--seeds", "auto", "--max-seeds", str(cap)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert launched == counts
+    assert said in result.output
