@@ -184,7 +184,7 @@ def test_robustness_is_the_share_of_seeds_whose_horizon_passes_the_training_rang
     (row,) = report.tables["copy"]
     assert (row.robust, row.fit, len(row.seeds)) == (3, 4, 5)
     md = (exp / "report.md").read_text()
-    (line,) = [x for x in md.splitlines() if x.startswith("| alibi |")]
+    (line,) = [x for x in md.splitlines() if x.startswith("| alibi | 5 |")]
     cells = dict(zip(rp.TABLE_HEADER, line.strip("| ").split(" | "), strict=True))
     assert (cells["robust"], cells["fit"], cells["seeds"]) == ("3/5", "4/5", "5")
     csv = (exp / "results.csv").read_text().splitlines()
@@ -381,3 +381,26 @@ def test_compare_seeds_auto_runs_more_seeds_until_resolved_or_the_cap(
     assert result.exit_code == 0, result.output
     assert launched == counts
     assert said in result.output
+
+
+def test_steps_to_fit_count_the_runs_that_fit_and_name_the_ceiling_for_the_others():
+    runs = [run("alibi", 0, steps_to_fit=400), run("alibi", 1, steps_to_fit=800)]
+    runs.append(run("alibi", 2, val_em={**FIT_VAL, 1: 0.5}, steps_to_fit=None))
+    runs += [run("rope", s, steps_to_fit=300) for s in (0, 1)]
+    runs.append(run("fixed", 0, until_fit=False))  # a fixed budget: no row
+    report = rp.build_report(runs, "hand", plots=False)
+    rope, alibi = report.fit_steps["copy"]
+    assert (alibi.reached, alibi.by_seed, alibi.limit) == ([400, 800], [400, 800, None], 2000)
+    assert rp.stop_cells(rope)[:4] == ["rope", "2 of 2", "300 ± 0", "300, 300"]
+    assert (
+        rp.stop_cells(alibi)[1] == "2 of 3" and rp.stop_cells(alibi)[3] == "400, 800, not by 2000"
+    )
+    md = rp.render_markdown(report)
+    assert "Steps to fit the training range (`train.until_fit`: exact match ≥ 0.9" in md
+    assert "| alibi | 2 of 3 |" in md
+    header = task_header(report, "copy")
+    assert "steps used 400–2,000; 1 of 5 runs reached the ceiling without fitting" in (
+        header.protocol
+    )
+    assert "(5 of 6 runs; the others a fixed budget)" in header.protocol
+    assert "a fixed training budget (not `train.until_fit`)" in header.departures

@@ -22,7 +22,7 @@ from posenc.report.published import (
 from posenc.report.records import RunRecord, load_experiment, results_csv, results_rows, tasks_of
 from posenc.report.seeds import Pair, adjacent_pairs
 from posenc.report.stats import Difference, baseline_differences, check_baseline
-from posenc.report.summary import StopRow, SummaryRow, stop_rows, summary_rows
+from posenc.report.summary import StopRow, SummaryRow, fit_step_rows, stop_rows, summary_rows
 from posenc.runfolder import PLOTS, REPORT_MD, RESULTS_CSV
 
 
@@ -43,6 +43,7 @@ class Report:
     stops: dict[str, list[StopRow]] = field(default_factory=dict)  # task -> time to accuracy
     pairs: dict[str, list[Pair]] = field(default_factory=dict)  # task -> adjacent in ranking
     controls: dict[str, dict] = field(default_factory=dict)  # task -> its control.json
+    fit_steps: dict[str, list[StopRow]] = field(default_factory=dict)  # task -> until fit
 
     @property
     def older_summaries(self) -> int:
@@ -112,6 +113,7 @@ def build_report(
         {task: rows for task in tasks if (rows := stop_rows(records, task))},
         {task: adjacent_pairs(records, task, tables[task]) for task in tasks},
         {task: controls[task] for task in tasks if task in (controls or {})},
+        {task: rows for task in tasks if (rows := fit_step_rows(records, task))},
     )
 
 

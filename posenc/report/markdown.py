@@ -13,6 +13,7 @@ from posenc.report.sections import (
     _ranges,
     difference_absent,
     difference_table,
+    fit_steps_table,
     lift_table,
     stop_table,
     summary_table,
@@ -76,7 +77,7 @@ def task_section_lines(
         for line in header.lines():
             lines += [line, ""]
     lines += markdown(summary_table(report, task))
-    for build in (lift_table, stop_table, difference_table):
+    for build in (lift_table, fit_steps_table, stop_table, difference_table):
         table = build(report, task)
         if table is not None:
             lines += markdown(table)

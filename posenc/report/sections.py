@@ -275,6 +275,24 @@ def stop_table(report: Report, task: str) -> Table | None:
     )
 
 
+def fit_steps_table(report: Report, task: str) -> Table | None:
+    """Steps to fit the training range for the runs trained until fit (`train.until_fit`)."""
+    rows = report.fit_steps.get(task)
+    if not rows:
+        return None
+    thresholds = " / ".join(f"{t:g}" for t in sorted({row.threshold for row in rows}))
+    return Table(
+        title=f"{task}: steps to fit the training range",
+        lead=f"Steps to fit the training range (`train.until_fit`: exact match ≥ {thresholds} "
+        "at every training length on validation samples, checked at each evaluation "
+        "interval, up to the ceiling `train.max_steps`; mean ± 95% CI over the runs that fit):",
+        caption="train.until_fit · mean ± 95% CI over the runs that fit",
+        columns=["encoding", "fit", "steps to fit (mean)", "each seed", "train min"],
+        align=["l", "r", "r", "l", "r"],
+        rows=[stop_cells(row) for row in rows],
+    )
+
+
 def difference_table(report: Report, task: str) -> Table | None:
     """Each encoding's OOD exact match minus the baseline's, with the paired-bootstrap
     interval; None without a baseline or without pairs (`difference_absent`)."""

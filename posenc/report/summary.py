@@ -293,6 +293,43 @@ def stop_rows(records: Iterable[RunRecord], task: str) -> list[StopRow]:
     )
 
 
+def fit_step_rows(records: Iterable[RunRecord], task: str) -> list[StopRow]:
+    """Per encoding of ``task`` whose complete runs trained until fit (``protocol.until_fit``
+    in metrics.json): the steps each took to fit its training range (``steps_to_fit``; None:
+    it reached the ceiling ``max_steps`` without fitting), fastest first; empty when no run
+    of the task trained until fit."""
+    by_encoding: dict[str, list[RunRecord]] = {}
+    for r in records:
+        block = (r.metrics or {}).get("protocol") or {}
+        if r.task == task and r.status == "complete" and block.get("until_fit"):
+            by_encoding.setdefault(r.encoding, []).append(r)
+    rows = []
+    for encoding, runs in by_encoding.items():
+        runs = sorted(runs, key=lambda r: r.seed)
+        blocks = [r.metrics["protocol"] for r in runs]
+        by_seed = [
+            None if b.get("steps_to_fit") is None else int(b["steps_to_fit"]) for b in blocks
+        ]
+        reached = [s for s in by_seed if s is not None]
+        ceilings = [int(b["max_steps"]) for b in blocks if b.get("max_steps") is not None]
+        thresholds = [((r.config or {}).get("eval") or {}).get("threshold") for r in runs]
+        rows.append(
+            StopRow(
+                encoding=encoding,
+                threshold=max((float(t) for t in thresholds if t is not None), default=0.9),
+                steps=Stat.of(reached),
+                reached=reached,
+                by_seed=by_seed,
+                not_reached=len(runs) - len(reached),
+                limit=max(ceilings, default=None),
+                minutes=Stat.of([_train_minutes(r) for r in runs]),
+            )
+        )
+    return sorted(
+        rows, key=lambda x: (x.not_reached, x.steps.mean is None, x.steps.mean or 0, x.encoding)
+    )
+
+
 STOP_HEADER = ["encoding", "reached", "steps to reach (mean)", "each seed", "train min"]
 
 

@@ -8,6 +8,7 @@ from posenc.report.sections import (
     compact_summary_table,
     difference_table,
     failures_table,
+    fit_steps_table,
     lift_table,
     paper_table,
     stop_table,
@@ -35,7 +36,7 @@ def rich_tables(report: Report) -> list:
         for note in (unfit_note(report.tables[task]), pairs_note(report, task)):
             if note is not None:
                 out.append(Text(note.replace("`", "")))
-        for build in (paper_table, lift_table, stop_table, difference_table):
+        for build in (paper_table, lift_table, fit_steps_table, stop_table, difference_table):
             if (table := build(report, task)) is not None:
                 out.append(terminal(table))
     if (failures := failures_table(report)) is not None:
