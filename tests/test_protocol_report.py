@@ -404,3 +404,22 @@ def test_steps_to_fit_count_the_runs_that_fit_and_name_the_ceiling_for_the_other
     )
     assert "(5 of 6 runs; the others a fixed budget)" in header.protocol
     assert "a fixed training budget (not `train.until_fit`)" in header.departures
+
+
+def test_one_paired_seed_never_resolves_a_pair_and_lifts_count_only_runs_that_fit():
+    runs = seeds_of("alibi", ["11111111"]) + seeds_of("rope", ["00000000"])
+    (pair,) = adjacent_pairs(runs, "copy", rp.summary_rows(runs, "copy"))
+    assert pair.difference.low == 1.0 and not pair.resolved  # examples alone: no seed spread
+    randomized = {**CONFIG, "encoding": {"name": "randomized", "base": "rope"}}
+    lifted = [run("randomized_rope", s) for s in (0, 1)]  # OOD 0.5 on the test lengths
+    for r in lifted:
+        r.config = randomized
+    unfit = run(
+        "randomized_rope", 2, val_em={**FIT_VAL, 1: 0.0}, test_em={n: 1.0 for n in range(1, 10)}
+    )
+    unfit.config = randomized
+    base = [
+        run("rope", s, test_em={n: 1.0 if n <= 6 else 0.25 for n in range(1, 10)}) for s in (0, 1)
+    ]
+    (lift,) = rp.randomized_lifts([*lifted, unfit, *base], "copy")
+    assert (lift.randomized_value, lift.base_value) == (0.5, 0.25)  # seed 2's 1.0 left out

@@ -138,9 +138,8 @@ def pairs_note(report: Report, task: str) -> str | None:
     else:
         text = (
             f"Unresolved adjacent pairs ({len(open_)} of {len(pairs)}; the 95% paired-bootstrap "
-            "interval of the OOD difference includes 0, so their order is not established): "
-            + "; ".join(p.text() for p in open_)
-            + "."
+            "interval of the OOD difference includes 0, or fewer than 2 seeds pair them, so "
+            "their order is not established): " + "; ".join(p.text() for p in open_) + "."
         )
     seeds = min((len(row.seeds) for row in report.tables[task] if row.ranked), default=0)
     if seeds < MIN_SEEDS:
@@ -238,8 +237,9 @@ def lift_table(report: Report, task: str) -> Table | None:
         notes.append(f"Published: {source} report a mean lift of {lift:+.3f}.")
     return Table(
         title=f"{task}: randomized positions against their base",
-        lead=f"Randomized positions against their base (`{metric}`, {how}; "
-        "lift = randomized − base):",
+        lead=f"Randomized positions against their base (`{metric}`, {how}, "
+        + ("over every run, as the paper computes it" if block else "over the runs that fit")
+        + "; lift = randomized − base):",
         caption=caption,
         columns=["randomized", "base", "randomized value", "base value", "lift"],
         align=["l", "l", "r", "r", "r"],

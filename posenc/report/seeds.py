@@ -19,6 +19,7 @@ from posenc.report.summary import SummaryRow, summary_rows
 
 AUTO_START = 5  # --seeds auto starts at the protocol's minimum (posenc.report.protocol.MIN_SEEDS)
 AUTO_STEP = 1  # seeds added per round: one, so the cap is not overshot by more than needed
+MIN_PAIRED = 2  # paired seeds a pair needs before it can count as resolved
 
 
 @dataclass
@@ -33,9 +34,10 @@ class Pair:
 
     @property
     def resolved(self) -> bool:
-        """The 95% interval excludes zero."""
+        """The 95% interval excludes zero, over at least two paired seeds (one seed leaves
+        only the evaluation examples to resample: no spread over seeds to speak of)."""
         d = self.difference
-        if d is None or d.low is None or d.high is None:
+        if d is None or d.low is None or d.high is None or len(d.seeds) < MIN_PAIRED:
             return False
         return d.low > 0 or d.high < 0
 
