@@ -21,6 +21,11 @@ from posenc.cli.common import Overrides, fail
 from posenc.cli.completion import complete_encodings, complete_overrides, complete_tasks
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
+SEEDS_HELP = (
+    "Seeds 0..N-1 per pair, or auto: 5 seeds, then one more at a time until the paired "
+    "bootstrap resolves each adjacent pair of the ranking or --max-seeds is reached. "
+    "Default: 1, or the preset's."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -86,13 +91,7 @@ def compare(
     ] = None,
     seeds: Annotated[
         str | None,
-        typer.Option(
-            "--seeds",
-            "-s",
-            help="Seeds 0..N-1 per pair, or auto: 5 seeds, then one more at a time until the "
-            "paired bootstrap resolves each adjacent pair of the ranking or --max-seeds is "
-            "reached. Default: 1, or the preset's.",
-        ),
+        typer.Option("--seeds", "-s", help=SEEDS_HELP),
     ] = None,
     max_seeds: Annotated[int, typer.Option("--max-seeds", help="The cap of --seeds auto.")] = 10,
     jobs: Jobs = None,
@@ -137,61 +136,35 @@ def compare(
     if preset is not None:
         owned["preset"] = "--preset"
         base.append(f"preset={preset}")
-    while True:
+    counts = dict(encoding=len(enc), task=len(tsk))
+    options = dict(launcher=launcher, jobs=jobs, experiment=experiment, reserved=owned)
+    while True:  # once, or for --seeds auto until every pair is resolved or the cap
         base[2] = f"seed={','.join(seed_values)}"
-        exp_dir = _launch(
-            base,
-            list(overrides or []),
-            launcher=launcher,
-            jobs=jobs,
-            experiment=experiment,
-            reserved=owned,
-            what=_counted(encoding=len(enc), task=len(tsk), seed=len(seed_values)),
-        )
+        what = _counted(**counts, seed=len(seed_values))
+        exp_dir = _launch(base, list(overrides or []), what=what, **options)
         if not auto or (more := _more_seeds(exp_dir, tsk, len(seed_values), max_seeds)) is None:
             return
         seed_values = [str(s) for s in range(more)]
 
 
 def _seed_count(seeds: str | None, max_seeds: int) -> int | None:
-    """The seeds to start with: N from ``--seeds N``, --seeds auto's start (5, at most
-    ``max_seeds``), or None (the preset's, else one)."""
-    from posenc.report.seeds import AUTO_START
+    """The seeds to start with (`posenc.report.seeds.start_seeds`); None: the preset's."""
+    from posenc.errors import ConfigError
+    from posenc.report.seeds import start_seeds
 
-    if seeds is None:
-        return None
-    if seeds == "auto":
-        if max_seeds < 2:
-            fail(f"--max-seeds must be >= 2 for --seeds auto, got {max_seeds}")
-        return min(AUTO_START, max_seeds)
     try:
-        count = int(seeds)
-    except ValueError:
-        fail(f"--seeds takes a count or auto, got {seeds!r}")
-    if count < 1:
-        fail(f"--seeds must be >= 1, got {count}")
-    return count
+        return None if seeds is None else start_seeds(seeds, max_seeds)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def _more_seeds(exp_dir: Path, tasks: list[str], seeds: int, cap: int) -> int | None:
-    """--seeds auto: the seed count to run next (`posenc.report.seeds.next_seed_count` on the
-    experiment's runs of ``tasks``), saying why; None to stop, naming what stays unresolved."""
+    """--seeds auto: the seed count to run next, or None to stop (`auto_step`)."""
     from posenc.report import load_experiment
-    from posenc.report.seeds import next_seed_count, unresolved_pairs
+    from posenc.report.seeds import auto_step
 
-    records = [r for r in load_experiment(exp_dir) if r.task in tasks]
-    open_ = unresolved_pairs(records)
-    names = "; ".join(f"{p.task}: {p.text()}" for p in open_)
-    more = next_seed_count(records, seeds, cap)
-    if more is not None:
-        print(
-            f"--seeds auto: {len(open_)} adjacent pairs unresolved at {seeds} seeds "
-            f"({names}); running {more} seeds"
-        )
-    elif open_:
-        print(f"--seeds auto: stopped at the cap of {cap} seeds (--max-seeds); unresolved: {names}")
-    else:
-        print(f"--seeds auto: every adjacent pair resolved at {seeds} seeds")
+    more, said = auto_step([r for r in load_experiment(exp_dir) if r.task in tasks], seeds, cap)
+    print(said)
     return more
 
 

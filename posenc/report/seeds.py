@@ -86,3 +86,40 @@ def next_seed_count(
     if seeds >= cap or not unresolved_pairs(records):
         return None
     return min(seeds + step, cap)
+
+
+def start_seeds(seeds: str, max_seeds: int) -> int:
+    """The seed count ``--seeds`` starts with: N, or for ``auto`` `AUTO_START` (at most
+    ``max_seeds``); a `ConfigError` for anything else."""
+    from posenc.errors import ConfigError
+
+    if seeds == "auto":
+        if max_seeds < 2:
+            raise ConfigError(f"--max-seeds must be >= 2 for --seeds auto, got {max_seeds}")
+        return min(AUTO_START, max_seeds)
+    try:
+        count = int(seeds)
+    except ValueError:
+        raise ConfigError(f"--seeds takes a count or auto, got {seeds!r}") from None
+    if count < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {count}")
+    return count
+
+
+def auto_step(records: list[RunRecord], seeds: int, cap: int) -> tuple[int | None, str]:
+    """One round of ``--seeds auto`` after ``seeds`` seeds gave ``records``: the seed count
+    to run next (None: stop, `next_seed_count`) and the sentence that says why."""
+    open_ = unresolved_pairs(records)
+    names = "; ".join(f"{p.task}: {p.text()}" for p in open_)
+    more = next_seed_count(records, seeds, cap)
+    if more is not None:
+        return more, (
+            f"--seeds auto: {len(open_)} adjacent pairs unresolved at {seeds} seeds ({names}); "
+            f"running {more} seeds"
+        )
+    if open_:
+        return (
+            None,
+            f"--seeds auto: stopped at the cap of {cap} seeds (--max-seeds); unresolved: {names}",
+        )
+    return None, f"--seeds auto: every adjacent pair resolved at {seeds} seeds"
