@@ -423,3 +423,13 @@ def test_one_paired_seed_never_resolves_a_pair_and_lifts_count_only_runs_that_fi
     ]
     (lift,) = rp.randomized_lifts([*lifted, unfit, *base], "copy")
     assert (lift.randomized_value, lift.base_value) == (0.5, 0.25)  # seed 2's 1.0 left out
+
+
+def test_a_test_set_of_test_lengths_only_takes_id_figures_from_validation():
+    val = {**FIT_VAL, 3: 0.95, 6: 0.5}  # validation: fits, 5 passes, 6 fails
+    r = run("alibi", 0, val_em=val, test_em={7: 1.0, 8: 1.0, 9: 0.0})
+    s = r.metrics["summary"]
+    assert s["id_exact_match"] == pytest.approx((1 + 1 + 0.95 + 1) / 4)
+    assert s["min_id_exact_match"] == 0.95
+    assert s["extrapolation_horizon"] == 5  # 5 passes on validation, 6 does not: 7-8 never count
+    assert s["ood_exact_match"] == pytest.approx(2 / 3)

@@ -125,7 +125,7 @@ def heatmap_plot(records: Sequence[RunRecord], tasks: Sequence[str], encodings: 
                 text = "no fit" if (i, j) in unfit else "–"
             light = np.isnan(grid[i, j]) or grid[i, j] > 0.6  # grey cell or bright colour
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="k" if light else "w")
-    fig.colorbar(im, ax=ax, label="OOD exact match (mean over the seeds that fit)")
+    fig.colorbar(im, ax=ax, label="OOD exact match\n(mean over runs that fit)")
     ax.set_title("exact match beyond the training lengths")
     fig.tight_layout()
     return _png(fig)
