@@ -41,9 +41,12 @@ class Header:
 
 
 def _setting(record: RunRecord, section: str, key: str) -> Any:
+    """A run's config value; None without a config.yaml (not recorded)."""
     from posenc.runfolder import LEGACY_DEFAULTS
 
-    part = (record.config or {}).get(section) or {}
+    if record.config is None:
+        return None
+    part = record.config.get(section) or {}
     if key in part:
         return part[key]
     if (section, key) in LEGACY_DEFAULTS:  # older config.yaml files leave these out
@@ -53,7 +56,7 @@ def _setting(record: RunRecord, section: str, key: str) -> Any:
 
 def _values(runs: list[RunRecord], get) -> list[Any]:
     """The distinct values of ``get(run)``, most common first (ties: as first seen)."""
-    counts = Counter(str(get(r)) for r in runs)
+    counts = Counter("not recorded" if (v := get(r)) is None else str(v) for r in runs)
     return [value for value, _ in counts.most_common()]
 
 
@@ -81,12 +84,18 @@ def _budget(runs: list[RunRecord]) -> tuple[str, bool]:
         if len(until) < len(runs):
             text += f" ({len(until)} of {len(runs)} runs; the others a fixed budget)"
         return text, len(until) == len(runs)
-    steps = _values(runs, lambda r: _setting(r, "train", "steps"))
-    return f"fixed, {' / '.join(_num(int(s)) for s in steps)} steps (`train.steps`)", False
+    steps = _values(
+        runs,
+        lambda r: (
+            _setting(r, "train", "steps") or ((r.metrics or {}).get("train") or {}).get("steps")
+        ),
+    )
+    shown = " / ".join(f"{int(s):,} steps" if s.isdigit() else s for s in steps)
+    return f"fixed, {shown} (`train.steps`)", False
 
 
 def _fit_rule(runs: list[RunRecord], lo_hi: str) -> str:
-    thresholds = _values(runs, lambda r: _setting(r, "eval", "threshold"))
+    thresholds = _values(runs, lambda r: _setting(r, "eval", "threshold") or schema.Eval.threshold)
     splits = Counter(fit_split(r.metrics or {}) for r in runs)
     where = []
     if splits["validation"]:
@@ -190,7 +199,12 @@ def task_header(report: Report, task: str) -> Header | None:
     seeds = _seed_counts(runs)
     scales = _values(runs, lambda r: _setting(r, "model", "embed_init"))
     batching = _values(
-        runs, lambda r: f"{_setting(r, 'train', 'batching')} × {_setting(r, 'train', 'batch_size')}"
+        runs,
+        lambda r: (
+            None
+            if r.config is None
+            else f"{_setting(r, 'train', 'batching')} × {_setting(r, 'train', 'batch_size')}"
+        ),
     )
     protocol = (
         f"Budget: {budget}. Fit: {_fit_rule(runs, ranges)}; a run that does not fit is "
