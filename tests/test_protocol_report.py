@@ -229,6 +229,17 @@ def test_seeds_auto_stops_where_the_bootstrap_resolves_each_pair():
     assert next_seed_count(runs, seeds=5, cap=10) is None
 
 
+def test_a_tie_on_every_example_is_named_as_such_and_asks_for_no_more_seeds():
+    runs = seeds_of("alibi", ["11111111"] * 3) + seeds_of("learned", ["00000000"] * 3)
+    runs += seeds_of("sinusoidal", ["00000000"] * 3)
+    upper, tie = adjacent_pairs(runs, "copy", rp.summary_rows(runs, "copy"))
+    assert upper.resolved and tie.tied and not tie.resolved
+    assert next_seed_count(runs, seeds=3, cap=10) is None
+    md = rp.render_markdown(rp.build_report(runs, "hand", plots=False))
+    assert "No adjacent pair of the ranking is left unresolved" in md
+    assert "Tied (the same outcome on every paired example): learned = sinusoidal." in md
+
+
 def test_seeds_auto_adds_a_seed_while_a_pair_is_unresolved_and_stops_at_the_cap():
     # alibi and t5 split 4:4 against 5:3 with seeds disagreeing: no order between them
     runs = seeds_of("alibi", ["11110000", "11111000", "11100000"])
@@ -242,7 +253,10 @@ def test_seeds_auto_adds_a_seed_while_a_pair_is_unresolved_and_stops_at_the_cap(
     assert next_seed_count(runs, seeds=10, cap=10) is None
     report = rp.build_report(runs, "hand", plots=False)
     md = rp.render_markdown(report)
-    assert "Unresolved adjacent pairs (1 of 2" in md and "With 3 seeds (fewer than 5)" in md
+    assert (
+        "Unresolved adjacent pairs (1 of 2" in md
+        and "3 seeds: fewer than the protocol's 5; more may resolve them" in md
+    )
 
 
 # ---------------------------------------------------------------- the protocol above the table

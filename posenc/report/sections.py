@@ -125,25 +125,36 @@ def unfit_note(rows: list[SummaryRow]) -> str | None:
 
 
 def pairs_note(report: Report, task: str) -> str | None:
-    """Which adjacent pairs of the ranking the paired bootstrap resolves (95% interval of the
-    OOD difference excludes 0) and which it leaves unresolved; None below two ranked rows."""
+    """Which adjacent pairs of the ranking the paired bootstrap leaves unresolved (95%
+    interval of the OOD difference includes 0, or one paired seed) and which are tied (the
+    same outcome on every paired example); with fewer than `MIN_SEEDS` seeds, says so. None
+    below two ranked rows."""
     from posenc.report.protocol import MIN_SEEDS
 
     pairs = report.pairs.get(task) or []
     if not pairs:
         return None
-    open_ = [p for p in pairs if not p.resolved]
+    tied = [p for p in pairs if p.tied]
+    open_ = [p for p in pairs if not p.resolved and not p.tied]
     if not open_:
-        text = f"Every adjacent pair of the ranking is resolved by the paired bootstrap ({len(pairs)} pairs, 95%)."
+        text = (
+            f"No adjacent pair of the ranking is left unresolved by the paired bootstrap "
+            f"({len(pairs)} pairs, 95%)."
+        )
     else:
         text = (
             f"Unresolved adjacent pairs ({len(open_)} of {len(pairs)}; the 95% paired-bootstrap "
             "interval of the OOD difference includes 0, or fewer than 2 seeds pair them, so "
             "their order is not established): " + "; ".join(p.text() for p in open_) + "."
         )
+    if tied:
+        named = "; ".join(f"{p.upper} = {p.lower}" for p in tied)
+        text += f" Tied (the same outcome on every paired example): {named}."
     seeds = min((len(row.seeds) for row in report.tables[task] if row.ranked), default=0)
     if seeds < MIN_SEEDS:
-        text += f" With {seeds} seed{'s' * (seeds != 1)} (fewer than {MIN_SEEDS}), more seeds may resolve them (`posenc compare --seeds auto`)."
+        text += f" {seeds} seed{'s' * (seeds != 1)}: fewer than the protocol's {MIN_SEEDS}" + (
+            "; more may resolve them (`posenc compare --seeds auto`)." if open_ else "."
+        )
     return text
 
 

@@ -41,6 +41,19 @@ class Pair:
             return False
         return d.low > 0 or d.high < 0
 
+    @property
+    def tied(self) -> bool:
+        """The same outcome on every paired example of every paired seed (the interval is
+        [0, 0]): an order no number of seeds drawn alike would establish, so not one to chase."""
+        d = self.difference
+        return (
+            d is not None
+            and len(d.seeds) >= MIN_PAIRED
+            and d.low == 0
+            and d.high == 0
+            and d.resampled == "seeds × examples"
+        )
+
     def text(self) -> str:
         """``alibi vs none (+0.243 [−0.012, +0.509], 5 seeds)``."""
         d = self.difference
@@ -67,11 +80,12 @@ def adjacent_pairs(records: Iterable[RunRecord], task: str, rows: list[SummaryRo
 
 
 def unresolved_pairs(records: list[RunRecord]) -> list[Pair]:
-    """The adjacent pairs of every task's ranking that the paired bootstrap leaves unresolved."""
+    """The adjacent pairs of every task's ranking that the paired bootstrap leaves unresolved
+    (tied pairs apart: more seeds are not what they need)."""
     out = []
     for task in tasks_of(records):
         pairs = adjacent_pairs(records, task, summary_rows(records, task))
-        out += [p for p in pairs if not p.resolved]
+        out += [p for p in pairs if not p.resolved and not p.tied]
     return out
 
 
