@@ -447,3 +447,14 @@ def test_a_test_set_of_test_lengths_only_takes_id_figures_from_validation():
     assert s["min_id_exact_match"] == 0.95
     assert s["extrapolation_horizon"] == 5  # 5 passes on validation, 6 does not: 7-8 never count
     assert s["ood_exact_match"] == pytest.approx(2 / 3)
+
+
+def test_test_lengths_may_be_a_range_or_the_lengths_themselves():
+    em = {n: 1.0 if n <= 6 else 0.1 * n for n in range(1, 10)}
+    as_range = run("alibi", 0, test_em=em).metrics
+    listed = protocol_metrics("alibi", 0, val_em=FIT_VAL, test_em=em)
+    listed["protocol"]["test_lengths"] = [7, 8, 9]
+    listed["validation"]["lengths"] = [5, 6]
+    listed = rp.record_from_metrics(listed, config=CONFIG).metrics
+    assert listed["summary"]["ood_exact_match"] == as_range["summary"]["ood_exact_match"]
+    assert as_range["summary"]["ood_exact_match"] == pytest.approx(0.8)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from posenc import schema
-from posenc.report.protocol import MIN_SEEDS, fit_split, test_range
+from posenc.report.protocol import MIN_SEEDS, fit_split, length_window, test_range
 from posenc.report.records import RunRecord, train_ranges
 
 if TYPE_CHECKING:
@@ -101,11 +101,13 @@ def _fit_rule(runs: list[RunRecord], lo_hi: str) -> str:
     if splits["validation"]:
         lengths = sorted(
             {
-                tuple(v["lengths"])
+                window
                 for r in runs
-                if isinstance(v := (r.metrics or {}).get("validation"), dict)
-                and isinstance(v.get("lengths"), list)
-                and len(v["lengths"]) == 2
+                if (
+                    window := length_window(
+                        ((r.metrics or {}).get("validation") or {}).get("lengths")
+                    )
+                )
             }
         )
         held = ", ".join(f"{a}–{b}" for a, b in lengths)

@@ -25,10 +25,15 @@ CONTROL_JSON = "control.json"
 
 
 def test_range(metrics: Mapping[str, Any]) -> tuple[int, int] | None:
-    """The test lengths ``[lo, hi]`` a protocol run reports on; None for an older run."""
-    lengths = (metrics.get("protocol") or {}).get("test_lengths")
-    if isinstance(lengths, list | tuple) and len(lengths) == 2:
-        return int(lengths[0]), int(lengths[1])
+    """The test lengths ``(lo, hi)`` a protocol run reports on (``protocol.test_lengths``, a
+    range ``[lo, hi]`` or the lengths themselves); None for an older run."""
+    return length_window((metrics.get("protocol") or {}).get("test_lengths"))
+
+
+def length_window(lengths: Any) -> tuple[int, int] | None:
+    """``(min, max)`` of a non-empty list of lengths (a ``[lo, hi]`` range reads the same)."""
+    if isinstance(lengths, list | tuple) and lengths and all(isinstance(n, int) for n in lengths):
+        return min(lengths), max(lengths)
     return None
 
 
