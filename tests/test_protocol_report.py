@@ -355,9 +355,10 @@ def fake_launch(exp, outcomes, launched):
         for encoding in base[0].removeprefix("encoding=").split(","):
             for seed in seeds:
                 if not (exp / f"copy/{encoding}/seed{seed}").exists():
-                    text = outcomes(encoding, seed)
+                    text = outcomes(encoding, seed) or "11111111"  # None: does not fit
+                    val = FIT_VAL if outcomes(encoding, seed) else {**FIT_VAL, 1: 0.0}
                     em = {**{n: 1.0 for n in range(1, 7)}, 7: text.count("1") / 8}
-                    write(exp, run(encoding, seed, test_em=em, examples={7: text}))
+                    write(exp, run(encoding, seed, val, test_em=em, examples={7: text}))
         return exp
 
     return launch
@@ -372,11 +373,17 @@ def fake_launch(exp, outcomes, launched):
             [5, 6, 7],
             "stopped at the cap of 7 seeds (--max-seeds); unresolved: copy: ",
         ),
+        (  # neither fits its training range: nothing to rank, nothing to resolve
+            lambda enc, s: None,
+            10,
+            [5],
+            "no pair to resolve at 5 seeds (fewer than two encodings",
+        ),
         (  # alibi always right, t5 never: resolved at the start
             lambda enc, s: "11111111" if enc == "alibi" else "00000000",
             10,
             [5],
-            "every adjacent pair resolved at 5 seeds",
+            "no adjacent pair left unresolved at 5 seeds",
         ),
     ],
 )

@@ -136,4 +136,10 @@ def auto_step(records: list[RunRecord], seeds: int, cap: int) -> tuple[int | Non
             None,
             f"--seeds auto: stopped at the cap of {cap} seeds (--max-seeds); unresolved: {names}",
         )
-    return None, f"--seeds auto: every adjacent pair resolved at {seeds} seeds"
+    ranked = [sum(row.ranked for row in summary_rows(records, t)) for t in tasks_of(records)]
+    if max(ranked, default=0) < 2:
+        return None, (
+            f"--seeds auto: no pair to resolve at {seeds} seeds (fewer than two encodings "
+            "of a task have a run that fits its training range)"
+        )
+    return None, f"--seeds auto: no adjacent pair left unresolved at {seeds} seeds"
