@@ -2,7 +2,7 @@
 
 The package's parts, each with one job:
 
-- `protocol`: the lengths a run is judged on and whether it fits (issue 34's protocol);
+- `protocol`: the lengths a run is judged on and whether it fits under the protocol;
 - `records`: run folders read into `RunRecord`s, and the tidy per-length results.csv;
 - `stats`: the mean over seeds with its interval, and the exact paired bootstrap;
 - `summary`: per-encoding rows of a task, fit first (metrics over seeds, robustness, best

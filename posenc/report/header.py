@@ -1,4 +1,4 @@
-"""The protocol above every table (issue 34): what a task's runs were trained and judged
+"""The protocol above every table: what a task's runs were trained and judged
 under, which parts of the protocol they depart from, and the task's positive control.
 
 Built from the runs themselves (their config.yaml and the ``protocol`` and ``validation``

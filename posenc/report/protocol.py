@@ -1,5 +1,5 @@
-"""The comparison protocol as a report reads it (issue 34): which lengths a run is judged on,
-whether it fits its training range, and the header that states the protocol above a table.
+"""The comparison protocol as a report reads it: which lengths a run is judged on, whether
+it fits its training range, and where a task's positive control is.
 
 A run written under the protocol carries two blocks in ``metrics.json``: ``validation`` (the
 fit judged on validation samples, drawn apart from the frozen test sets) and ``protocol``
@@ -19,7 +19,7 @@ from posenc.metrics import extrapolation_horizon, summarize
 if TYPE_CHECKING:
     from posenc.report.records import RunRecord
 
-MIN_SEEDS = 5  # seeds the protocol asks for (issue 34; Zhou et al. 2024: the spread is the finding)
+MIN_SEEDS = 5  # seeds the protocol asks for (Zhou et al. 2024: the spread is the finding)
 CONTROLS = "controls"  # <runs_root>/controls/<task>/control.json (posenc check-task)
 CONTROL_JSON = "control.json"
 

@@ -1,8 +1,8 @@
 """Enough seeds: whether each adjacent pair of a ranking is resolved by the paired bootstrap,
 and how many seeds ``posenc compare --seeds auto`` runs next.
 
-Issue 34 asks for seeds enough to separate neighbours in the ranking, or the report names
-the pairs left unresolved; Zhou et al. 2024 ("Transformers Can Achieve Length Generalization
+The protocol asks for seeds enough to separate neighbours in the ranking, or the report
+names the pairs left unresolved; Zhou et al. 2024 ("Transformers Can Achieve Length Generalization
 But Not Robustly") show why: the spread over seeds is large and is itself a finding. Pure
 functions of run records, without torch, so the decision is tested on hand-made results.
 """
