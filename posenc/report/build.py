@@ -114,9 +114,9 @@ def build_report(
         baseline,
         differences,
         {task: rows for task in tasks if (rows := stop_rows(records, task))},
-        {task: adjacent_pairs(records, task, tables[task]) for task in tasks},
-        {task: controls[task] for task in tasks if task in (controls or {})},
-        {task: rows for task in tasks if (rows := fit_step_rows(records, task))},
+        pairs={task: adjacent_pairs(records, task, tables[task]) for task in tasks},
+        controls={task: controls[task] for task in tasks if task in (controls or {})},
+        fit_steps={task: rows for task in tasks if (rows := fit_step_rows(records, task))},
     )
 
 
