@@ -21,6 +21,11 @@ from posenc.cli.common import Overrides, fail
 from posenc.cli.completion import complete_encodings, complete_overrides, complete_tasks
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
+SEEDS_HELP = (
+    "Seeds 0..N-1 per pair, or auto: 5 seeds, then one more at a time until the paired "
+    "bootstrap resolves each adjacent pair of the ranking or --max-seeds is reached. "
+    "Default: 1, or the preset's."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -85,9 +90,10 @@ def compare(
         ),
     ] = None,
     seeds: Annotated[
-        int | None,
-        typer.Option("--seeds", "-s", help="Seeds 0..N-1 per pair. Default: 1, or the preset's."),
+        str | None,
+        typer.Option("--seeds", "-s", help=SEEDS_HELP),
     ] = None,
+    max_seeds: Annotated[int, typer.Option("--max-seeds", help="The cap of --seeds auto.")] = 10,
     jobs: Jobs = None,
     launcher: Launcher = "local",
     experiment: Annotated[
@@ -115,12 +121,12 @@ def compare(
         encodings = ",".join(axes.get("encoding") or []) or CORE_ENCODINGS
     if tasks is None:
         tasks = ",".join(axes.get("task") or []) or "copy"
-    seed_values = [str(s) for s in range(seeds)] if seeds is not None else axes.get("seed") or ["0"]
+    auto = seeds == "auto"
+    count = _seed_count(seeds, max_seeds)
+    seed_values = [str(s) for s in range(count)] if count is not None else axes.get("seed") or ["0"]
     experiment = experiment or named or "compare"
     enc = _names(encodings, "encoding", "--encodings")
     tsk = _names(tasks, "task", "--tasks")
-    if seeds is not None and seeds < 1:
-        fail(f"--seeds must be >= 1, got {seeds}")
     owned = dict(encoding="--encodings", task="--tasks", seed="--seeds", experiment="--experiment")
     base = [
         f"encoding={','.join(enc)}",
@@ -130,15 +136,36 @@ def compare(
     if preset is not None:
         owned["preset"] = "--preset"
         base.append(f"preset={preset}")
-    _launch(
-        base,
-        list(overrides or []),
-        launcher=launcher,
-        jobs=jobs,
-        experiment=experiment,
-        reserved=owned,
-        what=_counted(encoding=len(enc), task=len(tsk), seed=len(seed_values)),
-    )
+    counts = dict(encoding=len(enc), task=len(tsk))
+    options = dict(launcher=launcher, jobs=jobs, experiment=experiment, reserved=owned)
+    while True:  # once, or for --seeds auto until every pair is resolved or the cap
+        base[2] = f"seed={','.join(seed_values)}"
+        what = _counted(**counts, seed=len(seed_values))
+        exp_dir = _launch(base, list(overrides or []), what=what, **options)
+        if not auto or (more := _more_seeds(exp_dir, tsk, len(seed_values), max_seeds)) is None:
+            return
+        seed_values = [str(s) for s in range(more)]
+
+
+def _seed_count(seeds: str | None, max_seeds: int) -> int | None:
+    """The seeds to start with (`posenc.report.seeds.start_seeds`); None: the preset's."""
+    from posenc.errors import ConfigError
+    from posenc.report.seeds import start_seeds
+
+    try:
+        return None if seeds is None else start_seeds(seeds, max_seeds)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _more_seeds(exp_dir: Path, tasks: list[str], seeds: int, cap: int) -> int | None:
+    """--seeds auto: the seed count to run next, or None to stop (`auto_step`)."""
+    from posenc.report import load_experiment
+    from posenc.report.seeds import auto_step
+
+    more, said = auto_step([r for r in load_experiment(exp_dir) if r.task in tasks], seeds, cap)
+    print(said)
+    return more
 
 
 def _counted(**counts: int) -> str:
@@ -203,7 +230,8 @@ def _launch(
     experiment: str | None,
     reserved: dict[str, str] | None,
     what: str,
-) -> None:
+) -> Path:
+    """Plan, run and report a sweep; returns its experiment folder."""
     from rich.console import Console
 
     from posenc.errors import PosencError
@@ -232,7 +260,7 @@ def _launch(
     if plan.total is not None and plan.finished == plan.total:
         console.print(f"all {total} runs are finished with this config; nothing to launch")
         _report(plan.experiment_dir)
-        return
+        return plan.experiment_dir
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     log_path = plan.sweep_dir / "launcher.log"
     console.print(f"sweep log: {log_path}")
@@ -250,6 +278,7 @@ def _launch(
             128 + outcome.signum,
         )
     _after(plan, outcome.returncode, log_path, console, total)
+    return plan.experiment_dir
 
 
 def _after(plan, returncode: int | None, log_path: Path, console, total: str) -> None:

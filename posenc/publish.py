@@ -42,8 +42,10 @@ from posenc.report import (
     build_report,
     load_experiment,
     task_section_lines,
+    tasks_of,
     write_report,
 )
+from posenc.report.protocol import CONTROL_JSON, CONTROLS, control_paths, load_controls
 from posenc.runfolder import CONFIG, ERROR, METRICS
 
 OPEN = re.compile(r"^<!-- posenc (?P<args>.*?) -->[ \t]*$", re.MULTILINE)
@@ -84,8 +86,15 @@ def publish(src: str | Path, dest: str | Path, baseline: str | None = None) -> P
                 files.append(dest / r.path / name)
         if r.status == "complete":  # a run that failed once and then finished
             (dest / r.path / ERROR).unlink(missing_ok=True)
+    for task in tasks_of(done):  # each task's positive control travels with its table
+        found = [p for p in control_paths(src, task) if p.is_file()]
+        if found:
+            (dest / CONTROLS / task).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found[0], dest / CONTROLS / task / CONTROL_JSON)
+            files.append(dest / CONTROLS / task / CONTROL_JSON)
     published = load_experiment(dest)
-    report = build_report(published, dest.resolve().name, baseline=baseline)
+    controls = load_controls(dest, tasks_of(published))
+    report = build_report(published, dest.resolve().name, baseline=baseline, controls=controls)
     files += write_report(report, dest)
     failed = sum(r.status == "failed" for r in done)
     return Published(len(done) - failed, failed, len(records) - len(done), files)
@@ -246,7 +255,10 @@ def render_block(folder: Path, link: str, block: Block) -> str:
     records = load_experiment(folder)
     if not any(r.status == "complete" for r in records):
         raise ConfigError(f"no finished runs under {folder} for its posenc block")
-    report: Report = build_report(records, folder.name, plots=False, baseline=block.baseline)
+    controls = load_controls(folder, tasks_of(records))
+    report: Report = build_report(
+        records, folder.name, plots=False, baseline=block.baseline, controls=controls
+    )
     lines = []
     several = len(report.tables) > 1
     for task in report.tables:

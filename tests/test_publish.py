@@ -99,13 +99,32 @@ def test_tables_render_blocks_from_the_folder_and_leave_the_rest(tmp_path):
     assert before == "# Results\n\nintro\n\n" and after == "\n\nafter\n"
     lines = block.splitlines()
     assert lines[0] == "Trained on lengths 1–2."
-    assert lines[2].startswith("| encoding | seeds | ID exact match |")
-    assert lines[4].startswith("| alibi | 2 | 1.000 ± 0.000 |")
-    assert lines[5].startswith("| rope | 2 | 0.950 ± 0.000 |")
+    assert lines[2].startswith("**Protocol.** Budget: fixed")  # the protocol above the table
+    assert lines[4].startswith("**Departs from the protocol:** made before the protocol")
+    table = lines.index("| encoding | seeds | fit | ID exact match | min ID | OOD exact match "
+                        "| extrapolation horizon | robust | best seed | best ID | best OOD "
+                        "| best horizon | train min | status |")  # fmt: skip
+    assert lines[table + 2].startswith("| alibi | 2 | 2/2 | 1.000 ± 0.000 |")
+    assert lines[table + 3].startswith("| rope | 2 | 2/2 | 0.950 ± 0.000 |")
     assert "| alibi | 2 | +0.625 | [+0.625, +0.625] |" in block
     assert "![accuracy versus length on copy](exp/plots/accuracy_vs_length_copy.png)" in block
     assert "stale" not in block
     assert render_tables(text, tmp_path / "docs") == text  # idempotent
+
+
+def test_publish_carries_the_positive_control_and_the_block_shows_it(tmp_path):
+    exp = experiment(tmp_path)
+    control = {"task": "copy", "config": {}, "learned": True, "min_id_exact_match": 0.97,
+               "threshold": 0.9, "steps": 300, "command": "posenc check-task copy"}  # fmt: skip
+    (tmp_path / "runs" / "controls" / "copy").mkdir(parents=True)
+    (tmp_path / "runs" / "controls" / "copy" / "control.json").write_text(json.dumps(control))
+    done = publish(exp, tmp_path / "docs" / "exp")
+    copied = tmp_path / "docs" / "exp" / "controls" / "copy" / "control.json"
+    assert copied in done.files and json.loads(copied.read_text()) == control
+    text = render_tables(doc(), tmp_path / "docs")
+    assert "Control: copy learned (min ID 0.970 ≥ 0.9 after 300 steps)." in text
+    assert "no positive control" not in text
+    assert "Control: copy learned" in (tmp_path / "docs" / "exp" / "report.md").read_text()
 
 
 def test_update_tables_check_writes_nothing_and_says_stale(tmp_path):
@@ -115,7 +134,7 @@ def test_update_tables_check_writes_nothing_and_says_stale(tmp_path):
     assert update_tables(path, check=True) is True
     assert path.read_text() == doc()
     assert update_tables(path) is True and update_tables(path, check=True) is False
-    edited = path.read_text().replace("| alibi | 2 | 1.000", "| alibi | 2 | 0.999")
+    edited = path.read_text().replace("| alibi | 2 | 2/2 | 1.000", "| alibi | 2 | 2/2 | 0.999")
     path.write_text(edited)
     result = RUNNER.invoke(app, ["tables", str(path), "--check"])
     assert result.exit_code == 1

@@ -92,7 +92,9 @@ def hand_made_runs() -> list[rp.RunRecord]:
 
 def test_summary_rows_mean_ci_best_seed_and_order():
     rows = rp.summary_rows(hand_made_runs(), "copy")
-    assert [r.encoding for r in rows] == ["alibi", "rope", "learned"]  # by mean OOD
+    # by mean OOD of the runs that fit: rope's seed 1 (0.8 at length 2) does not, so rope's
+    # OOD is 0.0 like learned's, and the tie goes to the higher ID exact match
+    assert [r.encoding for r in rows] == ["alibi", "learned", "rope"]
     alibi = rows[0]
     ood = [(0.6 + 0.2) / 2, (0.9 + 0.5) / 2, (0.4 + 0.0) / 2]  # per seed, lengths 3 and 4
     assert alibi.seeds == [0, 1, 2]
@@ -109,7 +111,7 @@ def test_summary_rows_mean_ci_best_seed_and_order():
         "ood_exact_match": 0.7,
     }
     assert alibi.best["extrapolation_horizon"] == 3 and alibi.best["min_id_exact_match"] == 0.9
-    learned = rows[2]
+    learned = rows[1]
     assert learned.seeds == [0] and learned.ood_exact_match.ci is None
     assert [r.seed for r in learned.failed] == [1] and learned.unfinished == 1
     assert rp.table_cells(learned)[-1] == "1 failed, 1 unfinished"
@@ -122,15 +124,19 @@ def test_a_horizon_is_shown_only_for_runs_that_fit_their_training_range():
     rope = rows["rope"]
     assert rope.fit == 2 and rope.extrapolation_horizon.n == 2
     cells = dict(zip(rp.TABLE_HEADER, rp.table_cells(rope), strict=True))
-    assert cells["extrapolation horizon"] == "2.0 ± 0.0 (2 of 3 fit)"
-    assert rp.table_cells(rows["alibi"])[5] == "2.3 ± 1.4"  # all three fit: no note
+    assert cells["extrapolation horizon"] == "2.0 ± 0.0" and cells["fit"] == "2/3"
+    assert cells["OOD exact match"] == "0.000 ± 0.000"  # seed 1's 0.05 is left out
+    assert rope.unfit == [1] and rope.ood_exact_match.n == 2
+    alibi = dict(zip(rp.TABLE_HEADER, rp.table_cells(rows["alibi"]), strict=True))
+    assert (alibi["extrapolation horizon"], alibi["fit"]) == ("2.3 ± 1.4", "3/3")
     unfit = [
         record("copy", "t5", seed, {1: 0.5, 2: 0.2, 3: 0.0, 4: 0.0}, horizon=2) for seed in (0, 1)
     ]
     (t5,) = rp.summary_rows(unfit, "copy")
     cells = dict(zip(rp.TABLE_HEADER, rp.table_cells(t5), strict=True))
     assert cells["extrapolation horizon"] == "did not fit"
-    assert cells["best horizon"] == "did not fit"
+    assert cells["OOD exact match"] == "did not fit" and cells["best OOD"] == "–"
+    assert cells["best horizon"] == "did not fit" and cells["fit"] == "0/2"
     assert t5.best["fits_training_range"] is False and t5.best["extrapolation_horizon"] is None
 
 
@@ -151,12 +157,13 @@ def test_results_csv_rows_and_columns_exact():
     ]
     text = rp.results_csv(rp.results_rows(runs))
     assert text == (
-        "task,encoding,seed,length,in_train_range,exact_match,token_accuracy\n"
-        "copy,alibi,0,1,True,1.0,1.0\n"
-        "copy,alibi,0,3,False,0.0,0.125\n"
-        "copy,rope,1,1,True,1.0,1.0\n"
-        "copy,rope,1,2,True,0.5,0.75\n"
-        "copy,rope,1,3,False,0.25,0.5\n"
+        "task,encoding,seed,length,in_train_range,exact_match,token_accuracy,"
+        "fits_training_range,generalizes\n"
+        "copy,alibi,0,1,True,1.0,1.0,True,False\n"
+        "copy,alibi,0,3,False,0.0,0.125,True,False\n"
+        "copy,rope,1,1,True,1.0,1.0,False,False\n"
+        "copy,rope,1,2,True,0.5,0.75,False,False\n"
+        "copy,rope,1,3,False,0.25,0.5,False,False\n"
     )
 
 
@@ -221,8 +228,10 @@ def test_report_files_markdown_and_plots(tmp_path):
     assert "Boom: bad | worse" in md
     table = md.split("## copy")[1].split("![")[0]
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| encoding | seeds | ID exact match | min ID | OOD exact match |")
-    assert [line.split(" | ")[0][2:] for line in lines[1:]] == ["alibi", "rope", "learned"]
+    assert lines[0].startswith(
+        "| encoding | seeds | fit | ID exact match | min ID | OOD exact match |"
+    )
+    assert [line.split(" | ")[0][2:] for line in lines[1:]] == ["alibi", "learned", "rope"]
     csv_lines = (exp / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 8 * 4  # 8 complete runs x 4 lengths
     assert report.counts == {"complete": 8, "failed": 1, "unfinished": 0}

@@ -2,9 +2,13 @@
 
 The package's parts, each with one job:
 
+- `protocol`: the lengths a run is judged on and whether it fits under the protocol;
 - `records`: run folders read into `RunRecord`s, and the tidy per-length results.csv;
 - `stats`: the mean over seeds with its interval, and the exact paired bootstrap;
-- `summary`: per-encoding rows of a task (metrics over seeds, best seed, steps to a target);
+- `summary`: per-encoding rows of a task, fit first (metrics over seeds, robustness, best
+  seed, steps to a target or to fit);
+- `seeds`: adjacent pairs of a ranking, resolved or not, and ``--seeds auto``'s next count;
+- `header`: the protocol above every table, its departures and the positive control;
 - `published`: a preset's paper figures and randomized-position lifts beside ours;
 - `sections`: every section built once as a neutral `table.Table`;
 - `table`: that table and its two renderers, markdown and the terminal;
@@ -16,8 +20,10 @@ Everything a caller needs is importable from ``posenc.report`` itself.
 """
 
 from posenc.report.build import Report, build_report, report_experiment, write_report
+from posenc.report.header import Header, task_header
 from posenc.report.markdown import render_markdown, task_section_lines
 from posenc.report.plots import accuracy_plot, accuracy_plot_name, heatmap_plot
+from posenc.report.protocol import MIN_SEEDS, fits, generalizes, load_controls, run_summary
 from posenc.report.published import (
     Lift,
     PaperComparison,
@@ -38,6 +44,7 @@ from posenc.report.records import (
     tasks_of,
     train_ranges,
 )
+from posenc.report.seeds import Pair, adjacent_pairs, next_seed_count, unresolved_pairs
 from posenc.report.stats import (
     BOOTSTRAP_SAMPLES,
     BOOTSTRAP_SEED,
@@ -55,6 +62,7 @@ from posenc.report.summary import (
     TABLE_HEADER,
     StopRow,
     SummaryRow,
+    fit_step_rows,
     format_stat,
     horizon_text,
     stop_cells,
@@ -65,6 +73,18 @@ from posenc.report.summary import (
 from posenc.report.terminal import rich_tables
 
 __all__ = [
+    "MIN_SEEDS",
+    "Header",
+    "Pair",
+    "adjacent_pairs",
+    "fit_step_rows",
+    "fits",
+    "generalizes",
+    "load_controls",
+    "next_seed_count",
+    "run_summary",
+    "task_header",
+    "unresolved_pairs",
     "BOOTSTRAP_SAMPLES",
     "BOOTSTRAP_SEED",
     "CSV_COLUMNS",

@@ -11,6 +11,7 @@ from posenc.io import atomic_write_bytes, atomic_write_text
 from posenc.metrics import SUMMARY_VERSION
 from posenc.report.markdown import render_markdown
 from posenc.report.plots import accuracy_plot, accuracy_plot_name, heatmap_plot
+from posenc.report.protocol import load_controls
 from posenc.report.published import (
     Lift,
     PaperComparison,
@@ -19,8 +20,9 @@ from posenc.report.published import (
     randomized_lifts,
 )
 from posenc.report.records import RunRecord, load_experiment, results_csv, results_rows, tasks_of
+from posenc.report.seeds import Pair, adjacent_pairs
 from posenc.report.stats import Difference, baseline_differences, check_baseline
-from posenc.report.summary import StopRow, SummaryRow, stop_rows, summary_rows
+from posenc.report.summary import StopRow, SummaryRow, fit_step_rows, stop_rows, summary_rows
 from posenc.runfolder import PLOTS, REPORT_MD, RESULTS_CSV
 
 
@@ -39,6 +41,9 @@ class Report:
     baseline: str | None = None
     differences: dict[str, list[Difference]] = field(default_factory=dict)  # task -> rows
     stops: dict[str, list[StopRow]] = field(default_factory=dict)  # task -> time to accuracy
+    pairs: dict[str, list[Pair]] = field(default_factory=dict)  # task -> adjacent in ranking
+    controls: dict[str, dict] = field(default_factory=dict)  # task -> its control.json
+    fit_steps: dict[str, list[StopRow]] = field(default_factory=dict)  # task -> until fit
 
     @property
     def older_summaries(self) -> int:
@@ -57,10 +62,15 @@ class Report:
 
 
 def build_report(
-    records: list[RunRecord], name: str = "", plots: bool = True, baseline: str | None = None
+    records: list[RunRecord],
+    name: str = "",
+    plots: bool = True,
+    baseline: str | None = None,
+    controls: dict[str, dict] | None = None,
 ) -> Report:
     """Every table and plot of a report, in memory. ``baseline``: an encoding to compare
-    every other one with (`paired_difference`); a `ConfigError` if no run has it."""
+    every other one with (`paired_difference`); a `ConfigError` if no run has it.
+    ``controls``: task -> its positive control's control.json (`load_controls`)."""
     if baseline is not None:
         check_baseline(records, baseline)
     tasks = tasks_of(records)
@@ -72,7 +82,10 @@ def build_report(
             papers[task] = comparison
         block = paper_block(records, task) or {}
         metric = block.get("metric", "ood_exact_match")
-        found = randomized_lifts(records, task, metric, block.get("aggregation", "mean"))
+        # beside a paper's figures, computed the paper's way (every run); else fit first
+        found = randomized_lifts(
+            records, task, metric, block.get("aggregation", "mean"), fit_only=not block
+        )
         if found:
             lifts[task] = found
             if isinstance(block.get("lift"), int | float):
@@ -101,6 +114,9 @@ def build_report(
         baseline,
         differences,
         {task: rows for task in tasks if (rows := stop_rows(records, task))},
+        pairs={task: adjacent_pairs(records, task, tables[task]) for task in tasks},
+        controls={task: controls[task] for task in tasks if task in (controls or {})},
+        fit_steps={task: rows for task in tasks if (rows := fit_step_rows(records, task))},
     )
 
 
@@ -135,5 +151,8 @@ def report_experiment(
     """Load, aggregate and write the report of an experiment folder (nothing is written
     when the baseline or a ``paper:`` block is bad)."""
     records = load_experiment(exp_dir)
-    report = build_report(records, Path(exp_dir).resolve().name, plots=plots, baseline=baseline)
+    controls = load_controls(exp_dir, tasks_of(records))
+    report = build_report(
+        records, Path(exp_dir).resolve().name, plots=plots, baseline=baseline, controls=controls
+    )
     return report, write_report(report, exp_dir)

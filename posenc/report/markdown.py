@@ -6,12 +6,14 @@ import time
 from typing import TYPE_CHECKING
 
 from posenc.metrics import SUMMARY_VERSION
+from posenc.report.header import task_header
 from posenc.report.plots import accuracy_plot_name
 from posenc.report.records import CSV_COLUMNS
 from posenc.report.sections import (
     _ranges,
     difference_absent,
     difference_table,
+    fit_steps_table,
     lift_table,
     stop_table,
     summary_table,
@@ -23,15 +25,20 @@ if TYPE_CHECKING:
     from posenc.report.build import Report
 
 HOW_TO_READ = (
+    "Fit first: a run *fits* when its exact match reaches the threshold (`eval.threshold`) "
+    "at every training length (on validation samples under the protocol, on the test set "
+    "for runs made before it); *fit* counts the runs that do. ID figures are over every "
+    "run; OOD figures, horizons, the best seed and the paired comparisons only over the runs "
+    "that fit, and a row where none fit is listed below the ranked ones (*did not fit*). "
     "Each metric is the mean over seeds ± the half-width of its 95% Student-t confidence "
-    "interval (none for one seed). *ID*: mean exact match over the training lengths; *OOD*: "
-    "over the evaluated lengths beyond them; *horizon*: the longest length up to which every "
-    "length past the training range reaches the exact-match threshold (`eval.threshold`), "
-    "counted up to the first length that does not, for the runs that fit their training "
-    "range (exact match at the threshold at every training length; *did not fit* where "
-    "none did, *k of n fit* where some did not); *min ID*: the lowest exact match at a "
-    "training length (mean over seeds). The *best seed* is the seed with the highest "
-    "OOD exact match; its own scores follow it. Rows are sorted by mean OOD exact match."
+    "interval (none for one seed). *ID*: mean exact match over the training lengths; *min "
+    "ID*: the lowest of them (mean over seeds); *OOD*: over the test lengths beyond them; "
+    "*horizon*: the longest length up to which every length past the training range reaches "
+    "the threshold, counted up to the first length that does not; *robust*: the runs whose "
+    "horizon passes the training range, of all complete runs (Zhou et al. 2024). The *best "
+    "seed* is the fitting seed with the highest OOD exact match; its own scores follow it. "
+    "Ranked rows are sorted by mean OOD exact match; under each table, the adjacent pairs "
+    "the paired bootstrap leaves unresolved."
 )
 
 
@@ -56,8 +63,8 @@ def inline_scoring(task: str) -> str | None:
 def task_section_lines(
     report: Report, task: str, heading: str | None, plot: str | None
 ) -> list[str]:
-    """One task's part of a report in markdown: its heading (if any), training range,
-    summary table (with the paper column when the runs carry one), rank agreement,
+    """One task's part of a report in markdown: its heading (if any), training range, the
+    protocol it was made under (with its departures and positive control), summary table (with the paper column when the runs carry one), rank agreement,
     randomized lifts, steps to ``train.stop_at``, differences to the baseline and the plot
     (if any)."""
     ranges = _ranges(report, task)
@@ -66,8 +73,11 @@ def task_section_lines(
         lines += [f"Trained on lengths {ranges}.", ""]
     if (scoring := inline_scoring(task)) is not None:
         lines += [scoring, ""]
+    if (header := task_header(report, task)) is not None:
+        for line in header.lines():
+            lines += [line, ""]
     lines += markdown(summary_table(report, task))
-    for build in (lift_table, stop_table, difference_table):
+    for build in (lift_table, fit_steps_table, stop_table, difference_table):
         table = build(report, task)
         if table is not None:
             lines += markdown(table)

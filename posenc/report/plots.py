@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+from posenc.report.protocol import fits
 from posenc.report.records import RunRecord, train_ranges
 from posenc.report.stats import Stat
 from posenc.runfolder import PLOTS
@@ -37,7 +38,9 @@ def accuracy_plot_name(task: str) -> str:
 
 def accuracy_plot(records: Sequence[RunRecord], task: str, order: Sequence[str]) -> bytes:
     """PNG: exact match and token accuracy against length, one line per encoding (mean over
-    seeds) with a min–max band over seeds; the training range is shaded."""
+    the seeds that fit their training range) with a min–max band over them; an encoding
+    none of whose seeds fit is drawn dashed over all of them, labelled so; the training
+    range is shaded."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -53,15 +56,21 @@ def accuracy_plot(records: Sequence[RunRecord], task: str, order: Sequence[str])
             )
         for i, encoding in enumerate(order):
             runs = [r for r in records if r.task == task and r.encoding == encoding and r.metrics]
+            fitting = [r for r in runs if fits(r)]
             if not runs:
                 continue
+            label, style = encoding, "-"
+            if fitting:
+                runs = fitting
+            else:
+                label, style = f"{encoding} (did not fit)", "--"
             lengths = sorted({int(n) for r in runs for n in r.metrics["per_length"]})
             curves = [
                 [r.metrics["per_length"].get(str(n), {}).get(key) for r in runs] for n in lengths
             ]
             mean = [sum(v for v in c if v is not None) / max(1, len(c)) for c in curves]
             colour = colours(i % colours.N)
-            ax.plot(lengths, mean, marker=".", ms=3, lw=1.4, color=colour, label=encoding)
+            ax.plot(lengths, mean, style, marker=".", ms=3, lw=1.4, color=colour, label=label)
             if len(runs) > 1:
                 ax.fill_between(
                     lengths,
@@ -75,28 +84,33 @@ def accuracy_plot(records: Sequence[RunRecord], task: str, order: Sequence[str])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[1].legend(loc="lower left", fontsize=8)
-    fig.text(0.99, 0.01, "line: mean over seeds · band: min–max over seeds", ha="right", fontsize=7)
+    fig.text(
+        0.99,
+        0.01,
+        "line: mean over the seeds that fit · band: min–max over them · dashed: none fit",
+        ha="right",
+        fontsize=7,
+    )
     fig.tight_layout()
     return _png(fig)
 
 
 def heatmap_plot(records: Sequence[RunRecord], tasks: Sequence[str], encodings: Sequence[str]):
-    """PNG: task × encoding heatmap of the mean OOD exact match over seeds."""
+    """PNG: task × encoding heatmap of the mean OOD exact match over the seeds that fit their
+    training range (grey, "no fit": none did; "–": no run)."""
     import numpy as np
 
     plt = _pyplot()
     grid = np.full((len(tasks), len(encodings)), np.nan)
+    unfit = set()
     for i, task in enumerate(tasks):
         for j, encoding in enumerate(encodings):
-            stat = Stat.of(
-                [
-                    r.metrics["summary"].get("ood_exact_match")
-                    for r in records
-                    if r.task == task and r.encoding == encoding and r.metrics
-                ]
-            )
+            runs = [r for r in records if r.task == task and r.encoding == encoding and r.metrics]
+            stat = Stat.of([r.metrics["summary"].get("ood_exact_match") for r in runs if fits(r)])
             if stat.mean is not None:
                 grid[i, j] = stat.mean
+            elif runs:
+                unfit.add((i, j))
     fig, ax = plt.subplots(
         figsize=(max(4.0, 1.1 * len(encodings) + 2), max(2.2, 0.6 * len(tasks) + 1.6))
     )
@@ -106,10 +120,12 @@ def heatmap_plot(records: Sequence[RunRecord], tasks: Sequence[str], encodings: 
     ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
     for i in range(len(tasks)):
         for j in range(len(encodings)):
-            text = "–" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
+            text = f"{grid[i, j]:.2f}"
+            if np.isnan(grid[i, j]):
+                text = "no fit" if (i, j) in unfit else "–"
             light = np.isnan(grid[i, j]) or grid[i, j] > 0.6  # grey cell or bright colour
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="k" if light else "w")
-    fig.colorbar(im, ax=ax, label="OOD exact match (mean over seeds)")
+    fig.colorbar(im, ax=ax, label="OOD exact match\n(mean over runs that fit)")
     ax.set_title("exact match beyond the training lengths")
     fig.tight_layout()
     return _png(fig)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from posenc.errors import ConfigError
+from posenc.report.protocol import fits
 from posenc.report.records import RunRecord
 from posenc.report.summary import METRIC_NAMES, SummaryRow
 
@@ -52,13 +53,23 @@ def check_paper_block(block: dict[str, Any]) -> None:
 
 
 def aggregate(
-    records: Iterable[RunRecord], task: str, encoding: str, metric: str, aggregation: str
+    records: Iterable[RunRecord],
+    task: str,
+    encoding: str,
+    metric: str,
+    aggregation: str,
+    fit_only: bool = False,
 ) -> float | None:
-    """``metric`` of the complete runs of one encoding: mean over seeds, or the best seed's."""
+    """``metric`` of the complete runs of one encoding: mean over seeds, or the best seed's;
+    ``fit_only``: over the runs that fit their training range only."""
     values = [
         r.metrics["summary"].get(metric)
         for r in records
-        if r.task == task and r.encoding == encoding and r.status == "complete" and r.metrics
+        if r.task == task
+        and r.encoding == encoding
+        and r.status == "complete"
+        and r.metrics
+        and (fits(r) or not fit_only)
     ]
     values = [float(v) for v in values if v is not None]
     if not values:
@@ -123,9 +134,15 @@ def _base_of(record: RunRecord) -> str | None:
 
 
 def randomized_lifts(
-    records: list[RunRecord], task: str, metric: str = "ood_exact_match", aggregation: str = "mean"
+    records: list[RunRecord],
+    task: str,
+    metric: str = "ood_exact_match",
+    aggregation: str = "mean",
+    fit_only: bool = True,
 ) -> list[Lift]:
-    """Every ``randomized`` encoding of ``task`` whose base was run too, with both values."""
+    """Every ``randomized`` encoding of ``task`` whose base was run too, with both values:
+    over the runs that fit (fit first, as the summary table's OOD figures), or, with
+    ``fit_only`` false, over every run, as a paper that did not set runs aside computes it."""
     present = {r.encoding for r in records if r.task == task and r.status == "complete"}
     pairs = sorted(
         {
@@ -138,8 +155,8 @@ def randomized_lifts(
         Lift(
             name,
             base,
-            aggregate(records, task, name, metric, aggregation),
-            aggregate(records, task, base, metric, aggregation),
+            aggregate(records, task, name, metric, aggregation, fit_only),
+            aggregate(records, task, base, metric, aggregation, fit_only),
         )
         for name, base in pairs
         if name in present

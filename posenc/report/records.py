@@ -16,7 +16,7 @@ from typing import Any
 from posenc import schema
 from posenc.errors import UnreadableFileError
 from posenc.io import read_json
-from posenc.metrics import summarize
+from posenc.report.protocol import fits, generalizes, run_summary
 from posenc.runfolder import CHECKPOINT, CONFIG, ERROR, METRICS
 
 CSV_COLUMNS = (
@@ -27,6 +27,8 @@ CSV_COLUMNS = (
     "in_train_range",
     "exact_match",
     "token_accuracy",
+    "fits_training_range",
+    "generalizes",
 )
 
 
@@ -49,11 +51,11 @@ def record_from_metrics(
     metrics: dict[str, Any], path: str = "", config: dict[str, Any] | None = None
 ) -> RunRecord:
     """A complete run. Its summary is recomputed from ``per_length`` with the current
-    definitions (`posenc.metrics`), the run's training range and its ``eval.threshold``, so
-    folders written under older definitions are never mixed in silently."""
+    definitions (`posenc.metrics`), the run's training range, its ``eval.threshold`` and the
+    protocol it was made under (`posenc.report.protocol.run_summary`), so folders written
+    under older definitions are never mixed in silently."""
     threshold = ((config or {}).get("eval") or {}).get("threshold", schema.Eval.threshold)
-    lo, hi = metrics["train_range"]
-    metrics = dict(metrics, summary=summarize(metrics["per_length"], lo, hi, threshold))
+    metrics = dict(metrics, summary=run_summary(metrics, threshold))
     return RunRecord(
         task=str(metrics["task"]),
         encoding=str(metrics["encoding"]),
@@ -144,7 +146,8 @@ def train_ranges(records: Iterable[RunRecord], task: str) -> list[tuple[int, int
 
 
 def results_rows(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
-    """One row per complete run × evaluated length (columns `CSV_COLUMNS`)."""
+    """One row per complete run × evaluated length (columns `CSV_COLUMNS`); the run's fit and
+    whether its horizon passes the training range repeat on each of its rows."""
     rows = []
     for r in records:
         if r.status != "complete" or r.metrics is None:
@@ -160,6 +163,8 @@ def results_rows(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
                     "in_train_range": lo <= int(n) <= hi,
                     "exact_match": float(scores["exact_match"]),
                     "token_accuracy": float(scores["token_accuracy"]),
+                    "fits_training_range": fits(r),
+                    "generalizes": generalizes(r),
                 }
             )
     rows.sort(key=lambda row: (row["task"], row["encoding"], row["seed"], row["length"]))

@@ -10,13 +10,16 @@ from posenc.report.records import train_ranges
 from posenc.report.summary import (
     STOP_HEADER,
     TABLE_HEADER,
+    SummaryRow,
     _short,
     _signed,
     _value,
     aggregation_words,
     best_horizon_text,
+    fit_text,
     format_stat,
     horizon_text,
+    robust_text,
     stop_cells,
     table_cells,
 )
@@ -95,23 +98,89 @@ def summary_table(report: Report, task: str) -> Table:
     )
     if note := scale_note(report, task):
         table.notes.append(note)
+    if note := unfit_note(report.tables[task]):
+        table.notes.append(note)
+    if note := pairs_note(report, task):
+        table.notes.append(note)
     for row in report.tables[task]:
         cells = table_cells(row)
         table.rows.append(cells + ([_value(row.as_paper), _value(row.paper)] if paper else []))
     return table
 
 
+def unfit_note(rows: list[SummaryRow]) -> str | None:
+    """The runs that did not fit their training range, listed by encoding with their lowest
+    training-length exact match (they are in no OOD figure, horizon or pair); None if all fit."""
+    parts = []
+    for row in rows:
+        if row.unfit:
+            seeds = ", ".join(str(s) for s in row.unfit)
+            parts.append(f"{row.encoding} (seed{'s' * (len(row.unfit) > 1)} {seeds})")
+    if not parts:
+        return None
+    return (
+        "Did not fit their training range (listed with their ID figures, left out of every "
+        "OOD figure, horizon and pair): " + "; ".join(parts) + "."
+    )
+
+
+def pairs_note(report: Report, task: str) -> str | None:
+    """Which adjacent pairs of the ranking the paired bootstrap leaves unresolved (95%
+    interval of the OOD difference includes 0, or one paired seed) and which are tied (the
+    same outcome on every paired example); with fewer than `MIN_SEEDS` seeds, says so. None
+    below two ranked rows."""
+    from posenc.report.protocol import MIN_SEEDS
+
+    pairs = report.pairs.get(task) or []
+    if not pairs:
+        return None
+    tied = [p for p in pairs if p.tied]
+    open_ = [p for p in pairs if not p.resolved and not p.tied]
+    if not open_:
+        text = (
+            f"No adjacent pair of the ranking is left unresolved by the paired bootstrap "
+            f"({len(pairs)} pairs, 95%)."
+        )
+    else:
+        text = (
+            f"Unresolved adjacent pairs ({len(open_)} of {len(pairs)}; the 95% paired-bootstrap "
+            "interval of the OOD difference includes 0, or fewer than 2 seeds pair them, so "
+            "their order is not established): " + "; ".join(p.text() for p in open_) + "."
+        )
+    if tied:
+        named = "; ".join(f"{p.upper} = {p.lower}" for p in tied)
+        text += f" Tied (the same outcome on every paired example): {named}."
+    seeds = min((len(row.seeds) for row in report.tables[task] if row.ranked), default=0)
+    if seeds < MIN_SEEDS:
+        text += f" {seeds} seed{'s' * (seeds != 1)}: fewer than the protocol's {MIN_SEEDS}" + (
+            "; more may resolve them (`posenc compare --seeds auto`)." if open_ else "."
+        )
+    return text
+
+
 def compact_summary_table(report: Report, task: str) -> Table:
-    """`summary_table` narrow enough for 80 columns: two digits, the best seed in one cell."""
+    """`summary_table` narrow enough for 80 columns: two digits, the fit count in the seeds'
+    place, the best seed in one cell (min ID is in report.md)."""
     ranges = _ranges(report, task)
     scales = token_scales(report, task)
-    caption = "mean ± 95% CI over seeds · best seed (by OOD): ID/OOD/horizon"
+    caption = (
+        "fit: runs that fit / complete runs · mean ± 95% CI; OOD and horizon over the runs "
+        "that fit\nrobust: horizon past the training range · best seed: OOD/horizon"
+    )
     if len(scales) > 1:
         caption += f"\ntoken embeddings (model.embed_init): {_scales_text(scales)}"
     table = Table(
         title=f"[bold]{task}[/]" + (f" · trained on lengths {ranges}" if ranges else ""),
         caption=caption,
-        columns=["encoding", "seeds", "ID exact", "min ID", "OOD exact", "horizon", "best seed"],
+        columns=[
+            "encoding",
+            "fit",
+            "ID exact",
+            "OOD exact",
+            "horizon",
+            "robust",
+            "best seed",
+        ],
         align=["l", *["r"] * 6],
         compact=True,
     )
@@ -120,11 +189,12 @@ def compact_summary_table(report: Report, task: str) -> Table:
         best = (
             "–"
             if row.best_seed is None
-            else f"{row.best_seed}: {_short(b.get('id_exact_match'))}/"
-            f"{_short(b.get('ood_exact_match'))}/{best_horizon_text(row)}"
+            else f"{row.best_seed}: –"
+            if row.fit == 0
+            else f"{row.best_seed}: {_short(b.get('ood_exact_match'))}/{best_horizon_text(row)}"
         )
-        seeds = str(len(row.seeds))
-        if row.failed or row.unfinished:  # "1 of 3": the others failed or are unfinished
+        seeds = fit_text(row)  # "2/3": fit of the complete runs
+        if row.failed or row.unfinished:  # "1/1 of 3": the others failed or are unfinished
             total = len(row.seeds) + len(row.failed) + row.unfinished
             seeds = f"{seeds} of {total}"
             table.markup[(i, 1)] = f"[red]{seeds}[/]"
@@ -133,9 +203,9 @@ def compact_summary_table(report: Report, task: str) -> Table:
                 row.encoding,
                 seeds,
                 format_stat(row.id_exact_match, 2),
-                _short(row.min_id_exact_match.mean),
-                format_stat(row.ood_exact_match, 2),
+                format_stat(row.ood_exact_match, 2),  # "–" where none fit: the horizon says so
                 horizon_text(row),
+                robust_text(row),
                 best,
             ]
         )
@@ -178,8 +248,9 @@ def lift_table(report: Report, task: str) -> Table | None:
         notes.append(f"Published: {source} report a mean lift of {lift:+.3f}.")
     return Table(
         title=f"{task}: randomized positions against their base",
-        lead=f"Randomized positions against their base (`{metric}`, {how}; "
-        "lift = randomized − base):",
+        lead=f"Randomized positions against their base (`{metric}`, {how}, "
+        + ("over every run, as the paper computes it" if block else "over the runs that fit")
+        + "; lift = randomized − base):",
         caption=caption,
         columns=["randomized", "base", "randomized value", "base value", "lift"],
         align=["l", "l", "r", "r", "r"],
@@ -210,6 +281,24 @@ def stop_table(report: Report, task: str) -> Table | None:
         "runs that reached it):",
         caption="train.stop_at · mean ± 95% CI over the runs that reached it",
         columns=list(STOP_HEADER),
+        align=["l", "r", "r", "l", "r"],
+        rows=[stop_cells(row) for row in rows],
+    )
+
+
+def fit_steps_table(report: Report, task: str) -> Table | None:
+    """Steps to fit the training range for the runs trained until fit (`train.until_fit`)."""
+    rows = report.fit_steps.get(task)
+    if not rows:
+        return None
+    thresholds = " / ".join(f"{t:g}" for t in sorted({row.threshold for row in rows}))
+    return Table(
+        title=f"{task}: steps to fit the training range",
+        lead=f"Steps to fit the training range (`train.until_fit`: exact match ≥ {thresholds} "
+        "at every training length on validation samples, checked at each evaluation "
+        "interval, up to the ceiling `train.max_steps`; mean ± 95% CI over the runs that fit):",
+        caption="train.until_fit · mean ± 95% CI over the runs that fit",
+        columns=["encoding", "fit", "steps to fit (mean)", "each seed", "train min"],
         align=["l", "r", "r", "l", "r"],
         rows=[stop_cells(row) for row in rows],
     )
@@ -252,7 +341,10 @@ def difference_table(report: Report, task: str) -> Table | None:
 def difference_absent(report: Report, task: str) -> str | None:
     """The sentence for a baseline with no paired runs on ``task`` (else None)."""
     if report.baseline is not None and not report.differences.get(task):
-        return f"No paired runs with baseline `{report.baseline}` on this task."
+        return (
+            f"No paired runs with baseline `{report.baseline}` on this task (a seed pairs "
+            "only where both runs fit their training range)."
+        )
     return None
 
 

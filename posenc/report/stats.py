@@ -15,6 +15,7 @@ from fractions import Fraction
 from typing import Any
 
 from posenc.errors import ConfigError
+from posenc.report.protocol import fits, ood_lengths
 from posenc.report.records import RunRecord
 
 
@@ -67,15 +68,14 @@ BOOTSTRAP_SEED = 0
 
 
 def _ood_examples(record: RunRecord) -> dict[int, Any] | None:
-    """{OOD length: 0/1 array per evaluation example}, or None without per-example results."""
+    """{OOD length: 0/1 array per evaluation example}, or None without per-example results.
+    The OOD lengths are those the run's OOD exact match averages (`ood_lengths`)."""
     import numpy as np
 
-    hi = record.metrics["train_range"][1]
+    per_length = {int(n): scores for n, scores in record.metrics["per_length"].items()}
     out = {}
-    for n, scores in record.metrics["per_length"].items():
-        if int(n) <= hi:
-            continue
-        text = scores.get("examples")
+    for n in ood_lengths(record.metrics):
+        text = per_length[n].get("examples")
         if not isinstance(text, str) or not text:
             return None
         out[int(n)] = np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
@@ -143,18 +143,21 @@ def paired_difference(
             weights = _resample_counts(rng, samples, sizes[n])  # (S, N) int
             per_seed_n = np.einsum("kn,sn->sk", diff, weights)  # (S, k) int: exact
             total += (seed_counts * per_seed_n).sum(axis=1) * (common // sizes[n])
+        # One denominator for every replicate: order the integer numerators (what sorting
+        # the fractions would give, without comparing 4,000 fractions) and divide after.
         denominator = k * common * len(lengths)
-        replicate = [Fraction(int(t), denominator) for t in total]
+        ordered: list = sorted(int(t) for t in total)
         resampled = "seeds × examples"
     else:  # per-seed figures are floats: exact rationals of them, summed exactly
         exact = [Fraction(v) for v in per_seed]
-        replicate = [
+        ordered = sorted(
             sum((int(c) * v for c, v in zip(row, exact, strict=True)), Fraction(0)) / k
             for row in seed_counts
-        ]
+        )
+        denominator = 1
         resampled = "seeds"
     alpha = (1 - Fraction(str(confidence))) / 2
-    low, high = (_quantile(sorted(replicate), q) for q in (alpha, 1 - alpha))
+    low, high = (Fraction(_quantile(ordered, q)) / denominator for q in (alpha, 1 - alpha))
     mean = float(sum((Fraction(v) for v in per_seed), Fraction(0)) / k)
     return Difference(name, base, seeds, mean, float(low), float(high), resampled)
 
@@ -170,7 +173,7 @@ def _resample_counts(rng, samples: int, size: int):
     return np.bincount(flat, minlength=samples * size).reshape(samples, size)
 
 
-def _quantile(ordered: Sequence[Fraction], q: Fraction) -> Fraction:
+def _quantile(ordered: Sequence[Fraction | int], q: Fraction) -> Fraction | int:
     """The q-quantile of sorted values, linear interpolation between order statistics (numpy's
     default method), in exact arithmetic."""
     h = (len(ordered) - 1) * q
@@ -181,14 +184,15 @@ def _quantile(ordered: Sequence[Fraction], q: Fraction) -> Fraction:
 
 
 def baseline_differences(records: list[RunRecord], task: str, baseline: str) -> list[Difference]:
-    """`paired_difference` of every other encoding of ``task`` against ``baseline``."""
+    """`paired_difference` of every other encoding of ``task`` against ``baseline``, over the
+    runs that fit their training range (a seed pairs only where both runs fit)."""
     by_encoding: dict[str, list[RunRecord]] = {}
     for r in records:
-        if r.task == task and r.status == "complete":
+        if r.task == task and r.status == "complete" and fits(r):
             by_encoding.setdefault(r.encoding, []).append(r)
     if baseline not in by_encoding:
         return []
-    out = []
+    out: list[Difference] = []
     for encoding, runs in sorted(by_encoding.items()):
         if encoding != baseline:
             d = paired_difference(runs, by_encoding[baseline])

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from posenc.report.protocol import fits, generalizes
 from posenc.report.records import RunRecord
 from posenc.report.stats import Stat
 
@@ -20,8 +21,11 @@ METRIC_NAMES = {
 
 @dataclass
 class SummaryRow:
-    """One encoding on one task. The best seed is the one with the highest OOD exact match
-    (ties: higher ID exact match, then lower seed); ``best`` holds that run's summary."""
+    """One encoding on one task, fit first: the ID figures are over every complete run, the
+    OOD exact match and the horizon over the runs that fit their training range only. The
+    best seed is the fitting run with the highest OOD exact match (ties: higher ID exact
+    match, then lower seed; when none fit, the run with the highest ID exact match);
+    ``best`` holds that run's summary."""
 
     encoding: str
     seeds: list[int]
@@ -37,6 +41,13 @@ class SummaryRow:
     paper: float | None = None  # the published figure for this encoding, if the preset has one
     as_paper: float | None = None  # ours, computed the paper's way (its metric, aggregation)
     fit: int = 0  # complete runs whose exact match reaches the threshold at every training length
+    robust: int = 0  # complete runs whose horizon passes the training range
+    unfit: list[int] = field(default_factory=list)  # seeds of the complete runs that did not fit
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the row takes part in the OOD ranking: some run fits and has an OOD figure."""
+        return self.fit > 0 and self.ood_exact_match.mean is not None
 
 
 def _best_key(record: RunRecord) -> tuple[float, float, int]:
@@ -51,8 +62,10 @@ def _train_minutes(record: RunRecord) -> float | None:
 
 
 def summary_rows(records: Iterable[RunRecord], task: str) -> list[SummaryRow]:
-    """Per encoding of ``task``: each summary metric over seeds, sorted by OOD exact match
-    (best first; encodings without one last)."""
+    """Per encoding of ``task``: each summary metric over seeds, fit first. Rows with a run
+    that fits come first, by the OOD exact match of those runs (best first); then rows where
+    no run fit, by ID exact match (listed, never ranked by OOD); then rows without a
+    complete run."""
     by_encoding: dict[str, list[RunRecord]] = {}
     for r in records:
         if r.task == task:
@@ -60,31 +73,53 @@ def summary_rows(records: Iterable[RunRecord], task: str) -> list[SummaryRow]:
     rows = []
     for encoding, runs in by_encoding.items():
         complete = sorted((r for r in runs if r.status == "complete"), key=lambda r: r.seed)
-        stats = {
-            key: Stat.of([r.metrics["summary"].get(key) for r in complete]) for key in METRIC_NAMES
-        }
-        best = max(complete, key=_best_key) if complete else None
+        fitting = [r for r in complete if fits(r)]
+
+        def stat(key: str, group: list[RunRecord]) -> Stat:
+            return Stat.of([r.metrics["summary"].get(key) for r in group])
+
+        best = (
+            max(fitting, key=_best_key)
+            if fitting
+            else max(complete, key=_id_key)
+            if complete
+            else None
+        )
         rows.append(
             SummaryRow(
                 encoding=encoding,
                 seeds=[r.seed for r in complete],
+                id_exact_match=stat("id_exact_match", complete),
+                min_id_exact_match=stat("min_id_exact_match", complete),
+                ood_exact_match=stat("ood_exact_match", fitting),
+                extrapolation_horizon=stat("extrapolation_horizon", fitting),
                 best_seed=best.seed if best else None,
                 best=dict(best.metrics["summary"]) if best else {},
                 failed=sorted((r for r in runs if r.status == "failed"), key=lambda r: r.seed),
                 unfinished=sum(r.status == "unfinished" for r in runs),
                 train_minutes=Stat.of([_train_minutes(r) for r in complete]),
-                fit=sum(
-                    r.metrics["summary"].get("fits_training_range") is not False for r in complete
-                ),
-                **stats,
+                fit=len(fitting),
+                robust=sum(generalizes(r) for r in complete),
+                unfit=[r.seed for r in complete if not fits(r)],
             )
         )
 
     def order(row: SummaryRow) -> tuple:
         ood, idm = row.ood_exact_match.mean, row.id_exact_match.mean
-        return (ood is None, -(ood or 0.0), idm is None, -(idm or 0.0), row.encoding)
+        return (
+            not row.ranked,
+            -(ood or 0.0) if row.ranked else 0.0,
+            idm is None,
+            -(idm or 0.0),
+            row.encoding,
+        )
 
     return sorted(rows, key=order)
+
+
+def _id_key(record: RunRecord) -> tuple[float, int]:
+    idm = record.metrics["summary"].get("id_exact_match") if record.metrics else None
+    return (-1.0 if idm is None else idm, -record.seed)
 
 
 def format_stat(stat: Stat, digits: int = 3) -> str:
@@ -116,18 +151,41 @@ NOT_FIT = "did not fit"
 
 
 def horizon_text(row: SummaryRow) -> str:
-    """The horizon over the runs that fit their training range, saying how many that is when
-    not all did; ``did not fit`` when none did (a horizon needs a fitted range to extend)."""
+    """The horizon over the runs that fit their training range; ``did not fit`` when none
+    did (a horizon needs a fitted range to extend)."""
     if row.seeds and row.fit == 0:
         return NOT_FIT
-    text = format_stat(row.extrapolation_horizon, 1)
-    return text if row.fit == len(row.seeds) else f"{text} ({row.fit} of {len(row.seeds)} fit)"
+    return format_stat(row.extrapolation_horizon, 1)
+
+
+def ood_text(row: SummaryRow, digits: int = 3) -> str:
+    """The OOD exact match over the runs that fit; ``did not fit`` when none did."""
+    if row.seeds and row.fit == 0:
+        return NOT_FIT
+    return format_stat(row.ood_exact_match, digits)
+
+
+def fit_text(row: SummaryRow) -> str:
+    """``2/3``: the complete runs that fit their training range; ``–`` without one."""
+    return f"{row.fit}/{len(row.seeds)}" if row.seeds else "–"
+
+
+def robust_text(row: SummaryRow) -> str:
+    """``3/5``: the complete runs whose horizon passes the training range (Zhou et al. 2024:
+    how often an encoding generalizes is itself the finding); ``–`` without one."""
+    return f"{row.robust}/{len(row.seeds)}" if row.seeds else "–"
 
 
 def best_horizon_text(row: SummaryRow) -> str:
     if row.best.get("fits_training_range") is False:
         return NOT_FIT
     return _value(row.best.get("extrapolation_horizon"))
+
+
+def best_ood_text(row: SummaryRow, digits: int = 3) -> str:
+    if row.best.get("fits_training_range") is False:
+        return "–"  # a run that did not fit has no OOD figure to rank
+    return _value(row.best.get("ood_exact_match"), digits)
 
 
 def status_text(row: SummaryRow) -> str:
@@ -142,10 +200,12 @@ def status_text(row: SummaryRow) -> str:
 TABLE_HEADER = [
     "encoding",
     "seeds",
+    "fit",
     "ID exact match",
     "min ID",
     "OOD exact match",
     "extrapolation horizon",
+    "robust",
     "best seed",
     "best ID",
     "best OOD",
@@ -161,13 +221,15 @@ def table_cells(row: SummaryRow, digits: int = 3) -> list[str]:
     return [
         row.encoding,
         str(len(row.seeds)),
+        fit_text(row),
         format_stat(row.id_exact_match, digits),
         _value(row.min_id_exact_match.mean, digits),
-        format_stat(row.ood_exact_match, digits),
+        ood_text(row, digits),
         horizon_text(row),
+        robust_text(row),
         _value(row.best_seed),
         _value(b.get("id_exact_match"), digits),
-        _value(b.get("ood_exact_match"), digits),
+        best_ood_text(row, digits),
         best_horizon_text(row),
         format_stat(row.train_minutes, 1),
         status_text(row),
@@ -223,6 +285,43 @@ def stop_rows(records: Iterable[RunRecord], task: str) -> list[StopRow]:
                 by_seed=[None if s is None else int(s) for s in stopped],
                 not_reached=len(runs) - len(reached),
                 limit=max((int(x) for x in limits if x is not None), default=None),
+                minutes=Stat.of([_train_minutes(r) for r in runs]),
+            )
+        )
+    return sorted(
+        rows, key=lambda x: (x.not_reached, x.steps.mean is None, x.steps.mean or 0, x.encoding)
+    )
+
+
+def fit_step_rows(records: Iterable[RunRecord], task: str) -> list[StopRow]:
+    """Per encoding of ``task`` whose complete runs trained until fit (``protocol.until_fit``
+    in metrics.json): the steps each took to fit its training range (``steps_to_fit``; None:
+    it reached the ceiling ``max_steps`` without fitting), fastest first; empty when no run
+    of the task trained until fit."""
+    by_encoding: dict[str, list[RunRecord]] = {}
+    for r in records:
+        block = (r.metrics or {}).get("protocol") or {}
+        if r.task == task and r.status == "complete" and block.get("until_fit"):
+            by_encoding.setdefault(r.encoding, []).append(r)
+    rows = []
+    for encoding, runs in by_encoding.items():
+        runs = sorted(runs, key=lambda r: r.seed)
+        blocks = [r.metrics["protocol"] for r in runs]
+        by_seed = [
+            None if b.get("steps_to_fit") is None else int(b["steps_to_fit"]) for b in blocks
+        ]
+        reached = [s for s in by_seed if s is not None]
+        ceilings = [int(b["max_steps"]) for b in blocks if b.get("max_steps") is not None]
+        thresholds = [((r.config or {}).get("eval") or {}).get("threshold") for r in runs]
+        rows.append(
+            StopRow(
+                encoding=encoding,
+                threshold=max((float(t) for t in thresholds if t is not None), default=0.9),
+                steps=Stat.of(reached),
+                reached=reached,
+                by_seed=by_seed,
+                not_reached=len(runs) - len(reached),
+                limit=max(ceilings, default=None),
                 minutes=Stat.of([_train_minutes(r) for r in runs]),
             )
         )
