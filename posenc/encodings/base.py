@@ -105,6 +105,9 @@ class PositionalEncoding(nn.Module):
     # True when ``observe`` reads the hidden states (FoX, PaTH): such an encoding's position
     # signal comes from the content, so randomized positions would not reach it.
     data_dependent: bool = False
+    # True when ``rotate`` returns queries and keys wider than the head (PoPE: 2·d_head); the
+    # values keep d_head. Composites refuse to mix such a part with parts of the plain width.
+    widens_heads: bool = False
 
     def __init__(self, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1) -> None:
         super().__init__()
