@@ -47,8 +47,9 @@ class DataAdaptivePositionalEncoding(PositionalEncoding):
 
     f a two-layer MLP 2H -> ``mlp_width`` -> H with a LeakyReLU, applied at every (i, j)
     (the reference's ``mlp2``), then the causal mask and the softmax. The base encoding
-    (``base``, default KERPLE-log, the paper's strongest DAPE) supplies every other hook
-    (its rotation, bias, state), so ``base=alibi``/``fire``/``kerple_log`` are the paper's
+    (``base``, default KERPLE-log: the reference's ``Kerple_DAPE``) supplies every other hook
+    inside attention (its rotation, bias, state; absolute or position-drawing bases are
+    refused: combine them beside), so ``base=alibi``/``fire``/``kerple_log`` are the paper's
     DAPE-ALiBi/-FIRE/-Kerple and ``base=rope`` DAPE-RoPE (no bias: B = 0, whose channels
     then contribute nothing). B is every bias the layer has (the base's, and in a
     combination the other parts'), as the reference adds the network to the logits after
@@ -99,10 +100,16 @@ class DataAdaptivePositionalEncoding(PositionalEncoding):
                 f"encoding '{name}' rewrites the softmax logits; its base {base!r} computes its "
                 "own attention weights instead of logits: choose a bias or rotary base"
             )
-        if self.base.places_by_token or self.base.widens_heads:
+        outside = [
+            hook
+            for hook in ("embed", "positions", "token_positions")
+            if getattr(type(self.base), hook) is not getattr(PositionalEncoding, hook)
+        ]
+        if outside or self.base.widens_heads:
             raise ConfigError(
                 f"encoding '{name}' needs a base acting inside attention at the head's width; "
-                f"{base!r} does not"
+                f"{base!r} does not ({', '.join(outside) or 'it widens the heads'}): combine "
+                f"it beside, e.g. encoding=combo 'encoding.parts=[{base},{name}]'"
             )
         self.base_name = base
         self.mlp_width = mlp_width
@@ -119,13 +126,7 @@ class DataAdaptivePositionalEncoding(PositionalEncoding):
         self.data_dependent = self.base.data_dependent
         self.max_positions = self.base.max_positions
 
-    # Every hook but the softmax is the base's.
-    def positions(self, batch, length, *, device="cpu", generator=None) -> Tensor:
-        return self.base.positions(batch, length, device=device, generator=generator)
-
-    def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
-        return self.base.embed(x, pos, tokens)
-
+    # Every hook inside attention but the softmax is the base's.
     def rotate(self, q, k, pos_q, pos_k, *, layer: int = 0) -> tuple[Tensor, Tensor]:
         return self.base.rotate(q, k, pos_q, pos_k, layer=layer)
 
