@@ -156,7 +156,8 @@ class PositionalEncoding(nn.Module):
     def rotate(
         self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
     ) -> tuple[Tensor, Tensor]:
-        """Queries (B, H, Tq, Dh) and keys (B, H, Tk, Dh) -> rotated queries and keys."""
+        """Queries (B, H, Tq, Dh) and keys (B, H, Tk, Dh) -> rotated queries and keys (of one
+        width wider than Dh when ``widens_heads``: PoPE's 2·Dh; the values keep Dh)."""
         return q, k
 
     def bias(
