@@ -210,8 +210,9 @@ def test_dape_logits_are_scores_plus_bias_plus_an_mlp_across_heads():
 
 
 def test_dape_with_a_silent_network_is_its_base():
-    """Zero the last layer of every network: DAPE-Kerple computes exactly KERPLE's attention."""
-    dape, base = model_for("dape"), model_for("kerple_log")
+    """Zero the last layer of every network: DAPE-Kerple computes exactly KERPLE's attention
+    (per-layer r1, r2: DAPE builds its base per layer where the base can be, as the reference)."""
+    dape, base = model_for("dape"), model_for("kerple_log", layer_shared=False)
     for layer in range(2):
         with torch.no_grad():
             dape.encoding.nets[layer][1].weight.zero_()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.encodings.base import PositionalEncoding, full_precision, visible_keys
-from posenc.encodings.registry import build, register
+from posenc.encodings.registry import build, parameters, register
 from posenc.errors import ConfigError
 
 # The reference's LeakyReLU, at torch's default slope (nn.LeakyReLU()).
@@ -59,8 +59,11 @@ class DataAdaptivePositionalEncoding(PositionalEncoding):
     (``attention_weights``): DAPE leaves the fused kernel; every other encoding keeps it.
     Choices as in the reference code (chuanyang-Zheng/DAPE, ``DAPE.py`` ``*_DAPE`` and
     ``megatron/model/positional_embeddings.py``): one network per layer (each layer's
-    attention owns its ``mlp2``), torch's default initialisation of its Linear layers,
-    ``mlp_width`` 32, S the scaled logits before any mask; computed in float32.
+    attention owns its ``mlp2``), and the base's parameters per layer too where the base
+    offers the choice (KERPLE's ``layer_shared=false`` unless ``base_params`` sets it: the
+    reference builds ``ParallelKerpleLog_DAPE`` inside every attention layer); torch's
+    default initialisation of the network; ``mlp_width`` 32; S the scaled logits before any
+    mask; computed in float32.
     """
 
     kernel_size = 1  # v1: a pointwise MLP
@@ -86,6 +89,10 @@ class DataAdaptivePositionalEncoding(PositionalEncoding):
         if not isinstance(mlp_width, int) or mlp_width < 1:
             raise ConfigError(f"encoding '{name}' needs mlp_width >= 1, got {mlp_width!r}")
         extra = {"d_input": d_input} if d_input is not None else {}
+        # per-layer base parameters unless base_params says otherwise: the reference builds
+        # its bias inside every attention layer
+        per_layer = {"layer_shared": False} if "layer_shared" in parameters(base) else {}
+        base_params = per_layer | (base_params or {})
         self.base = build(
             base,
             d_model=d_model,
@@ -93,7 +100,7 @@ class DataAdaptivePositionalEncoding(PositionalEncoding):
             max_len=max_len,
             n_layers=n_layers,
             **extra,
-            **(base_params or {}),
+            **base_params,
         )
         if type(self.base).attention_weights is not PositionalEncoding.attention_weights:
             raise ConfigError(
