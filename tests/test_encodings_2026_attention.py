@@ -18,12 +18,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typer.testing import CliRunner
 
 import posenc.model
 from posenc import encodings
+from posenc.cli.app import app
 from posenc.encodings.wall import wall_logits
 from posenc.errors import ConfigError
 from posenc.model import ModelConfig, Transformer
+from tests.conftest import TINY
 
 NEW = ["pope", "dape", "dape_v2", "cable", "wall"]
 MIXED = [
@@ -484,6 +487,26 @@ def test_wall_equals_the_naive_reference_logits():
 def test_bad_uses_are_refused(name, params, message):
     with pytest.raises(ConfigError, match=message):
         encodings.build(name, d_model=32, n_heads=4, max_len=16, **params)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["encoding=per_head", "encoding.heads=[pope,pope,rope,rope]"], "share one width"),
+        (["encoding=dape", "encoding.base=stick_breaking"], "own attention weights"),
+        (["encoding=dape_v2", "encoding.base=learned"], "inside attention"),
+        (["encoding=wall", "encoding.chunk_size=0"], "chunk_size"),
+    ],
+)
+def test_bad_uses_from_the_cli_are_one_line_exit_2_and_write_nothing(tmp_path, args, expected):
+    run_dir = tmp_path / "r"
+    result = CliRunner().invoke(
+        app, ["train", *TINY, *args, f"run_dir={run_dir}", f"data_dir={tmp_path / 'd'}"]
+    )
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not run_dir.exists() and not (tmp_path / "d").exists()
 
 
 def test_pope_on_every_head_or_after_rope_is_allowed():
