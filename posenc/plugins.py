@@ -297,10 +297,14 @@ def _check_hooks(enc, *, B: int, H: int, T: int, d_model: int):
             )
         q, k = torch.randn(B, H, T, Dh), torch.randn(B, H, T, Dh)
         rotated = call("rotate", q, k, hook_pos, hook_pos, layer=0)
+        # a rotation may widen the heads (PoPE) when it says so; q and k stay of one width
+        widths = (lambda w: w >= Dh) if enc.widens_heads else (lambda w: w == Dh)
         if not (
             isinstance(rotated, tuple | list)
             and len(rotated) == 2
-            and all(isinstance(t, torch.Tensor) and t.shape == q.shape for t in rotated)
+            and all(isinstance(t, torch.Tensor) and t.shape[:3] == q.shape[:3] for t in rotated)
+            and rotated[0].shape == rotated[1].shape
+            and widths(rotated[0].shape[-1])
         ):
             got = [_shape(t) for t in rotated] if isinstance(rotated, tuple | list) else rotated
             raise InterfaceError(

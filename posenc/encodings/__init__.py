@@ -16,16 +16,20 @@ Importing this package registers every encoding module listed below.
 
 from posenc.encodings import (  # noqa: F401  (registration)
     absolute,
+    adaptive,
     bias,
     combination,
     contextual,
+    dape,
     digits,
     gated,
     hybrid,
     normalisers,
+    polar,
     randomized,
     relative,
     rotary,
+    wall,
     windows,
 )
 from posenc.encodings.base import DigitLayout, PositionalEncoding

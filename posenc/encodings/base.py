@@ -105,6 +105,9 @@ class PositionalEncoding(nn.Module):
     # True when ``observe`` reads the hidden states (FoX, PaTH): such an encoding's position
     # signal comes from the content, so randomized positions would not reach it.
     data_dependent: bool = False
+    # True when ``rotate`` returns queries and keys wider than the head (PoPE: 2·d_head); the
+    # values keep d_head. Composites refuse to mix such a part with parts of the plain width.
+    widens_heads: bool = False
 
     def __init__(self, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1) -> None:
         super().__init__()
@@ -153,7 +156,8 @@ class PositionalEncoding(nn.Module):
     def rotate(
         self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
     ) -> tuple[Tensor, Tensor]:
-        """Queries (B, H, Tq, Dh) and keys (B, H, Tk, Dh) -> rotated queries and keys."""
+        """Queries (B, H, Tq, Dh) and keys (B, H, Tk, Dh) -> rotated queries and keys (of one
+        width wider than Dh when ``widens_heads``: PoPE's 2·Dh; the values keep Dh)."""
         return q, k
 
     def bias(

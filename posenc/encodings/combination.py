@@ -105,6 +105,19 @@ class Combination(PositionalEncoding):
                 f"encoding.parts has more than one part that computes its own attention weights "
                 f"({', '.join(own)}); a layer has one attention: keep one of them"
             )
+        first_wide = next((i for i, p in enumerate(built) if p.widens_heads), len(built))
+        later = [
+            self.part_names[i]
+            for i in range(first_wide + 1, len(built))
+            if type(built[i]).rotate is not PositionalEncoding.rotate
+        ]
+        if later:
+            raise ConfigError(
+                f"encoding.parts rotates with {later[0]!r} after {self.part_names[first_wide]!r}, "
+                "whose queries and keys are wider than the head; list it last among the parts "
+                "that rotate"
+            )
+        self.widens_heads = first_wide < len(built)
         self.data_dependent = any(p.data_dependent for p in built)
         self.places_by_token = any(p.places_by_token for p in built)
         limits = [p.max_positions for p in built if p.max_positions is not None]

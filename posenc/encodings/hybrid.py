@@ -198,6 +198,14 @@ class PerHead(PositionalEncoding):
             start += size
         self.parts = nn.ModuleList(built)
         self.part_names = [parse_spec(g[0])[0] for g in groups]
+        widened = [n for n, p in zip(self.part_names, built, strict=True) if p.widens_heads]
+        if widened and len(widened) < len(built):
+            raise ConfigError(
+                f"encoding.heads mixes {widened[0]!r}, whose queries and keys are wider than the "
+                "head, with encodings of the plain width; a layer's heads share one width: use "
+                f"{widened[0]!r} on every head or on none"
+            )
+        self.widens_heads = bool(widened)
         self.data_dependent = any(p.data_dependent for p in built)
         limits = [p.max_positions for p in built if p.max_positions is not None]
         self.max_positions = min(limits) if limits else None

@@ -1,0 +1,124 @@
+"""Wall attention: a data-dependent decay per channel of q·k (FoX's per-head gate, per channel)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posenc.encodings.base import PositionalEncoding, full_precision, visible_keys
+from posenc.encodings.registry import register
+from posenc.errors import ConfigError
+
+
+def wall_logits(q: Tensor, k: Tensor, p_q: Tensor, p_k: Tensor, chunk: int) -> Tensor:
+    """Σ_n q_i,n k_j,n exp(P_i,n - P_j,n) for queries q (B, H, Tq, d) and keys k (B, H, Tk, d)
+    with their log-decay prefixes p_q, p_k (P non-increasing along the sequence): (B, H, Tq,
+    Tk), exact for j <= i (the entries a query can see).
+
+    The stable form of the reference's decode cache (fla ``WallAttention._decode_incremental``
+    and ``build_wall_kv_cache``): the keys are split into chunks of ``chunk`` and each chunk
+    c is anchored at R_c = P at its first key, so
+
+        k̃_j = k_j · exp(R_c - P_j)       (j in chunk c: 0 <= R_c - P_j, bounded by the chunk)
+        q̃_i,c = q_i · exp(P_i - R_c)     (i >= the chunk's start: <= 0, so at most 1)
+
+    and q̃_i,c · k̃_j = Σ_n q_n k_n exp(P_i - P_j). exp(P_j) alone, of a whole sequence of
+    decays, would underflow; P_i - R_c for a query before the chunk (only masked pairs) is
+    clamped to 0 so that nothing overflows either. Memory O(Tq·Tk·d / chunk) for the q̃.
+    """
+    t_k = k.shape[2]
+    pieces = []
+    for start in range(0, t_k, chunk):
+        stop = min(start + chunk, t_k)
+        anchor = p_k[:, :, start : start + 1]  # (B, H, 1, d)
+        k_tilde = k[:, :, start:stop] * torch.exp(anchor - p_k[:, :, start:stop])
+        q_tilde = q * torch.exp((p_q - anchor).clamp(max=0.0))
+        pieces.append(q_tilde @ k_tilde.transpose(-1, -2))  # (B, H, Tq, stop - start)
+    return torch.cat(pieces, dim=-1)
+
+
+@register(
+    "wall",
+    family="data-dependent",
+    paper="Averbuch, Pai (Tilde Research) 2026, Wall attention (fla-org/flash-linear-attention fla/layers/wall_attn.py)",
+    description="logit Σ_n q_i,n k_j,n Π_{l=j+1..i} γ_l,n: per-channel decay γ = σ(W x + b) from the hidden states",
+)
+class WallAttention(PositionalEncoding):
+    """Wall attention (Tilde Research 2026): softmax attention whose q·k decays per channel
+    with data-dependent gates, generalising FoX's one gate per head to one per channel.
+
+        g_t = log σ(W_g x_t + b_g) ∈ (-∞, 0]^(H·d)     (per layer; x_t the layer's input)
+        P_t = Σ_{l<=t} g_l                          (per head and channel n)
+        logit_ij = Σ_n q_i,n k_j,n exp(P_i,n - P_j,n) / sqrt(d_head) + bias_ij,   j <= i
+
+    then the softmax over the causal past. exp(P_i - P_j) = Π_{l=j+1..i} σ(·)_l,n is the
+    product of the channel's gates between key and query, so a channel forgets at its own,
+    content-chosen rate; with every gate of a head equal it is FoX's decay, applied to the
+    logit multiplicatively per channel instead of additively per head. The decay weighs
+    each channel of the dot product, so it is not an additive bias: Wall computes its own
+    weights (`wall_logits`, the chunk-anchored stable form of the reference) and leaves the
+    fused kernel. ``observe`` keeps P for the whole history in the KV cache.
+
+    Choices as in the reference (fla ``WallAttention`` and ``naive_wall_attn``, read at
+    fla-org/flash-linear-attention): ``g_proj`` a Linear D -> H·d with bias, weights
+    N(0, 0.02) (the model's ``initializer_range``) and the bias at ``gate_init_bias`` 8.0
+    (log σ(8) ≈ -3.4e-4: near-plain attention at the start); the gates and their prefix in
+    float32; the scale 1/sqrt(d_head); the decay on both q and k, nothing on v; key chunks
+    of 64 (``WALL_DECODE_CHUNK``). Left out as architecture, not position, and off by
+    default there too: the FoX-style scalar gate (``use_scalar_gate``; add it with
+    ``encoding=combo encoding.parts=[wall,fox]``, whose FoX bias Wall receives), QK-norm, the
+    output gate and sliding windows. No other position signal (the reference layer has no
+    RoPE).
+    """
+
+    data_dependent = True
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        max_len: int,
+        n_layers: int = 1,
+        d_input: int | None = None,
+        gate_init_bias: float = 8.0,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConfigError(f"encoding 'wall' needs chunk_size >= 1, got {chunk_size!r}")
+        d_in = d_input or d_model
+        width = n_heads * self.d_head
+        self.gate_weight = nn.Parameter(torch.randn(n_layers, width, d_in) * 0.02)
+        self.gate_bias = nn.Parameter(torch.full((n_layers, width), float(gate_init_bias)))
+        self.chunk_size = chunk_size
+
+    def log_decays(self, x: Tensor, layer: int) -> Tensor:
+        """(B, T, D) -> g = log σ(W_g x + b_g) (B, H, T, d) in float32."""
+        B, T, _ = x.shape
+        with full_precision(x):
+            z = x.float() @ self.gate_weight[layer].float().t() + self.gate_bias[layer].float()
+            return F.logsigmoid(z).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
+
+    def observe(self, x: Tensor, past: Any = None, *, layer: int = 0) -> Tensor:
+        p = self.log_decays(x, layer).cumsum(2)  # (B, H, T, d)
+        if past is None:
+            return p
+        return torch.cat((past, p + past[:, :, -1:]), dim=2)  # (B, H, Tk, d)
+
+    def attention_weights(
+        self, q: Tensor, k: Tensor, bias: Tensor | None, state: Any, *, layer: int = 0
+    ) -> Tensor:
+        t_q, t_k = q.shape[2], k.shape[2]
+        with full_precision(q):
+            p_k = state.float()  # (B, H, Tk, d)
+            logits = wall_logits(q.float(), k.float(), p_k[:, :, -t_q:], p_k, self.chunk_size)
+            logits = logits / math.sqrt(q.shape[-1])
+            if bias is not None:
+                logits = logits + bias.float()
+            visible = visible_keys(t_q, t_k, q.device)
+            return logits.masked_fill(~visible, float("-inf")).softmax(-1)
