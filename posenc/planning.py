@@ -107,6 +107,9 @@ def _build_model(
     torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
     encoding = encodings.from_config(cfg)
     encoding.bind_task(digit_layout(task))  # token-derived encodings learn the digits here
+    for module in encoding.modules():  # a schedule over training (DroPE) checks it fits
+        if isinstance(module, encodings.PositionalEncoding):
+            module.bind_steps(cfg.train.steps)
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
         for n in sorted({*lengths, *quick, hi})[-3:]

@@ -17,9 +17,11 @@ Importing this package registers every encoding module listed below.
 from posenc.encodings import (  # noqa: F401  (registration)
     absolute,
     bias,
+    canon,
     combination,
     contextual,
     digits,
+    drope,
     gated,
     hybrid,
     normalisers,
