@@ -53,6 +53,7 @@ def capture(model: Transformer) -> Iterator[list[Tensor]]:
     def hook(module, args, kwargs, output):
         names = ("x", "pos", "encoding", "cache")
         bound = dict(zip(names, args, strict=False)) | kwargs
+        bound.pop("carry", None)  # where the layer hands its transform states to the block
         probs, _ = attention_probabilities(module, **bound)
         maps.append(probs.detach().cpu())
 

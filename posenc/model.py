@@ -183,7 +183,7 @@ class Block(nn.Module):
         h, carry["attention_input"] = encoding.transform(
             self.ln1(x), "attention_input", past.get("attention_input"), layer=self.layer
         )
-        a, new_cache = self.attn(h, pos, encoding, cache, carry)
+        a, new_cache = self.attn(h, pos, encoding, cache, carry=carry)
         x = x + a
         h, carry["mlp_input"] = encoding.transform(
             self.ln2(x), "mlp_input", past.get("mlp_input"), layer=self.layer

@@ -375,4 +375,4 @@ def test_combo_chains_transform_one_state_per_part():
     alone, own = enc.parts[0].transform(x, "attention_input")
     torch.testing.assert_close(out, alone)
     assert state[1] is None and torch.equal(state[0], own)
-    assert compose(["encoding=canon_rope"]).encoding.parts == ["canon", "rope"]
+    assert compose(["encoding=combo_canon_rope"]).encoding.parts == ["canon", "rope"]
