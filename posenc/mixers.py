@@ -74,6 +74,8 @@ class DeltaNet(nn.Module):
     """
 
     conv_size = 4
+    description = "DeltaNet, position-free recurrence S_t = (I - β k kᵀ) S_{t-1} + β k vᵀ (fla's layer, naive form)"
+    paper = "Yang, Wang, Zhang, Shen, Kim 2024, Parallelizing Linear Transformers with the Delta Rule over Sequence Length (NeurIPS)"
 
     def __init__(self, cfg, layer: int) -> None:
         super().__init__()
