@@ -23,12 +23,13 @@ from typer.testing import CliRunner
 from posenc import encodings
 from posenc.cli.app import app
 from posenc.config import compose
+from posenc.console import Reporter
 from posenc.data import TrainStream
 from posenc.encodings.canon import causal_conv
 from posenc.errors import ConfigError
 from posenc.mixers import delta_rule
 from posenc.model import ModelConfig, Transformer
-from posenc.run import plan
+from posenc.run import plan, run
 from posenc.train import Trainer
 from tests.conftest import TINY
 
@@ -366,6 +367,31 @@ def test_drope_switches_inside_training_and_resumes_exactly_across_it(tiny_cfg):
     assert not evaluated.encoding.dropped
     evaluated.load_state_dict(model.state_dict())
     assert evaluated.encoding.dropped
+
+
+class _Interrupt(Reporter):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def step(self, step, loss, steps_per_sec):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_drope_run_interrupted_before_the_drop_resumes_to_the_same_numbers(tiny_cfg, tmp_path):
+    """A real run (checkpoint, Ctrl-C, the same command again) across the switch: the same
+    final loss and evaluation as the uninterrupted run, and the checkpoint is post-drop."""
+    overrides = ("encoding=drope", "encoding.drop_at=7")  # TINY trains 12 steps
+    reference = run(tiny_cfg(*overrides, f"run_dir={tmp_path / 'ref'}"))
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg(*overrides), _Interrupt(at=5))
+    resumed = run(tiny_cfg(*overrides))
+    assert "resumed from step 5" in (tmp_path / "run" / "train.log").read_text()
+    assert resumed["train"]["final_loss"] == reference["train"]["final_loss"]
+    assert resumed["per_length"] == reference["per_length"]
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["model"]["encoding._extra_state"] == {"dropped": True}
 
 
 def test_combo_chains_transform_one_state_per_part():
