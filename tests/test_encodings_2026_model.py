@@ -213,6 +213,52 @@ def test_delta_rule_equals_flas_naive_recurrence():
     torch.testing.assert_close(S, S_ref, rtol=1e-5, atol=1e-5)
 
 
+def test_deltanet_layer_equals_flas_layer_spelled_out_with_its_naive_recurrence():
+    """fla's ``DeltaNet.forward`` with its defaults, written out with the reference's own
+    pieces: three ``ShortConvolution``s (nn.Conv1d, depthwise, padding K-1, SiLU), heads,
+    β = σ(b_proj x), q and k L2-normalised (``use_qk_l2norm_in_kernel``), the naive delta
+    rule, a per-head RMSNorm (eps 1e-5), o_proj."""
+    naive = _fla_naive()
+    from posenc.mixers import DeltaNet
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=12, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=64)
+    layer = DeltaNet(cfg, 0)
+    with torch.no_grad():
+        layer.conv.normal_(std=0.3)
+        layer.norm_weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 7, 16)
+    W_q, W_k, W_v = layer.qkv.weight.split(16)
+    convs = []
+    for rows in layer.conv.split(16):
+        conv = torch.nn.Conv1d(16, 16, 4, groups=16, padding=3, bias=False)
+        conv.weight.data.copy_(rows[:, None, :])
+        convs.append(conv)
+
+    def short_conv(conv, h):  # (B, T, C), the reference's path without causal_conv1d
+        return torch.nn.functional.silu(conv(h.transpose(1, 2))[..., : h.shape[1]].transpose(1, 2))
+
+    def heads(h):  # 'b t (h d) -> b h t d'
+        return h.view(2, 7, 2, 8).transpose(1, 2)
+
+    with torch.no_grad():
+        q, k, v = (
+            heads(short_conv(c, x @ W.T)) for c, W in zip(convs, (W_q, W_k, W_v), strict=True)
+        )
+        q, k = (t / torch.sqrt((t * t).sum(-1, keepdim=True) + 1e-6) for t in (q, k))
+        beta = torch.sigmoid(x @ layer.beta.weight.T).transpose(1, 2)
+        o, _ = naive.delta_rule_recurrence(q, k, v, beta)
+        o = o.transpose(1, 2)  # (B, T, H, d)
+        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * layer.norm_weight
+        reference = o.reshape(2, 7, 16) @ layer.proj.weight.T
+        ours, _ = layer(
+            x,
+            torch.arange(7).expand(2, 7),
+            encodings.build("none", d_model=16, n_heads=2, max_len=64),
+        )
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_deltanet_is_position_free_and_hybrids_keep_the_encoding():
     """All-DeltaNet layers ignore positions even under RoPE; a hybrid's attention layer
     does not (positions spread apart: RoPE sees other distances)."""
