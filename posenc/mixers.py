@@ -77,9 +77,10 @@ class DeltaNet(nn.Module):
     description = "DeltaNet, position-free recurrence S_t = (I - β k kᵀ) S_{t-1} + β k vᵀ (fla's layer, naive form)"
     paper = "Yang, Wang, Zhang, Shen, Kim 2024, Parallelizing Linear Transformers with the Delta Rule over Sequence Length (NeurIPS)"
 
-    def __init__(self, cfg, layer: int) -> None:
+    def __init__(self, cfg, layer: int, cache_type: type) -> None:
         super().__init__()
         self.layer = layer
+        self.cache_type = cache_type  # posenc.model.LayerCache (the model imports this module)
         self.n_heads = cfg.n_heads
         d = cfg.d_model
         self.d_head = d // cfg.n_heads
@@ -99,8 +100,6 @@ class DeltaNet(nn.Module):
         cache: Any = None,
         carry: dict | None = None,
     ) -> tuple[Tensor, Any]:
-        from posenc.model import LayerCache
-
         B, T, D = x.shape
         past = cache.state if cache is not None else None
         with full_precision(x):
@@ -117,14 +116,15 @@ class DeltaNet(nn.Module):
         y = self.proj(o.transpose(1, 2).reshape(B, T, D).to(x.dtype))
         pos_k = pos if cache is None else torch.cat((cache.pos, pos), dim=1)
         empty = x.new_zeros(B, self.n_heads, 0, self.d_head)  # no keys: nothing to attend to
-        return y, LayerCache(empty, empty, pos_k, state={"S": S, "conv": conv_state})
+        return y, self.cache_type(empty, empty, pos_k, state={"S": S, "conv": conv_state})
 
 
 MIXERS = {"delta": DeltaNet}
 
 
-def build_mixer(name: str, cfg, layer: int) -> nn.Module:
-    """The mixer ``name`` (a key of `MIXERS`) for ``layer`` of a model of config ``cfg``."""
+def build_mixer(name: str, cfg, layer: int, cache_type: type) -> nn.Module:
+    """The mixer ``name`` (a key of `MIXERS`) for ``layer`` of a model of config ``cfg``,
+    returning its state in ``cache_type`` (`posenc.model.LayerCache`)."""
     if name not in MIXERS:
         raise ConfigError(f"unknown mixer {name!r}; valid choices: attention, {', '.join(MIXERS)}")
-    return MIXERS[name](cfg, layer)
+    return MIXERS[name](cfg, layer, cache_type)

@@ -171,7 +171,7 @@ class Block(nn.Module):
         else:
             from posenc.mixers import build_mixer
 
-            self.attn = build_mixer(mixer_of(cfg, layer), cfg, layer)
+            self.attn = build_mixer(mixer_of(cfg, layer), cfg, layer, LayerCache)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 

@@ -220,10 +220,11 @@ def test_deltanet_layer_equals_flas_layer_spelled_out_with_its_naive_recurrence(
     rule, a per-head RMSNorm (eps 1e-5), o_proj."""
     naive = _fla_naive()
     from posenc.mixers import DeltaNet
+    from posenc.model import LayerCache
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=12, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=64)
-    layer = DeltaNet(cfg, 0)
+    layer = DeltaNet(cfg, 0, LayerCache)
     with torch.no_grad():
         layer.conv.normal_(std=0.3)
         layer.norm_weight.uniform_(0.5, 1.5)
