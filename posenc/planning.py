@@ -143,8 +143,8 @@ def _check_encoding_reaches_a_layer(model: Transformer, name: str) -> None:
     if any(isinstance(block.attn, CausalSelfAttention) for block in model.blocks):
         return
     for module in model.encoding.modules():
-        parts = [m for m in module.children() if isinstance(m, encodings.PositionalEncoding)]
-        if isinstance(module, encodings.PositionalEncoding) and not parts:
+        inner = [m for m in module.modules() if isinstance(m, encodings.PositionalEncoding)]
+        if isinstance(module, encodings.PositionalEncoding) and inner == [module]:
             used = [
                 hook
                 for hook in ATTENTION_HOOKS

@@ -330,6 +330,7 @@ def test_mixers_refusals(tiny_cfg):
             plan(tiny_cfg(f"encoding={encoding}", "model.mixers=[delta]"))
     for encoding in ("none", "canon", "sinusoidal"):  # act outside attention: kept
         plan(tiny_cfg(f"encoding={encoding}", "model.mixers=[delta]"))
+    plan(tiny_cfg("encoding=combo", "encoding.parts=[canon,sinusoidal]", "model.mixers=[delta]"))
     plan(tiny_cfg("encoding=rope", "model.mixers=[delta,attention]"))
 
 
