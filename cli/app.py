@@ -84,6 +84,11 @@ def list_() -> None:
     for name in tasks.names():
         console.print(f"  {name:<{width}}{tasks.task_class(name).description}")
     broken("task")
+    from posenc.mixers import MIXERS
+
+    console.print("[bold]mixers[/] (model.mixers; attention by default)")
+    for name, mixer in MIXERS.items():
+        console.print(f"  {name:<{width}}{mixer.description} ({mixer.paper})")
 
 
 @app.command()

@@ -39,18 +39,27 @@ def attention_probabilities(
     return weights.to(v.dtype), v
 
 
+def attention_layers(model: Transformer) -> list[CausalSelfAttention]:
+    """The model's attention layers, in order (a recurrent mixer has no attention map)."""
+    return [b.attn for b in model.blocks if isinstance(b.attn, CausalSelfAttention)]
+
+
 @contextmanager
 def capture(model: Transformer) -> Iterator[list[Tensor]]:
-    """While active, every forward pass appends each layer's (B, H, Tq, Tk) probabilities."""
+    """While active, every forward pass appends each attention layer's (B, H, Tq, Tk)
+    probabilities."""
     maps: list[Tensor] = []
 
     def hook(module, args, kwargs, output):
         names = ("x", "pos", "encoding", "cache")
         bound = dict(zip(names, args, strict=False)) | kwargs
+        bound.pop("carry", None)  # where the layer hands its transform states to the block
         probs, _ = attention_probabilities(module, **bound)
         maps.append(probs.detach().cpu())
 
-    handles = [block.attn.register_forward_hook(hook, with_kwargs=True) for block in model.blocks]
+    handles = [
+        attn.register_forward_hook(hook, with_kwargs=True) for attn in attention_layers(model)
+    ]
     try:
         yield maps
     finally:
@@ -139,7 +148,8 @@ def log_attention_maps(
         inputs, target = groups[n][0]
         tokens = collate([(inputs, target)], fmt).tokens.to(device)  # (1, T)
         pos = model.encoding.positions(1, tokens.shape[1], device=device, generator=generator)
-        for layer, probs in enumerate(attention_maps(model, tokens, pos)):
+        layers = [attn.layer for attn in attention_layers(model)]
+        for layer, probs in zip(layers, attention_maps(model, tokens, pos), strict=True):
             title = f"layer {layer} · length {n} ({'training' if where == 'train' else where})"
             fig = attention_figure(probs, title, boundary=len(fmt.prompt_ids(inputs)) - 1)
             writer.add_figure(f"attention/{where}_len_{n}/layer_{layer}", fig, step)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from posenc.errors import ConfigError, first_line
 from posenc.runfolder import RETIRED_KEYS
-from posenc.schema import BATCHING, EMBED_INITS, PRECISIONS, SECTIONS, Root
+from posenc.schema import BATCHING, EMBED_INITS, MIXERS, PRECISIONS, SECTIONS, Root
 
 # The largest integer torch, numpy and the OS accept as a seed, a size or a count.
 MAX_INT = 2**63 - 1
@@ -122,6 +122,7 @@ def list_of(element: Check, *, length: int | None = None) -> Check:
 DECLARED: dict[str, Check] = {
     "model.dropout": number(minimum=0.0, below=1.0),
     "model.embed_init": choice(EMBED_INITS),
+    "model.mixers": optional(list_of(choice(MIXERS))),
     "train.betas": list_of(number(minimum=0.0, below=1.0), length=2),
     "train.batching": choice(BATCHING),
     "train.precision": choice(PRECISIONS),
@@ -222,6 +223,12 @@ def _check_lengths(tree: dict) -> None:
 
 
 def _check_model(m: dict) -> None:
+    mixers = m["mixers"]
+    if mixers is not None and len(mixers) not in (1, m["n_layers"]):
+        raise ConfigError(
+            f"model.mixers has {len(mixers)} entries but model.n_layers={m['n_layers']}; give "
+            "one mixer for every layer (e.g. [delta]) or one per layer"
+        )
     if m["d_model"] % m["n_heads"]:
         valid = (h for h in range(1, min(m["d_model"], 64) + 1) if m["d_model"] % h == 0)
         raise ConfigError(

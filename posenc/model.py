@@ -51,6 +51,7 @@ class LayerCache:
     tokens: Tensor | None = None  # (B, Tk): the tokens seen so far
     drawn: Tensor | None = None  # (B, Tk): their positions before encoding.token_positions
     state: Any = None  # the encoding's per-token state of this layer (encoding.observe)
+    hidden: dict | None = None  # encoding.transform's state per site of this layer
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device) -> Tensor:
@@ -78,12 +79,18 @@ class CausalSelfAttention(nn.Module):
         pos: Tensor,
         encoding: PositionalEncoding,
         cache: LayerCache | None = None,
+        carry: dict | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Any]:
         """The attention's inputs: queries (scaled), keys and values of the whole history
         (B, nh, T|Tk, hs), key positions (B, Tk), the summed logit bias (B|1, nh, T, Tk) or
-        None, and the encoding's state. Shared with `posenc.attention` (attention maps)."""
+        None, and the encoding's state. Shared with `posenc.attention` (attention maps).
+        ``carry`` receives ``encoding.transform``'s state of the ``qkv`` site."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)
+        past = cache.hidden.get("qkv") if cache is not None and cache.hidden else None
+        qkv, qkv_state = encoding.transform(self.qkv(x), "qkv", past, layer=self.layer)
+        if carry is not None:
+            carry["qkv"] = qkv_state
+        q, k, v = qkv.split(D, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         # (B, nh, T, hs) each
         state = encoding.observe(x, cache.state if cache is not None else None, layer=self.layer)
@@ -109,9 +116,10 @@ class CausalSelfAttention(nn.Module):
         pos: Tensor,
         encoding: PositionalEncoding,
         cache: LayerCache | None = None,
+        carry: dict | None = None,
     ) -> tuple[Tensor, LayerCache]:
         B, T, D = x.shape
-        q, k, v, pos_k, bias, state = self.prepare(x, pos, encoding, cache)
+        q, k, v, pos_k, bias, state = self.prepare(x, pos, encoding, cache, carry)
         t_k = k.shape[2]
         p = self.dropout if self.training else 0.0
         weights = encoding.attention_weights(q, k, bias, state, layer=self.layer)
@@ -141,20 +149,47 @@ class MLP(nn.Module):
         return self.dropout(self.down(F.gelu(self.up(x))))
 
 
+def mixer_of(cfg: ModelConfig, layer: int) -> str:
+    """The sequence mixer of ``layer``: ``model.mixers`` (one entry for every layer, or one
+    per layer), attention when unset."""
+    if not cfg.mixers:
+        return "attention"
+    return cfg.mixers[0] if len(cfg.mixers) == 1 else cfg.mixers[layer]
+
+
 class Block(nn.Module):
+    """x + mixer(transform(ln1(x))), then x + mlp(transform(ln2(x))): the mixer is attention
+    or a recurrent layer (`posenc.mixers`); ``encoding.transform`` may change the hidden
+    states at each site (the identity for every scheme but Canon layers)."""
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = CausalSelfAttention(cfg, layer)
+        if mixer_of(cfg, layer) == "attention":
+            self.attn = CausalSelfAttention(cfg, layer)
+        else:
+            from posenc.mixers import build_mixer
+
+            self.attn = build_mixer(mixer_of(cfg, layer), cfg, layer, LayerCache)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
     def forward(
         self, x: Tensor, pos: Tensor, encoding: PositionalEncoding, cache: LayerCache | None
     ) -> tuple[Tensor, LayerCache]:
-        a, new_cache = self.attn(self.ln1(x), pos, encoding, cache)
+        past = cache.hidden if cache is not None and cache.hidden else {}
+        carry: dict = {}
+        h, carry["attention_input"] = encoding.transform(
+            self.ln1(x), "attention_input", past.get("attention_input"), layer=self.layer
+        )
+        a, new_cache = self.attn(h, pos, encoding, cache, carry=carry)
         x = x + a
-        x = x + self.mlp(self.ln2(x))
+        h, carry["mlp_input"] = encoding.transform(
+            self.ln2(x), "mlp_input", past.get("mlp_input"), layer=self.layer
+        )
+        x = x + self.mlp(h)
+        new_cache.hidden = carry
         return x, new_cache
 
 

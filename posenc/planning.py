@@ -15,7 +15,7 @@ from posenc import encodings, tasks
 from posenc.checks import check_values
 from posenc.errors import ConfigError
 from posenc.memory import check_fits
-from posenc.model import ModelConfig, Transformer
+from posenc.model import CausalSelfAttention, ModelConfig, Transformer
 from posenc.schema import encoding_label, task_params
 from posenc.tasks.format import DEFAULT_FORMAT, N_SPECIAL, SEP, SequenceFormat, vocab_size
 
@@ -107,6 +107,9 @@ def _build_model(
     torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
     encoding = encodings.from_config(cfg)
     encoding.bind_task(digit_layout(task))  # token-derived encodings learn the digits here
+    for module in encoding.modules():  # a schedule over training (DroPE) checks it fits
+        if isinstance(module, encodings.PositionalEncoding):
+            module.bind_steps(cfg.train.steps)
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
         for n in sorted({*lengths, *quick, hi})[-3:]
@@ -124,7 +127,35 @@ def _build_model(
             + f"; raise model.max_len to >= {longest} or lower eval.max_len"
         )
     model_cfg = ModelConfig.from_config(m, vocab_size(len(task.symbols)))
-    return Transformer(model_cfg, encoding).to(device)
+    model = Transformer(model_cfg, encoding).to(device)
+    _check_encoding_reaches_a_layer(model, cfg.encoding.name)
+    return model
+
+
+# The hooks only an attention layer calls (a recurrent mixer calls none of them).
+ATTENTION_HOOKS = ("rotate", "bias", "observe", "state_bias", "query_scale", "attention_weights")
+
+
+def _check_encoding_reaches_a_layer(model: Transformer, name: str) -> None:
+    """Refuse an encoding whose attention hooks no layer would call (``model.mixers`` without
+    an attention layer): the run would be labelled with a scheme it does not have. Composite
+    encodings are judged by their parts."""
+    if any(isinstance(block.attn, CausalSelfAttention) for block in model.blocks):
+        return
+    for module in model.encoding.modules():
+        inner = [m for m in module.modules() if isinstance(m, encodings.PositionalEncoding)]
+        if isinstance(module, encodings.PositionalEncoding) and inner == [module]:
+            used = [
+                hook
+                for hook in ATTENTION_HOOKS
+                if getattr(type(module), hook) is not getattr(encodings.PositionalEncoding, hook)
+            ]
+            if used:
+                raise ConfigError(
+                    f"model.mixers has no attention layer, so encoding {name!r} would never act "
+                    f"(its {used[0]} hook is attention's); use encoding=none for a recurrent "
+                    "model, or keep an attention layer in model.mixers"
+                )
 
 
 def plan(cfg: DictConfig) -> Plan:

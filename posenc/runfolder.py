@@ -46,6 +46,7 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("model", "embed_init"): "scaled",
     ("model", "bias"): True,
     ("model", "tie_embeddings"): False,
+    ("model", "mixers"): None,  # attention in every layer
     ("train", "decay_embeddings"): False,
     ("train", "batching"): "mixed",
     ("train", "precision"): "fp32",

@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 SCHEMA_NAME = "posenc_schema"
 
 EMBED_INITS = ("scaled", "gpt", "auto")  # auto: the encoding's own (posenc.config.resolve_auto)
+MIXERS = ("attention", "delta")  # delta: DeltaNet (posenc.mixers)
 BATCHING = ("by_length", "mixed", "bucketed")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: posenc.precision
 # Keys of ``task.*`` that choose the sequence format (`posenc.tasks.format.SequenceFormat`), not data.
@@ -41,6 +42,9 @@ class Model:
     embed_init: str = "auto"  # scaled: N(0, 1/d)·√d; gpt: N(0, 0.02); auto: the encoding's
     bias: bool = True  # biases in the attention and MLP linear layers
     tie_embeddings: bool = False  # the LM head shares the token-embedding matrix
+    # Sequence mixer per layer (MIXERS): one entry for every layer or one per layer; null:
+    # attention everywhere. [delta]: DeltaNet everywhere; [delta,delta,delta,attention]: a hybrid.
+    mixers: Optional[list[str]] = None  # noqa: UP045
 
 
 @dataclass

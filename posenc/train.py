@@ -289,7 +289,11 @@ class Trainer:
         return total, sum(p.tokens.numel() for p in pieces)
 
     def step(self, batch: Batch) -> StepResult:
-        """One optimizer step on ``batch``: `backward`, clip, AdamW, schedule."""
+        """One optimizer step on ``batch``: `backward`, clip, AdamW, schedule. Every encoding
+        module hears the step first (``on_step``: DroPE's switch)."""
+        for module in self.model.encoding.modules():
+            if isinstance(module, PositionalEncoding):
+                module.on_step(self.step_count)
         loss, slots = self.backward(batch)
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)

@@ -42,6 +42,19 @@ Four more hooks, all optional, let an encoding act inside attention rather than 
   (B, H, Tq, Tk), zero where a key is not visible, replacing softmax (stick-breaking,
   PaTH); None (the default) means softmax, computed by the fused kernel.
 
+Model-level schemes (docs/design-positions.md, "Beyond attention"). Three more optional hooks:
+
+- ``transform(x, site, past, layer=0)``: changes the hidden states at a named ``site`` of a
+  block (`HIDDEN_SITES`: the attention's input, its fused q, k, v projection, the MLP's
+  input) and returns them with a state for the whole history (``past`` is the state it
+  returned for the earlier tokens, kept in the KV cache). Canon layers.
+- ``on_step(step)``: the trainer tells every encoding module the 0-based optimizer step it
+  is about to take, outside any forward pass (DroPE's switch). Whatever the schedule
+  decides must live in the module's state dict, so that a resumed or re-evaluated run
+  sees it.
+- ``bind_steps(steps)``: the run's number of optimizer steps, once before training (a
+  schedule that would not fit raises a `ConfigError`).
+
 The base class is NoPE (Kazemnejad et al. 2023, "The Impact of Positional Encoding on
 Length Generalization in Transformers"): every hook is the identity, so a causal decoder
 has to infer order from the causal mask alone.
@@ -54,6 +67,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+# Where a block offers its hidden states to ``transform``: the attention's input (after the
+# first LayerNorm), its fused q, k, v projection (B, T, 3·D: queries, keys, values side by
+# side, before the heads are split and rotated), and the MLP's input (after the second
+# LayerNorm). Allen-Zhu 2025's Canon points A, B and C.
+HIDDEN_SITES = ("attention_input", "qkv", "mlp_input")
 
 FIRST_SYMBOL = 4  # token id of a task's first symbol (after PAD, BOS, SEP, EOS: tasks.format)
 SEP = 2  # token id of the separator between prompt and answer (tasks.format)
@@ -190,6 +209,23 @@ class PositionalEncoding(nn.Module):
         ``observe``'s state; zero where key j is not visible to query i. None: softmax of
         q·k/sqrt(d_head) + bias over the causal past, on the fused kernel."""
         return None
+
+    def transform(
+        self, x: Tensor, site: str, past: Any = None, *, layer: int = 0
+    ) -> tuple[Tensor, Any]:
+        """Hidden states ``x`` (B, T, C) of the new tokens at ``site`` (`HIDDEN_SITES`) and the
+        state of the earlier ones (None at the start) -> changed hidden states (B, T, C) and
+        the state of the whole history, kept in the KV cache. Output t may depend on inputs
+        <= t only. Default: ``x`` unchanged, no state."""
+        return x, None
+
+    def on_step(self, step: int) -> None:
+        """The 0-based optimizer step about to be taken, told by the trainer outside any
+        forward pass. Default: nothing changes with the step."""
+
+    def bind_steps(self, steps: int) -> None:
+        """The run's number of optimizer steps, before training; raise a `ConfigError` if a
+        schedule does not fit it. Default: nothing to check."""
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, max_len={self.max_len}"

@@ -43,7 +43,8 @@ class Combination(PositionalEncoding):
     learned absolute vectors to the tokens and T5 biases to the logits, ``[sinusoidal,
     rope]`` rotates queries and keys of a model that also has absolute vectors. A bias that
     reads queries and keys (shaw, transformer_xl, cope) sees them after every rotation.
-    Inside attention: observe keeps one state per part, state biases add up, query scales
+    Hidden states: ``transform`` applies the parts in order, one state per part
+    (``[canon, rope]``: Canon layers with RoPE). Inside attention: observe keeps one state per part, state biases add up, query scales
     multiply (``[rope, ssmax]``: RoPE with SSMax), and at most one part may compute its own
     attention weights (stick-breaking, PaTH), which then receive the other parts' biases.
 
@@ -216,6 +217,16 @@ class Combination(PositionalEncoding):
             if w is not None:
                 return w
         return None
+
+    def transform(
+        self, x: Tensor, site: str, past: Any = None, *, layer: int = 0
+    ) -> tuple[Tensor, Any]:
+        past = past if past is not None else [None] * len(self.parts)
+        states = []
+        for part, p in zip(self.parts, past, strict=True):
+            x, s = part.transform(x, site, p, layer=layer)
+            states.append(s)
+        return x, None if all(s is None for s in states) else states
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, parts={'+'.join(self.part_names)}"

@@ -22,7 +22,7 @@ def check_attention_level(part: PositionalEncoding, where: str, name: str) -> No
     """A part of a per-layer or per-head scheme must act inside attention only: absolute
     vectors are added before layer 0 to every head, and drawn or token-derived positions
     are the whole model's (one position tensor)."""
-    for hook in ("embed", "positions", "token_positions"):
+    for hook in ("embed", "positions", "token_positions", "transform", "on_step"):
         if overrides(part, hook):
             raise ConfigError(
                 f"{where} is {name!r}, whose {hook} hook acts on the whole model, not one "

@@ -34,6 +34,8 @@ HOOKS = (
     "state_bias",
     "query_scale",
     "attention_weights",
+    "transform",
+    "on_step",
 )
 
 
