@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -275,7 +276,7 @@ def test_the_wheel_installs_and_runs_from_anywhere(tmp_path):
     """The wheel holds posenc only (cli, tasks and configs inside it); installed into a fresh
     virtual environment it trains, and compares the example plugin against RoPE, from a
     folder that is not the checkout. Torch and the other dependencies come from this
-    environment (--system-site-packages): nothing is downloaded."""
+    environment (its site folders, whether a venv or the system's): nothing is downloaded."""
     dist = tmp_path / "dist"
     src = tmp_path / "src"  # pip builds in the source folder: build from a copy
     shutil.copytree(
@@ -299,8 +300,13 @@ def test_the_wheel_installs_and_runs_from_anywhere(tmp_path):
         assert path in names
 
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
+    # The new venv sees this environment's packages as plain path entries (their .pth files are
+    # not run, so this checkout's editable posenc stays out): a venv made by `python -m venv`
+    # inherits nothing from the system site, where torch may not be.
+    (inner_site,) = env_dir.glob("lib/python*/site-packages")
+    (inner_site / "outer_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "POSENC_CONFIG_PATH")}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
     env.update(MPLBACKEND="Agg", COLUMNS="200")  # rich wraps at 80 columns otherwise
