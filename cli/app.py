@@ -54,9 +54,9 @@ def train(overrides: Overrides = None) -> None:
 
 
 def metrics_dir(cfg) -> str:
-    from posenc.run import default_run_dir
+    from posenc.spec import run_dir
 
-    return str(cfg.run_dir or default_run_dir(cfg))
+    return str(run_dir(cfg))
 
 
 @app.command("list")

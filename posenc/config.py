@@ -244,10 +244,15 @@ def invalid_value(exc: BaseException) -> str | None:
     return f"{key} must be {wanted}, got {got}"
 
 
-def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictConfig:
+def compose(
+    overrides: list[str] | None = None, *, check: bool = True, references: dict | None = None
+) -> DictConfig:
     """The root config with ``overrides`` applied (Hydra's Compose API; OmegaConf types the
-    `posenc.schema` sections), its values checked (`posenc.checks`)."""
+    `posenc.schema` sections), its values checked (`posenc.checks`). ``references`` keeps
+    the configs the open sections are checked against, by group choices, across calls (a
+    sweep composes many runs of the same encodings and tasks)."""
     from posenc import checks, plugins
+    from posenc.spec import resolve_auto
 
     overrides = list(overrides or [])
     check_group_overrides(overrides)
@@ -256,31 +261,15 @@ def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictCo
     if check:
         known = set(groups())
         choices = [o for o in overrides if (m := _GROUP_OVERRIDE.match(o)) and m["group"] in known]
-        checks.check_open_sections(cfg, _hydra_compose(choices), encoding_defaults)
+        references = {} if references is None else references
+        if tuple(choices) not in references:
+            references[tuple(choices)] = _hydra_compose(choices)
+        checks.check_open_sections(cfg, references[tuple(choices)], encoding_defaults)
         checks.check_values(cfg)
         check_preset_task(cfg, overrides)
         plugins.check_config(cfg)  # a plugged-in encoding or task: built and checked
-    resolve_auto(cfg)
+    resolve_auto(cfg)  # posenc.spec: the one place an `auto` value is resolved
     return cfg
-
-
-def resolve_auto(cfg: DictConfig) -> None:
-    """``model.embed_init=auto`` -> the token-embedding init the encoding declares
-    (`PositionalEncoding.token_scale`: ``gpt`` for ALiBi, ``scaled`` for the others),
-    written into the config: a run records the scale it trained with, and its identity is
-    that of the same run with the scale given explicitly. A composite encoding (``combo``,
-    ``randomized``, the hybrids) takes its own class's, ``scaled``."""
-    from omegaconf import open_dict
-
-    from posenc import encodings, plugins
-
-    if cfg.model.embed_init != "auto":
-        return
-    name = str(cfg.encoding.name)
-    if plugins.is_plugin("encoding", name):
-        plugins.load("encoding")
-    with open_dict(cfg):
-        cfg.model.embed_init = encodings.info(name).cls.token_scale
 
 
 def encoding_defaults(name: str) -> dict:

@@ -20,6 +20,25 @@ LOG = "train.log"
 RESULTS_CSV = "results.csv"
 REPORT_MD = "report.md"
 PLOTS = "plots"
+SEED_FOLDER = "seed{seed}"  # the last level of the layout: seed0, seed1, ...
+
+
+def run_folder(runs_root, experiment, task: str, label: str, seed: int) -> Path:
+    """``<runs_root>/<experiment>/<task>/<label>/seed<k>``: a run's folder when no
+    ``run_dir`` names one (`posenc.spec.run_dir`)."""
+    return Path(str(runs_root)) / str(experiment) / str(task) / str(label) / seed_folder(seed)
+
+
+def seed_folder(seed: int) -> str:
+    return SEED_FOLDER.format(seed=seed)
+
+
+def folder_seed(name: str) -> int | None:
+    """The seed a `seed_folder` name holds (``seed3`` -> 3), or None for another name."""
+    prefix, _, suffix = SEED_FOLDER.partition("{seed}")
+    digits = name.removeprefix(prefix).removesuffix(suffix)
+    return int(digits) if name.startswith(prefix) and digits.isdigit() else None
+
 
 # Settings that change how a run is executed or shown, or where it is written, not what it
 # computes. ``experiment`` names the folder under runs_root: a finished run copied into
