@@ -251,7 +251,7 @@ def compose(
     `posenc.schema` sections), its values checked (`posenc.checks`). ``references`` keeps
     the configs the open sections are checked against, by group choices, across calls (a
     sweep composes many runs of the same encodings and tasks)."""
-    from posenc import checks, plugins
+    from posenc import checks, conformance
     from posenc.spec import resolve_auto
 
     overrides = list(overrides or [])
@@ -267,7 +267,7 @@ def compose(
         checks.check_open_sections(cfg, references[tuple(choices)], encoding_defaults)
         checks.check_values(cfg)
         check_preset_task(cfg, overrides)
-        plugins.check_config(cfg)  # a plugged-in encoding or task: built and checked
+        conformance.check_config(cfg)  # a plugged-in encoding or task: built and checked
     resolve_auto(cfg)  # posenc.spec: the one place an `auto` value is resolved
     return cfg
 

@@ -17,6 +17,7 @@ from posenc.checks import check_values
 from posenc.errors import ConfigError
 from posenc.memory import check_fits
 from posenc.model import ModelConfig, Transformer
+from posenc.runfolder import legacy_values
 from posenc.schema import task_params
 from posenc.spec import run_dir
 from posenc.tasks.format import DEFAULT_FORMAT, N_SPECIAL, SEP, SequenceFormat, vocab_size
@@ -106,7 +107,7 @@ def _build_model(
     torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
     where = torch.device("meta") if meta else contextlib.nullcontext()
     with where:
-        encoding = encodings.from_config(cfg)
+        encoding = encodings.from_config(cfg, legacy_values("encoding"))
         encoding.bind_task(digit_layout(task))  # token-derived encodings learn the digits here
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))

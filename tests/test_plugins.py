@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from posenc import encodings, plugins
+from posenc import conformance, encodings, plugins
 from posenc.cli.app import app
 from posenc.cli.completion import complete_encodings, override_candidates
 from posenc.tasks import base as task_base
@@ -106,7 +106,7 @@ def _forget_plugins() -> None:
         for name in plugins._loaded.get(group, {}):
             registry.pop(name, None)
     plugins._loaded.clear()
-    plugins._checked.clear()
+    conformance._checked.clear()
     plugins._entry_points.cache_clear()
     from posenc.cli import completion
 
@@ -163,8 +163,8 @@ def test_example_classes_pass_the_interface_checks(installed, example_site):
     from posenc_example.encoding import LogDistanceBias
     from posenc_example.task import RotateLeft
 
-    plugins.check_encoding(LogDistanceBias, slope_scale=2.0)
-    plugins.check_task(RotateLeft, shift=2)
+    conformance.check_encoding(LogDistanceBias, slope_scale=2.0)
+    conformance.check_task(RotateLeft, shift=2)
     assert RotateLeft(shift=1).solve([1, 2, 3]) == [2, 3, 1]
 
 

@@ -37,6 +37,7 @@ from posenc.encodings.registry import (
     names,
     parameters,
     register,
+    register_plugin,
 )
 
 register(
@@ -62,4 +63,5 @@ __all__ = [
 # plugin module can import everything above. A broken one is kept aside with its error.
 from posenc import plugins as _plugins  # noqa: E402
 
+_plugins.REGISTRARS["encoding"] = register_plugin
 _plugins.load("encoding")
