@@ -159,7 +159,12 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
             )
     except Exception as exc:  # Hydra's messages are good but multi-line
         chain = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
-        message = _missing_key(chain, overrides) or invalid_value(exc) or _unknown_key(chain)
+        message = (
+            _missing_key(chain, overrides)
+            or invalid_value(exc)
+            or _preset_header(chain, overrides)
+            or _unknown_key(chain)
+        )
         if message:
             raise ConfigError(message) from exc
         first = first_line(exc)
@@ -258,6 +263,7 @@ def compose(
     check_group_overrides(overrides)
     check_switch_overrides(overrides)
     cfg = _hydra_compose(overrides)
+    check_required(cfg)
     if check:
         known = set(groups())
         choices = [o for o in overrides if (m := _GROUP_OVERRIDE.match(o)) and m["group"] in known]
@@ -270,6 +276,35 @@ def compose(
         conformance.check_config(cfg)  # a plugged-in encoding or task: built and checked
     resolve_auto(cfg)  # posenc.spec: the one place an `auto` value is resolved
     return cfg
+
+
+def _preset_header(message: str, overrides: list[str]) -> str | None:
+    """For "Key 'preset' not in 'Root'": a preset without ``# @package _global_`` lands under
+    a key ``preset`` instead of on the whole config; say so, not "unknown key preset"."""
+    if not re.search(r"Key 'preset' not in 'Root'", message):
+        return None
+    named = [
+        m["value"] for o in overrides if (m := _GROUP_OVERRIDE.match(o)) and m["group"] == "preset"
+    ]
+    name = named[-1] if named else "?"
+    where = find_config("preset", name)
+    return (
+        f"preset {name!r}{f' ({where})' if where else ''} must begin with the line "
+        "'# @package _global_': a preset sets keys of the whole config (docs/experiments.md)"
+    )
+
+
+def check_required(cfg: DictConfig) -> None:
+    """A parameter without a default (a plugin constructor's required argument, ``???``)
+    must be given: one line naming it, not a run that trains with the string '???'."""
+    missing = [k for k in OmegaConf.missing_keys(cfg) if k.split(".")[0] in ("encoding", "task")]
+    if missing:
+        key = missing[0]
+        section = key.split(".")[0]
+        raise ConfigError(
+            f"{key} is required ({section} {str(cfg[section].name)!r} has no default for it); "
+            f"add {key}=VALUE"
+        )
 
 
 def encoding_defaults(name: str) -> dict:

@@ -57,6 +57,43 @@ class Peeks(PositionalEncoding):
 
     def embed(self, x, pos, tokens=None):
         return x + x.flip(1).cumsum(1).flip(1)
+
+
+class Needs(PositionalEncoding):
+    """Scales the embeddings by a factor that has no default."""
+
+    def __init__(self, *, d_model, n_heads, max_len, n_layers=1, needed: float, shift: float = 0.5):
+        super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        self.needed, self.shift = float(needed), float(shift)
+
+    def embed(self, x, pos, tokens=None):
+        return x * self.needed + self.shift
+
+
+class RareBad(SymbolTask):
+    """Copies, but about one sample in a hundred holds an id past the vocabulary."""
+
+    def solve(self, inputs):
+        return list(inputs)
+
+    def sample(self, n, rng):
+        inputs = self.draw(n, rng).tolist()
+        if rng.random() < 0.01:
+            inputs[0] = self.vocab_size
+        return inputs, list(inputs)
+
+
+class GlobalRandom(SymbolTask):
+    """Copies symbols drawn from the global random instead of its rng."""
+
+    def solve(self, inputs):
+        return list(inputs)
+
+    def sample(self, n, rng):
+        import random
+
+        inputs = [random.randrange(self.vocab_size) for _ in range(n)]
+        return inputs, list(inputs)
 '''
 BAD_ENTRY_POINTS = """
 [posenc.encodings]
@@ -65,8 +102,12 @@ missing = no_such_module_for_posenc:Encoding
 wrong_shape = bad_plugin:WrongShape
 peeks = bad_plugin:Peeks
 
+needs = bad_plugin:Needs
+
 [posenc.tasks]
 wrong_solver = bad_plugin:WrongSolver
+rare_bad = bad_plugin:RareBad
+global_random = bad_plugin:GlobalRandom
 """
 
 
@@ -230,6 +271,60 @@ def test_a_task_that_disagrees_with_its_solver_is_refused_before_training(
     assert "task 'wrong_solver' (bad_plugin:WrongSolver from bad-plugins)" in line
     assert "solve(input) disagrees with sample(" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("task", "problem"),
+    [
+        ("rare_bad", ": its input is not a list of symbol ids in [0, 16): [16]"),
+        ("global_random", "must draw from its rng only, not the global random"),
+    ],
+)
+def test_a_task_whose_rare_samples_are_bad_or_that_draws_globally_is_refused(
+    installed, bad_site, tmp_path, task, problem
+):
+    """The check draws hundreds of samples per length, under two global random states."""
+    installed(bad_site)
+    result = runner.invoke(app, ["train", f"task={task}", f"run_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert problem in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_required_parameter_must_be_set_and_takes_a_number(installed, bad_site, tmp_path):
+    installed(bad_site)
+    result = runner.invoke(app, ["train", "encoding=needs", f"run_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.endswith("encoding.needed is required (encoding 'needs' has no default for it); "
+                         "add encoding.needed=VALUE")  # fmt: skip
+    result = runner.invoke(app, ["config", "encoding=needs", "encoding.needed=1.5"])
+    assert result.exit_code == 0, result.output
+    assert "needed: 1.5" in result.output
+
+
+def test_a_negative_value_for_a_non_negative_default_names_the_rule(installed, bad_site):
+    installed(bad_site)
+    result = runner.invoke(
+        app, ["config", "encoding=needs", "encoding.needed=1", "encoding.shift=-1"]
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "its default is >= 0, so posenc takes it as non-negative" in line
+
+
+def test_a_preset_without_the_global_package_header_says_so(tmp_path, monkeypatch):
+    (tmp_path / "preset").mkdir()
+    (tmp_path / "preset" / "mine.yaml").write_text("train:\n  steps: 5\n")
+    monkeypatch.setenv("POSENC_CONFIG_PATH", str(tmp_path))
+    result = runner.invoke(app, ["config", "preset=mine"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "preset 'mine'" in line and "must begin with the line '# @package _global_'" in line
+    (tmp_path / "preset" / "mine.yaml").write_text("# @package _global_\ntrain:\n  steps: 5\n")
+    result = runner.invoke(app, ["config", "preset=mine"])
+    assert result.exit_code == 0 and "steps: 5" in result.output
 
 
 def test_a_broken_plugin_leaves_the_other_commands_working(installed, bad_site):
