@@ -1,4 +1,5 @@
-"""Positional encodings behind one three-hook interface, and their registry.
+"""Positional encodings behind one interface of hooks (`posenc.encodings.base`: embed, rotate
+and bias, and those inside attention), and their registry.
 
 Public API::
 
