@@ -364,14 +364,26 @@ def publish(
         str | None,
         typer.Option("--baseline", help="As for posenc report: differences to this encoding."),
     ] = None,
+    evaluation: Annotated[
+        str | None,
+        typer.Option(
+            "--evaluation",
+            help="Publish the re-evaluation TAG (posenc eval --tag TAG: eval-TAG.json) as "
+            "an experiment of its own instead.",
+        ),
+    ] = None,
 ) -> None:
     """Copy an experiment's numbers (each run's metrics.json and config.yaml: no checkpoints,
     logs or events) into DEST and write its report there; posenc report DEST regenerates it."""
     from posenc.errors import PosencError
     from posenc.publish import publish as publish_
+    from posenc.publish import publish_evaluation
 
     try:
-        done = publish_(directory, dest, baseline)
+        if evaluation is not None:
+            done = publish_evaluation(directory, dest, evaluation, baseline)
+        else:
+            done = publish_(directory, dest, baseline)
     except PosencError as exc:
         fail(str(exc))
     print(
