@@ -55,8 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-FIRST_SYMBOL = 4  # token id of a task's first symbol (after PAD, BOS, SEP, EOS: tasks.format)
-SEP = 2  # token id of the separator between prompt and answer (tasks.format)
+from posenc.tokens import FIRST_SYMBOL, SEP
 
 
 @dataclass(frozen=True)
