@@ -28,6 +28,7 @@ runner = CliRunner()
 
 BAD_PLUGIN = '''
 from posenc.encodings import PositionalEncoding
+from posenc.errors import ConfigError
 from posenc.tasks.base import SymbolTask
 
 
@@ -64,6 +65,8 @@ class Needs(PositionalEncoding):
 
     def __init__(self, *, d_model, n_heads, max_len, n_layers=1, needed: float, shift: float = 0.5):
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        if not needed > 0:
+            raise ConfigError(f"encoding 'needs' needs encoding.needed > 0, got {needed}")
         self.needed, self.shift = float(needed), float(shift)
 
     def embed(self, x, pos, tokens=None):
@@ -302,6 +305,11 @@ def test_a_required_parameter_must_be_set_and_takes_a_number(installed, bad_site
     result = runner.invoke(app, ["config", "encoding=needs", "encoding.needed=1.5"])
     assert result.exit_code == 0, result.output
     assert "needed: 1.5" in result.output
+    result = runner.invoke(app, ["config", "encoding=needs", "encoding.needed=0"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()  # the plugin's own message, named once
+    assert line == ("error: encoding 'needs' (bad_plugin:Needs from bad-plugins): needs "
+                    "encoding.needed > 0, got 0")  # fmt: skip
 
 
 def test_a_negative_value_for_a_non_negative_default_names_the_rule(installed, bad_site):
