@@ -51,6 +51,15 @@ def test_a_reevaluation_publishes_as_the_sparse_split_the_docs_hold(tmp_path):
     assert (dest / "report.md").is_file() and (dest / "results.csv").is_file()
 
 
+def test_report_prints_a_reevaluations_tables_and_writes_nothing(tmp_path):
+    src = _experiment_with_its_reevaluation(tmp_path / "runs")
+    before = sorted(src.rglob("*"))
+    result = CliRunner().invoke(app, ["report", str(src), "--evaluation", TAG])
+    assert result.exit_code == 0, result.output
+    assert "18 runs re-evaluated as eval_p_ignore-0.98" in result.output
+    assert "alibi" in result.output and sorted(src.rglob("*")) == before
+
+
 def test_a_missing_reevaluation_is_one_line(tmp_path):
     src = _experiment_with_its_reevaluation(tmp_path / "runs")
     result = CliRunner().invoke(
