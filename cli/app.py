@@ -54,9 +54,9 @@ def train(overrides: Overrides = None) -> None:
 
 
 def metrics_dir(cfg) -> str:
-    from posenc.run import default_run_dir
+    from posenc.spec import run_dir
 
-    return str(cfg.run_dir or default_run_dir(cfg))
+    return str(run_dir(cfg))
 
 
 @app.command("list")
@@ -69,20 +69,27 @@ def list_() -> None:
 
     console = Console(highlight=False, soft_wrap=True)
     width = max(map(len, [*encodings.names(), *tasks.names()])) + 2
+    # a family as long as its column ("data-dependent") still gets its gap
+    family = max(12, *(len(encodings.info(n).family) + 2 for n in encodings.names()))
 
     def broken(group: str) -> None:  # installed plugins that cannot be used, and why
         for name, plugin in sorted(plugins.load(group).items()):
             if plugin.error and name not in (encodings.names() + tasks.names()):
-                console.print(f"  {name:<{width}}[red]{'broken':<12}[/]{escape(plugin.error)}")
+                console.print(
+                    f"  {name:<{width}}[red]{'broken':<{family}}[/]{escape(plugin.error)}"
+                )
 
     console.print("[bold]encodings[/]")
     for name in encodings.names():
         e = encodings.info(name)
-        console.print(f"  {name:<{width}}{e.family:<12}{e.description} ({e.paper})")
+        # escaped: a description's [rope, rope, none] is text, not rich markup
+        console.print(
+            f"  {name:<{width}}{e.family:<{family}}{escape(f'{e.description} ({e.paper})')}"
+        )
     broken("encoding")
     console.print("[bold]tasks[/]")
     for name in tasks.names():
-        console.print(f"  {name:<{width}}{tasks.task_class(name).description}")
+        console.print(f"  {name:<{width}}{escape(tasks.task_class(name).description)}")
     broken("task")
     from posenc.mixers import MIXERS
 

@@ -373,15 +373,43 @@ def report(
             "exact match, with a 95% paired-bootstrap CI over seeds and evaluation examples.",
         ),
     ] = None,
+    evaluation: Annotated[
+        str | None,
+        typer.Option(
+            "--evaluation",
+            help="Print the tables of the runs' re-evaluation TAG (posenc eval --tag TAG: "
+            "eval-TAG.json) instead; writes nothing (posenc publish --evaluation does).",
+        ),
+    ] = None,
 ) -> None:
     """Aggregate an experiment folder into results.csv, report.md and plots (also while it runs)."""
     from posenc.report import load_experiment
 
     if not directory.is_dir():
         fail(f"{directory} is not a folder")
+    if evaluation is not None:
+        _evaluation_report(directory, evaluation, baseline)
+        return
     if not load_experiment(directory):
         fail(f"no runs under {directory} (expected <task>/<encoding>/seed<k>/ folders)")
     _report(directory, baseline)
+
+
+def _evaluation_report(directory: Path, tag: str, baseline: str | None) -> None:
+    from rich.console import Console
+
+    from posenc.errors import PosencError
+    from posenc.publish import evaluation_report
+    from posenc.report import rich_tables
+
+    try:
+        report = evaluation_report(directory, tag, baseline)
+    except PosencError as exc:
+        fail(str(exc))
+    out = Console(highlight=False)
+    for table in rich_tables(report):
+        out.print(table)
+    out.print(f"{len(report.records)} runs re-evaluated as {tag}")
 
 
 def publish(
@@ -393,14 +421,26 @@ def publish(
         str | None,
         typer.Option("--baseline", help="As for posenc report: differences to this encoding."),
     ] = None,
+    evaluation: Annotated[
+        str | None,
+        typer.Option(
+            "--evaluation",
+            help="Publish the re-evaluation TAG (posenc eval --tag TAG: eval-TAG.json) as "
+            "an experiment of its own instead.",
+        ),
+    ] = None,
 ) -> None:
     """Copy an experiment's numbers (each run's metrics.json and config.yaml: no checkpoints,
     logs or events) into DEST and write its report there; posenc report DEST regenerates it."""
     from posenc.errors import PosencError
     from posenc.publish import publish as publish_
+    from posenc.publish import publish_evaluation
 
     try:
-        done = publish_(directory, dest, baseline)
+        if evaluation is not None:
+            done = publish_evaluation(directory, dest, evaluation, baseline)
+        else:
+            done = publish_(directory, dest, baseline)
     except PosencError as exc:
         fail(str(exc))
     print(

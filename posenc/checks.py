@@ -269,13 +269,17 @@ def _container(cfg: DictConfig) -> dict:
 
 
 def inferred(default: Any) -> Check | None:
-    """The check a default implies; None where any value will do (a null default)."""
+    """The check a default implies; None where any value will do (a null default, or a
+    required parameter's ``???``: its constructor checks it). A number whose default is
+    >= 0 takes no negative value (docs/extending.md: a default < 0 allows them)."""
     if isinstance(default, bool):
         return boolean
+    if default == "???":
+        return None
     if isinstance(default, int):
-        return integer(minimum=0 if default >= 0 else None)
+        return _non_negative(integer(minimum=0)) if default >= 0 else integer()
     if isinstance(default, float):
-        return number(minimum=0.0 if default >= 0 else None)
+        return _non_negative(number(minimum=0.0)) if default >= 0 else number()
     if isinstance(default, str):
         return name
     if isinstance(default, list):
@@ -287,6 +291,23 @@ def inferred(default: Any) -> Check | None:
             return list_of(name)
         return list_of(lambda v, p, t: None)
     return None
+
+
+def _non_negative(check: Check) -> Check:
+    """``check``, its refusal of a negative value saying which rule refused it."""
+
+    def checked(value: Any, path: str, tree: dict) -> None:
+        try:
+            check(value, path, tree)
+        except ConfigError as exc:
+            if _is_number(value) and value < 0:
+                raise ConfigError(
+                    f"{exc} (its default is >= 0, so posenc takes it as non-negative; one that "
+                    "may be negative has a negative or null default: docs/extending.md)"
+                ) from None
+            raise
+
+    return checked
 
 
 class OpenSections:

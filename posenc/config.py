@@ -159,7 +159,12 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
             )
     except Exception as exc:  # Hydra's messages are good but multi-line
         chain = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
-        message = _missing_key(chain, overrides) or invalid_value(exc) or _unknown_key(chain)
+        message = (
+            _missing_key(chain, overrides)
+            or invalid_value(exc)
+            or _preset_header(chain, overrides)
+            or _unknown_key(chain)
+        )
         if message:
             raise ConfigError(message) from exc
         first = first_line(exc)
@@ -244,43 +249,62 @@ def invalid_value(exc: BaseException) -> str | None:
     return f"{key} must be {wanted}, got {got}"
 
 
-def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictConfig:
+def compose(
+    overrides: list[str] | None = None, *, check: bool = True, references: dict | None = None
+) -> DictConfig:
     """The root config with ``overrides`` applied (Hydra's Compose API; OmegaConf types the
-    `posenc.schema` sections), its values checked (`posenc.checks`)."""
-    from posenc import checks, plugins
+    `posenc.schema` sections), its values checked (`posenc.checks`). ``references`` keeps
+    the configs the open sections are checked against, by group choices, across calls (a
+    sweep composes many runs of the same encodings and tasks)."""
+    from posenc import checks, conformance
+    from posenc.spec import resolve_auto
 
     overrides = list(overrides or [])
     check_group_overrides(overrides)
     check_switch_overrides(overrides)
     cfg = _hydra_compose(overrides)
+    check_required(cfg)
     if check:
         known = set(groups())
         choices = [o for o in overrides if (m := _GROUP_OVERRIDE.match(o)) and m["group"] in known]
-        checks.check_open_sections(cfg, _hydra_compose(choices), encoding_defaults)
+        references = {} if references is None else references
+        if tuple(choices) not in references:
+            references[tuple(choices)] = _hydra_compose(choices)
+        checks.check_open_sections(cfg, references[tuple(choices)], encoding_defaults)
         checks.check_values(cfg)
         check_preset_task(cfg, overrides)
-        plugins.check_config(cfg)  # a plugged-in encoding or task: built and checked
-    resolve_auto(cfg)
+        conformance.check_config(cfg)  # a plugged-in encoding or task: built and checked
+    resolve_auto(cfg)  # posenc.spec: the one place an `auto` value is resolved
     return cfg
 
 
-def resolve_auto(cfg: DictConfig) -> None:
-    """``model.embed_init=auto`` -> the token-embedding init the encoding declares
-    (`PositionalEncoding.token_scale`: ``gpt`` for ALiBi, ``scaled`` for the others),
-    written into the config: a run records the scale it trained with, and its identity is
-    that of the same run with the scale given explicitly. A composite encoding (``combo``,
-    ``randomized``, the hybrids) takes its own class's, ``scaled``."""
-    from omegaconf import open_dict
+def _preset_header(message: str, overrides: list[str]) -> str | None:
+    """For "Key 'preset' not in 'Root'": a preset without ``# @package _global_`` lands under
+    a key ``preset`` instead of on the whole config; say so, not "unknown key preset"."""
+    if not re.search(r"Key 'preset' not in 'Root'", message):
+        return None
+    named = [
+        m["value"] for o in overrides if (m := _GROUP_OVERRIDE.match(o)) and m["group"] == "preset"
+    ]
+    name = named[-1] if named else "?"
+    where = find_config("preset", name)
+    return (
+        f"preset {name!r}{f' ({where})' if where else ''} must begin with the line "
+        "'# @package _global_': a preset sets keys of the whole config (docs/experiments.md)"
+    )
 
-    from posenc import encodings, plugins
 
-    if cfg.model.embed_init != "auto":
-        return
-    name = str(cfg.encoding.name)
-    if plugins.is_plugin("encoding", name):
-        plugins.load("encoding")
-    with open_dict(cfg):
-        cfg.model.embed_init = encodings.info(name).cls.token_scale
+def check_required(cfg: DictConfig) -> None:
+    """A parameter without a default (a plugin constructor's required argument, ``???``)
+    must be given: one line naming it, not a run that trains with the string '???'."""
+    missing = [k for k in OmegaConf.missing_keys(cfg) if k.split(".")[0] in ("encoding", "task")]
+    if missing:
+        key = missing[0]
+        section = key.split(".")[0]
+        raise ConfigError(
+            f"{key} is required ({section} {str(cfg[section].name)!r} has no default for it); "
+            f"add {key}=VALUE"
+        )
 
 
 def encoding_defaults(name: str) -> dict:

@@ -216,7 +216,7 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         # auto (resolved when a config is composed) may reach here from code that builds a
-        # ModelConfig itself: the encoding's own scale, as posenc.config.resolve_auto gives
+        # ModelConfig itself: the encoding's own scale, as posenc.spec.resolve_auto gives
         self.embed_init = encoding.token_scale if cfg.embed_init == "auto" else cfg.embed_init
         self.embed_scale = math.sqrt(cfg.d_model) if self.embed_init == "scaled" else 1.0
         self._init_weights()

@@ -4,6 +4,7 @@ byte (`posenc.run.run` then trains it)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from posenc.checks import check_values
 from posenc.errors import ConfigError
 from posenc.memory import check_fits
 from posenc.model import CausalSelfAttention, ModelConfig, Transformer
-from posenc.schema import encoding_label, task_params
+from posenc.runfolder import legacy_values
+from posenc.schema import task_params
+from posenc.spec import run_dir
 from posenc.tasks.format import DEFAULT_FORMAT, N_SPECIAL, SEP, SequenceFormat, vocab_size
 
 
@@ -46,16 +49,6 @@ def quick_lengths(cfg: DictConfig) -> list[int]:
     if cfg.train.stop_at is not None:
         quick |= set(range(cfg.train.min_len, cfg.train.max_len + 1))
     return sorted(quick)
-
-
-def default_run_dir(cfg: DictConfig) -> Path:
-    return (
-        Path(cfg.runs_root)
-        / str(cfg.experiment)
-        / str(cfg.task.name)
-        / encoding_label(cfg.encoding)
-        / f"seed{cfg.seed}"
-    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,17 +92,26 @@ def _check_lengths(cfg: DictConfig, task: tasks.Task) -> tuple[list[int], list[i
 
 
 def _build_model(
-    cfg: DictConfig, task: tasks.Task, lengths: list[int], quick: list[int], hi: int, device
+    cfg: DictConfig,
+    task: tasks.Task,
+    lengths: list[int],
+    quick: list[int],
+    hi: int,
+    device,
+    meta: bool = False,
 ) -> Transformer:
     """The encoding (bound to the task's digits) and the model, once the longest sequence
-    fits both ``model.max_len`` and the encoding's positions."""
+    fits both ``model.max_len`` and the encoding's positions (``meta``: on torch's meta
+    device, every check made and no weight drawn)."""
     m = cfg.model
     torch.manual_seed(cfg.seed)  # before the encoding: many have random initial parameters
-    encoding = encodings.from_config(cfg)
-    encoding.bind_task(digit_layout(task))  # token-derived encodings learn the digits here
-    for module in encoding.modules():  # a schedule over training (DroPE) checks it fits
-        if isinstance(module, encodings.PositionalEncoding):
-            module.bind_steps(cfg.train.steps)
+    where = torch.device("meta") if meta else contextlib.nullcontext()
+    with where:
+        encoding = encodings.from_config(cfg, legacy_values("encoding"))
+        encoding.bind_task(digit_layout(task))  # token-derived encodings learn the digits here
+        for module in encoding.modules():  # a schedule over training (DroPE) checks it fits
+            if isinstance(module, encodings.PositionalEncoding):
+                module.bind_steps(cfg.train.steps)
     longest = max(
         task.max_sequence_length(n, np.random.default_rng(cfg.eval.seed))
         for n in sorted({*lengths, *quick, hi})[-3:]
@@ -127,9 +129,10 @@ def _build_model(
             + f"; raise model.max_len to >= {longest} or lower eval.max_len"
         )
     model_cfg = ModelConfig.from_config(m, vocab_size(len(task.symbols)))
-    model = Transformer(model_cfg, encoding).to(device)
+    with where:
+        model = Transformer(model_cfg, encoding)
     _check_encoding_reaches_a_layer(model, cfg.encoding.name)
-    return model
+    return model if meta else model.to(device)
 
 
 # The hooks only an attention layer calls (a recurrent mixer calls none of them).
@@ -158,14 +161,14 @@ def _check_encoding_reaches_a_layer(model: Transformer, name: str) -> None:
                 )
 
 
-def plan(cfg: DictConfig) -> Plan:
-    """Check the whole config and build task and model; writes nothing."""
+def plan(cfg: DictConfig, *, meta: bool = False) -> Plan:
+    """Check the whole config and build task and model; writes nothing. ``meta``: the model
+    on torch's meta device, for a check that allocates no weights (a sweep's parent)."""
     check_values(cfg)  # the config against itself
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
     fmt = SequenceFormat.from_config(cfg.task).for_task(task)
     lengths, quick = _check_lengths(cfg, task)
     device = resolve_device(str(cfg.device))
     check_fits(cfg, task, lengths, device)  # posenc.memory: before anything is allocated
-    model = _build_model(cfg, task, lengths, quick, cfg.train.max_len, device)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-    return Plan(cfg, task, model, lengths, quick, run_dir, device, fmt)
+    model = _build_model(cfg, task, lengths, quick, cfg.train.max_len, device, meta)
+    return Plan(cfg, task, model, lengths, quick, run_dir(cfg), device, fmt)

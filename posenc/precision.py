@@ -1,8 +1,8 @@
 """``train.precision=auto``: bf16 only on a machine where it was measured to pay.
 
-posenc never guesses that bf16 is faster from the instruction set: on the AMX machine
-posenc's step under autocast was 0.53x the fp32 step, and on the AVX2 machine 0.13x
-(docs/performance.md). ``auto`` therefore reads a measurement of *this* machine, written by
+posenc never guesses that bf16 is faster from the instruction set: under autocast the step
+was slower than fp32 on both CPUs measured, one with AMX and one with AVX2 only (the figures:
+docs/performance.md). ``auto`` therefore reads a measurement of *this* machine, written by
 the benchmark (``python benchmarks/speed.py --rows bf16 --record``) into
 ``$XDG_CACHE_HOME/posenc/precision.json`` (``~/.cache/...``), keyed by the machine: device
 type, CPU model, the bf16 instruction-set flags and the torch version. It resolves to

@@ -41,6 +41,7 @@ from posenc.report import (
     accuracy_plot_name,
     build_report,
     load_experiment,
+    record_from_metrics,
     task_section_lines,
     tasks_of,
     write_report,
@@ -98,6 +99,90 @@ def publish(src: str | Path, dest: str | Path, baseline: str | None = None) -> P
     files += write_report(report, dest)
     failed = sum(r.status == "failed" for r in done)
     return Published(len(done) - failed, failed, len(records) - len(done), files)
+
+
+def publish_evaluation(
+    src: str | Path, dest: str | Path, tag: str, baseline: str | None = None
+) -> Published:
+    """Publish the re-evaluation ``tag`` of ``src``'s runs (``posenc eval RUN --tag TAG``:
+    ``eval-<tag>.json``) as an experiment of its own in ``dest``: each such run's
+    evaluation as its ``metrics.json``, its ``config.yaml`` with the evaluation's overrides
+    applied (the folder says what it was scored on), and the report. Nothing is trained; the
+    numbers are the re-evaluation's, unchanged (flip-flop's sparse and dense splits:
+    docs/results.md)."""
+    from omegaconf import OmegaConf
+
+    from posenc.io import atomic_write_json
+
+    src, dest = Path(src), Path(dest)
+    if not src.is_dir():
+        raise ConfigError(f"{src} is not a folder")
+    if dest.resolve() == src.resolve() or dest.resolve().is_relative_to(src.resolve()):
+        raise ConfigError(f"publish into a folder outside the experiment, got {dest}")
+    experiment = dest.resolve().name
+    files = []
+    found = evaluations(src, tag)
+    for rel, metrics, cfg in found:
+        out = dest / rel
+        cfg.experiment = metrics["experiment"] = experiment
+        atomic_write_text(out / CONFIG, OmegaConf.to_yaml(cfg))
+        atomic_write_json(out / METRICS, metrics)
+        files += [out / CONFIG, out / METRICS]
+    report = build_report(load_experiment(dest), experiment, baseline=baseline)
+    files += write_report(report, dest)
+    return Published(len(found), 0, 0, files)
+
+
+def evaluations(src: Path, tag: str) -> list[tuple[Path, dict, Any]]:
+    """(run folder relative to ``src``, its ``eval-<tag>.json``, its config with the
+    evaluation's overrides applied) for every run of ``src`` re-evaluated under ``tag``."""
+    from omegaconf import OmegaConf
+
+    from posenc.io import read_json
+    from posenc.runfolder import evaluation_file, folder_seed
+
+    name = evaluation_file(tag)
+    found = [
+        p
+        for p in sorted(Path(src).glob(f"*/*/*/{name}"))
+        if folder_seed(p.parent.name) is not None and (p.parent / CONFIG).is_file()
+    ]
+    if not found:
+        raise ConfigError(f"no run under {src} has {name} (posenc eval RUN_DIR ... --tag {tag})")
+    out = []
+    for path in found:
+        metrics = read_json(path)
+        cfg = OmegaConf.load(path.parent / CONFIG)
+        for key, value in _overrides(metrics):
+            OmegaConf.update(cfg, key, value, merge=False)
+        out.append((path.parent.relative_to(src), metrics, cfg))
+    return out
+
+
+def evaluation_report(src: str | Path, tag: str, baseline: str | None = None) -> Report:
+    """The report of ``src``'s re-evaluation ``tag`` (`evaluations`), written nowhere."""
+    from omegaconf import OmegaConf
+
+    records = [
+        record_from_metrics(metrics, str(rel), OmegaConf.to_container(cfg))
+        for rel, metrics, cfg in evaluations(Path(src), tag)
+    ]
+    return build_report(
+        records, f"{Path(src).resolve().name} ({tag})", plots=False, baseline=baseline
+    )
+
+
+def _overrides(metrics: dict) -> list[tuple[str, Any]]:
+    """The ``eval.overrides`` a re-evaluation recorded, as (key, value), parsed as Hydra
+    parses a command line (``task.eval_p_ignore=0.98`` a float, ``null`` None)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = list((metrics.get("eval") or {}).get("overrides") or [])
+    try:
+        parsed = OverridesParser.create().parse_overrides(lines)
+    except Exception as exc:
+        raise ConfigError(f"unreadable eval.overrides {lines}: {exc}") from exc
+    return [(o.key_or_group, o.value()) for o in parsed]
 
 
 @dataclass

@@ -28,7 +28,7 @@ from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json, read_json
 from posenc.planning import plan
 from posenc.record import metrics_record
-from posenc.runfolder import CHECKPOINT, CONFIG, METRICS, read_config
+from posenc.runfolder import CHECKPOINT, CONFIG, METRICS, evaluation_file, read_config
 from posenc.schema import task_params
 
 # Keys outside ``encoding.*`` that may change at evaluation: none of them changes the model.
@@ -180,6 +180,6 @@ def reevaluate(
     }
     train = trained.get("train", {})
     metrics = metrics_record(cfg, p.task.name, per_length, train=train, evaluation=evaluation)
-    path = d / f"eval-{tag}.json"
+    path = d / evaluation_file(tag)
     atomic_write_json(path, metrics)
     return metrics, path

@@ -21,63 +21,46 @@ from posenc.console import Reporter
 from posenc.data import by_length, load_eval_set
 from posenc.errors import RunExistsError, UnreadableFileError, first_line
 from posenc.evaluate import evaluate_lengths
-from posenc.io import atomic_write_json, read_json
+from posenc.io import atomic_write_json
 from posenc.lock import RunLock
-from posenc.planning import (
-    Plan,
-    default_run_dir,
-    digit_layout,
-    eval_lengths,
-    plan,
-    quick_lengths,
-    resolve_device,
-)
+from posenc.planning import Plan, plan
 from posenc.record import metrics_record
-from posenc.runfolder import CHECKPOINT, CONFIG, METRICS, config_identity
+from posenc.runfolder import CONFIG, METRICS
 from posenc.session import Session, prepare, train_phase
-
-# Imported from here by the CLI, tests, benchmarks and plugins.
-__all__ = [
-    "Plan",
-    "default_run_dir",
-    "digit_layout",
-    "eval_lengths",
-    "load_metrics",
-    "plan",
-    "quick_lengths",
-    "resolve_device",
-    "run",
-]
+from posenc.spec import FINISHED, FOREIGN, NEW, differences, run_status
 
 
 def check_run_dir(p: Plan) -> str:
-    """'new', 'resume' or 'overwrite'; raises if the folder holds a finished or foreign run."""
+    """'new', 'resume' or 'overwrite' (`posenc.spec.run_status`); raises if the folder holds
+    a finished run, or another config's, naming what differs."""
     d = p.run_dir
-    if (d / METRICS).exists():
-        if not p.cfg.overwrite:
-            raise RunExistsError(
-                f"{d} already holds a finished run ({METRICS}); pass overwrite=true to replace it "
-                "or choose another run_dir/experiment"
-            )
+    status = run_status(d, p.cfg)
+    if status == NEW:
+        return "new"
+    if p.cfg.overwrite:
         return "overwrite"
-    if (d / CHECKPOINT).exists() and (d / CONFIG).exists():
-        if p.cfg.overwrite:
-            return "overwrite"
+    finished = (d / METRICS).exists()
+    if status == FINISHED or (finished and not (d / CONFIG).is_file()):
+        raise RunExistsError(
+            f"{d} already holds a finished run ({METRICS}); pass overwrite=true to replace it "
+            "or choose another run_dir/experiment"
+        )
+    if status == FOREIGN:
         try:
-            old = OmegaConf.load(d / CONFIG)
-            config_identity(old)
+            OmegaConf.load(d / CONFIG)
         except Exception as exc:
             raise UnreadableFileError(
                 f"{d / CONFIG} cannot be read ({first_line(exc)}); pass "
                 "overwrite=true to start the run over"
             ) from exc
-        if config_identity(old) != config_identity(p.cfg):
-            raise RunExistsError(
-                f"{d} holds an unfinished run with a different config; pass overwrite=true to "
-                "start over or choose another run_dir/experiment"
-            )
-        return "resume"
-    return "new"
+        what = "finished" if finished else "unfinished"
+        diff = differences(d, p.cfg)
+        raise RunExistsError(
+            f"{d} holds an {what} run with a different config"
+            + (f" ({diff})" if diff else "")
+            + "; pass overwrite=true to start over or choose another run_dir/experiment"
+        )
+    return "resume"
 
 
 def evaluate_phase(s: Session, reporter: Reporter) -> tuple[dict, dict, float]:
@@ -184,7 +167,3 @@ def _run(p: Plan, reporter: Reporter | None, stop_file: Path | None = None) -> d
     metrics = write_phase(session, per_length, groups, train_seconds, eval_seconds)
     reporter.finish(metrics)
     return metrics
-
-
-def load_metrics(run_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / METRICS)

@@ -3,7 +3,8 @@ and the command line share.
 
 ``runs/<experiment>/<task>/<encoding>/seed<k>/`` holds ``config.yaml`` (the resolved config),
 ``checkpoint.pt`` (the last checkpoint), ``metrics.json`` (written last: its presence marks the
-run finished), ``error.json`` (a failed run in a sweep), ``train.log`` and TensorBoard events.
+run finished), ``error.json`` (a failed run in a sweep), ``eval-<tag>.json`` (re-evaluations),
+``train.log`` and TensorBoard events.
 An experiment folder holds the report: ``results.csv``, ``report.md`` and ``plots/``.
 """
 
@@ -20,6 +21,30 @@ LOG = "train.log"
 RESULTS_CSV = "results.csv"
 REPORT_MD = "report.md"
 PLOTS = "plots"
+EVALUATION = "eval-{tag}.json"  # one per `posenc eval --tag TAG` of a finished run
+SEED_FOLDER = "seed{seed}"  # the last level of the layout: seed0, seed1, ...
+
+
+def run_folder(runs_root, experiment, task: str, label: str, seed: int) -> Path:
+    """``<runs_root>/<experiment>/<task>/<label>/seed<k>``: a run's folder when no
+    ``run_dir`` names one (`posenc.spec.run_dir`)."""
+    return Path(str(runs_root)) / str(experiment) / str(task) / str(label) / seed_folder(seed)
+
+
+def evaluation_file(tag: str) -> str:
+    return EVALUATION.format(tag=tag)
+
+
+def seed_folder(seed: int) -> str:
+    return SEED_FOLDER.format(seed=seed)
+
+
+def folder_seed(name: str) -> int | None:
+    """The seed a `seed_folder` name holds (``seed3`` -> 3), or None for another name."""
+    prefix, _, suffix = SEED_FOLDER.partition("{seed}")
+    digits = name.removeprefix(prefix).removesuffix(suffix)
+    return int(digits) if name.startswith(prefix) and digits.isdigit() else None
+
 
 # Settings that change how a run is executed or shown, or where it is written, not what it
 # computes. ``experiment`` names the folder under runs_root: a finished run copied into

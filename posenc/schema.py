@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 # The name of the root schema in Hydra's ConfigStore (first in configs/config.yaml's defaults).
 SCHEMA_NAME = "posenc_schema"
 
-EMBED_INITS = ("scaled", "gpt", "auto")  # auto: the encoding's own (posenc.config.resolve_auto)
+EMBED_INITS = ("scaled", "gpt", "auto")  # auto: the encoding's own (posenc.spec.resolve_auto)
 MIXERS = ("attention", "delta")  # delta: DeltaNet (posenc.mixers)
 BATCHING = ("by_length", "mixed", "bucketed")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: posenc.precision

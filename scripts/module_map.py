@@ -82,6 +82,13 @@ def imports(name: str, path: Path, tree: ast.Module, known: set[str]) -> dict[st
             target = target.rpartition(".")[0]
         if target and target != name:
             out[target] = out.get(target, False) or top
+        # Importing posenc.x.y runs posenc.x's __init__ first (unless it is this module's own
+        # package, which is running already): an import of what that __init__ imports.
+        package = target.rpartition(".")[0]
+        while package:
+            if package in known and package != name and not name.startswith(package + "."):
+                out[package] = out.get(package, False) or top
+            package = package.rpartition(".")[0]
 
     def visit(node: ast.AST, top: bool) -> None:
         for child in ast.iter_child_nodes(node):
@@ -161,6 +168,7 @@ def measure(max_function: int = 80) -> dict:
         "paths": mods,
         "lines": lines,
         "long": long,
+        "all_graph": all_graph,
         "top_cycles": cycles(top_graph),
         "all_cycles": cycles(all_graph),
     }

@@ -27,5 +27,7 @@ __all__ = ["Task", "build", "names", "register", "task_class"]
 # Tasks of other installed packages (entry point group ``posenc.tasks``): last, so a plugin
 # module can import everything above. A broken one is kept aside with its error.
 from posenc import plugins as _plugins  # noqa: E402
+from posenc.tasks.base import register_plugin as _register_plugin  # noqa: E402
 
+_plugins.REGISTRARS["task"] = _register_plugin
 _plugins.load("task")

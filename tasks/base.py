@@ -135,6 +135,21 @@ def register(cls: type[Task]) -> type[Task]:
     return cls
 
 
+def register_plugin(name: str, obj: Any, dist: str) -> None:
+    """Register the class an installed package declares under entry point ``name``
+    (`posenc.plugins`); raises for one that is not a task or takes another task's name."""
+    if not (isinstance(obj, type) and issubclass(obj, Task)):
+        raise TypeError(f"{obj!r} is not a subclass of posenc.tasks.base.Task")
+    if obj.name and obj.name != name:
+        raise ValueError(f"the class names itself {obj.name!r}, not {name!r}")
+    known = _TASKS.get(name)
+    if known is not None and known is not obj:
+        raise ValueError(f"the name {name!r} is taken by {known.__module__}")
+    if known is None:
+        obj.name = name
+        register(obj)
+
+
 def names() -> list[str]:
     return sorted(_TASKS)
 

@@ -23,10 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from posenc.errors import ConfigError
+from posenc.tokens import BOS, EOS, N_SPECIAL, PAD, SEP, SPECIALS  # noqa: F401  (the format's)
 
-PAD, BOS, SEP, EOS = 0, 1, 2, 3
-SPECIALS = ("<pad>", "<bos>", "<sep>", "<eos>")
-N_SPECIAL = len(SPECIALS)
 FORMAT_VERSION = 1  # bump whenever the stored evaluation data would change
 ANSWERS = ("eos", "known_length")
 

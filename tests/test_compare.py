@@ -17,6 +17,7 @@ from posenc import sweep
 from posenc.cli.app import app
 from posenc.errors import ConfigError
 from posenc.io import atomic_write_json
+from posenc.sweep.status import JOB_STATUS
 from tests.conftest import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,8 +96,9 @@ def test_plan_gives_each_local_job_its_share_of_the_cores(monkeypatch, tmp_path)
     assert "hydra.launcher.n_jobs=4" in plan.overrides and "threads=1" in plan.overrides
     assert plan.experiment_dir == tmp_path / "e"
     assert plan.sweep_dir.parent == tmp_path / "e" / "_sweeps"
-    exclude = next(o for o in plan.overrides if "override_dirname.exclude_keys" in o)
-    assert "train.lr" in exclude and "model.n_layers" not in exclude  # only swept keys name runs
+    labels = {spec.label for spec in plan.specs}  # only swept keys other than seed name runs
+    assert labels == {f"{e}@model.n_layers={n}" for e in ("rope", "alibi", "t5") for n in (2, 4)}
+    assert f"spec={','.join(map(str, range(12)))}" in plan.overrides
     two = sweep.plan_sweep([], base=base, experiment="e", jobs=2)
     assert (two.jobs, two.threads) == (2, "2")
     mine = sweep.plan_sweep(["threads=3"], base=base, experiment="e", jobs=2)
@@ -108,16 +110,25 @@ def test_plan_gives_each_local_job_its_share_of_the_cores(monkeypatch, tmp_path)
     assert not any("array_parallelism" in o for o in preset.overrides)  # the preset's value
 
 
-def test_a_key_only_the_swept_encodings_have_is_force_added_for_hydras_first_compose(tmp_path):
-    """Hydra composes a multirun once with each swept group at its default (rope) before it
-    sweeps; a plain encoding.max_offset=30 failed there ("Could not override")."""
+def test_a_key_only_the_swept_encodings_have_reaches_each_job_in_its_specification(tmp_path):
+    """Each run is composed in the parent and its job reads it: Hydra's one composition of
+    the multirun with each swept group at its default (rope) never sees encoding.max_offset."""
     base = ["encoding=coupled,abacus", "task=addition", "seed=0", f"runs_root={tmp_path}"]
     plan = sweep.plan_sweep(["encoding.max_offset=30", "train.steps=1"], base=base, experiment="e")
-    assert "++encoding.max_offset=30" in plan.overrides and "train.steps=1" in plan.overrides
-    assert "encoding.max_offset=30" not in plan.overrides
-    one = ["encoding=coupled", "task=addition", "seed=0,1", f"runs_root={tmp_path}"]
-    plan = sweep.plan_sweep(["encoding.max_offset=30"], base=one, experiment="e")
-    assert "encoding.max_offset=30" in plan.overrides  # not swept: composed as given
+    assert [s.cfg.encoding.max_offset for s in plan.specs] == [30, 30]
+    assert [s.cfg.train.steps for s in plan.specs] == [1, 1]
+    assert not any("max_offset" in o or "train.steps" in o for o in plan.overrides)
+    plan.sweep_dir.mkdir(parents=True)
+    plan.write_specs()
+    from posenc.spec import read_spec
+
+    job = read_spec(plan.sweep_dir / "specs" / "1.yaml", threads=1)
+    assert (job.cfg.encoding.name, job.cfg.encoding.max_offset, job.cfg.threads) == (
+        "abacus",
+        30,
+        1,
+    )
+    assert job.run_dir == tmp_path / "e" / "addition" / "abacus" / "seed0" and job.status == "new"
 
 
 def test_one_label_for_several_swept_encodings_is_refused_before_anything_runs(tmp_path):
@@ -147,7 +158,7 @@ def test_sweep_progress_counts_job_files_and_finds_the_best_encoding(tmp_path):
             data["summary"] = {"id_exact_match": 1.0, "ood_exact_match": ood}
         if error:
             data["error"] = error
-        atomic_write_json(tmp_path / str(num) / sweep.JOB_STATUS, data)
+        atomic_write_json(tmp_path / str(num) / JOB_STATUS, data)
 
     job(0, "finished", "rope", 0.1)
     job(1, "skipped", "alibi", 0.5)
@@ -228,8 +239,7 @@ def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
     assert "resumed from step 3" in (alibi / "train.log").read_text()
     assert json.loads((alibi / "metrics.json").read_text())["train"]["steps"] == 5
     jobs = [
-        json.loads(p.read_text())
-        for p in (runs / "rerun" / "_sweeps").glob(f"*/*/{sweep.JOB_STATUS}")
+        json.loads(p.read_text()) for p in (runs / "rerun" / "_sweeps").glob(f"*/*/{JOB_STATUS}")
     ]
     assert sorted((j["encoding"], j["status"]) for j in jobs) == [
         ("alibi", "finished"),
@@ -410,7 +420,43 @@ def test_a_sweep_with_a_preset_takes_the_axes_it_does_not_set_from_the_preset(tm
     plan = plan_sweep(
         ["preset=kazemnejad_reverse", "encoding=rope", "seed=0,1", f"runs_root={tmp_path}"]
     )
-    assert "task=reverse" in plan.overrides and "encoding=rope" in plan.overrides
-    assert "seed=0,1" in plan.overrides and plan.total == 2
-    assert not any(o.startswith("seed=0,1,2") for o in plan.overrides)
+    runs = [(s.cfg.task.name, s.label, s.cfg.seed) for s in plan.specs]
+    assert runs == [("reverse", "rope", 0), ("reverse", "rope", 1)] and plan.total == 2
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- planned before launching
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-e", "rope,alibi", "model.d_model=100"], "copy/rope/seed0: rotary dimension"),
+        (
+            ["-e", "rope,alibi", "model.d_model=96", "model.n_heads=64"],
+            "model.d_model=96 is not divisible by model.n_heads=64",
+        ),
+        (["-e", "rope,alibi", "-t", "mqar", "train.max_len=80"], "cannot make train.max_len 80"),
+        (["-e", "p_rope", "--seeds", "2", "encoding.p=2"], "encoding.p must be in (0, 1]"),
+        (
+            ["-e", "rope,alibi", "-t", "flip_flop", "task.p_ignore=1"],
+            "task.p_ignore in [0, 1), got 1",
+        ),
+    ],
+)
+def test_a_sweep_refuses_what_posenc_train_would_refuse_before_any_job_starts(
+    tmp_path, monkeypatch, args, message
+):
+    """Every combination is planned as `posenc train` plans one run (issue 36): the encoding's,
+    the task's and the model's checks refuse it in one line, before the first job."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["compare", "--launcher", "basic", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # no sweep folder, no run folder
+
+
+def test_a_sweep_that_would_put_two_runs_in_one_folder_is_refused(tmp_path):
+    base = ["encoding=rope", "task=copy", "seed=1,1", f"runs_root={tmp_path}"]
+    with pytest.raises(ConfigError, match="seed=1 and seed=1 would share the run folder"):
+        sweep.plan_sweep([], base=base, experiment="e")

@@ -18,7 +18,8 @@ from posenc.encodings.digits import digit_places, run_lengths
 from posenc.errors import ConfigError
 from posenc.evaluate import evaluate_pairs
 from posenc.model import ModelConfig, Transformer
-from posenc.run import digit_layout, plan, run
+from posenc.planning import digit_layout
+from posenc.run import plan, run
 from posenc.tasks.format import EOS, N_SPECIAL, prompt_ids
 
 D = 32

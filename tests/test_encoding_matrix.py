@@ -117,7 +117,7 @@ def test_every_encoding_decodes_with_the_kv_cache_as_it_scores_by_teacher_forcin
 @pytest.mark.parametrize("name", encodings.names())
 def test_every_encoding_passes_the_checks_a_plugin_must_pass(name):
     """posenc's own encodings pass the one-call checks offered to plugin authors
-    (`posenc.plugins.check_encoding`: shapes, no look-ahead, KV cache, determinism)."""
-    from posenc import plugins
+    (`posenc.conformance.check_encoding`: shapes, no look-ahead, KV cache, determinism)."""
+    from posenc import conformance
 
-    plugins.check_encoding(encodings.info(name).cls)
+    conformance.check_encoding(encodings.info(name).cls)

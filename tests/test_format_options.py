@@ -184,7 +184,7 @@ def test_buckets_are_how_a_batch_is_computed_not_part_of_a_run_identity():
 def test_embed_init_auto_is_the_encodings_own_scale_and_recorded_as_it():
     """auto resolves when the config is composed (and in a sweep's job): ALiBi's token_scale
     is gpt, every other encoding's scaled; the run is the same run as with the scale given."""
-    from posenc.config import resolve_auto
+    from posenc.spec import resolve_auto
 
     alibi = compose(["encoding=alibi", "model.embed_init=auto"])
     assert alibi.model.embed_init == "gpt"

@@ -21,7 +21,14 @@ SHARED = {
     "RETIRED_KEYS",
     "NAMING_KEYS",
 }
-FILE_NAMES = {"metrics.json", "checkpoint.pt", "config.yaml", "error.json", "results.csv", "report.md"}
+FILE_NAMES = {
+    "metrics.json",
+    "checkpoint.pt",
+    "config.yaml",
+    "error.json",
+    "results.csv",
+    "report.md",
+}
 
 
 def module_constants(path: Path) -> dict[str, object]:
@@ -55,7 +62,9 @@ def test_every_subpackage_of_posenc_is_installed():
     a new subpackage missing there would be absent from a built wheel."""
     import tomllib
 
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
     found = {
         ".".join(p.parent.relative_to(ROOT).parts)
         for p in (ROOT / "posenc").rglob("__init__.py")
@@ -82,6 +91,64 @@ def test_modules_functions_and_imports_stay_within_the_module_map_limits():
     assert not [n for n in mine if m["lines"][n] > 500], "modules over 500 lines"
     long = {f"{n}.{f}" for n in mine for f, _ in m["long"][n]}
     assert long <= LONG_FUNCTIONS_LEFT, f"functions over 80 lines: {sorted(long)}"
-    found = m["top_cycles"] + m["all_cycles"]
-    cycles = [c for c in found if any(module_map.checked(n) for n in c)]
+    cycles = m["top_cycles"] + m["all_cycles"]  # tasks/ included
     assert not cycles, f"import cycles: {cycles}"
+
+
+def _module_map():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("module_map", ROOT / "scripts" / "module_map.py")
+    module_map = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module_map)
+    return module_map
+
+
+def _reached(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def _inside(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_the_encodings_never_reach_the_model_and_the_tasks_neither_the_encodings():
+    """The floors point one way (STYLE.md), counting imports inside functions and the package
+    ``__init__`` an import runs: an encoding or task module never reaches posenc.model (nor
+    the conformance checks, which build one), and a task never reaches posenc.encodings."""
+    graph = _module_map().measure()["all_graph"]
+    above_encodings = ("posenc.model", "posenc.conformance")
+    for name in graph:
+        reached = _reached(graph, name)
+        if _inside(name, "posenc.encodings"):
+            bad = sorted(r for r in reached if r in above_encodings)
+            assert not bad, f"{name} reaches {bad}"
+        if _inside(name, "posenc.tasks"):
+            bad = sorted(
+                r for r in reached if r in above_encodings or _inside(r, "posenc.encodings")
+            )
+            assert not bad, f"{name} reaches {bad}"
+        if name == "posenc.encodings.registry":
+            assert "posenc.runfolder" not in reached, "the registry knows no run folder"
+
+
+def test_the_module_map_counts_the_package_init_an_import_runs(tmp_path):
+    """`from pkg.sub import x` runs ``pkg/__init__.py``: an edge to pkg, unless pkg is the
+    importer's own package (running already)."""
+    import ast
+
+    module_map = _module_map()
+    known = {"p", "p.a", "p.b", "q", "q.c"}
+    tree = ast.parse("from p.a import x\nfrom q.c import y\ndef f():\n    import p.b\n")
+    assert module_map.imports("q.d", tmp_path / "d.py", tree, known) == {
+        "p.a": True,
+        "p": True,
+        "q.c": True,
+        "p.b": False,
+    }

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from posenc import encodings, plugins
+from posenc import conformance, encodings, plugins
 from posenc.cli.app import app
 from posenc.cli.completion import complete_encodings, override_candidates
 from posenc.tasks import base as task_base
@@ -27,6 +28,7 @@ runner = CliRunner()
 
 BAD_PLUGIN = '''
 from posenc.encodings import PositionalEncoding
+from posenc.errors import ConfigError
 from posenc.tasks.base import SymbolTask
 
 
@@ -56,6 +58,45 @@ class Peeks(PositionalEncoding):
 
     def embed(self, x, pos, tokens=None):
         return x + x.flip(1).cumsum(1).flip(1)
+
+
+class Needs(PositionalEncoding):
+    """Scales the embeddings by a factor that has no default."""
+
+    def __init__(self, *, d_model, n_heads, max_len, n_layers=1, needed: float, shift: float = 0.5):
+        super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
+        if not needed > 0:
+            raise ConfigError(f"encoding 'needs' needs encoding.needed > 0, got {needed}")
+        self.needed, self.shift = float(needed), float(shift)
+
+    def embed(self, x, pos, tokens=None):
+        return x * self.needed + self.shift
+
+
+class RareBad(SymbolTask):
+    """Copies, but about one sample in a hundred holds an id past the vocabulary."""
+
+    def solve(self, inputs):
+        return list(inputs)
+
+    def sample(self, n, rng):
+        inputs = self.draw(n, rng).tolist()
+        if rng.random() < 0.01:
+            inputs[0] = self.vocab_size
+        return inputs, list(inputs)
+
+
+class GlobalRandom(SymbolTask):
+    """Copies symbols drawn from the global random instead of its rng."""
+
+    def solve(self, inputs):
+        return list(inputs)
+
+    def sample(self, n, rng):
+        import random
+
+        inputs = [random.randrange(self.vocab_size) for _ in range(n)]
+        return inputs, list(inputs)
 '''
 BAD_ENTRY_POINTS = """
 [posenc.encodings]
@@ -64,8 +105,12 @@ missing = no_such_module_for_posenc:Encoding
 wrong_shape = bad_plugin:WrongShape
 peeks = bad_plugin:Peeks
 
+needs = bad_plugin:Needs
+
 [posenc.tasks]
 wrong_solver = bad_plugin:WrongSolver
+rare_bad = bad_plugin:RareBad
+global_random = bad_plugin:GlobalRandom
 """
 
 
@@ -105,7 +150,7 @@ def _forget_plugins() -> None:
         for name in plugins._loaded.get(group, {}):
             registry.pop(name, None)
     plugins._loaded.clear()
-    plugins._checked.clear()
+    conformance._checked.clear()
     plugins._entry_points.cache_clear()
     from posenc.cli import completion
 
@@ -162,8 +207,8 @@ def test_example_classes_pass_the_interface_checks(installed, example_site):
     from posenc_example.encoding import LogDistanceBias
     from posenc_example.task import RotateLeft
 
-    plugins.check_encoding(LogDistanceBias, slope_scale=2.0)
-    plugins.check_task(RotateLeft, shift=2)
+    conformance.check_encoding(LogDistanceBias, slope_scale=2.0)
+    conformance.check_task(RotateLeft, shift=2)
     assert RotateLeft(shift=1).solve([1, 2, 3]) == [2, 3, 1]
 
 
@@ -231,6 +276,65 @@ def test_a_task_that_disagrees_with_its_solver_is_refused_before_training(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("task", "problem"),
+    [
+        ("rare_bad", ": its input is not a list of symbol ids in [0, 16): [16]"),
+        ("global_random", "must draw from its rng only, not the global random"),
+    ],
+)
+def test_a_task_whose_rare_samples_are_bad_or_that_draws_globally_is_refused(
+    installed, bad_site, tmp_path, task, problem
+):
+    """The check draws hundreds of samples per length, under two global random states."""
+    installed(bad_site)
+    result = runner.invoke(app, ["train", f"task={task}", f"run_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert problem in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_required_parameter_must_be_set_and_takes_a_number(installed, bad_site, tmp_path):
+    installed(bad_site)
+    result = runner.invoke(app, ["train", "encoding=needs", f"run_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.endswith("encoding.needed is required (encoding 'needs' has no default for it); "
+                         "add encoding.needed=VALUE")  # fmt: skip
+    result = runner.invoke(app, ["config", "encoding=needs", "encoding.needed=1.5"])
+    assert result.exit_code == 0, result.output
+    assert "needed: 1.5" in result.output
+    result = runner.invoke(app, ["config", "encoding=needs", "encoding.needed=0"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()  # the plugin's own message, named once
+    assert line == ("error: encoding 'needs' (bad_plugin:Needs from bad-plugins): needs "
+                    "encoding.needed > 0, got 0")  # fmt: skip
+
+
+def test_a_negative_value_for_a_non_negative_default_names_the_rule(installed, bad_site):
+    installed(bad_site)
+    result = runner.invoke(
+        app, ["config", "encoding=needs", "encoding.needed=1", "encoding.shift=-1"]
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "its default is >= 0, so posenc takes it as non-negative" in line
+
+
+def test_a_preset_without_the_global_package_header_says_so(tmp_path, monkeypatch):
+    (tmp_path / "preset").mkdir()
+    (tmp_path / "preset" / "mine.yaml").write_text("train:\n  steps: 5\n")
+    monkeypatch.setenv("POSENC_CONFIG_PATH", str(tmp_path))
+    result = runner.invoke(app, ["config", "preset=mine"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "preset 'mine'" in line and "must begin with the line '# @package _global_'" in line
+    (tmp_path / "preset" / "mine.yaml").write_text("# @package _global_\ntrain:\n  steps: 5\n")
+    result = runner.invoke(app, ["config", "preset=mine"])
+    assert result.exit_code == 0 and "steps: 5" in result.output
+
+
 def test_a_broken_plugin_leaves_the_other_commands_working(installed, bad_site):
     installed(bad_site)
     result = runner.invoke(app, ["list"])
@@ -275,7 +379,7 @@ def test_the_wheel_installs_and_runs_from_anywhere(tmp_path):
     """The wheel holds posenc only (cli, tasks and configs inside it); installed into a fresh
     virtual environment it trains, and compares the example plugin against RoPE, from a
     folder that is not the checkout. Torch and the other dependencies come from this
-    environment (--system-site-packages): nothing is downloaded."""
+    environment (its site folders, whether a venv or the system's): nothing is downloaded."""
     dist = tmp_path / "dist"
     src = tmp_path / "src"  # pip builds in the source folder: build from a copy
     shutil.copytree(
@@ -299,8 +403,13 @@ def test_the_wheel_installs_and_runs_from_anywhere(tmp_path):
         assert path in names
 
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
+    # The new venv sees this environment's packages as plain path entries (their .pth files are
+    # not run, so this checkout's editable posenc stays out): a venv made by `python -m venv`
+    # inherits nothing from the system site, where torch may not be.
+    (inner_site,) = env_dir.glob("lib/python*/site-packages")
+    (inner_site / "outer_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "POSENC_CONFIG_PATH")}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
     env.update(MPLBACKEND="Agg", COLUMNS="200")  # rich wraps at 80 columns otherwise

@@ -288,9 +288,10 @@ def test_a_label_names_a_variant_and_its_type_is_checked(tiny_cfg, tmp_path):
     """`+encoding.label=NAME` (sweeps and ablations) passes the typed config check."""
     p = plan(tiny_cfg("encoding=alibi", "+encoding.label=alibi_variant"))
     assert p.run_dir == tmp_path / "run"
-    from posenc.run import default_run_dir
+    from posenc.spec import run_dir
 
-    assert default_run_dir(p.cfg).parts[-2] == "alibi_variant"
+    p.cfg.run_dir = None  # the default layout: the label names the folder
+    assert run_dir(p.cfg).parts[-2] == "alibi_variant"
     with pytest.raises(ConfigError, match="encoding.label"):
         plan(tiny_cfg("encoding=alibi", "+encoding.label=[1,2]"))
 

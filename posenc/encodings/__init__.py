@@ -1,4 +1,5 @@
-"""Positional encodings behind one three-hook interface, and their registry.
+"""Positional encodings behind one interface of hooks (`posenc.encodings.base`: embed, rotate
+and bias, and those inside attention), and their registry.
 
 Public API::
 
@@ -43,6 +44,7 @@ from posenc.encodings.registry import (
     names,
     parameters,
     register,
+    register_plugin,
 )
 
 register(
@@ -68,4 +70,5 @@ __all__ = [
 # plugin module can import everything above. A broken one is kept aside with its error.
 from posenc import plugins as _plugins  # noqa: E402
 
+_plugins.REGISTRARS["encoding"] = register_plugin
 _plugins.load("encoding")

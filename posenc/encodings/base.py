@@ -68,14 +68,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posenc.tokens import FIRST_SYMBOL, SEP
+
 # Where a block offers its hidden states to ``transform``: the attention's input (after the
 # first LayerNorm), its fused q, k, v projection (B, T, 3·D: queries, keys, values side by
 # side, before the heads are split and rotated), and the MLP's input (after the second
 # LayerNorm). Allen-Zhu 2025's Canon points A, B and C.
 HIDDEN_SITES = ("attention_input", "qkv", "mlp_input")
-
-FIRST_SYMBOL = 4  # token id of a task's first symbol (after PAD, BOS, SEP, EOS: tasks.format)
-SEP = 2  # token id of the separator between prompt and answer (tasks.format)
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,9 @@ class ALiBi(PositionalEncoding):
     j <= i is visible, where |i - j| = i - j as in the paper. No learned parameters.
 
     ``token_scale = "gpt"``: with ``model.embed_init=auto`` ALiBi trains with GPT-2's
-    unscaled N(0, 0.02) token embeddings. On copy it extrapolated there (OOD exact match
-    0.40 over 3 seeds with the default recipe; 0.80 in the 2-layer ablation) and hardly at
-    unit variance (0.03-0.08), while T5's bias and NoPE did better at unit variance
-    (docs/results.md).
+    unscaled N(0, 0.02) token embeddings, as Press et al. trained it: on copy it
+    extrapolates there and hardly at unit variance, where T5's bias and NoPE do better (the
+    figures: docs/results.md).
     """
 
     token_scale = "gpt"

@@ -19,8 +19,7 @@ from torch import Tensor, nn
 from posenc.encodings.base import DEFAULT_LAYOUT, DigitLayout, PositionalEncoding
 from posenc.encodings.registry import register
 from posenc.errors import ConfigError
-
-BOS, PAD = 1, 0  # tasks.format
+from posenc.tokens import BOS, PAD
 
 
 def digit_places(tokens: Tensor, digits: Tensor) -> tuple[Tensor, Tensor]:

@@ -112,6 +112,25 @@ def build(
     return entry.cls(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers, **params)
 
 
+def register_plugin(name: str, obj: Any, dist: str) -> None:
+    """Register the class an installed package declares under entry point ``name``
+    (`posenc.plugins`); raises for one that is not an encoding or takes a built-in's name."""
+    if not (isinstance(obj, type) and issubclass(obj, PositionalEncoding)):
+        raise TypeError(f"{obj!r} is not a subclass of posenc.encodings.PositionalEncoding")
+    known = _REGISTRY.get(name)
+    if known is not None:
+        if known.cls is not obj:
+            raise ValueError(f"the name {name!r} is taken by {known.cls.__module__}")
+        return
+    doc = (inspect.getdoc(obj) or "").strip().splitlines()
+    register(
+        name,
+        family=str(getattr(obj, "family", None) or "plugin"),
+        paper=str(getattr(obj, "paper", None) or f"plugin from {dist}"),
+        description=str(getattr(obj, "description", None) or (doc[0] if doc else "")),
+    )(obj)
+
+
 def parse_spec(spec: Any, what: str = "encoding part") -> tuple[str, dict[str, Any]]:
     """An encoding given as a name (``"t5"``) or a mapping (``{"name": "t5", "num_buckets": 16}``)
     -> (name, params)."""
@@ -126,15 +145,16 @@ def parse_spec(spec: Any, what: str = "encoding part") -> tuple[str, dict[str, A
     )
 
 
-def from_config(cfg) -> PositionalEncoding:
-    """The encoding of a posenc config: ``encoding.*`` sized by ``model.*``."""
-    from posenc.runfolder import legacy_values
+def from_config(cfg, legacy: dict[str, Any] | None = None) -> PositionalEncoding:
+    """The encoding of a posenc config: ``encoding.*`` sized by ``model.*``. A parameter the
+    config lacks (one saved before the parameter existed) takes its value in ``legacy`` (the
+    caller's, e.g. a run folder's) or the class's own ``legacy_params``."""
     from posenc.schema import encoding_params
 
     m = cfg.model
     name = cfg.encoding.name
     params = encoding_params(cfg.encoding)
-    legacy = {**legacy_values("encoding"), **info(name).cls.legacy_params}
+    legacy = {**(legacy or {}), **info(name).cls.legacy_params}
     valid = parameters(name)
     for key, value in legacy.items():  # a config saved without the parameter
         if key in valid:

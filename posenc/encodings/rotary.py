@@ -12,12 +12,6 @@ from posenc.encodings.registry import register
 from posenc.errors import ConfigError
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension (GPT-NeoX layout)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def rotary_tables(angle: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Angles (..., T, r/2) -> cos and sin (..., T, r), each half repeated, in ``dtype``."""
     cos, sin = angle.cos(), angle.sin()
@@ -32,14 +26,9 @@ def rotate_with(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     r = cos.shape[-1]
     x1, x2, x_pass = x[..., : r // 2], x[..., r // 2 : r], x[..., r:]
     c, s = cos[..., : r // 2], sin[..., : r // 2]
-    # x_rot·cos + rotate_half(x_rot)·sin, half by half: the same values without the copies
+    # x_rot·cos + (-x2, x1)·sin (GPT-NeoX's rotate_half), half by half, without the copies
     parts = (x1 * c - x2 * s, x2 * c + x1 * s)
     return torch.cat((*parts, x_pass) if x_pass.shape[-1] else parts, dim=-1)
-
-
-def apply_rotary(x: Tensor, angle: Tensor) -> Tensor:
-    """Rotate the first ``2 * angle.shape[-1]`` dims of ``x`` (..., T, Dh) by ``angle`` (..., T, r/2)."""
-    return rotate_with(x, *rotary_tables(angle, x.dtype))
 
 
 SCALINGS = ("pi", "ntk", "yarn")

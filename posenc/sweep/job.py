@@ -1,7 +1,11 @@
 """Inside a Hydra job: `run_job`, the task function that ``python -m posenc.sweep --multirun``
 calls once per run.
 
-It calls `posenc.run.run` and never raises: a finished run is skipped, an interrupted one
+The parent has specified every run (`posenc.spec`) and written each job its specification:
+the job's own config (`JobConfig`) names the file and the job runs what it reads, composing
+nothing. A sweep the parent could not enumerate (a sweep function such as ``range(...)``)
+runs on the config Hydra composed for the job, specified here the same way. The job calls
+`posenc.run.run` and never raises: a finished run is skipped, an interrupted one
 resumes from its checkpoint (`posenc.run` does that), and a failing one leaves ``error.json``
 in its run folder so the others go on and the report can say what went wrong. It keeps its
 status in ``posenc_job.json`` (`posenc.sweep.status`) for the parent to count.
@@ -14,37 +18,46 @@ import socket
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import MISSING, DictConfig
 
-from posenc.config import CONFIG_DIR, resolve_auto
+from posenc.config import CONFIG_DIR
 from posenc.errors import ConfigError, describe
 from posenc.io import atomic_write_json, read_json
 from posenc.lock import RunLock
-from posenc.runfolder import ERROR, METRICS, is_finished, same_config
+from posenc.runfolder import ERROR, METRICS, is_finished
 from posenc.schema import encoding_label
 from posenc.signals import RunStopped
+from posenc.spec import FINISHED, RunSpec, differences, read_spec, run_status, specify
 from posenc.sweep.status import JOB_STATUS, STOPPING
 
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    from posenc.planning import default_run_dir
-
-    return Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+JOB_CONFIG = "posenc_job"  # the child's config name when the parent wrote the specifications
+SPECS = "specs"  # <sweep_dir>/specs/<k>.yaml: job k's specification
 
 
-def apply_variant(cfg: DictConfig, variant: str) -> None:
-    """Name the run after its swept hyperparameters: ``rope@model.n_layers=2``.
+@dataclass
+class JobConfig:
+    """A job's whole config when the parent specified the runs: which specification to run,
+    and the threads the launcher gives it (resolved on the node, e.g. Slurm's cpus)."""
 
-    Runs that differ only in a swept key such as ``model.n_layers`` would otherwise share
-    one run folder; the label names the folder, the table row and the TensorBoard run.
-    """
-    if not variant:
-        return
-    with open_dict(cfg):
-        cfg.encoding.label = f"{encoding_label(cfg.encoding)}@{variant}".replace("/", "_")
+    specs: str = MISSING  # the folder of the specifications
+    spec: int = MISSING  # this job's
+    threads: Any = None
+
+
+def spec_path(specs: Path, k: int) -> Path:
+    return Path(specs) / f"{k}.yaml"
+
+
+def job_spec(cfg: DictConfig, variant: str) -> RunSpec:
+    """The run this job runs: the specification the parent wrote, or (a sweep the parent
+    could not enumerate) the config Hydra composed, named by its swept keys ``variant``."""
+    if "specs" in cfg:
+        return read_spec(spec_path(Path(cfg.specs), int(cfg.spec)), threads=cfg.threads)
+    return specify(cfg, variant)
 
 
 def _skip_or_run(cfg: DictConfig, run_dir: Path, job: dict, stopping: Path) -> dict[str, Any]:
@@ -52,10 +65,12 @@ def _skip_or_run(cfg: DictConfig, run_dir: Path, job: dict, stopping: Path) -> d
     from posenc.run import run
 
     if is_finished(run_dir) and not cfg.overwrite:
-        if not same_config(run_dir, cfg):
+        if run_status(run_dir, cfg) != FINISHED:
+            diff = differences(run_dir, cfg)
             raise ConfigError(
-                f"{run_dir} holds a finished run with a different config; choose "
-                "another experiment name or pass overwrite=true"
+                f"{run_dir} holds a finished run with a different config"
+                + (f" ({diff})" if diff else "")
+                + "; choose another experiment name or pass overwrite=true"
             )
         job["status"] = "skipped"
         return read_json(run_dir / METRICS)
@@ -89,9 +104,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    resolve_auto(cfg)  # as posenc.config.compose does: the run records the scale it used
-    apply_variant(cfg, hc.job.override_dirname)
-    run_dir = run_dir_of(cfg)
+    spec = job_spec(cfg, hc.job.override_dirname)
+    cfg, run_dir = spec.cfg, spec.run_dir
     status_path = Path(hc.runtime.output_dir) / JOB_STATUS
     job = {
         "status": "running",
@@ -142,10 +156,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 def main() -> None:
     """``python -m posenc.sweep --multirun OVERRIDES``: the Hydra entry point."""
     import hydra
+    from hydra.core.config_store import ConfigStore
 
     from posenc import plugins, schema
     from posenc.config import searchpath_override
 
+    ConfigStore.instance().store(name=JOB_CONFIG, node=JobConfig)  # --config-name=posenc_job
     schema.store()  # the schema configs/config.yaml composes first
     plugins.store_configs()  # installed plugins' encodings and tasks: group options
     sys.argv += searchpath_override()  # POSENC_CONFIG_PATH: the user's config folders

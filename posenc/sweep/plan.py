@@ -1,6 +1,7 @@
-"""Planning a sweep in the parent process: read and check its overrides, count its jobs,
-stamp its folder, share the cores, assemble the child's multirun command line and count the
-runs that are finished already. Raises `ConfigError` before anything runs."""
+"""Planning a sweep in the parent process: read and check its overrides, specify every run
+the way ``posenc train`` plans one (`posenc.spec`, `posenc.planning`), stamp its folder,
+share the cores and assemble the child's multirun command line, which runs one job per
+written specification. Raises `ConfigError` before anything runs."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from posenc.errors import ConfigError, first_line
-from posenc.io import read_json
-from posenc.runfolder import EXECUTION_KEYS, METRICS, is_finished, same_config
-from posenc.sweep.job import apply_variant, run_dir_of
+from posenc.errors import ConfigError, PosencError, first_line
+from posenc.runfolder import EXECUTION_KEYS
+from posenc.spec import FINISHED, RunSpec, specify, write_spec
+from posenc.sweep.job import JOB_CONFIG, SPECS, spec_path
 from posenc.sweep.threads import LAUNCHER_GROUP, check_launcher, share_threads
 
 SWEEPS = "_sweeps"  # <runs_root>/<experiment>/_sweeps/<time>/: Hydra's job folders and logs
@@ -23,12 +24,12 @@ NAMING_KEYS = ("encoding", "task", "seed", "experiment", "runs_root", "data_dir"
 UNSWEPT_KEYS = EXECUTION_KEYS
 # Set by the sweep itself (runs_root made absolute, threads from the launcher, no progress bars).
 SET_HERE = ("runs_root", "threads", "progress")
-# Compositions checked before a sweep starts: every value of every swept key, with the
-# other keys at their first value (a bad combination of two keys is still the job's error).
+# A sweep up to this size is specified run by run in the parent (each combination composed,
+# checked and planned once; a rerun of finished runs launches nothing). A larger one, or one
+# with a sweep function, is composed by Hydra in its jobs, and checked here once per value
+# of each swept key, with the other keys at their first value (`MAX_VALUE_CHECKS`).
+MAX_SPECIFIED = 1000
 MAX_VALUE_CHECKS = 64
-# A sweep up to this size checks its run folders first, so a rerun of finished runs
-# launches nothing (no Slurm array of jobs that would only find their runs done).
-MAX_PRECHECK = 1000
 
 
 @dataclass
@@ -44,6 +45,12 @@ class SweepPlan:
     threads: str  # the child's threads= value
     threads_shown: str = ""  # the same, resolved for the banner
     finished: int = 0  # runs already finished (== total: nothing to launch)
+    specs: list[RunSpec] | None = None  # every job's run (None: Hydra composes them)
+
+    def write_specs(self) -> None:
+        """Job k's specification as ``<sweep_dir>/specs/<k>.yaml`` (`posenc.sweep.job`)."""
+        for k, spec in enumerate(self.specs or []):
+            write_spec(spec, spec_path(self.sweep_dir / SPECS, k))
 
 
 @dataclass
@@ -204,12 +211,13 @@ def child_overrides(
     sweep_dir: Path,
     extra: list[str],
 ) -> list[str]:
-    """The child's command line after ``--multirun``: the user's overrides, then what the
-    sweep sets itself; runs are named by their swept keys other than `NAMING_KEYS`."""
+    """The child's command line after ``--multirun`` for a sweep Hydra composes in its jobs:
+    the user's overrides, then what the sweep sets itself; runs are named by their swept
+    keys other than `NAMING_KEYS` (Hydra's ``override_dirname``)."""
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
     fixed = sorted({o.key_or_group for o in parsed if not o.is_hydra_override()} - swept)
     exclude = sorted({*NAMING_KEYS, *EXECUTION_KEYS, *fixed})
-    child = [
+    return [
         f"hydra/launcher={launcher}",
         *(
             _inside_swept_group(line, o, swept)
@@ -217,12 +225,33 @@ def child_overrides(
             if o.key_or_group not in SET_HERE
         ),
         f"runs_root={runs_root}",
-        f"threads={threads}",
         "progress=false",
-        f"hydra.sweep.dir={sweep_dir}",
-        "hydra.job.name=posenc",  # the Slurm job name and Hydra's per-job log file
         "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(exclude) + "]",
         *extra,
+        *_launch_overrides(launcher, jobs, threads, sweep_dir),
+    ]
+
+
+def spec_overrides(
+    parsed: list, *, launcher: str, jobs: int | None, threads: str, sweep_dir: Path, total: int
+) -> list[str]:
+    """The child's command line after ``--multirun`` for a specified sweep: one job per
+    written specification (`posenc.sweep.job.JobConfig`), the user's ``hydra.*`` overrides."""
+    return [
+        f"--config-name={JOB_CONFIG}",
+        f"hydra/launcher={launcher}",
+        *(o.input_line for o in parsed if o.is_hydra_override()),
+        f"specs={sweep_dir / SPECS}",
+        "spec=" + ",".join(str(k) for k in range(total)),
+        *_launch_overrides(launcher, jobs, threads, sweep_dir),
+    ]
+
+
+def _launch_overrides(launcher: str, jobs: int | None, threads: str, sweep_dir: Path) -> list[str]:
+    child = [
+        f"threads={threads}",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.job.name=posenc",  # the Slurm job name and Hydra's per-job log file
     ]
     if launcher == "local":
         child.append(f"hydra.launcher.n_jobs={jobs}")
@@ -231,27 +260,111 @@ def child_overrides(
     return child
 
 
-def count_finished(
-    axes: list[list[str]], extra: list[str], swept: list[str], runs_root: Path
-) -> int:
-    """How many of the sweep's runs are finished with the same config, stopping at the first
-    that is not (then the sweep must launch anyway)."""
+def _combination(combo: tuple[str, ...], swept: set[str]) -> str:
+    """The swept values of one combination, for a message: ``encoding=rope, seed=1``."""
+    return ", ".join(o for o in combo if o.split("=", 1)[0].lstrip("+~") in swept) or "the run"
+
+
+def _variant(combo: tuple[str, ...], named_by: list[str]) -> str:
+    """The swept keys that name a run beside its encoding (Hydra's ``override_dirname``
+    form: sorted ``key=value`` joined by commas)."""
+    return ",".join(sorted(o for o in combo if o.split("=", 1)[0].lstrip("+~") in named_by))
+
+
+def specify_runs(axes: list[list[str]], extra: list[str], swept: set[str]) -> list[RunSpec]:
+    """Every combination of the sweep composed once, checked and specified
+    (`posenc.spec.specify`): its folder under the absolute ``runs_root``, its label with the
+    swept keys other than `NAMING_KEYS`, its status."""
+    from omegaconf import open_dict
+
+    named_by = sorted(swept - {*NAMING_KEYS, *EXECUTION_KEYS})
+    specs, folders, composed, references = [], {}, {}, {}
+    for combo in itertools.product(*axes):
+        try:
+            cfg = _compose_once(combo, extra, composed, references)
+        except ConfigError as exc:
+            raise ConfigError(f"with {_combination(combo, swept)}: {_hint(combo, exc)}") from exc
+        with open_dict(cfg):  # runs_root cannot be swept: the same in every combination
+            cfg.runs_root = str(Path(str(cfg.runs_root)).absolute())
+            cfg.progress = False
+        spec = specify(cfg, _variant(combo, named_by))
+        if spec.run_dir in folders:
+            raise ConfigError(
+                f"{_combination(combo, swept)} and {folders[spec.run_dir]} would share the run "
+                f"folder {spec.run_dir}; give each its own encoding.label or experiment"
+            )
+        folders[spec.run_dir] = _combination(combo, swept)
+        specs.append(spec)
+    return specs
+
+
+def _compose_once(combo: tuple[str, ...], extra: list[str], composed: dict, references: dict):
+    """The combination's config. Runs that differ only in their seed are composed once: the
+    seed is a plain integer that no other value derives from, so each further seed is a copy
+    with its value set (and checked) instead of another Hydra composition."""
+    from copy import deepcopy
+
+    from posenc.checks import check_values
     from posenc.config import compose
 
-    n = 0
-    for combo in itertools.product(*axes):
-        cfg = compose([*combo, *extra, f"runs_root={runs_root}"], check=False)
-        variant = ",".join(sorted(o for o in combo if o.split("=", 1)[0].lstrip("+~") in swept))
-        apply_variant(cfg, variant)
-        d = run_dir_of(cfg)
+    seeds = [o for o in combo if o.startswith("seed=")]
+    key = tuple(o for o in combo if o not in seeds)
+    seed = seeds[-1].split("=", 1)[1] if seeds else None
+    if key in composed and seed is not None and seed.isdigit():
+        cfg = deepcopy(composed[key])  # flags and types kept
+        cfg.seed = int(seed)
+        check_values(cfg)
+        return cfg
+    cfg = compose([*combo, *extra], references=references)
+    composed.setdefault(key, deepcopy(cfg))  # kept as composed: specifying changes cfg
+    return cfg
+
+
+def _hint(combo: tuple[str, ...], exc: ConfigError) -> str:
+    if any(v.startswith("encoding=") for v in combo) and str(exc).startswith("encoding "):
+        return (
+            f"{exc}; an encoding.KEY override applies to every encoding of the sweep: run the "
+            "encodings that take it in their own posenc compare (the same --experiment puts "
+            "them in one report)"
+        )
+    return str(exc)
+
+
+def plan_runs(specs: list[RunSpec], launcher: str) -> None:
+    """Plan every run as ``posenc train`` plans it (`posenc.planning.plan`: the task, the
+    encoding, the model and the memory), so that a run its job would refuse stops the sweep
+    before any job starts. Runs that differ only in their seed are planned once. A Slurm
+    job's device is checked on its node, so the parent plans those on the CPU."""
+    import json
+
+    from omegaconf import OmegaConf, open_dict
+
+    from posenc.planning import plan
+
+    seen = set()
+    for spec in specs:
+        if spec.status == FINISHED:
+            continue
+        cfg = OmegaConf.create(OmegaConf.to_container(spec.cfg, resolve=True))
+        with open_dict(cfg):
+            cfg.seed = 0
+            cfg.threads = None
+            if launcher == "slurm":
+                cfg.device = "cpu"
+        key = json.dumps(OmegaConf.to_container(cfg), sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
         try:
-            same = is_finished(d) and same_config(d, cfg) and bool(read_json(d / METRICS))
-        except Exception:  # an unreadable config: the job reports it
-            same = False
-        if not same:
-            return n
-        n += 1
-    return n
+            try:
+                plan(cfg, meta=True)
+            except PosencError:
+                raise
+            except Exception:  # a check that needs real tensors: plan it as train does
+                plan(cfg)
+        except PosencError as exc:
+            where = f"{spec.cfg.task.name}/{spec.label}/seed{spec.cfg.seed}"
+            raise ConfigError(f"{where}: {exc}") from exc
 
 
 def plan_sweep(
@@ -283,32 +396,39 @@ def plan_sweep(
     parsed = _parse(overrides)
     check_overrides(overrides, parsed)
     check_label(parsed)
-    # Compose one combination (first value of every sweep) to catch bad keys and read paths.
     ax = expand(parsed)
     named = experiment is not None and "experiment" not in {o.key_or_group for o in parsed}
     extra = [f"experiment={experiment}"] if named else []
-    first = [*ax.first, *extra]
-    cfg = compose(first)
-    check_every_value(first, ax.axes)
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    specs = None
+    if ax.total is not None and 0 < ax.total <= MAX_SPECIFIED:
+        specs = specify_runs(ax.axes, extra, swept)
+        plan_runs(specs, launcher)
+        cfg = specs[0].cfg
+    else:  # Hydra composes each job; each value is composed once here
+        first = [*ax.first, *extra]
+        cfg = compose(first)
+        check_every_value(first, ax.axes)
     runs_root = Path(str(cfg.runs_root)).absolute()
     experiment_dir = runs_root / str(cfg.experiment)
     sweep_dir = stamp_sweep_dir(experiment_dir)
     jobs, threads, threads_shown = share_threads(launcher, jobs, ax.total, parsed)
-    child = child_overrides(
-        overrides,
-        parsed,
-        launcher=launcher,
-        jobs=jobs,
-        threads=threads,
-        runs_root=runs_root,
-        sweep_dir=sweep_dir,
-        extra=extra,
-    )
-    finished = 0
-    if ax.total is not None and ax.total <= MAX_PRECHECK:
-        swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
-        swept_names = sorted(swept - {*NAMING_KEYS, *EXECUTION_KEYS})
-        finished = count_finished(ax.axes, extra, swept_names, runs_root)
+    if specs is not None:
+        child = spec_overrides(
+            parsed, launcher=launcher, jobs=jobs, threads=threads, sweep_dir=sweep_dir,
+            total=len(specs),
+        )  # fmt: skip
+    else:
+        child = child_overrides(
+            overrides,
+            parsed,
+            launcher=launcher,
+            jobs=jobs,
+            threads=threads,
+            runs_root=runs_root,
+            sweep_dir=sweep_dir,
+            extra=extra,
+        )
     return SweepPlan(
         child,
         sweep_dir,
@@ -318,5 +438,6 @@ def plan_sweep(
         jobs or 1,
         threads,
         threads_shown or threads,
-        finished,
+        sum(spec.status == FINISHED for spec in specs or []),
+        specs,
     )

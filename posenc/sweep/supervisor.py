@@ -110,6 +110,7 @@ def supervise(
 ) -> Outcome:
     """Run the sweep to its end, its output appended to ``log_path``. SIGINT (Ctrl-C) and
     SIGTERM stop it (`stop`, after ``on_stop(signum)``), the checkpoints saved."""
+    plan.write_specs()
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             child_command(plan),
