@@ -138,9 +138,10 @@ def eval_(
 
 app.add_typer(data_app, name="data")
 
-from posenc.cli import experiments  # noqa: E402  (compare, sweep, report, publish, tables, tb)
+from posenc.cli import experiments, reporting  # noqa: E402  (compare, sweep; report, publish, tables, tb)
 
 experiments.register(app)
+reporting.register(app)
 
 
 def main() -> None:
