@@ -51,6 +51,8 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("train", "precision"): "fp32",
     ("train", "compile"): False,
     ("train", "stop_at"): None,
+    ("train", "until_fit"): False,  # trained exactly train.steps
+    ("eval", "val_share"): 0.0,  # no validation lengths: every length a test length
     ("encoding", "layer_shared"): False,  # KERPLE: one (r1, r2) per layer
     ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
     ("encoding", "amplitude"): None,  # sinusoidal: sized to the token embeddings
