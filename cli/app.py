@@ -129,6 +129,9 @@ app.add_typer(data_app, name="data")
 from posenc.cli import experiments  # noqa: E402  (compare, sweep, report, publish, tables, tb)
 
 experiments.register(app)
+from posenc.cli import tune  # noqa: E402  (posenc tune)
+
+tune.register(app)
 
 
 def main() -> None:

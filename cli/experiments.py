@@ -105,6 +105,14 @@ def compare(
             "(hydra.sweeper.params) and experiment give what the options do not.",
         ),
     ] = None,
+    choices: Annotated[
+        str | None,
+        typer.Option(
+            "--choices",
+            help="A choices file from posenc tune: each encoding's chosen settings, applied to "
+            "its runs and recorded in each (the config key choices=FILE).",
+        ),
+    ] = None,
 ) -> None:
     """Train every encoding x task x seed (a Hydra multirun), then report and plot.
 
@@ -130,6 +138,9 @@ def compare(
     if preset is not None:
         owned["preset"] = "--preset"
         base.append(f"preset={preset}")
+    if choices is not None:  # absolute: the jobs read it wherever they run
+        owned["choices"] = "--choices"
+        base.append(f"choices={Path(choices).resolve()}")
     _launch(
         base,
         list(overrides or []),

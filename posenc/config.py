@@ -260,20 +260,23 @@ def compose(overrides: list[str] | None = None, *, check: bool = True) -> DictCo
         checks.check_values(cfg)
         check_preset_task(cfg, overrides)
         plugins.check_config(cfg)  # a plugged-in encoding or task: built and checked
-    resolve_auto(cfg)
+    resolve_auto(cfg, overrides)
     return cfg
 
 
-def resolve_auto(cfg: DictConfig) -> None:
+def resolve_auto(cfg: DictConfig, given: list[str] | tuple[str, ...] = ()) -> None:
     """``model.embed_init=auto`` -> the token-embedding init the encoding declares
     (`PositionalEncoding.token_scale`: ``gpt`` for ALiBi, ``scaled`` for the others),
     written into the config: a run records the scale it trained with, and its identity is
     that of the same run with the scale given explicitly. A composite encoding (``combo``,
-    ``randomized``, the hybrids) takes its own class's, ``scaled``."""
+    ``randomized``, the hybrids) takes its own class's, ``scaled``. First the choices file
+    ``choices`` names, if any (`posenc.choices.apply_choices`; ``given``: the overrides)."""
     from omegaconf import open_dict
 
     from posenc import encodings, plugins
+    from posenc.choices import apply_choices
 
+    apply_choices(cfg, given)  # a choices file's values for this encoding (posenc tune)
     if cfg.model.embed_init != "auto":
         return
     name = str(cfg.encoding.name)

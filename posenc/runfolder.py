@@ -28,8 +28,9 @@ PLOTS = "plots"
 EXECUTION_KEYS = (
     "overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir", "experiment"
 )  # fmt: skip
-# Metadata carried into config.yaml for the report: never numbers.
-METADATA_KEYS = ("paper",)
+# Metadata carried into config.yaml for the report: never numbers (``choices``: which file
+# chose the values the config holds, `posenc.choices`).
+METADATA_KEYS = ("paper", "choices")
 # Keys a config.yaml may hold that the config does not have: ``compare``, a copy of the
 # preset's runs (which presets declare as ``hydra.sweeper.params``). Ignored on reading.
 # Each with what replaced it, for the one-line error a user's old YAML gets (posenc.checks).
