@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -92,7 +91,10 @@ def tune(
     from posenc.schema import encoding_label
 
     root = Path(str(first.runs_root)) / "tune" / str(first.task.name)
-    made_by = shlex.join(["posenc", "tune", *sys.argv[2:]]) if len(sys.argv) > 1 else "posenc tune"
+    made_by = shlex.join(
+        ["posenc", "tune", "-e", ",".join(names), *(f"--param={p}" for p in param)]
+        + ["--search", search, *(["--trials", str(trials)] if search == "optuna" else []), *given]
+    )
     chosen, unfit = {}, []
     for name in names:
         label = encoding_label(cfgs[name].encoding)

@@ -40,11 +40,17 @@ def objective(validation: dict[str, Any]) -> float:
 
 def tune_run(cfg: DictConfig, settings: dict[str, Any]) -> dict[str, Any]:
     """Train one trial in ``cfg.run_dir`` and score it on validation; write and return its
-    record ``{encoding, settings, validation, steps_trained, objective}``."""
+    record ``{encoding, settings, validation, steps_trained, steps_to_fit, objective}``.
+    Nothing else is evaluated: no quick evaluation (``train.eval_lengths`` emptied: its
+    lengths reach the test's), no test set; until_fit's checks score validation too."""
     from posenc.console import Reporter
     from posenc.planning import plan
     from posenc.session import prepare, train_phase, validation_record
 
+    if cfg.train.stop_at is not None:
+        raise ConfigError("posenc tune stops on validation (train.until_fit); drop train.stop_at")
+    with open_dict(cfg):
+        cfg.train.eval_lengths = []  # the quick evaluations reach test lengths: none in a trial
     p = plan(cfg)
     if not p.validation_lengths:
         raise ConfigError(
