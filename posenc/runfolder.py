@@ -53,7 +53,10 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("train", "compile"): False,
     ("train", "stop_at"): None,
     ("train", "until_fit"): False,  # trained exactly train.steps
+    ("train", "max_steps"): None,  # (until_fit's ceiling)
     ("eval", "val_share"): 0.0,  # no validation lengths: every length a test length
+    ("eval", "val_samples"): 50,  # (validation examples: a run saved without them had none)
+    ("eval", "val_seed"): 4321,
     ("encoding", "layer_shared"): False,  # KERPLE: one (r1, r2) per layer
     ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
     ("encoding", "amplitude"): None,  # sinusoidal: sized to the token embeddings
