@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from posenc.cli.common import Overrides, fail
+from posenc.cli.common import ChoicesFile, Overrides, fail
 from posenc.cli.completion import complete_encodings, complete_overrides, complete_tasks
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
@@ -105,14 +105,7 @@ def compare(
             "(hydra.sweeper.params) and experiment give what the options do not.",
         ),
     ] = None,
-    choices: Annotated[
-        str | None,
-        typer.Option(
-            "--choices",
-            help="A choices file from posenc tune: each encoding's chosen settings, applied to "
-            "its runs and recorded in each (the config key choices=FILE).",
-        ),
-    ] = None,
+    choices: ChoicesFile = None,
 ) -> None:
     """Train every encoding x task x seed (a Hydra multirun), then report and plot.
 

@@ -47,75 +47,26 @@ def tune(
 
     Each encoding gets its own search (configs/hparams_search/): every trial is a run trained as posenc train trains it, then scored on validation samples only. The objective is the validation OOD exact match among runs that fit their training range on validation. posenc compare --choices FILE (or choices=FILE) applies the choice to every run and records it. Extra arguments are Hydra overrides for every trial (task=reverse train.steps=1000); trials land in runs/tune/<task>/<encoding>/<trial>.
     """
-    from posenc.config import compose
-    from posenc.errors import PosencError
     from posenc.planning import validation_lengths
 
-    if search not in SEARCHES:
-        fail(f"unknown --search {search!r}; valid choices: {', '.join(SEARCHES)}")
-    if not param:
-        fail(
-            "give at least one --param KEY=SPACE, e.g. --param model.embed_init=choice(scaled,gpt)"
-        )
-    if trials < 1:
-        fail(f"--trials must be >= 1, got {trials}")
-    names = [e.strip() for e in encodings.split(",") if e.strip()]
     given = list(overrides or [])
-    owned = {"encoding": "--encodings", "hparams_search": "--search", "choices": None}
-    for o in given:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key in owned:
-            fail(
-                f"{o}: "
-                + (f"use {owned[key]}" if owned[key] else "posenc tune reads no choices file")
-            )
-    keys = []
-    for p in param:
-        if "=" not in p:
-            fail(f"--param {p!r}: write KEY=SPACE, e.g. train.lr=tag(log,interval(1e-4,1e-2))")
-        keys.append(p.split("=", 1)[0])
-    try:  # every encoding's config, checked before any trial trains
-        cfgs = {name: compose([f"encoding={name}", *given]) for name in names}
-        for key in keys:
-            if _missing(cfgs[names[0]], key):
-                fail(f"--param {key}: not a config key")
-    except PosencError as exc:
-        fail(str(exc))
+    names, keys, cfgs = _checked(encodings, param or [], search, trials, given)
     first = cfgs[names[0]]
     held = validation_lengths(first)
     if not held:
-        fail(
-            "posenc tune needs validation lengths: set eval.val_share > 0 (and lengths past train.max_len)"
-        )
-    from posenc import tuning
-    from posenc.schema import encoding_label
-
+        fail("posenc tune needs validation lengths: set eval.val_share > 0 (and lengths past "
+             "train.max_len)")  # fmt: skip
     root = Path(str(first.runs_root)) / "tune" / str(first.task.name)
     made_by = shlex.join(
-        ["posenc", "tune", "-e", ",".join(names), *(f"--param={p}" for p in param)]
+        ["posenc", "tune", "-e", ",".join(names), *(f"--param={p}" for p in param or [])]
         + ["--search", search, *(["--trials", str(trials)] if search == "optuna" else []), *given]
     )
     chosen, unfit = {}, []
     for name in names:
-        label = encoding_label(cfgs[name].encoding)
-        folder = root / label
-        argv = [
-            f"hparams_search={search}",
-            f"encoding={name}",
-            *given,
-            *param,
-            f"hydra.sweep.dir={folder}",
-            "hydra.sweep.subdir=${hydra.job.num}",
-            "progress=false",
-        ]
+        argv = [*given, *(param or []), "progress=false"]
         if search == "optuna":
             argv.append(f"hydra.sweeper.n_trials={trials}")
-        tuning.forget_trials(folder)
-        try:
-            tuning.search(argv)
-        except SystemExit as exc:  # Hydra reports a failed job and exits
-            fail(f"the search for {label} failed (exit {exc.code}); see {folder}")
-        best = tuning.choose([r for r in tuning.trials(folder) if r["encoding"] == label])
+        label, best = _search(name, cfgs[name], root, search, argv)
         if best is None:
             unfit.append(label)
             continue
@@ -137,6 +88,65 @@ def tune(
             f"no trial fit its training range on validation for {', '.join(unfit)}; "
             "left out of the choices file (raise train.steps or train.max_steps)"
         )
+
+
+def _checked(encodings: str, param: list[str], search: str, trials: int, given: list[str]):
+    """The options checked, and every encoding's config composed, before any trial trains:
+    (encoding names, the --param keys, {name: config})."""
+    from posenc.config import compose
+    from posenc.errors import PosencError
+
+    if search not in SEARCHES:
+        fail(f"unknown --search {search!r}; valid choices: {', '.join(SEARCHES)}")
+    if not param:
+        fail(
+            "give at least one --param KEY=SPACE, e.g. --param model.embed_init=choice(scaled,gpt)"
+        )
+    if trials < 1:
+        fail(f"--trials must be >= 1, got {trials}")
+    owned = {"encoding": "use --encodings", "hparams_search": "use --search",
+             "choices": "posenc tune makes a choices file; it reads none"}  # fmt: skip
+    for o in given:
+        if (key := o.split("=", 1)[0].lstrip("+~")) in owned:
+            fail(f"{o}: {owned[key]}")
+    keys = []
+    for p in param:
+        if "=" not in p:
+            fail(f"--param {p!r}: write KEY=SPACE, e.g. train.lr=tag(log,interval(1e-4,1e-2))")
+        keys.append(p.split("=", 1)[0])
+    names = [e.strip() for e in encodings.split(",") if e.strip()]
+    try:
+        cfgs = {name: compose([f"encoding={name}", *given]) for name in names}
+    except PosencError as exc:
+        fail(str(exc))
+    for key in keys:
+        if _missing(cfgs[names[0]], key):
+            fail(f"--param {key}: not a config key")
+    return names, keys, cfgs
+
+
+def _search(name: str, cfg, root: Path, search: str, argv: list[str]):
+    """One encoding's search in ``root/<label>/<trial>``: (label, its best fitting trial or
+    None)."""
+    from posenc import tuning
+    from posenc.schema import encoding_label
+
+    label = encoding_label(cfg.encoding)
+    folder = root / label
+    tuning.forget_trials(folder)
+    try:
+        tuning.search(
+            [
+                f"hparams_search={search}",
+                f"encoding={name}",
+                *argv,
+                f"hydra.sweep.dir={folder}",
+                "hydra.sweep.subdir=${hydra.job.num}",
+            ]  # fmt: skip
+        )
+    except SystemExit as exc:  # Hydra reports a failed job and exits
+        fail(f"the search for {label} failed (exit {exc.code}); see {folder}")
+    return label, tuning.choose([r for r in tuning.trials(folder) if r["encoding"] == label])
 
 
 def _missing(cfg, key: str) -> bool:
