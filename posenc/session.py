@@ -65,6 +65,7 @@ class Session:
     val_groups: dict[int, list] | None = None  # validation samples by length (`validation_groups`)
     steps_to_fit: int | None = None  # the first check at which validation fit (until_fit)
     fits_now: bool = False  # the last until_fit check found the run fitting
+    checked_at: int | None = None  # the step of the last until_fit check
 
     @property
     def until_fit(self) -> bool:
@@ -95,6 +96,7 @@ class Session:
                 "stop_hits": self.stop_hits,
                 "steps_to_fit": self.steps_to_fit,
                 "fits_now": self.fits_now,
+                "checked_at": self.checked_at,
                 "config": to_yaml(self.p.cfg),
             },
             self.p.run_dir / CHECKPOINT,
@@ -158,6 +160,7 @@ def prepare(p: Plan, mode: str) -> Session:
         val_groups=val_groups,
         steps_to_fit=resumed.get("steps_to_fit"),
         fits_now=resumed.get("fits_now", False),
+        checked_at=resumed.get("checked_at"),
     )
 
 
@@ -210,11 +213,19 @@ def fit_check(s: Session, step: int) -> None:
     tr = s.p.cfg.train
     scores = score_validation(s, list(range(tr.min_len, tr.max_len + 1)))
     s.fits_now = fits(scores, tr.min_len, tr.max_len, s.p.cfg.eval.threshold)
+    s.checked_at = step
     if s.fits_now and s.steps_to_fit is None:
         s.steps_to_fit = step
     worst = min((v["exact_match"] for v in scores.values()), default=float("nan"))
     s.writer.add_scalar("val/min_id_exact_match", worst, step)
     s.log(f"step {step} validation: min ID exact match {worst:.3f}, fits {s.fits_now}")
+
+
+def _check_due(s: Session, step: int) -> bool:
+    """Whether an until_fit check belongs to ``step``: every ``train.eval_every`` steps and
+    at ``train.steps``."""
+    tr = s.p.cfg.train
+    return s.until_fit and step > 0 and (step % tr.eval_every == 0 or step == tr.steps)
 
 
 def validation_record(s: Session) -> dict[str, Any]:
@@ -273,6 +284,8 @@ def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -
     window_t, window_steps = t0, 0
     stop = StopSignals(stop_file).install()  # SIGTERM, SIGUSR1, SIGUSR2: posenc.signals
     try:
+        if _check_due(s, trainer.step_count) and s.checked_at != trainer.step_count:
+            fit_check(s, trainer.step_count)  # interrupted before its check: done on resume
         while s.budget_left():
             stop.check(trainer.step_count)
             result = trainer.step(s.stream.next())
@@ -296,10 +309,15 @@ def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -
                 if s.stop_hits >= 2:
                     s.stopped_at = step
                     s.log(f"stopped at step {step}: ID exact match >= {tr.stop_at} twice running")
-            if s.until_fit and (step % tr.eval_every == 0 or step == tr.steps):
+            if _check_due(s, step):
                 fit_check(s, step)
                 if s.fits_now and step >= tr.steps:
                     reporter.message(f"step {step}: fits its training range on validation")
+                elif step == tr.steps:
+                    reporter.message(
+                        f"step {step}: does not fit on validation yet; training on, "
+                        f"up to step {ceiling(tr)} (train.until_fit)"
+                    )
             if tr.checkpoint_every and step % tr.checkpoint_every == 0:
                 s.checkpoint(s.seconds_before + time.perf_counter() - t0)
     except (KeyboardInterrupt, RunStopped):

@@ -146,20 +146,40 @@ class _Interrupt(Reporter):
 
 @pytest.mark.slow
 def test_until_fit_resumes_mid_extension_exactly(tiny_cfg, tmp_path):
-    """Interrupted past train.steps (the lr held at its minimum), the run resumes to the same
-    numbers as one never interrupted."""
+    """Interrupted past train.steps (the lr held at its minimum), between a step and its
+    until_fit check, the run resumes to the same numbers as one never interrupted."""
     extend = ["train.steps=6", "train.eval_every=3", "train.max_steps=12", "train.until_fit=true"]
     extend += ["train.checkpoint_every=3"]
     reference = run(tiny_cfg(*extend, f"run_dir={tmp_path / 'ref'}"))
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny_cfg(*extend), _Interrupt(at=10))
+    with pytest.raises(KeyboardInterrupt):  # at step 9, before that step's check
+        run(tiny_cfg(*extend), _Interrupt(at=9))
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert state["trainer"]["step"] == 10 and state["fits_now"] is False
+    assert state["trainer"]["step"] == 9 and state["checked_at"] == 6
     resumed = run(tiny_cfg(*extend))
     assert resumed["train"]["final_loss"] == reference["train"]["final_loss"]
     assert resumed["per_length"] == reference["per_length"]
     assert resumed["validation"] == reference["validation"]
     assert resumed["protocol"] == reference["protocol"]
+
+
+def test_a_check_missed_by_an_interrupt_is_made_on_resume(tiny_cfg, tmp_path, monkeypatch):
+    """Validation (scripted) fits from step 9: interrupted at step 9 before its check, the
+    resumed run checks at 9 and stops there, as the uninterrupted run does."""
+    real = posenc.session.score_validation
+
+    def from_step_9(s, lengths):
+        fit = 1.0 if s.trainer.step_count >= 9 else 0.0
+        return {n: {**v, "exact_match": fit} for n, v in real(s, lengths).items()}
+
+    monkeypatch.setattr(posenc.session, "score_validation", from_step_9)
+    extend = ["train.steps=6", "train.eval_every=3", "train.max_steps=30", "train.until_fit=true"]
+    reference = run(tiny_cfg(*extend, f"run_dir={tmp_path / 'ref'}"))
+    assert reference["protocol"]["steps_trained"] == reference["protocol"]["steps_to_fit"] == 9
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg(*extend), _Interrupt(at=9))
+    resumed = run(tiny_cfg(*extend))
+    assert resumed["protocol"] == reference["protocol"]
+    assert resumed["per_length"] == reference["per_length"]
 
 
 def test_the_lr_holds_at_its_minimum_past_train_steps():
