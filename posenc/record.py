@@ -63,7 +63,8 @@ def protocol_record(
 ) -> dict[str, Any]:
     """The ``protocol`` block of ``metrics.json``: the training budget (``until_fit`` as in
     force: it needs ``train.eval_every`` > 0), the steps taken, the test lengths past the
-    training range (``[first, last]``, null for none) and the choices file applied (`posenc.choices`), if any."""
+    training range (``[first, last]``, null for none) and the choices file applied
+    (`posenc.choices`), if any."""
     tr = cfg.train
     past = sorted(n for n in test_lengths if n > tr.max_len)
     choices = cfg.get("choices")

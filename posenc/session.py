@@ -5,10 +5,12 @@ evaluations, ``train.stop_at``, ``train.until_fit`` and checkpoints; the validat
 ``train.until_fit``: at every quick evaluation (``train.eval_every``) the run is scored on its
 validation samples at every training length (`validation_groups`); from ``train.steps`` on, a
 check that finds every training length at ``eval.threshold`` or above ends training, and
-until one does the run trains on in ``eval_every`` intervals, up to the ceiling (`posenc.schema.ceiling`). Past
-``train.steps`` the learning rate holds at ``lr * min_lr_ratio`` (`posenc.train.lr_factor`),
-so the schedule of the first ``train.steps`` steps is that of a run without until_fit and a
-checkpoint taken during the extension resumes it exactly."""
+until one does the run trains on in ``eval_every`` intervals, up to the ceiling
+(`posenc.schema.ceiling`). Past ``train.steps`` the learning rate holds at
+``lr * min_lr_ratio`` (`posenc.train.lr_factor`), so the schedule of the first
+``train.steps`` steps is that of a run without until_fit, and a checkpoint taken during the
+extension resumes it exactly (a check an interrupt skipped is made on resume).
+"""
 
 from __future__ import annotations
 
