@@ -1,8 +1,9 @@
 """Tuning on validation (`posenc tune`): each trial is one run trained as `posenc.run.run`
 trains it, then scored on its validation samples only (`posenc.session.validation_record`):
 it never loads the frozen test set or evaluates a test length. A search is a Hydra multirun
-over the trial function (`main`), one per encoding, with Hydra's Optuna sweeper or its basic
-(grid) sweeper (configs/hparams_search/); `choose` then picks each encoding's best trial and
+over the trial function (`trial`), one per encoding, with Hydra's Optuna sweeper (Optuna:
+Akiba et al. 2019; its TPE sampler: Bergstra et al. 2011) or its basic (grid) sweeper
+(configs/hparams_search/); `choose` then picks each encoding's best trial and
 the CLI writes the choices file (`posenc.choices`).
 
 Objective (`objective`): the validation OOD exact match (the mean over the validation lengths)
