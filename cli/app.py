@@ -143,6 +143,10 @@ from posenc.cli import experiments, reporting  # noqa: E402  (compare, sweep; re
 experiments.register(app)
 reporting.register(app)
 
+from posenc.cli import tune  # noqa: E402  (posenc tune)
+
+tune.register(app)
+
 
 def main() -> None:
     # OpenMP threads that sleep instead of spin-waiting: two posenc processes sharing the

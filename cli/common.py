@@ -16,6 +16,16 @@ Overrides = Annotated[
     ),
 ]
 
+# A choices file from posenc tune (posenc compare --choices; posenc.choices).
+ChoicesFile = Annotated[
+    str | None,
+    typer.Option(
+        "--choices",
+        help="A choices file from posenc tune: each encoding's chosen settings, applied to "
+        "its runs and recorded in each (the config key choices=FILE).",
+    ),
+]
+
 
 def error_line(message: str) -> None:
     """One red line on stderr."""

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from posenc.cli.common import Overrides, fail
+from posenc.cli.common import ChoicesFile, Overrides, fail
 from posenc.cli.completion import complete_encodings, complete_overrides, complete_tasks
 from posenc.cli.reporting import show_report
 
@@ -105,6 +105,7 @@ def compare(
             "(hydra.sweeper.params) and experiment give what the options do not.",
         ),
     ] = None,
+    choices: ChoicesFile = None,
 ) -> None:
     """Train every encoding x task x seed (a Hydra multirun), then report and plot.
 
@@ -130,6 +131,9 @@ def compare(
     if preset is not None:
         owned["preset"] = "--preset"
         base.append(f"preset={preset}")
+    if choices is not None:  # absolute: the jobs read it wherever they run
+        owned["choices"] = "--choices"
+        base.append(f"choices={Path(choices).resolve()}")
     counts = dict(encoding=len(enc), task=len(tsk))
     options = dict(launcher=launcher, jobs=jobs, experiment=experiment, reserved=owned)
     while True:  # once, or for --seeds auto until every pair is resolved or the cap

@@ -129,6 +129,8 @@ DECLARED: dict[str, Check] = {
     "train.eval_lengths": list_of(integer(minimum=1)),
     "eval.lengths": optional(list_of(integer(minimum=1))),
     "eval.threshold": unit_interval,
+    "train.max_steps": optional(integer(minimum=1)),
+    "eval.val_share": number(minimum=0.0, below=1.0),
     "run_dir": optional(name),
     "threads": optional(integer(minimum=1)),
 }
@@ -147,6 +149,7 @@ POSITIVE = (
     "eval.min_len",
     "eval.max_len",
     "eval.n_samples",
+    "eval.val_samples",
     "eval.batch_size",
 )
 
@@ -246,6 +249,11 @@ def _check_schedule(tr: dict) -> None:
             raise ConfigError(f"train.stop_at must be in (0, 1] or null, got {stop_at}")
         if not tr["eval_every"]:
             raise ConfigError("train.stop_at needs quick evaluations; set train.eval_every > 0")
+    if tr["max_steps"] is not None and tr["max_steps"] < tr["steps"]:
+        raise ConfigError(
+            f"train.max_steps={tr['max_steps']} is below train.steps={tr['steps']}; the "
+            "ceiling of until_fit is past train.steps: raise it (null: 4 x train.steps)"
+        )
 
 
 def _check_machine(tree: dict) -> None:

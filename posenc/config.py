@@ -274,7 +274,7 @@ def compose(
         checks.check_values(cfg)
         check_preset_task(cfg, overrides)
         conformance.check_config(cfg)  # a plugged-in encoding or task: built and checked
-    resolve_auto(cfg)  # posenc.spec: the one place an `auto` value is resolved
+    resolve_auto(cfg, overrides)  # posenc.spec: the one place choices and `auto` are resolved
     return cfg
 
 

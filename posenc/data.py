@@ -187,6 +187,44 @@ def generate_eval_rows(
     return rows
 
 
+def example_hash(inputs, target) -> str:
+    """A stable hash of one (input, target) example: equal examples, equal hashes."""
+    text = json.dumps([[int(t) for t in inputs], [int(t) for t in target]])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def generate_validation_rows(
+    task: Task,
+    lengths: list[int],
+    n_samples: int,
+    seed: int,
+    test: dict[str, list] | None = None,
+    tries: int = 20,
+) -> dict[str, list]:
+    """Validation examples: `generate_eval_rows`'s columns from their own seed stream, none
+    equal to an example of ``test`` (the test set's rows). Each length draws until it has
+    ``n_samples`` examples or has made ``tries * n_samples`` draws: a short length whose every
+    example is in the test set (copy at length 1) keeps fewer, possibly none."""
+    taken = set()
+    if test is not None:
+        taken = {example_hash(i, t) for i, t in zip(test["input"], test["target"], strict=True)}
+    rows: dict[str, list] = {"length": [], "input": [], "target": []}
+    for n in sorted(lengths):
+        rng = np.random.default_rng([seed, n])
+        kept = 0
+        for _ in range(tries * n_samples):
+            if kept == n_samples:
+                break
+            inputs, target = task.sample_eval(n, rng)
+            if example_hash(inputs, target) in taken:
+                continue
+            rows["length"].append(n)
+            rows["input"].append(inputs)
+            rows["target"].append(target)
+            kept += 1
+    return rows
+
+
 def load_eval_set(task: Task, lengths: list[int], n_samples: int, seed: int, cache_dir: str | Path):
     """The frozen evaluation set as a `datasets.Dataset`, built and saved on first use."""
     import datasets

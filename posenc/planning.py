@@ -5,6 +5,7 @@ byte (`posenc.run.run` then trains it)."""
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,27 @@ class Plan:
     run_dir: Path
     device: torch.device
     fmt: SequenceFormat = DEFAULT_FORMAT
+    validation_lengths: tuple[int, ...] = ()  # past the training range (`validation_lengths`)
 
 
 def eval_lengths(cfg: DictConfig) -> list[int]:
-    """The final evaluation's lengths: ``eval.lengths``, else ``eval.min_len..eval.max_len``."""
+    """The test lengths: ``eval.lengths``, else ``eval.min_len..eval.max_len``, less the
+    validation lengths (`validation_lengths`: selection looks at those, so the test never does)."""
+    held = set(validation_lengths(cfg))
+    return [n for n in _evaluation_lengths(cfg) if n not in held]
+
+
+def validation_lengths(cfg: DictConfig) -> list[int]:
+    """The validation lengths past the training range: the first ``eval.val_share`` of the
+    evaluation lengths past ``train.max_len`` (rounded up; 21-30 of the default 21-60), at
+    most all but the last, so that the test keeps a length past them."""
+    past = [n for n in _evaluation_lengths(cfg) if n > cfg.train.max_len]
+    count = math.ceil(round(cfg.eval.val_share * len(past), 9))
+    return past[: max(0, min(count, len(past) - 1))]
+
+
+def _evaluation_lengths(cfg: DictConfig) -> list[int]:
+    """``eval.lengths``, else ``eval.min_len..eval.max_len``: test and validation lengths."""
     if cfg.eval.lengths is not None:
         return sorted(set(cfg.eval.lengths))
     return list(range(cfg.eval.min_len, cfg.eval.max_len + 1))
@@ -83,7 +101,7 @@ def _check_lengths(cfg: DictConfig, task: tasks.Task) -> tuple[list[int], list[i
     task.check_length(cfg.train.min_len, "train.min_len")
     task.check_length(cfg.train.max_len, "train.max_len")
     lengths = eval_lengths(cfg)
-    for n in lengths:
+    for n in [*lengths, *validation_lengths(cfg)]:
         task.check_length(n, "evaluation length")
     quick = quick_lengths(cfg)
     for n in quick:
@@ -168,7 +186,8 @@ def plan(cfg: DictConfig, *, meta: bool = False) -> Plan:
     task = tasks.build(cfg.task.name, **task_params(cfg.task))
     fmt = SequenceFormat.from_config(cfg.task).for_task(task)
     lengths, quick = _check_lengths(cfg, task)
+    held = validation_lengths(cfg)
     device = resolve_device(str(cfg.device))
     check_fits(cfg, task, lengths, device)  # posenc.memory: before anything is allocated
-    model = _build_model(cfg, task, lengths, quick, cfg.train.max_len, device, meta)
-    return Plan(cfg, task, model, lengths, quick, run_dir(cfg), device, fmt)
+    model = _build_model(cfg, task, lengths, [*quick, *held], cfg.train.max_len, device, meta)
+    return Plan(cfg, task, model, lengths, quick, run_dir(cfg), device, fmt, tuple(held))

@@ -6,8 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from posenc.metrics import SUMMARY_VERSION, summarize
-from posenc.schema import encoding_label
+from omegaconf import DictConfig, OmegaConf
+
+from posenc.metrics import SUMMARY_VERSION, extrapolation_horizon, summarize
+from posenc.schema import ceiling, encoding_label
+
+PROTOCOL_VERSION = 1  # the ``protocol`` block's definitions (docs/run-folder.md)
 
 
 def metrics_record(
@@ -17,11 +21,24 @@ def metrics_record(
     *,
     train: dict[str, Any],
     evaluation: dict[str, Any],
+    validation: dict[str, Any] | None = None,
+    protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``metrics.json`` holds: the run's identity, the summary (`posenc.metrics`), the
-    per-length scores and the ``train`` and ``eval`` sections as given."""
+    per-length scores and the ``train`` and ``eval`` sections as given, and where given the
+    ``validation`` (`posenc.session.validation_record`) and ``protocol`` blocks. With
+    validation, the summary's ``fits_training_range`` is validation's (the fit is decided
+    on validation samples, not the test set) and a run that does not fit has no horizon."""
     lo, hi = cfg.train.min_len, cfg.train.max_len
-    return {
+    summary = summarize(per_length, lo, hi, cfg.eval.threshold)
+    if validation is not None:
+        fit = bool(validation["fits_training_range"])
+        em = {int(n): float(v["exact_match"]) for n, v in per_length.items()}
+        summary["fits_training_range"] = fit
+        summary["extrapolation_horizon"] = (
+            extrapolation_horizon(em, hi, cfg.eval.threshold) if fit else None
+        )
+    record = {
         "status": "complete",
         "experiment": str(cfg.experiment),
         "task": task,
@@ -29,8 +46,38 @@ def metrics_record(
         "seed": int(cfg.seed),
         "train_range": [int(lo), int(hi)],
         "summary_version": SUMMARY_VERSION,
-        "summary": summarize(per_length, lo, hi, cfg.eval.threshold),
+        "summary": summary,
         "per_length": {str(n): v for n, v in per_length.items()},
         "train": train,
         "eval": evaluation,
+    }
+    if validation is not None:
+        record["validation"] = validation
+    if protocol is not None:
+        record["protocol"] = protocol
+    return record
+
+
+def protocol_record(
+    cfg, *, steps_trained: int, steps_to_fit: int | None, until_fit: bool, test_lengths
+) -> dict[str, Any]:
+    """The ``protocol`` block of ``metrics.json``: the training budget (``until_fit`` as in
+    force: it needs ``train.eval_every`` > 0), the steps taken, the test lengths past the
+    training range (``[first, last]``, null for none) and the choices file applied
+    (`posenc.choices`), if any."""
+    tr = cfg.train
+    past = sorted(n for n in test_lengths if n > tr.max_len)
+    choices = cfg.get("choices")
+    if isinstance(choices, DictConfig):
+        choices = OmegaConf.to_container(choices, resolve=True)
+    return {
+        "version": PROTOCOL_VERSION,
+        "fit_on": "validation",
+        "until_fit": bool(until_fit),
+        "steps": int(tr.steps),
+        "max_steps": ceiling(tr),
+        "steps_trained": int(steps_trained),
+        "steps_to_fit": steps_to_fit,
+        "test_lengths": [past[0], past[-1]] if past else None,
+        "choices": choices if isinstance(choices, Mapping) else None,
     }

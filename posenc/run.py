@@ -24,9 +24,9 @@ from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json
 from posenc.lock import RunLock
 from posenc.planning import Plan, plan
-from posenc.record import metrics_record
+from posenc.record import metrics_record, protocol_record
 from posenc.runfolder import CONFIG, METRICS
-from posenc.session import Session, prepare, train_phase
+from posenc.session import Session, prepare, train_phase, validation_record
 from posenc.spec import FINISHED, FOREIGN, NEW, differences, run_status
 
 
@@ -87,7 +87,12 @@ def evaluate_phase(s: Session, reporter: Reporter) -> tuple[dict, dict, float]:
 
 
 def write_phase(
-    s: Session, per_length: dict, groups: dict, train_seconds: float, eval_seconds: float
+    s: Session,
+    per_length: dict,
+    groups: dict,
+    train_seconds: float,
+    eval_seconds: float,
+    validation: dict | None = None,
 ) -> dict[str, Any]:
     """TensorBoard summaries and attention maps, then ``metrics.json`` last, atomically."""
     from posenc import attention, tblog
@@ -105,7 +110,19 @@ def write_phase(
         "precision_used": s.trainer.precision,  # what train.precision (e.g. auto) became
     }
     evaluation = {"seconds": round(eval_seconds, 3), "greedy": bool(cfg.eval.greedy)}
-    metrics = metrics_record(cfg, s.p.task.name, per_length, train=train, evaluation=evaluation)
+    protocol = protocol_record(
+        cfg, steps_trained=step, steps_to_fit=s.steps_to_fit, until_fit=s.until_fit,
+        test_lengths=s.p.eval_lengths,
+    )  # fmt: skip
+    metrics = metrics_record(
+        cfg,
+        s.p.task.name,
+        per_length,
+        train=train,
+        evaluation=evaluation,
+        validation=validation,
+        protocol=protocol,
+    )
     summary = metrics["summary"]
     hparams = tblog.flat_hparams(
         {
@@ -163,7 +180,8 @@ def _run(p: Plan, reporter: Reporter | None, stop_file: Path | None = None) -> d
     # Again: the folder may have changed while we waited for its lock.
     session = prepare(p, check_run_dir(p))
     train_seconds = train_phase(session, reporter, stop_file)
+    validation = validation_record(session)
     per_length, groups, eval_seconds = evaluate_phase(session, reporter)
-    metrics = write_phase(session, per_length, groups, train_seconds, eval_seconds)
+    metrics = write_phase(session, per_length, groups, train_seconds, eval_seconds, validation)
     reporter.finish(metrics)
     return metrics

@@ -53,8 +53,9 @@ def folder_seed(name: str) -> int | None:
 EXECUTION_KEYS = (
     "overwrite", "progress", "threads", "device", "run_dir", "runs_root", "data_dir", "experiment"
 )  # fmt: skip
-# Metadata carried into config.yaml for the report: never numbers.
-METADATA_KEYS = ("paper",)
+# Metadata carried into config.yaml for the report: never numbers (``choices``: which file
+# chose the values the config holds, `posenc.choices`).
+METADATA_KEYS = ("paper", "choices")
 # Keys a config.yaml may hold that the config does not have: ``compare``, a copy of the
 # preset's runs (which presets declare as ``hydra.sweeper.params``). Ignored on reading.
 # Each with what replaced it, for the one-line error a user's old YAML gets (posenc.checks).
@@ -77,6 +78,11 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("train", "precision"): "fp32",
     ("train", "compile"): False,
     ("train", "stop_at"): None,
+    ("train", "until_fit"): False,  # trained exactly train.steps
+    ("train", "max_steps"): None,  # (until_fit's ceiling)
+    ("eval", "val_share"): 0.0,  # no validation lengths: every length a test length
+    ("eval", "val_samples"): 50,  # (validation examples: a run saved without them had none)
+    ("eval", "val_seed"): 4321,
     ("encoding", "layer_shared"): False,  # KERPLE: one (r1, r2) per layer
     ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
     ("encoding", "amplitude"): None,  # sinusoidal: sized to the token embeddings

@@ -21,7 +21,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 # The name of the root schema in Hydra's ConfigStore (first in configs/config.yaml's defaults).
 SCHEMA_NAME = "posenc_schema"
 
-EMBED_INITS = ("scaled", "gpt", "auto")  # auto: the encoding's own (posenc.spec.resolve_auto)
+# auto: the encoding's own (posenc.spec.resolve_auto), chosen on test lengths; accepted for
+# old configs, never a default (a choices file from `posenc tune` chooses per encoding instead)
+EMBED_INITS = ("scaled", "gpt", "auto")
 MIXERS = ("attention", "delta")  # delta: DeltaNet (posenc.mixers)
 BATCHING = ("by_length", "mixed", "bucketed")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: posenc.precision
@@ -39,7 +41,7 @@ class Model:
     d_ff: int = 512  # MLP hidden width
     dropout: float = 0.0
     max_len: int = 512  # longest sequence in tokens
-    embed_init: str = "auto"  # scaled: N(0, 1/d)·√d; gpt: N(0, 0.02); auto: the encoding's
+    embed_init: str = "scaled"  # scaled: N(0, 1/d)·√d; gpt: N(0, 0.02); auto: the encoding's
     bias: bool = True  # biases in the attention and MLP linear layers
     tie_embeddings: bool = False  # the LM head shares the token-embedding matrix
     # Sequence mixer per layer (MIXERS): one entry for every layer or one per layer; null:
@@ -67,10 +69,23 @@ class Train:
     precision: str = "fp32"  # one of PRECISIONS
     compile: bool = False
     stop_at: Optional[float] = None  # noqa: UP045
+    until_fit: bool = True  # past `steps`, train on until validation fits (posenc.session)
+    max_steps: Optional[int] = None  # noqa: UP045  until_fit's ceiling; null: see ceiling()
     log_every: int = 25
     eval_every: int = 500
     eval_lengths: list[int] = field(default_factory=lambda: [10, 20, 30, 40])
     checkpoint_every: int = 500
+
+
+CEILING_FACTOR = 4  # train.max_steps=null: until_fit trains at most this many times train.steps
+
+
+def ceiling(train: Any) -> int:
+    """The most steps a run trains under ``train.until_fit``: ``train.max_steps``, else
+    `CEILING_FACTOR` times ``train.steps``."""
+    if train.max_steps is not None:
+        return int(train.max_steps)
+    return CEILING_FACTOR * int(train.steps)
 
 
 @dataclass
@@ -85,6 +100,9 @@ class Eval:
     seed: int = 1234
     greedy: bool = False
     threshold: float = 0.9
+    val_share: float = 0.25  # of the lengths past the training range, the first this share validate
+    val_samples: int = 50  # validation examples per length, none of them in the test set
+    val_seed: int = 4321  # seed of the validation examples (apart from `seed`, the test's)
 
 
 @dataclass
@@ -106,6 +124,7 @@ class Root:
     threads: Optional[int] = None  # noqa: UP045
     device: str = "cpu"
     progress: bool = True
+    choices: Any = None  # a choices file (posenc tune); applied, {file, sha256, values}
 
 
 SECTIONS = {"model": Model, "train": Train, "eval": Eval}

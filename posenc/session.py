@@ -1,6 +1,16 @@
 """A run in progress: its folder made and config written, the trainer and data stream built
 (resumed from the checkpoint if one is there), and the training loop with its quick
-evaluations, ``train.stop_at`` and checkpoints."""
+evaluations, ``train.stop_at``, ``train.until_fit`` and checkpoints; the validation scores.
+
+``train.until_fit``: at every quick evaluation (``train.eval_every``) the run is scored on its
+validation samples at every training length (`validation_groups`); from ``train.steps`` on, a
+check that finds every training length at ``eval.threshold`` or above ends training, and
+until one does the run trains on in ``eval_every`` intervals, up to the ceiling
+(`posenc.schema.ceiling`). Past ``train.steps`` the learning rate holds at
+``lr * min_lr_ratio`` (`posenc.train.lr_factor`), so the schedule of the first
+``train.steps`` steps is that of a run without until_fit, and a checkpoint taken during the
+extension resumes it exactly (a check an interrupt skipped is made on resume).
+"""
 
 from __future__ import annotations
 
@@ -14,13 +24,13 @@ import torch
 from posenc.checkpoint import load_checkpoint
 from posenc.config import to_yaml
 from posenc.console import Reporter
-from posenc.data import TrainStream, generate_eval_rows
+from posenc.data import TrainStream, generate_eval_rows, generate_validation_rows
 from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_text
 from posenc.lock import clear_folder
 from posenc.planning import Plan
 from posenc.runfolder import CHECKPOINT, CONFIG, LOG
-from posenc.schema import encoding_label
+from posenc.schema import ceiling, encoding_label
 from posenc.signals import RunStopped, StopSignals
 from posenc.train import Trainer
 
@@ -54,6 +64,26 @@ class Session:
     stop_hits: int = 0  # consecutive quick evaluations at or above train.stop_at
     stopped_at: int | None = None  # the step train.stop_at ended training at
     loss: float = float("nan")
+    val_groups: dict[int, list] | None = None  # validation samples by length (`validation_groups`)
+    steps_to_fit: int | None = None  # the first check at which validation fit (until_fit)
+    fits_now: bool = False  # the last until_fit check found the run fitting
+    checked_at: int | None = None  # the step of the last until_fit check
+
+    @property
+    def until_fit(self) -> bool:
+        """Whether ``train.until_fit`` is in force: it needs quick evaluations to check at."""
+        tr = self.p.cfg.train
+        return bool(tr.until_fit and tr.eval_every)
+
+    def budget_left(self) -> bool:
+        """Whether the loop goes on: before ``train.steps``, or past it under until_fit while
+        the last check did not fit and the ceiling is not reached."""
+        tr, step = self.p.cfg.train, self.trainer.step_count
+        if self.stop_hits >= 2:
+            return False
+        if step < tr.steps:
+            return True
+        return self.until_fit and not self.fits_now and step < ceiling(tr)
 
     def checkpoint(self, seconds: float) -> None:
         atomic_torch_save(
@@ -66,6 +96,9 @@ class Session:
                 "tokens": self.tokens,
                 "slots": self.slots,
                 "stop_hits": self.stop_hits,
+                "steps_to_fit": self.steps_to_fit,
+                "fits_now": self.fits_now,
+                "checked_at": self.checked_at,
                 "config": to_yaml(self.p.cfg),
             },
             self.p.run_dir / CHECKPOINT,
@@ -110,6 +143,7 @@ def prepare(p: Plan, mode: str) -> Session:
         )
         for n, inputs, target in zip(rows["length"], rows["input"], rows["target"], strict=True):
             quick_groups.setdefault(n, []).append((inputs, target))
+    val_groups = validation_groups(p)
     title = f"{p.task.name} · {encoding_label(cfg.encoding)} · seed {cfg.seed} → {d}"
     log(f"start ({mode}) {title}; {p.model.num_parameters():,} parameters")
     return Session(
@@ -125,7 +159,96 @@ def prepare(p: Plan, mode: str) -> Session:
         tokens=resumed.get("tokens", 0),
         slots=resumed.get("slots", 0),
         stop_hits=resumed.get("stop_hits", 0),
+        val_groups=val_groups,
+        steps_to_fit=resumed.get("steps_to_fit"),
+        fits_now=resumed.get("fits_now", False),
+        checked_at=resumed.get("checked_at"),
     )
+
+
+def validation_groups(p: Plan) -> dict[int, list]:
+    """{length: [(input, target), ...]}: ``eval.val_samples`` validation examples at every
+    training length and every validation length (`posenc.planning.validation_lengths`), from
+    ``eval.val_seed``'s stream, none equal to an example of the test set (the frozen set's
+    rows at the training lengths, regenerated from ``eval.seed``: the validation lengths are
+    not test lengths). Small and in memory, like the quick set."""
+    ev, tr = p.cfg.eval, p.cfg.train
+    train_lengths = list(range(tr.min_len, tr.max_len + 1))
+    test = generate_eval_rows(
+        p.task, [n for n in train_lengths if n in set(p.eval_lengths)], ev.n_samples, ev.seed
+    )
+    rows = generate_validation_rows(
+        p.task, [*train_lengths, *p.validation_lengths], ev.val_samples, ev.val_seed, test
+    )
+    groups: dict[int, list] = {n: [] for n in [*train_lengths, *p.validation_lengths]}
+    for n, inputs, target in zip(rows["length"], rows["input"], rows["target"], strict=True):
+        groups[n].append((inputs, target))
+    return groups
+
+
+def score_validation(s: Session, lengths: list[int]) -> dict[int, dict]:
+    """Validation scores at ``lengths`` (teacher forcing; lengths without samples left out).
+    Positions are drawn from a generator of ``eval.val_seed``, never the training stream's."""
+    assert s.val_groups is not None
+    cfg = s.p.cfg
+    groups = {n: s.val_groups[n] for n in lengths if s.val_groups.get(n)}
+    generator = torch.Generator(device=s.p.device).manual_seed(cfg.eval.val_seed)
+    scores = evaluate_lengths(
+        s.p.model,
+        groups,
+        batch_size=cfg.eval.batch_size,
+        device=s.p.device,
+        generator=generator,
+        fmt=s.p.fmt,
+    )
+    return {n: {k: v for k, v in sc.items() if k != "examples"} for n, sc in scores.items()}
+
+
+def fits(scores: dict[int, dict], train_min: int, train_max: int, threshold: float) -> bool:
+    """Every training length with validation samples at ``threshold`` or above."""
+    inside = [v["exact_match"] for n, v in scores.items() if train_min <= n <= train_max]
+    return bool(inside) and min(inside) >= threshold
+
+
+def fit_check(s: Session, step: int) -> None:
+    """One until_fit check: validation at every training length; the first fit's step kept."""
+    tr = s.p.cfg.train
+    scores = score_validation(s, list(range(tr.min_len, tr.max_len + 1)))
+    s.fits_now = fits(scores, tr.min_len, tr.max_len, s.p.cfg.eval.threshold)
+    s.checked_at = step
+    if s.fits_now and s.steps_to_fit is None:
+        s.steps_to_fit = step
+    worst = min((v["exact_match"] for v in scores.values()), default=float("nan"))
+    s.writer.add_scalar("val/min_id_exact_match", worst, step)
+    s.log(f"step {step} validation: min ID exact match {worst:.3f}, fits {s.fits_now}")
+
+
+def _check_due(s: Session, step: int) -> bool:
+    """Whether an until_fit check belongs to ``step``: every ``train.eval_every`` steps and
+    at ``train.steps``."""
+    tr = s.p.cfg.train
+    return s.until_fit and step > 0 and (step % tr.eval_every == 0 or step == tr.steps)
+
+
+def validation_record(s: Session) -> dict[str, Any]:
+    """The ``validation`` block of ``metrics.json`` (docs/run-folder.md): the final model's
+    scores at every training and validation length; the fit decided on them."""
+    cfg, tr = s.p.cfg, s.p.cfg.train
+    lo, hi = int(tr.min_len), int(tr.max_len)
+    held = list(s.p.validation_lengths)
+    scores = score_validation(s, [*range(lo, hi + 1), *held])
+    inside = [v["exact_match"] for n, v in scores.items() if lo <= n <= hi]
+    beyond = [scores[n]["exact_match"] for n in held if n in scores]
+    return {
+        "seed": int(cfg.eval.val_seed),
+        "n_samples": int(cfg.eval.val_samples),
+        "train_range": [lo, hi],
+        "lengths": [held[0], held[-1]] if held else None,
+        "per_length": {str(n): v for n, v in scores.items()},
+        "fits_training_range": fits(scores, lo, hi, cfg.eval.threshold),
+        "min_id_exact_match": min(inside) if inside else None,
+        "ood_exact_match": sum(beyond) / len(beyond) if beyond else None,
+    }
 
 
 def quick_evaluation(s: Session, step: int, reporter: Reporter) -> None:
@@ -150,7 +273,8 @@ def quick_evaluation(s: Session, step: int, reporter: Reporter) -> None:
 
 
 def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -> float:
-    """The training loop, until ``train.steps`` or ``train.stop_at``; returns training seconds.
+    """The training loop, until ``train.steps`` or ``train.stop_at``, and past ``train.steps``
+    under ``train.until_fit`` (the module's docstring); returns training seconds.
 
     Ctrl-C, a stop signal or ``stop_file`` appearing saves a checkpoint before it propagates,
     so the same command resumes the run.
@@ -162,7 +286,9 @@ def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -
     window_t, window_steps = t0, 0
     stop = StopSignals(stop_file).install()  # SIGTERM, SIGUSR1, SIGUSR2: posenc.signals
     try:
-        while trainer.step_count < tr.steps and s.stop_hits < 2:
+        if _check_due(s, trainer.step_count) and s.checked_at != trainer.step_count:
+            fit_check(s, trainer.step_count)  # interrupted before its check: done on resume
+        while s.budget_left():
             stop.check(trainer.step_count)
             result = trainer.step(s.stream.next())
             step, s.loss = trainer.step_count, result.loss
@@ -185,6 +311,15 @@ def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -
                 if s.stop_hits >= 2:
                     s.stopped_at = step
                     s.log(f"stopped at step {step}: ID exact match >= {tr.stop_at} twice running")
+            if _check_due(s, step):
+                fit_check(s, step)
+                if s.fits_now and step >= tr.steps:
+                    reporter.message(f"step {step}: fits its training range on validation")
+                elif step == tr.steps:
+                    reporter.message(
+                        f"step {step}: does not fit on validation yet; training on, "
+                        f"up to step {ceiling(tr)} (train.until_fit)"
+                    )
             if tr.checkpoint_every and step % tr.checkpoint_every == 0:
                 s.checkpoint(s.seconds_before + time.perf_counter() - t0)
     except (KeyboardInterrupt, RunStopped):

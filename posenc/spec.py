@@ -44,8 +44,11 @@ class RunSpec:
         return config_identity(self.cfg)
 
 
-def resolve_auto(cfg: DictConfig) -> None:
-    """The ``auto`` values a config can hold, resolved in place (the one place that does).
+def resolve_auto(cfg: DictConfig, given: list[str] | tuple[str, ...] = ()) -> None:
+    """The choices file's values and the ``auto`` values a config can hold, resolved in place
+    (the one place that does). First the choices file ``choices`` names, if any
+    (`posenc.choices.apply_choices`; ``given``: the overrides, none of which may set a chosen
+    key).
 
     ``model.embed_init=auto`` -> the token-embedding init the encoding declares
     (`PositionalEncoding.token_scale`: ``gpt`` for ALiBi, ``scaled`` for the others; Press
@@ -54,7 +57,9 @@ def resolve_auto(cfg: DictConfig) -> None:
     scale given explicitly. A composite encoding (``combo``, ``randomized``, the hybrids)
     takes its own class's, ``scaled``."""
     from posenc import encodings, plugins
+    from posenc.choices import apply_choices
 
+    apply_choices(cfg, given)  # a choices file's values for this encoding (posenc tune)
     if cfg.model.embed_init != "auto":
         return
     name = str(cfg.encoding.name)
@@ -126,10 +131,11 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def specify(cfg: DictConfig, variant: str = "") -> RunSpec:
-    """The run ``cfg`` describes, resolved: ``auto`` values, the label (``variant``: a
-    sweep's swept keys, `variant_label`), the folder and its status. Changes ``cfg``."""
-    resolve_auto(cfg)
+def specify(cfg: DictConfig, variant: str = "", given: list[str] | tuple[str, ...] = ()) -> RunSpec:
+    """The run ``cfg`` describes, resolved: choices and ``auto`` values (``given``: the
+    overrides that composed it), the label (``variant``: a sweep's swept keys,
+    `variant_label`), the folder and its status. Changes ``cfg``."""
+    resolve_auto(cfg, given)
     if variant:
         with open_dict(cfg):
             cfg.encoding.label = variant_label(cfg, variant)

@@ -38,7 +38,8 @@ from posenc.tasks.format import PAD
 
 
 def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    """Multiplier of the peak learning rate at ``step`` (0-based): linear warm-up, cosine decay."""
+    """Multiplier of the peak learning rate at ``step`` (0-based): linear warm-up, cosine decay
+    to ``min_ratio`` at ``total``, held there past it (``train.until_fit`` trains on)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))

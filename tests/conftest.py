@@ -23,6 +23,8 @@ MICRO = [
     "train.log_every=1",
     "eval.max_len=6",
     "eval.n_samples=4",
+    "eval.val_share=0",  # lengths 4..6 stay test lengths
+    "train.until_fit=false",
 ]
 
 TINY = [
@@ -39,6 +41,8 @@ TINY = [
     "train.warmup_steps=2",
     "eval.max_len=9",
     "eval.n_samples=6",
+    "eval.val_share=0",  # lengths 7..9 stay test lengths (test_protocol_fit.py: the split)
+    "train.until_fit=false",  # exactly train.steps (test_protocol_fit.py: until_fit)
     "progress=false",
     "threads=1",
 ]

@@ -46,9 +46,6 @@ def test_the_composed_default_config_is_the_schema_with_the_default_groups():
     cfg = compose([])
     for section, cls in schema.SECTIONS.items():
         defaults = _defaults(cls)
-        if section == "model":  # auto, resolved for the default encoding (rope): scaled
-            assert defaults["embed_init"] == "auto"
-            defaults["embed_init"] = "scaled"
         assert OmegaConf.to_container(cfg[section]) == defaults
     assert list(cfg) == [f.name for f in dataclasses.fields(schema.Root)]
 

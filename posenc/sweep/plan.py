@@ -287,7 +287,7 @@ def specify_runs(axes: list[list[str]], extra: list[str], swept: set[str]) -> li
         with open_dict(cfg):  # runs_root cannot be swept: the same in every combination
             cfg.runs_root = str(Path(str(cfg.runs_root)).absolute())
             cfg.progress = False
-        spec = specify(cfg, _variant(combo, named_by))
+        spec = specify(cfg, _variant(combo, named_by), [*combo, *extra])
         if spec.run_dir in folders:
             raise ConfigError(
                 f"{_combination(combo, swept)} and {folders[spec.run_dir]} would share the run "

@@ -1,0 +1,161 @@
+"""``posenc tune``: choose each encoding's settings on validation and write a choices file."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from posenc.cli.common import Overrides, fail
+from posenc.cli.completion import complete_encodings
+
+SEARCHES = ("optuna", "grid")
+
+
+def tune(
+    overrides: Overrides = None,
+    encodings: Annotated[
+        str,
+        typer.Option(
+            "--encodings",
+            "-e",
+            help="Comma-separated encodings, each tuned on its own.",
+            autocompletion=complete_encodings,
+        ),
+    ] = "rope",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            help="A setting to choose and its search space, in Hydra's sweep grammar: "
+            "model.embed_init=choice(scaled,gpt), train.lr=tag(log,interval(1e-4,1e-2)) "
+            "(optuna), train.warmup_steps=50,200 (grid or optuna). Repeatable.",
+        ),
+    ] = None,
+    search: Annotated[
+        str, typer.Option("--search", help="optuna (Hydra's Optuna sweeper) or grid.")
+    ] = "optuna",
+    trials: Annotated[int, typer.Option("--trials", "-n", help="Optuna trials per encoding.")] = 20,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The choices file to write.")] = Path(
+        "choices.yaml"
+    ),
+) -> None:
+    """Choose per-encoding settings on validation (never a test length) and write them to a choices file.
+
+    Each encoding gets its own search (configs/hparams_search/): every trial is a run trained as posenc train trains it, then scored on validation samples only. The objective is the validation OOD exact match among runs that fit their training range on validation. posenc compare --choices FILE (or choices=FILE) applies the choice to every run and records it. Extra arguments are Hydra overrides for every trial (task=reverse train.steps=1000); trials land in runs/tune/<task>/<encoding>/<trial>.
+    """
+    from posenc.planning import validation_lengths
+
+    given = list(overrides or [])
+    names, keys, cfgs = _checked(encodings, param or [], search, trials, given)
+    first = cfgs[names[0]]
+    held = validation_lengths(first)
+    if not held:
+        fail("posenc tune needs validation lengths: set eval.val_share > 0 (and lengths past "
+             "train.max_len)")  # fmt: skip
+    root = Path(str(first.runs_root)) / "tune" / str(first.task.name)
+    made_by = shlex.join(
+        ["posenc", "tune", "-e", ",".join(names), *(f"--param={p}" for p in param or [])]
+        + ["--search", search, *(["--trials", str(trials)] if search == "optuna" else []), *given]
+    )
+    chosen, unfit = {}, []
+    for name in names:
+        argv = [*given, *(param or []), "progress=false"]
+        if search == "optuna":
+            argv.append(f"hydra.sweeper.n_trials={trials}")
+        label, best = _search(name, cfgs[name], root, search, argv)
+        if best is None:
+            unfit.append(label)
+            continue
+        chosen[label] = {k: v for k, v in best["settings"].items() if k in keys}
+        typer.echo(f"{label}: {chosen[label]} (validation OOD {best['objective']:.3f})")
+    from posenc.choices import write_choices
+
+    tr = first.train
+    write_choices(
+        out,
+        task=str(first.task.name),
+        split={"train": [int(tr.min_len), int(tr.max_len)], "validation": [held[0], held[-1]]},
+        made_by=made_by,
+        choices=chosen,
+    )
+    typer.echo(f"choices file: {out}")
+    if unfit:
+        fail(
+            f"no trial fit its training range on validation for {', '.join(unfit)}; "
+            "left out of the choices file (raise train.steps or train.max_steps)"
+        )
+
+
+def _checked(encodings: str, param: list[str], search: str, trials: int, given: list[str]):
+    """The options checked, and every encoding's config composed, before any trial trains:
+    (encoding names, the --param keys, {name: config})."""
+    from posenc.config import compose
+    from posenc.errors import PosencError
+
+    if search not in SEARCHES:
+        fail(f"unknown --search {search!r}; valid choices: {', '.join(SEARCHES)}")
+    if not param:
+        fail(
+            "give at least one --param KEY=SPACE, e.g. --param model.embed_init=choice(scaled,gpt)"
+        )
+    if trials < 1:
+        fail(f"--trials must be >= 1, got {trials}")
+    owned = {"encoding": "use --encodings", "hparams_search": "use --search",
+             "choices": "posenc tune makes a choices file; it reads none"}  # fmt: skip
+    for o in given:
+        if (key := o.split("=", 1)[0].lstrip("+~")) in owned:
+            fail(f"{o}: {owned[key]}")
+    keys = []
+    for p in param:
+        if "=" not in p:
+            fail(f"--param {p!r}: write KEY=SPACE, e.g. train.lr=tag(log,interval(1e-4,1e-2))")
+        keys.append(p.split("=", 1)[0])
+    names = [e.strip() for e in encodings.split(",") if e.strip()]
+    try:
+        cfgs = {name: compose([f"encoding={name}", *given]) for name in names}
+    except PosencError as exc:
+        fail(str(exc))
+    for key in keys:
+        if _missing(cfgs[names[0]], key):
+            fail(f"--param {key}: not a config key")
+    return names, keys, cfgs
+
+
+def _search(name: str, cfg, root: Path, search: str, argv: list[str]):
+    """One encoding's search in ``root/<label>/<trial>``: (label, its best fitting trial or
+    None)."""
+    from posenc import tuning
+    from posenc.schema import encoding_label
+
+    label = encoding_label(cfg.encoding)
+    folder = root / label
+    tuning.forget_trials(folder)
+    try:
+        tuning.search(
+            [
+                f"hparams_search={search}",
+                f"encoding={name}",
+                *argv,
+                f"hydra.sweep.dir={folder}",
+                "hydra.sweep.subdir=${hydra.job.num}",
+            ]  # fmt: skip
+        )
+    except SystemExit as exc:  # Hydra reports a failed job and exits
+        fail(f"the search for {label} failed (exit {exc.code}); see {folder}")
+    return label, tuning.choose([r for r in tuning.trials(folder) if r["encoding"] == label])
+
+
+def _missing(cfg, key: str) -> bool:
+    from omegaconf import OmegaConf
+
+    marker = object()
+    return OmegaConf.select(cfg, key, default=marker) is marker
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``posenc tune`` to the ``posenc`` app."""
+    app.command(context_settings={"allow_extra_args": False})(tune)

@@ -1,0 +1,107 @@
+"""The choices file: per-encoding settings chosen on validation (`posenc tune`), applied to
+every run that names it (``choices=FILE``, ``posenc compare --choices FILE``).
+
+A choices file is YAML::
+
+    task: copy
+    split: {train: [1, 20], validation: [21, 30]}
+    made_by: "posenc tune -e alibi,rope --param model.embed_init=choice(scaled,gpt) ..."
+    choices:
+      alibi: {model.embed_init: gpt, train.lr: 0.002}
+      rope: {model.embed_init: scaled}
+
+`apply_choices` sets the overrides listed under the run's encoding label (an encoding the
+file does not list keeps the config's values) and replaces ``choices`` in the config by the
+record ``{file, sha256, values}``, so every run's config.yaml and metrics.json say which file
+(and which version of it) chose what. Torch-free: it runs where a config is composed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from posenc.errors import ConfigError, first_line
+from posenc.schema import encoding_label
+
+KEYS = ("task", "split", "made_by", "choices")
+
+
+def read_choices(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The choices file at ``path`` as a mapping, checked, and the sha256 of its bytes."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"choices file {path} cannot be read ({first_line(exc)})") from exc
+    try:
+        tree = OmegaConf.to_container(OmegaConf.create(data.decode()), resolve=True)
+    except Exception as exc:
+        raise ConfigError(f"choices file {path} is not YAML ({first_line(exc)})") from exc
+    if not isinstance(tree, dict) or not isinstance(tree.get("choices"), dict):
+        raise ConfigError(
+            f"choices file {path} has no 'choices:' mapping of encoding -> {{override: value}} "
+            "(posenc tune writes one)"
+        )
+    for label, values in tree["choices"].items():
+        if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+            raise ConfigError(
+                f"choices file {path}: choices.{label} must map dotted keys to values, "
+                f"e.g. {{model.embed_init: gpt}}, got {values!r}"
+            )
+    return tree, hashlib.sha256(data).hexdigest()
+
+
+def apply_choices(cfg: DictConfig, given: list[str] | tuple[str, ...] = ()) -> None:
+    """Apply the choices file ``cfg.choices`` names to ``cfg``, in place: the overrides chosen
+    for this run's encoding, then ``cfg.choices`` = ``{file, sha256, values}``. A no-op when
+    ``choices`` is null or already applied. ``given``: the command line's overrides; one
+    that sets a chosen key is refused (the file and the command line would disagree)."""
+    source = cfg.get("choices")
+    if source is None or isinstance(source, DictConfig):
+        return
+    tree, sha256 = read_choices(str(source))
+    task = tree.get("task")
+    if task is not None and str(task) != str(cfg.task.name):
+        raise ConfigError(
+            f"choices file {source} was made on task {task!r}; this run trains "
+            f"{cfg.task.name!r}: tune on it (posenc tune task={cfg.task.name}) or drop choices"
+        )
+    values = dict(tree["choices"].get(encoding_label(cfg.encoding)) or {})
+    set_here = {o.split("=", 1)[0].lstrip("+~") for o in given if "=" in o}
+    for key in values:
+        if key in set_here:
+            raise ConfigError(
+                f"{key} is both given and chosen for {encoding_label(cfg.encoding)} by the "
+                f"choices file {source}; give one of them"
+            )
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            raise ConfigError(f"choices file {source}: {key} is not a config key")
+    with open_dict(cfg):
+        for key, value in values.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+        cfg.choices = {"file": str(source), "sha256": sha256, "values": values}
+    from posenc.checks import check_values
+
+    check_values(cfg)  # a chosen value is checked as a given one is
+
+
+_MISSING = object()
+
+
+def write_choices(
+    path: str | Path,
+    *,
+    task: str,
+    split: dict[str, list[int] | None],
+    made_by: str,
+    choices: dict[str, dict[str, Any]],
+) -> None:
+    """Write a choices file (atomically), in `KEYS` order."""
+    from posenc.io import atomic_write_text
+
+    tree = {"task": task, "split": split, "made_by": made_by, "choices": choices}
+    atomic_write_text(Path(path), OmegaConf.to_yaml(OmegaConf.create(tree)))

@@ -1,0 +1,205 @@
+"""posenc tune (Hydra's Optuna and basic sweepers over validation-only trials) and the choices
+file it writes, applied to and recorded in every run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import posenc.run
+import posenc.session
+from posenc import data, tasks, tuning
+from posenc.choices import apply_choices, read_choices
+from posenc.cli.app import app
+from posenc.config import compose
+from posenc.errors import ConfigError
+from posenc.run import run
+from tests.conftest import TINY
+
+# Parity over 1..3 (validation 4, test 5) with a low bar: a tiny model fits it in tens of steps.
+SMALL = [
+    *TINY,
+    "task=parity",
+    "model.n_layers=1",
+    "train.max_len=3",
+    "eval.max_len=5",
+    "eval.val_share=0.25",
+    "eval.threshold=0.8",
+    "train.batch_size=32",
+    "train.warmup_steps=5",
+    "train.min_lr_ratio=1.0",
+    "train.steps=10",
+    "train.eval_every=5",
+    "train.until_fit=true",
+    "train.max_steps=40",
+    "eval.n_samples=8",
+    "eval.val_samples=8",
+]
+
+
+def _tune(tmp_path, *args: str, extra: tuple[str, ...] = ()):
+    out = tmp_path / "choices.yaml"
+    base = [f"runs_root={tmp_path / 'runs'}", f"data_dir={tmp_path / 'data'}", *extra]
+    result = CliRunner().invoke(app, ["tune", *args, "-o", str(out), *SMALL, *base])
+    return result, out
+
+
+def test_a_tuning_trial_never_evaluates_a_test_length(tmp_path, monkeypatch):
+    """Instrumented: every evaluation a grid search makes is recorded, the frozen test set's
+    loader and the final evaluation fail if called. Only training and validation lengths are
+    scored, on examples none of which is a test example."""
+    scored: dict[int, list] = {}
+    real = posenc.session.evaluate_lengths
+
+    def recording(model, groups, **kwargs):
+        for n, pairs in groups.items():
+            scored.setdefault(n, []).extend(pairs)
+        return real(model, groups, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a tuning trial read the test set")
+
+    monkeypatch.setattr(posenc.session, "evaluate_lengths", recording)
+    monkeypatch.setattr(posenc.run, "evaluate_phase", forbidden)
+    monkeypatch.setattr(data, "load_eval_set", forbidden)
+    result, out = _tune(tmp_path, "-e", "none", "--search", "grid", "-p", "train.lr=3e-3,1e-2")
+    assert result.exit_code == 0, result.output
+    # Training lengths with validation examples (parity's 1 and 2: all in the test set) and
+    # validation length 4; never test length 5.
+    assert set(scored) == {3, 4}
+    test = data.generate_eval_rows(tasks.build("parity"), [1, 2, 3, 5], 8, 1234)
+    test_hashes = {
+        data.example_hash(i, t) for i, t in zip(test["input"], test["target"], strict=True)
+    }
+    assert (
+        not {data.example_hash(i, t) for pairs in scored.values() for i, t in pairs} & test_hashes
+    )
+    records = tuning.trials(tmp_path / "runs" / "tune" / "parity" / "none")
+    assert [r["settings"]["train.lr"] for r in records] == [3e-3, 1e-2]
+
+
+@pytest.mark.slow
+def test_tune_with_optuna_writes_the_best_fitting_choice(tmp_path):
+    """A real Optuna study (2 trials per encoding, a 1-layer model, tens of steps)."""
+    space = ["-p", "model.embed_init=choice(scaled,gpt)", "-p", "train.lr=interval(3e-3,1e-2)"]
+    result, out = _tune(tmp_path, "-e", "none,alibi", "--trials", "2", *space)
+    tree = yaml.safe_load(out.read_text())
+    assert tree["task"] == "parity" and tree["split"] == {"train": [1, 3], "validation": [4, 4]}
+    assert tree["made_by"].startswith("posenc tune -e none,alibi '--param=model.embed_init=choice(")
+    folder = tmp_path / "runs" / "tune" / "parity"
+    for label in ("none", "alibi"):
+        records = tuning.trials(folder / label)
+        assert len(records) == 2
+        best = tuning.choose(records)
+        if best is None:  # listed as unfit, and the command says so
+            assert label not in tree["choices"] and result.exit_code == 2
+            continue
+        assert tree["choices"][label] == {
+            k: best["settings"][k] for k in ("model.embed_init", "train.lr")
+        }
+        assert tree["choices"][label]["model.embed_init"] in ("scaled", "gpt")
+        assert 3e-3 <= tree["choices"][label]["train.lr"] <= 1e-2
+    assert tree["choices"], "no encoding fit: the test's budget is too small"
+
+
+def test_choose_takes_the_best_trial_that_fits_and_the_first_of_equals():
+    def trial(n, fits, score):
+        return {
+            "settings": {"n": n},
+            "validation": {"fits_training_range": fits},
+            "objective": score,
+        }
+
+    records = [trial(0, False, -0.1), trial(1, True, 0.2), trial(2, True, 0.5), trial(3, True, 0.5)]
+    assert tuning.choose(records)["settings"] == {"n": 2}
+    assert tuning.choose([trial(0, False, -0.5)]) is None
+    fit = {"fits_training_range": True, "ood_exact_match": 0.25, "min_id_exact_match": 1.0}
+    unfit = {"fits_training_range": False, "ood_exact_match": 0.9, "min_id_exact_match": 0.5}
+    assert tuning.objective(fit) == 0.25 and tuning.objective(unfit) == -0.5
+
+
+def _choices_file(tmp_path, task="copy"):
+    path = tmp_path / "choices.yaml"
+    path.write_text(
+        f"task: {task}\nsplit: {{train: [1, 6], validation: [7, 7]}}\nmade_by: by hand\n"
+        "choices:\n  alibi: {model.embed_init: gpt, train.lr: 0.002}\n"
+    )
+    return path
+
+
+def test_a_choices_file_is_applied_to_its_encoding_and_recorded(tiny_cfg, tmp_path):
+    path = _choices_file(tmp_path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    cfg = tiny_cfg("encoding=alibi", f"choices={path}")
+    assert (cfg.model.embed_init, cfg.train.lr) == ("gpt", 0.002)
+    out = run(cfg)
+    record = {
+        "file": str(path),
+        "sha256": sha,
+        "values": {"model.embed_init": "gpt", "train.lr": 0.002},
+    }
+    assert out["protocol"]["choices"] == record
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["choices"] == record and saved["model"]["embed_init"] == "gpt"
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["protocol"]["choices"] == record
+    )
+    rope = tiny_cfg("encoding=rope", f"choices={path}")  # not in the file: its own values
+    assert (rope.model.embed_init, rope.train.lr) == ("scaled", 3e-3)
+    assert rope.choices["values"] == {}
+
+
+def test_a_chosen_value_matches_the_same_value_given(tiny_cfg, tmp_path):
+    from posenc.runfolder import config_identity
+
+    chosen = tiny_cfg("encoding=alibi", f"choices={_choices_file(tmp_path)}")
+    given = tiny_cfg("encoding=alibi", "model.embed_init=gpt", "train.lr=0.002")
+    assert config_identity(chosen) == config_identity(given)
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        (None, ["train.lr=1e-3"], "train.lr is both given and chosen for alibi"),
+        (None, ["task=reverse"], "was made on task 'copy'; this run trains 'reverse'"),
+        ("choices: [1, 2]\n", [], "has no 'choices:' mapping"),
+        ("choices: {alibi: {model.widht: 3}}\n", [], "model.widht is not a config key"),
+        ("choices: {alibi: {train.lr: -1}}\n", [], "train.lr"),
+    ],
+)
+def test_a_bad_choices_file_or_a_clash_is_refused(tmp_path, text, overrides, message):
+    path = _choices_file(tmp_path)
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        compose(["encoding=alibi", f"choices={path}", *overrides])
+
+
+def test_a_missing_choices_file_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        read_choices(tmp_path / "none.yaml")
+    cfg = compose(["encoding=alibi"])
+    apply_choices(cfg)  # null: nothing to apply
+    assert cfg.choices is None
+
+
+def test_compare_passes_its_choices_file_to_every_run(tmp_path, monkeypatch):
+    import posenc.cli.experiments as experiments
+
+    seen = {}
+    monkeypatch.setattr(experiments, "_launch", lambda base, *a, **k: seen.update(base=base))
+    path = _choices_file(tmp_path)
+    result = CliRunner().invoke(app, ["compare", "-e", "alibi", "--choices", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"choices={path.resolve()}" in seen["base"]
+
+
+def test_tune_refuses_a_search_without_validation_lengths(tmp_path):
+    result, _ = _tune(
+        tmp_path, "-e", "none", "-p", "train.lr=1e-3,1e-2", extra=("eval.val_share=0",)
+    )
+    assert result.exit_code == 2 and "needs validation lengths" in result.output
