@@ -405,6 +405,7 @@ def test_a_tiny_training_run_scores_the_answers(name, tmp_path):
             "train.max_len=5",
             "train.warmup_steps=2",
             "train.eval_every=5",
+            "train.until_fit=false",
             "train.eval_lengths=[3]",
             "train.checkpoint_every=0",
             "eval.lengths=[2,7]",

@@ -762,6 +762,7 @@ def test_a_tiny_training_run_works_for_every_task(name, tmp_path):
             "train.max_len=5",
             "train.warmup_steps=2",
             "train.eval_every=10",
+            "train.until_fit=false",
             "train.eval_lengths=[3]",
             "train.checkpoint_every=0",
             "eval.lengths=[2,7]",
