@@ -38,7 +38,7 @@ def train(overrides: Overrides = None) -> None:
     from posenc.console import Reporter, RichReporter
     from posenc.errors import PosencError
     from posenc.run import run
-    from posenc.signals import RunStopped
+    from posenc.signals import RunStopped, StoppedAtOnce
 
     reporter = RichReporter() if cfg.progress else Reporter()
     try:
@@ -46,6 +46,8 @@ def train(overrides: Overrides = None) -> None:
     except PosencError as exc:
         reporter.close()
         fail(str(exc))
+    except StoppedAtOnce as exc:
+        fail(f"{exc}: run the same command again to resume from the last checkpoint", 130)
     except KeyboardInterrupt:
         fail("interrupted; the last checkpoint is saved: run the same command again to resume", 130)
     except RunStopped as stopped:
