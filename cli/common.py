@@ -27,6 +27,16 @@ def error_line(message: str) -> None:
     )
 
 
+def warning_line(message: str) -> None:
+    """One yellow line on stderr: something left out, the command goes on."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False).print(
+        f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True
+    )
+
+
 def fail(message: str, code: int = 2) -> None:
     """One red line on stderr, then exit with ``code``."""
     error_line(message)

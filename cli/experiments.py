@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from posenc.cli.common import Overrides, fail
+from posenc.cli.common import Overrides, fail, warning_line
 from posenc.cli.completion import complete_encodings, complete_overrides, complete_tasks
 
 CORE_ENCODINGS = "none,sinusoidal,learned,rope,alibi,t5"
@@ -402,7 +402,7 @@ def tables(
             print(f"{path}: no tables")
             continue
         try:
-            changed = update_tables(path, check=check)
+            changed = update_tables(path, check=check, warn=warning_line)
         except PosencError as exc:
             fail(str(exc))
         if changed:

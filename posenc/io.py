@@ -49,7 +49,12 @@ def read_json(path: str | Path) -> Any:
     """The JSON in ``path``; a truncated or corrupt file raises `UnreadableFileError`."""
     from posenc.errors import UnreadableFileError, first_line
 
-    text = Path(path).read_bytes()
+    try:
+        text = Path(path).read_bytes()
+    except IsADirectoryError as exc:  # a folder in place of the file
+        raise UnreadableFileError(
+            f"{path} is a folder, not a file; delete it, or rerun that run with overwrite=true"
+        ) from exc
     try:
         return json.loads(text)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
