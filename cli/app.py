@@ -143,6 +143,11 @@ def main() -> None:
     except typer.Abort:
         error_line("aborted")
         sys.exit(1)
+    except OSError as exc:  # a disk fault: a full disk, a read-only folder, a file in the way
+        from posenc.cli.common import os_error_message
+
+        error_line(os_error_message(exc))
+        sys.exit(2)
     except Exception as exc:
         # A bad option or argument (click's UsageError, which typer may vendor): one line,
         # like every other posenc error, instead of click's framed box.

@@ -26,6 +26,9 @@ from posenc.schema import BATCHING, EMBED_INITS, PRECISIONS, SECTIONS, Root
 
 # The largest integer torch, numpy and the OS accept as a seed, a size or a count.
 MAX_INT = 2**63 - 1
+# The largest float32: parameters and buffers are float32, and torch refuses a larger
+# Python float with a traceback ("value cannot be converted to type float without overflow").
+MAX_FLOAT = 3.4028234663852886e38
 MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo
 DEVICES = "cpu, cuda, cuda:N, auto"
 
@@ -63,6 +66,8 @@ def number(*, minimum: float | None = None, below: float | None = None) -> Check
     def check(value: Any, path: str, tree: dict) -> None:
         if not _is_number(value) or not math.isfinite(value):
             _fail(path, "a finite number", value)
+        if abs(value) > MAX_FLOAT:
+            _fail(path, f"a number of magnitude at most {MAX_FLOAT:.4g} (float32)", value)
         if minimum is not None and value < minimum:
             _fail(path, f"a number >= {minimum}", value)
         if below is not None and value >= below:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from posenc import tasks
 from posenc.checkpoint import load_weights
+from posenc.checks import inferred
 from posenc.config import invalid_value
 from posenc.data import by_length, load_eval_set
 from posenc.errors import ConfigError, PosencError, first_line
@@ -161,6 +162,9 @@ def reevaluate(
     cfg = _saved_config(d)
     trained = read_metrics(d / METRICS)  # damaged: one line now, not after the evaluation
     for key, value in pairs:
+        # typed by the run's own value, as posenc train types it by the YAML's default
+        if key.startswith("encoding.") and (check := inferred(OmegaConf.select(cfg, key))):
+            check(value, key, {})
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=True)
         except Exception as exc:  # a value of the wrong type for a typed key

@@ -15,6 +15,7 @@ from posenc.config import compose
 from posenc.errors import ConfigError
 from posenc.planning import plan
 from tests.conftest import MICRO
+from tests.test_fuzz_runfolders import finished  # noqa: F401, F811  (a fixture)
 
 HUGE = 10_000_000_000
 
@@ -50,3 +51,28 @@ def test_mqar_counts_its_sequence_length_exactly():
         assert task.max_sequence_length(n, rng) == max(
             len(task.sample(n, rng)[0]) + 2 for _ in range(8)
         )
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["encoding=fox encoding.gate_bias_init=1e300", "encoding=ssmax encoding.init_s=1e300",
+     "encoding=ssmax encoding.init_s=-1e39"],
+)  # fmt: skip
+def test_a_float_past_float32_is_one_line_not_an_overflow_traceback(tmp_path, override):
+    with pytest.raises(ConfigError, match=r"magnitude at most 3\.403e\+38 \(float32\)"):
+        plan(compose([*MICRO, *override.split(), f"run_dir={tmp_path}"]))
+
+
+def test_eval_types_an_encoding_override_by_the_runs_value(tmp_path, finished):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from posenc.cli.app import app
+
+    d = finished / "run"
+    result = CliRunner().invoke(
+        app, ["eval", str(d), "encoding.base=1e300", f"data_dir={finished / 'data'}"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "error: encoding.base must be a number of magnitude at most 3.403e+38 (float32), got 1e+300"
+    ]
