@@ -287,6 +287,25 @@ def inferred(default: Any) -> Check | None:
     return None
 
 
+# Encoding parameters whose constructor refuses zero as well as negatives: checked here as
+# "> 0", so a negative value is not told ">= 0.0" (what the default's sign implies) only for
+# a zero to be refused next. (encoding name, key).
+ABOVE_ZERO = {
+    ("abacus", "init_std"), ("coupled", "init_std"), ("fire", "init_c"), ("fire", "init_L"),
+    ("ssmax", "init_s"), ("xpos", "scale_base"), ("xpos", "gamma"), ("polynomial", "span"),
+    ("sinusoidal", "amplitude"), ("rope", "base"), ("xpos", "base"), ("p_rope", "base"),
+    ("sinusoidal", "base"), ("rope", "scaling_factor"),
+}  # fmt: skip
+# A per-layer scheme inside a per-layer entry (or per-head inside per-head) would build
+# silently as a one-layer (one-head) copy of itself: never what was meant.
+NESTING = {"encoding.layers": "per_layer", "encoding.heads": "per_head"}
+
+
+def _above_zero(owner: Any, key: str, value: Any, path: str) -> None:
+    if (owner, key) in ABOVE_ZERO and _is_number(value) and value <= 0:
+        _fail(path, "a number > 0", value)
+
+
 class OpenSections:
     """The checks of ``encoding.*`` and ``task.*`` against the defaults of their YAMLs;
     ``encoding_defaults(name)`` gives an encoding's defaults (a combination's parts)."""
@@ -299,8 +318,8 @@ class OpenSections:
             "encoding.label": optional(name),
             "encoding.yarn_original_len": optional(integer(minimum=1)),
             "encoding.parts": list_of(self.encoding_part),
-            "encoding.layers": optional(list_of(self.encoding_part)),
-            "encoding.heads": optional(list_of(self.encoding_part)),
+            "encoding.layers": optional(list_of(self.entry_of("per_layer"))),
+            "encoding.heads": optional(list_of(self.entry_of("per_head"))),
             "encoding.base_params": self.base_params,
         }
 
@@ -312,7 +331,23 @@ class OpenSections:
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             _fail(path, "an encoding name or a mapping with a 'name' key, e.g. {name: t5}", value)
         params = {k: v for k, v in value.items() if k != "name"}
-        self.partial(params, self.encoding_defaults(value["name"]), path, tree)
+        self.partial(params, self.encoding_defaults(value["name"]), path, tree, value["name"])
+
+    def entry_of(self, outer: str) -> Check:
+        """An entry of ``outer``'s list (per_layer's layers, per_head's heads): a part, but
+        not ``outer`` itself (`NESTING`)."""
+
+        def check(value: Any, path: str, tree: dict) -> None:
+            inner = value.get("name") if isinstance(value, dict) else value
+            if inner == outer:
+                what = "layer" if outer == "per_layer" else "head"
+                raise ConfigError(
+                    f"{path} is {outer!r} inside {outer!r}: each entry is one {what}'s own "
+                    f"encoding; give a plain encoding such as rope or none"
+                )
+            self.encoding_part(value, path, tree)
+
+        return check
 
     def base_params(self, value: Any, path: str, tree: dict) -> None:
         """A randomized encoding's ``base_params``, typed by its base encoding's YAML."""
@@ -342,14 +377,20 @@ class OpenSections:
         for key in default:
             if key not in value:
                 raise ConfigError(f"{path}.{key} is missing; it has no value to fall back on")
+            if path == "encoding":
+                _above_zero(value.get("name"), key, value[key], f"{path}.{key}")
             self.tree(value[key], default[key], f"{path}.{key}", tree)
 
-    def partial(self, value: dict, default: dict, path: str, tree: dict) -> None:
-        """Some of ``default``'s keys (the others keep their defaults), each checked."""
+    def partial(
+        self, value: dict, default: dict, path: str, tree: dict, owner: str | None = None
+    ) -> None:
+        """Some of ``default``'s keys (the others keep their defaults), each checked;
+        ``owner``: the encoding they belong to (a combination's part)."""
         for key in value:
             if key not in default:
                 valid = ", ".join(default) or "none"
                 raise ConfigError(f"{path} has no key {key!r}; valid keys: {valid}")
+            _above_zero(owner, key, value[key], f"{path}.{key}")
             self.tree(value[key], default[key], f"{path}.{key}", tree)
 
 

@@ -77,6 +77,14 @@ def check_run_dir(p: Plan) -> str:
                 "start over or choose another run_dir/experiment"
             )
         return "resume"
+    if (d / CHECKPOINT).exists():  # its config.yaml was deleted
+        if p.cfg.overwrite:
+            return "overwrite"
+        raise RunExistsError(
+            f"{d} holds {CHECKPOINT} but no {CONFIG}, so posenc cannot tell whose run it is; "
+            "pass overwrite=true to start over (replacing the checkpoint) or choose another "
+            "run_dir/experiment"
+        )
     return "new"
 
 

@@ -76,3 +76,66 @@ def test_eval_types_an_encoding_override_by_the_runs_value(tmp_path, finished): 
     assert result.output.strip().splitlines() == [
         "error: encoding.base must be a number of magnitude at most 3.403e+38 (float32), got 1e+300"
     ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # p below 2/d_head rotates no frequency: it trained as NoPE without a word
+        ("encoding=p_rope encoding.p=0.05", "encoding.p=0.05 keeps no frequency of a 8-dim head"),
+        # a scheme nested in itself built silently as a one-layer (one-head) copy
+        ("encoding=per_layer encoding.layers=[rope,per_layer]",
+         "encoding.layers[1] is 'per_layer' inside 'per_layer'"),
+        ("encoding=per_layer encoding.layers=[rope,{name:per_layer,layers:[rope]}]",
+         "encoding.layers[1] is 'per_layer' inside 'per_layer'"),
+        ("encoding=per_head encoding.heads=[rope,per_head]",
+         "encoding.heads[1] is 'per_head' inside 'per_head'"),
+        # known_length drops an EOS that inline answers do not have: it was ignored
+        ("task=state_tracking task.answer=known_length",
+         "task.answer=known_length does nothing on task 'state_tracking'"),
+        # zero is refused too, so a negative value is told "> 0", not ">= 0.0"
+        ("encoding=ssmax encoding.init_s=-1", "encoding.init_s must be a number > 0, got -1"),
+        ("encoding=ssmax encoding.init_s=0", "encoding.init_s must be a number > 0, got 0"),
+        ("encoding=fire encoding.init_L=-5", "encoding.init_L must be a number > 0, got -5"),
+        # an entry's error keeps the entry's path, whether found by the type check or the build
+        ("encoding=per_layer encoding.layers=[rope,{name:ssmax,init_s:0}]",
+         "encoding.layers[1].init_s must be a number > 0, got 0"),
+        ("encoding=per_layer encoding.layers=[rope,{name:rope,scaling:bogus}]",
+         "unknown encoding.layers[1].scaling 'bogus'"),
+        ("encoding=per_head encoding.heads=[rope,{name:rope,scaling:bogus}]",
+         "unknown encoding.heads[1].scaling 'bogus'"),
+    ],
+)  # fmt: skip
+def test_silently_wrong_configs_are_refused_in_one_line(tmp_path, overrides, message):
+    two_layers = [o for o in MICRO if not o.startswith("model.n_layers")] + ["model.n_layers=2"]
+    with pytest.raises(ConfigError) as refused:
+        plan(compose([*two_layers, *overrides.split(), f"run_dir={tmp_path}"]))
+    assert message in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1
+
+
+def test_a_checkpoint_without_its_config_is_not_silently_overwritten(tmp_path):
+    from posenc.errors import RunExistsError
+    from posenc.run import run
+    from tests.test_run import _Interrupt
+
+    d = tmp_path / "run"
+    args = [*MICRO, "progress=false", f"run_dir={d}", f"data_dir={tmp_path / 'data'}"]
+    with pytest.raises(KeyboardInterrupt):
+        run(compose(args), _Interrupt(at=3))
+    (d / "config.yaml").unlink()
+    saved = (d / "checkpoint.pt").read_bytes()
+    with pytest.raises(RunExistsError, match="holds checkpoint.pt but no config.yaml"):
+        run(compose(args))
+    assert (d / "checkpoint.pt").read_bytes() == saved
+    assert run(compose([*args, "overwrite=true"]))["status"] == "complete"
+
+
+def test_a_corrupt_checkpoints_cause_ends_with_a_sentence_not_mid_word():
+    from posenc.checkpoint import _cause
+
+    advice = "Weights only load failed. This file can still be loaded, to do so you have " * 4
+    assert _cause(RuntimeError(advice)) == "Weights only load failed."
+    words = "word " * 60
+    cut = _cause(RuntimeError(words))
+    assert cut.endswith("word…") and len(cut) <= 161
