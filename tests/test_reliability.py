@@ -464,3 +464,17 @@ def test_a_signal_to_compare_stops_its_sweep_and_workers_with_checkpoints(tmp_pa
     time.sleep(3)
     assert sizes == {p: p.stat().st_size for p in (runs / "stop").rglob("train.log")}
     assert [p for p in processes() if pgid(p) == group] == []
+
+
+@pytest.mark.slow
+def test_compare_with_a_quoted_non_ascii_runs_root_and_experiment(tmp_path):
+    """The quotes survive from the command line into the sweep's jobs (they were dropped,
+    and every such compare failed)."""
+    root = tmp_path / "ü runs"
+    result = posenc(
+        "compare", "-e", "none", "--launcher", "basic", "--experiment", "exp ü 1", *MICRO,
+        f"runs_root='{root}'", f"data_dir={tmp_path / 'data'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (root / "exp ü 1" / "copy" / "none" / "seed0" / "metrics.json").is_file()
+    assert (root / "exp ü 1" / "report.md").is_file()

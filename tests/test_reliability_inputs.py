@@ -139,3 +139,30 @@ def test_a_corrupt_checkpoints_cause_ends_with_a_sentence_not_mid_word():
     words = "word " * 60
     cut = _cause(RuntimeError(words))
     assert cut.endswith("word…") and len(cut) <= 161
+
+
+def test_a_non_ascii_override_value_gets_a_hint_to_quote_it():
+    with pytest.raises(ConfigError) as refused:
+        compose(["experiment=exp_ü"])
+    assert str(refused.value).endswith(
+        "a value with non-ASCII characters must be quoted: experiment='exp_ü'"
+    )
+    assert compose(["experiment='exp ü 1'"]).experiment == "exp ü 1"
+
+
+def test_the_sweep_passes_quoted_values_on_as_they_were_meant(tmp_path):
+    """The child's overrides read back, by Hydra's own parser, to the values the user gave:
+    an --experiment with spaces and a non-ASCII runs_root used to lose their quotes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from posenc.sweep.plan import plan_sweep
+
+    root = tmp_path / "ü runs"
+    p = plan_sweep(["encoding=rope,alibi", f"runs_root='{root}'"], experiment="exp 'ü' 1")
+    values = {
+        o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(p.overrides)
+    }
+    assert values["experiment"] == "exp 'ü' 1"
+    assert values["runs_root"] == str(root)
+    assert values["hydra.sweep.dir"].startswith(str(root / "exp 'ü' 1" / "_sweeps"))
+    assert p.experiment_dir == root / "exp 'ü' 1"

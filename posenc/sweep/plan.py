@@ -31,6 +31,14 @@ MAX_VALUE_CHECKS = 64
 MAX_PRECHECK = 1000
 
 
+def hydra_quoted(value: object) -> str:
+    """``value`` as one quoted string in Hydra's override grammar, which reads only ASCII
+    outside quotes and splits at spaces: ``--experiment "exp ü 1"`` and a runs_root with
+    such a name reach the sweep's jobs intact."""
+    text = str(value).replace("'", "\\'")
+    return f"'{text}'"
+
+
 @dataclass
 class SweepPlan:
     """Everything the CLI needs to launch one multirun and watch it."""
@@ -216,10 +224,10 @@ def child_overrides(
             for line, o in zip(overrides, parsed, strict=True)
             if o.key_or_group not in SET_HERE
         ),
-        f"runs_root={runs_root}",
+        f"runs_root={hydra_quoted(runs_root)}",
         f"threads={threads}",
         "progress=false",
-        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.sweep.dir={hydra_quoted(sweep_dir)}",
         "hydra.job.name=posenc",  # the Slurm job name and Hydra's per-job log file
         "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(exclude) + "]",
         *extra,
@@ -240,7 +248,7 @@ def count_finished(
 
     n = 0
     for combo in itertools.product(*axes):
-        cfg = compose([*combo, *extra, f"runs_root={runs_root}"], check=False)
+        cfg = compose([*combo, *extra, f"runs_root={hydra_quoted(runs_root)}"], check=False)
         variant = ",".join(sorted(o for o in combo if o.split("=", 1)[0].lstrip("+~") in swept))
         apply_variant(cfg, variant)
         d = run_dir_of(cfg)
@@ -286,7 +294,7 @@ def plan_sweep(
     # Compose one combination (first value of every sweep) to catch bad keys and read paths.
     ax = expand(parsed)
     named = experiment is not None and "experiment" not in {o.key_or_group for o in parsed}
-    extra = [f"experiment={experiment}"] if named else []
+    extra = [f"experiment={hydra_quoted(experiment)}"] if named else []
     first = [*ax.first, *extra]
     cfg = compose(first)
     check_every_value(first, ax.axes)
