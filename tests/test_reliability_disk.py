@@ -151,3 +151,25 @@ def test_a_read_only_runs_root_and_run_for_real(tmp_path, finished, monkeypatch,
     finally:
         for p in [root, root / "run"]:
             p.chmod(0o755)
+
+
+def test_a_read_only_runs_root_or_data_dir_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    import posenc.data
+
+    with monkeypatch.context() as patched:  # the runs root: its first file cannot be made
+        fail_writes(patched, errno.EROFS, only="config.yaml")
+        code, err = posenc_main(patched, capsys, *train_args(tmp_path, tmp_path / "run"))
+    assert code == 2
+    assert err == [
+        f"error: {tmp_path / 'run' / 'config.yaml'}: Read-only file system; the file system "
+        "is read-only: write elsewhere (runs_root=, run_dir=, data_dir=, or another "
+        "destination folder)"
+    ]
+
+    def mkdtemp(prefix="", dir=None):  # the data dir: the evaluation set cannot be saved
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+
+    monkeypatch.setattr(posenc.data.tempfile, "mkdtemp", mkdtemp)
+    code, err = posenc_main(monkeypatch, capsys, *train_args(tmp_path, tmp_path / "run2"))
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'data'}: Read-only"), err
