@@ -46,6 +46,9 @@ def train(overrides: Overrides = None) -> None:
     except PosencError as exc:
         reporter.close()
         fail(str(exc))
+    except OSError:  # a disk fault: main() gives its one line once the live display is gone
+        reporter.close()
+        raise
     except StoppedAtOnce as exc:
         fail(f"{exc}: run the same command again to resume from the last checkpoint", 130)
     except KeyboardInterrupt:
