@@ -113,8 +113,11 @@ def _write_failure(record: RunRecord, src: Path, folder: Path) -> Path:
     (folder / CONFIG).unlink(missing_ok=True)
     if record.config is not None:
         shutil.copyfile(src / CONFIG, folder / CONFIG)
+    # named within the experiment, not by this machine's path: the published folder is
+    # committed and its report must read the same everywhere
+    message = str(record.error).replace(str(src), record.path)
     error = {"task": record.task, "encoding": record.encoding, "seed": record.seed}
-    atomic_write_json(folder / ERROR, error | {"status": "failed", "error": record.error})
+    atomic_write_json(folder / ERROR, error | {"status": "failed", "error": message})
     return folder / ERROR
 
 
