@@ -56,7 +56,7 @@ def test_mqar_counts_its_sequence_length_exactly():
 @pytest.mark.parametrize(
     "override",
     ["encoding=fox encoding.gate_bias_init=1e300", "encoding=ssmax encoding.init_s=1e300",
-     "encoding=ssmax encoding.init_s=-1e39"],
+     "encoding=fox encoding.gate_bias_init=-1e39"],
 )  # fmt: skip
 def test_a_float_past_float32_is_one_line_not_an_overflow_traceback(tmp_path, override):
     with pytest.raises(ConfigError, match=r"magnitude at most 3\.403e\+38 \(float32\)"):
