@@ -173,3 +173,23 @@ def test_a_read_only_runs_root_or_data_dir_is_one_line_naming_it(tmp_path, monke
     code, err = posenc_main(monkeypatch, capsys, *train_args(tmp_path, tmp_path / "run2"))
     assert code == 2
     assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'data'}: Read-only"), err
+
+
+def test_overwrite_of_a_read_only_run_is_one_line(tmp_path, finished, monkeypatch, capsys):
+    d = tmp_path / "run"
+    shutil.copytree(finished / "run", d)
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):  # the run folder's files cannot be removed
+        if self.parent == d:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name != ".lock"}
+    args = [*train_args(tmp_path, d)[:-1], f"data_dir={finished / 'data'}", "overwrite=true"]
+    code, err = posenc_main(monkeypatch, capsys, *args)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"error: {d}/") and "Read-only file system" in err[0]
+    after = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == before
