@@ -166,3 +166,11 @@ def test_the_sweep_passes_quoted_values_on_as_they_were_meant(tmp_path):
     assert values["runs_root"] == str(root)
     assert values["hydra.sweep.dir"].startswith(str(root / "exp 'ü' 1" / "_sweeps"))
     assert p.experiment_dir == root / "exp 'ü' 1"
+
+
+def test_a_sweep_refuses_a_float_past_float32_before_it_launches(tmp_path):
+    from posenc.sweep.plan import plan_sweep
+
+    with pytest.raises(ConfigError, match=r"gate_bias_init must be a number of magnitude"):
+        plan_sweep(["encoding=fox", "encoding.gate_bias_init=1,1e300", f"runs_root={tmp_path}"])
+    assert not any(tmp_path.iterdir())
