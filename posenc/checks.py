@@ -287,23 +287,31 @@ def inferred(default: Any) -> Check | None:
     return None
 
 
-# Encoding parameters whose constructor refuses zero as well as negatives: checked here as
-# "> 0", so a negative value is not told ">= 0.0" (what the default's sign implies) only for
-# a zero to be refused next. (encoding name, key).
-ABOVE_ZERO = {
-    ("abacus", "init_std"), ("coupled", "init_std"), ("fire", "init_c"), ("fire", "init_L"),
-    ("ssmax", "init_s"), ("xpos", "scale_base"), ("xpos", "gamma"), ("polynomial", "span"),
-    ("sinusoidal", "amplitude"), ("rope", "base"), ("xpos", "base"), ("p_rope", "base"),
-    ("sinusoidal", "base"), ("rope", "scaling_factor"),
+# Encoding parameters whose constructor refuses more than their default's sign implies
+# (zero, or anything up to 1): checked here with the constructor's own bound, so a negative
+# value is not told ">= 0.0" only for a zero to be refused next.
+# (encoding name, key) -> (lower bound, whether the bound itself is refused).
+LOWER_BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
+    ("abacus", "init_std"): (0, True), ("coupled", "init_std"): (0, True),
+    ("fire", "init_c"): (0, True), ("fire", "init_L"): (0, True),
+    ("ssmax", "init_s"): (0, True), ("polynomial", "span"): (0, True),
+    ("xpos", "scale_base"): (0, True), ("xpos", "gamma"): (0, True),
+    ("sinusoidal", "amplitude"): (0, True),
+    ("rope", "base"): (1, True), ("xpos", "base"): (1, True), ("p_rope", "base"): (1, True),
+    ("sinusoidal", "base"): (1, True), ("rope", "scaling_factor"): (1, False),
 }  # fmt: skip
 # A per-layer scheme inside a per-layer entry (or per-head inside per-head) would build
 # silently as a one-layer (one-head) copy of itself: never what was meant.
 NESTING = {"encoding.layers": "per_layer", "encoding.heads": "per_head"}
 
 
-def _above_zero(owner: Any, key: str, value: Any, path: str) -> None:
-    if (owner, key) in ABOVE_ZERO and _is_number(value) and value <= 0:
-        _fail(path, "a number > 0", value)
+def _lower_bound(owner: Any, key: str, value: Any, path: str) -> None:
+    bound = LOWER_BOUNDS.get((owner, key))
+    if bound is None or not _is_number(value):
+        return
+    least, strict = bound
+    if value < least or (strict and value == least):
+        _fail(path, f"a number {'>' if strict else '>='} {least:g}", value)
 
 
 class OpenSections:
@@ -378,7 +386,7 @@ class OpenSections:
             if key not in value:
                 raise ConfigError(f"{path}.{key} is missing; it has no value to fall back on")
             if path == "encoding":
-                _above_zero(value.get("name"), key, value[key], f"{path}.{key}")
+                _lower_bound(value.get("name"), key, value[key], f"{path}.{key}")
             self.tree(value[key], default[key], f"{path}.{key}", tree)
 
     def partial(
@@ -390,7 +398,7 @@ class OpenSections:
             if key not in default:
                 valid = ", ".join(default) or "none"
                 raise ConfigError(f"{path} has no key {key!r}; valid keys: {valid}")
-            _above_zero(owner, key, value[key], f"{path}.{key}")
+            _lower_bound(owner, key, value[key], f"{path}.{key}")
             self.tree(value[key], default[key], f"{path}.{key}", tree)
 
 

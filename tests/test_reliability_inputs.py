@@ -93,10 +93,12 @@ def test_eval_types_an_encoding_override_by_the_runs_value(tmp_path, finished): 
         # known_length drops an EOS that inline answers do not have: it was ignored
         ("task=state_tracking task.answer=known_length",
          "task.answer=known_length does nothing on task 'state_tracking'"),
-        # zero is refused too, so a negative value is told "> 0", not ">= 0.0"
+        # zero (or up to 1) is refused too, so a negative value is told the constructor's
+        # own bound, not ">= 0.0"
         ("encoding=ssmax encoding.init_s=-1", "encoding.init_s must be a number > 0, got -1"),
         ("encoding=ssmax encoding.init_s=0", "encoding.init_s must be a number > 0, got 0"),
         ("encoding=fire encoding.init_L=-5", "encoding.init_L must be a number > 0, got -5"),
+        ("encoding=rope encoding.base=-1", "encoding.base must be a number > 1, got -1"),
         # an entry's error keeps the entry's path, whether found by the type check or the build
         ("encoding=per_layer encoding.layers=[rope,{name:ssmax,init_s:0}]",
          "encoding.layers[1].init_s must be a number > 0, got 0"),
