@@ -38,7 +38,7 @@ def train(overrides: Overrides = None) -> None:
     from posenc.console import Reporter, RichReporter
     from posenc.errors import PosencError
     from posenc.run import run
-    from posenc.signals import RunStopped
+    from posenc.signals import RunStopped, StoppedAtOnce
 
     reporter = RichReporter() if cfg.progress else Reporter()
     try:
@@ -46,6 +46,11 @@ def train(overrides: Overrides = None) -> None:
     except PosencError as exc:
         reporter.close()
         fail(str(exc))
+    except OSError:  # a disk fault: main() gives its one line once the live display is gone
+        reporter.close()
+        raise
+    except StoppedAtOnce as exc:
+        fail(f"{exc}: run the same command again to resume from the last checkpoint", 130)
     except KeyboardInterrupt:
         fail("interrupted; the last checkpoint is saved: run the same command again to resume", 130)
     except RunStopped as stopped:
@@ -158,6 +163,11 @@ def main() -> None:
     except typer.Abort:
         error_line("aborted")
         sys.exit(1)
+    except OSError as exc:  # a disk fault: a full disk, a read-only folder, a file in the way
+        from posenc.cli.common import os_error_message
+
+        error_line(os_error_message(exc))
+        sys.exit(2)
     except Exception as exc:
         # A bad option or argument (click's UsageError, which typer may vendor): one line,
         # like every other posenc error, instead of click's framed box.

@@ -37,7 +37,42 @@ def error_line(message: str) -> None:
     )
 
 
+def warning_line(message: str) -> None:
+    """One yellow line on stderr: something left out, the command goes on."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False).print(
+        f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True
+    )
+
+
 def fail(message: str, code: int = 2) -> None:
     """One red line on stderr, then exit with ``code``."""
     error_line(message)
     raise typer.Exit(code)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a disk fault: the path, the cause and what to do. Nothing was lost:
+    files are written atomically, so the previous checkpoint or report stays whole."""
+    import errno
+
+    path = exc.filename if exc.filename is not None else "a file"
+    cause = exc.strerror or type(exc).__name__
+    hints = {
+        errno.ENOSPC: "free some space and run the same command again: finished runs and "
+        "the last checkpoint are kept",
+        errno.EDQUOT: "free some space and run the same command again: finished runs and "
+        "the last checkpoint are kept",
+        errno.EROFS: "the file system is read-only: write elsewhere (runs_root=, run_dir=, "
+        "data_dir=, or another destination folder)",
+        errno.EACCES: "no permission to write there: write elsewhere (runs_root=, run_dir=, "
+        "data_dir=, or another destination folder) or change its permissions",
+        errno.EPERM: "no permission to write there: write elsewhere or change its permissions",
+        errno.ENOTDIR: "a file stands where posenc needs a folder: choose another path",
+        errno.EEXIST: "a file stands where posenc needs a folder: choose another path",
+        errno.EISDIR: "a folder stands where posenc needs a file: move it away",
+    }
+    hint = hints.get(exc.errno or 0)
+    return f"{path}: {cause}" + (f"; {hint}" if hint else "")

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from posenc.cli.common import fail
+from posenc.cli.common import fail, warning_line
 
 
 def register(app: typer.Typer) -> None:
@@ -153,7 +153,7 @@ def tables(
             print(f"{path}: no tables")
             continue
         try:
-            changed = update_tables(path, check=check)
+            changed = update_tables(path, check=check, warn=warning_line)
         except PosencError as exc:
             fail(str(exc))
         if changed:

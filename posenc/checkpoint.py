@@ -23,6 +23,19 @@ def read_checkpoint(path: str | Path, device="cpu", keys: tuple[str, ...] = KEYS
     return state
 
 
+def _cause(exc: BaseException, limit: int = 160) -> str:
+    """The cause in a few words: torch's first line, cut after a whole sentence (its
+    refusal of an unsafe pickle runs on for lines of advice that do not apply here), or at
+    a word with an ellipsis, never mid-word."""
+    text = first_line(exc)
+    if len(text) <= limit:
+        return text
+    end = text.find(". ", 0, limit)
+    if end > 0:
+        return text[: end + 1]
+    return text[:limit].rsplit(" ", 1)[0] + "…"
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module, device="cpu") -> dict:
     """The checkpoint's state, its weights already loaded into ``model`` (strictly: a
     checkpoint of another model fails here, before the run writes anything)."""
@@ -31,7 +44,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, device="cpu") -> d
         model.load_state_dict(state["model"])
     except Exception as exc:
         raise UnreadableFileError(
-            f"{path} cannot be read as a checkpoint of this run ({first_line(exc)[:160]}); "
+            f"{path} cannot be read as a checkpoint of this run ({_cause(exc)}); "
             "pass overwrite=true to start the run over"
         ) from exc
     return state
@@ -45,7 +58,7 @@ def load_weights(path: str | Path, model: torch.nn.Module, device="cpu") -> None
         state = read_checkpoint(path, device, keys=("model",))
     except Exception as exc:
         raise UnreadableFileError(
-            f"{path} cannot be read as a posenc checkpoint ({first_line(exc)[:160]}); "
+            f"{path} cannot be read as a posenc checkpoint ({_cause(exc)}); "
             "retrain the run with posenc train ... overwrite=true"
         ) from exc
     try:

@@ -26,6 +26,9 @@ from posenc.schema import BATCHING, EMBED_INITS, MIXERS, PRECISIONS, SECTIONS, R
 
 # The largest integer torch, numpy and the OS accept as a seed, a size or a count.
 MAX_INT = 2**63 - 1
+# The largest float32: parameters and buffers are float32, and torch refuses a larger
+# Python float with a traceback ("value cannot be converted to type float without overflow").
+MAX_FLOAT = 3.4028234663852886e38
 MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo
 DEVICES = "cpu, cuda, cuda:N, auto"
 
@@ -63,6 +66,8 @@ def number(*, minimum: float | None = None, below: float | None = None) -> Check
     def check(value: Any, path: str, tree: dict) -> None:
         if not _is_number(value) or not math.isfinite(value):
             _fail(path, "a finite number", value)
+        if abs(value) > MAX_FLOAT:
+            _fail(path, f"a number of magnitude at most {MAX_FLOAT:.4g} (float32)", value)
         if minimum is not None and value < minimum:
             _fail(path, f"a number >= {minimum}", value)
         if below is not None and value >= below:
@@ -318,6 +323,33 @@ def _non_negative(check: Check) -> Check:
     return checked
 
 
+# Encoding parameters whose constructor refuses more than their default's sign implies
+# (zero, or anything up to 1): checked here with the constructor's own bound, so a negative
+# value is not told ">= 0.0" only for a zero to be refused next.
+# (encoding name, key) -> (lower bound, whether the bound itself is refused).
+LOWER_BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
+    ("abacus", "init_std"): (0, True), ("coupled", "init_std"): (0, True),
+    ("fire", "init_c"): (0, True), ("fire", "init_L"): (0, True),
+    ("ssmax", "init_s"): (0, True), ("polynomial", "span"): (0, True),
+    ("xpos", "scale_base"): (0, True), ("xpos", "gamma"): (0, True),
+    ("sinusoidal", "amplitude"): (0, True),
+    ("rope", "base"): (1, True), ("xpos", "base"): (1, True), ("p_rope", "base"): (1, True),
+    ("sinusoidal", "base"): (1, True), ("rope", "scaling_factor"): (1, False),
+}  # fmt: skip
+# A per-layer scheme inside a per-layer entry (or per-head inside per-head) would build
+# silently as a one-layer (one-head) copy of itself: never what was meant.
+NESTING = {"encoding.layers": "per_layer", "encoding.heads": "per_head"}
+
+
+def _lower_bound(owner: Any, key: str, value: Any, path: str) -> None:
+    bound = LOWER_BOUNDS.get((owner, key))
+    if bound is None or not _is_number(value):
+        return
+    least, strict = bound
+    if value < least or (strict and value == least):
+        _fail(path, f"a number {'>' if strict else '>='} {least:g}", value)
+
+
 class OpenSections:
     """The checks of ``encoding.*`` and ``task.*`` against the defaults of their YAMLs;
     ``encoding_defaults(name)`` gives an encoding's defaults (a combination's parts)."""
@@ -330,8 +362,8 @@ class OpenSections:
             "encoding.label": optional(name),
             "encoding.yarn_original_len": optional(integer(minimum=1)),
             "encoding.parts": list_of(self.encoding_part),
-            "encoding.layers": optional(list_of(self.encoding_part)),
-            "encoding.heads": optional(list_of(self.encoding_part)),
+            "encoding.layers": optional(list_of(self.entry_of("per_layer"))),
+            "encoding.heads": optional(list_of(self.entry_of("per_head"))),
             "encoding.base_params": self.base_params,
         }
 
@@ -343,7 +375,23 @@ class OpenSections:
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             _fail(path, "an encoding name or a mapping with a 'name' key, e.g. {name: t5}", value)
         params = {k: v for k, v in value.items() if k != "name"}
-        self.partial(params, self.encoding_defaults(value["name"]), path, tree)
+        self.partial(params, self.encoding_defaults(value["name"]), path, tree, value["name"])
+
+    def entry_of(self, outer: str) -> Check:
+        """An entry of ``outer``'s list (per_layer's layers, per_head's heads): a part, but
+        not ``outer`` itself (`NESTING`)."""
+
+        def check(value: Any, path: str, tree: dict) -> None:
+            inner = value.get("name") if isinstance(value, dict) else value
+            if inner == outer:
+                what = "layer" if outer == "per_layer" else "head"
+                raise ConfigError(
+                    f"{path} is {outer!r} inside {outer!r}: each entry is one {what}'s own "
+                    f"encoding; give a plain encoding such as rope or none"
+                )
+            self.encoding_part(value, path, tree)
+
+        return check
 
     def base_params(self, value: Any, path: str, tree: dict) -> None:
         """A randomized encoding's ``base_params``, typed by its base encoding's YAML."""
@@ -373,14 +421,20 @@ class OpenSections:
         for key in default:
             if key not in value:
                 raise ConfigError(f"{path}.{key} is missing; it has no value to fall back on")
+            if path == "encoding":
+                _lower_bound(value.get("name"), key, value[key], f"{path}.{key}")
             self.tree(value[key], default[key], f"{path}.{key}", tree)
 
-    def partial(self, value: dict, default: dict, path: str, tree: dict) -> None:
-        """Some of ``default``'s keys (the others keep their defaults), each checked."""
+    def partial(
+        self, value: dict, default: dict, path: str, tree: dict, owner: str | None = None
+    ) -> None:
+        """Some of ``default``'s keys (the others keep their defaults), each checked;
+        ``owner``: the encoding they belong to (a combination's part)."""
         for key in value:
             if key not in default:
                 valid = ", ".join(default) or "none"
                 raise ConfigError(f"{path} has no key {key!r}; valid keys: {valid}")
+            _lower_bound(owner, key, value[key], f"{path}.{key}")
             self.tree(value[key], default[key], f"{path}.{key}", tree)
 
 

@@ -168,7 +168,17 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
         if message:
             raise ConfigError(message) from exc
         first = first_line(exc)
-        raise ConfigError(f"bad override: {first}") from exc
+        raise ConfigError(f"bad override: {first}{quote_hint(overrides)}") from exc
+
+
+def quote_hint(overrides: list[str]) -> str:
+    """For Hydra's LexerNoViableAltException on a non-ASCII character (its grammar reads
+    only ASCII outside quotes): how to quote the override that has one; else nothing."""
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and not value.isascii() and not value.startswith(("'", '"')):
+            return f"; a value with non-ASCII characters must be quoted: {key}='{value}'"
+    return ""
 
 
 def _unknown_key(message: str) -> str | None:

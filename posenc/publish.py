@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,9 @@ def publish(src: str | Path, dest: str | Path, baseline: str | None = None) -> P
         build_report(records, plots=False, baseline=baseline)
     files = []
     for r in done:
+        if r.status == "failed" and not _failed_in_training(src / r.path):
+            files.append(_write_failure(r, src / r.path, dest / r.path))
+            continue
         for name in (METRICS if r.status == "complete" else ERROR, CONFIG):
             if (src / r.path / name).is_file():
                 (dest / r.path).mkdir(parents=True, exist_ok=True)
@@ -183,6 +187,32 @@ def _overrides(metrics: dict) -> list[tuple[str, Any]]:
     except Exception as exc:
         raise ConfigError(f"unreadable eval.overrides {lines}: {exc}") from exc
     return [(o.key_or_group, o.value()) for o in parsed]
+
+
+def _failed_in_training(folder: Path) -> bool:
+    """Whether a failed run failed as its error.json says (copied as it is), rather than by
+    a damaged metrics.json or config.yaml (which `_write_failure` records)."""
+    return (folder / ERROR).is_file() and not (folder / METRICS).exists()
+
+
+def _write_failure(record: RunRecord, src: Path, folder: Path) -> Path:
+    """A run whose files are damaged, published as a failed run whose error.json names the
+    damaged file: the published report lists the failure the local one lists (copying only
+    the readable files would publish it as absent, or as its previous numbers). Its config
+    goes along only if it was readable."""
+    from posenc.io import atomic_write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / METRICS).unlink(missing_ok=True)  # numbers published before the damage
+    (folder / CONFIG).unlink(missing_ok=True)
+    if record.config is not None:
+        shutil.copyfile(src / CONFIG, folder / CONFIG)
+    # named within the experiment, not by this machine's path: the published folder is
+    # committed and its report must read the same everywhere
+    message = str(record.error).replace(str(src), record.path)
+    error = {"task": record.task, "encoding": record.encoding, "seed": record.seed}
+    atomic_write_json(folder / ERROR, error | {"status": "failed", "error": message})
+    return folder / ERROR
 
 
 @dataclass
@@ -331,13 +361,19 @@ def factor_lines(report: Report, task: str, thresholds: tuple[float, ...]) -> li
     return [*lines, ""]
 
 
-def render_block(folder: Path, link: str, block: Block) -> str:
+def render_block(
+    folder: Path, link: str, block: Block, warn: Callable[[str], None] | None = None
+) -> str:
     """The tables of one experiment for a document: every task's summary table, paper
     column, randomized lifts and differences to the baseline, with plot links relative to
-    the document (``link`` is the folder as the document names it)."""
+    the document (``link`` is the folder as the document names it). Each run left out for
+    a damaged file goes to ``warn`` as one line naming the file."""
     if not folder.is_dir():
         raise ConfigError(f"the experiment folder {folder} of a posenc block does not exist")
     records = load_experiment(folder)
+    for r in records:
+        if warn is not None and r.status == "failed" and not _failed_in_training(folder / r.path):
+            warn(f"{folder / r.path} left out of the tables: {r.error}")
     if not any(r.status == "complete" for r in records):
         raise ConfigError(f"no finished runs under {folder} for its posenc block")
     controls = load_controls(folder, tasks_of(records))
@@ -361,8 +397,9 @@ def render_block(folder: Path, link: str, block: Block) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def render_tables(text: str, base: str | Path) -> str:
-    """``text`` with every posenc block re-rendered (folders relative to ``base``)."""
+def render_tables(text: str, base: str | Path, warn: Callable[[str], None] | None = None) -> str:
+    """``text`` with every posenc block re-rendered (folders relative to ``base``); runs left
+    out for a damaged file go to ``warn`` (`render_block`)."""
     out, pos = [], 0
     for match in OPEN.finditer(text):
         if match.start() < pos:
@@ -373,7 +410,7 @@ def render_tables(text: str, base: str | Path) -> str:
             line = text.count("\n", 0, match.start()) + 1
             raise ConfigError(f"the posenc block opened on line {line} has no '{CLOSE}' line")
         block = block_options(match.group("args"))
-        body = render_block(Path(base) / block.folder, block.folder.as_posix(), block)
+        body = render_block(Path(base) / block.folder, block.folder.as_posix(), block, warn)
         out += [text[pos : match.end()], "\n", body, ""]
         pos = end
     out.append(text[pos:])
@@ -386,9 +423,11 @@ def has_blocks(path: str | Path) -> bool:
     return path.is_file() and OPEN.search(path.read_text()) is not None
 
 
-def update_tables(path: str | Path, check: bool = False) -> bool:
+def update_tables(
+    path: str | Path, check: bool = False, warn: Callable[[str], None] | None = None
+) -> bool:
     """Re-render the posenc blocks of a markdown file; True if it was (``check``: would be)
-    changed. ``check`` writes nothing."""
+    changed. ``check`` writes nothing. Runs left out for a damaged file go to ``warn``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} is not a file")
@@ -397,7 +436,7 @@ def update_tables(path: str | Path, check: bool = False) -> bool:
         raise ConfigError(
             f"{path} has no posenc blocks ('<!-- posenc report FOLDER -->' ... '{CLOSE}')"
         )
-    new = render_tables(old, path.parent)
+    new = render_tables(old, path.parent, warn)
     if new != old and not check:
         atomic_write_text(path, new)
     return new != old

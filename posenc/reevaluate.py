@@ -21,13 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from posenc import tasks
 from posenc.checkpoint import load_weights
+from posenc.checks import inferred
 from posenc.config import invalid_value
 from posenc.data import by_length, load_eval_set
-from posenc.errors import ConfigError, first_line
+from posenc.errors import ConfigError, PosencError, first_line
 from posenc.evaluate import evaluate_lengths
-from posenc.io import atomic_write_json, read_json
+from posenc.io import atomic_write_json
 from posenc.planning import plan
 from posenc.record import metrics_record
+from posenc.report.records import damaged, read_config_dict, read_metrics
 from posenc.runfolder import CHECKPOINT, CONFIG, METRICS, evaluation_file, read_config
 from posenc.schema import task_params
 
@@ -120,6 +122,24 @@ def fill_yarn_length(
     return made
 
 
+def _saved_config(d: Path) -> DictConfig:
+    """The run's config.yaml as `read_config` reads it; a damaged one (garbage, truncated, a
+    list, no ``encoding:``, ``task:`` or ``model:`` section) is one `UnreadableFileError`
+    naming it: its defaults would rebuild some other model."""
+    saved = read_config_dict(d)
+    for section in ("encoding", "task", "model"):
+        if not isinstance((saved or {}).get(section), dict):
+            raise damaged(d / CONFIG, f"no {section}: section")
+    if not isinstance(saved["encoding"].get("name"), str):  # type: ignore[index]
+        raise damaged(d / CONFIG, "no encoding.name")
+    try:
+        return read_config(d)
+    except PosencError:
+        raise
+    except Exception as exc:  # a value of the wrong type for the schema
+        raise damaged(d / CONFIG, first_line(exc)) from exc
+
+
 def reevaluate(
     run_dir: str | Path,
     overrides: list[str],
@@ -139,8 +159,12 @@ def reevaluate(
     if not _TAG.match(tag):
         raise ConfigError(f"tag {tag!r} may only use letters, digits and . _ + -")
 
-    cfg = read_config(d)
+    cfg = _saved_config(d)
+    trained = read_metrics(d / METRICS)  # damaged: one line now, not after the evaluation
     for key, value in pairs:
+        # typed by the run's own value, as posenc train types it by the YAML's default
+        if key.startswith("encoding.") and (check := inferred(OmegaConf.select(cfg, key))):
+            check(value, key, {})
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=True)
         except Exception as exc:  # a value of the wrong type for a typed key
@@ -171,14 +195,13 @@ def reevaluate(
         fmt=p.fmt,
     )
     seconds = time.perf_counter() - t0
-    trained = read_json(d / METRICS)
     evaluation = {
         "seconds": round(seconds, 3),
         "greedy": bool(cfg.eval.greedy),
         "tag": tag,
         "overrides": applied,
     }
-    train = trained.get("train", {})
+    train = trained.get("train") or {}
     metrics = metrics_record(cfg, p.task.name, per_length, train=train, evaluation=evaluation)
     path = d / evaluation_file(tag)
     atomic_write_json(path, metrics)

@@ -25,7 +25,7 @@ from posenc.io import atomic_write_json
 from posenc.lock import RunLock
 from posenc.planning import Plan, plan
 from posenc.record import metrics_record, protocol_record
-from posenc.runfolder import CONFIG, METRICS
+from posenc.runfolder import CHECKPOINT, CONFIG, METRICS
 from posenc.session import Session, prepare, train_phase, validation_record
 from posenc.spec import FINISHED, FOREIGN, NEW, differences, run_status
 
@@ -46,6 +46,12 @@ def check_run_dir(p: Plan) -> str:
             "or choose another run_dir/experiment"
         )
     if status == FOREIGN:
+        if not (d / CONFIG).is_file():  # its config.yaml was deleted
+            raise RunExistsError(
+                f"{d} holds {CHECKPOINT} but no {CONFIG}, so posenc cannot tell whose run it "
+                "is; pass overwrite=true to start over (replacing the checkpoint) or choose "
+                "another run_dir/experiment"
+            )
         try:
             OmegaConf.load(d / CONFIG)
         except Exception as exc:

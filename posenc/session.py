@@ -31,7 +31,7 @@ from posenc.lock import clear_folder
 from posenc.planning import Plan
 from posenc.runfolder import CHECKPOINT, CONFIG, LOG
 from posenc.schema import ceiling, encoding_label
-from posenc.signals import RunStopped, StopSignals
+from posenc.signals import RunStopped, StoppedAtOnce, StopSignals
 from posenc.train import Trainer
 
 
@@ -276,8 +276,9 @@ def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -
     """The training loop, until ``train.steps`` or ``train.stop_at``, and past ``train.steps``
     under ``train.until_fit`` (the module's docstring); returns training seconds.
 
-    Ctrl-C, a stop signal or ``stop_file`` appearing saves a checkpoint before it propagates,
-    so the same command resumes the run.
+    Ctrl-C, a stop signal or ``stop_file`` appearing saves a checkpoint at the next step
+    boundary before it propagates, so the same command resumes the run to the same numbers; a
+    second Ctrl-C stops at once and saves nothing (`posenc.signals.StoppedAtOnce`).
     """
     tr, trainer = s.p.cfg.train, s.trainer
     reporter.start(s.title, tr.steps, trainer.step_count)
@@ -322,6 +323,12 @@ def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -
                     )
             if tr.checkpoint_every and step % tr.checkpoint_every == 0:
                 s.checkpoint(s.seconds_before + time.perf_counter() - t0)
+    except StoppedAtOnce:  # a second Ctrl-C mid-step: its state would not resume exactly
+        s.log(f"interrupted again at step {trainer.step_count}; resumes from the last checkpoint")
+        s.close()
+        reporter.close()
+        stop.restore()
+        raise
     except (KeyboardInterrupt, RunStopped):
         s.checkpoint(s.seconds_before + time.perf_counter() - t0)
         s.log(f"interrupted at step {trainer.step_count}; checkpoint saved")

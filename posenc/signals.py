@@ -1,4 +1,4 @@
-"""Stop a run cleanly on SIGTERM, SIGUSR1 or SIGUSR2: checkpoint at the next step boundary.
+"""Stop a run cleanly on SIGINT, SIGTERM, SIGUSR1 or SIGUSR2: checkpoint at the next step boundary.
 
 SIGTERM is what ``kill`` sends by default and what Slurm sends at a job's time limit or on
 pre-emption; SIGUSR1/SIGUSR2 are the warnings Slurm can be asked to send ahead of it
@@ -8,8 +8,15 @@ the loop saves its checkpoint as it does for Ctrl-C and calls `StopSignals.pass_
 hands the signal to the handler installed before ours (submitit's checkpoint-and-requeue:
 the requeued job resumes from that checkpoint). The command then exits with 128 + the
 signal number, as a shell reports a process killed by it: 143 for SIGTERM, 138 for SIGUSR1,
-140 for SIGUSR2 (130 for Ctrl-C). During the final evaluation the handlers are back to what
+140 for SIGUSR2, 130 for SIGINT. During the final evaluation the handlers are back to what
 they were: the last checkpoint is saved by then, so a rerun only evaluates.
+
+Ctrl-C (SIGINT) is treated as SIGTERM is: a KeyboardInterrupt raised wherever the signal
+lands could cut a step in half (the batch drawn, the optimizer not stepped), and the
+checkpoint saved then resumed to other numbers. A second Ctrl-C before the step boundary
+stops at once with `StoppedAtOnce` and saves nothing: the run resumes from the last
+checkpoint saved before it. A SIGINT ignored when posenc started (a background job of a
+non-interactive shell) stays ignored, as the shell meant.
 """
 
 from __future__ import annotations
@@ -22,7 +29,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second Ctrl-C before the step boundary: stop now, save nothing (mid-step state
+    would not resume to the same numbers); the last checkpoint saved stays."""
 
 
 class RunStopped(BaseException):  # noqa: N818  (like KeyboardInterrupt: not an error)
@@ -57,10 +69,14 @@ class StopSignals:
     def _note(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is None:
             self.requested = signum
+        elif signum == signal.SIGINT:  # the user insists: stop now
+            raise StoppedAtOnce("interrupted again: stopped at once, nothing saved since")
 
     def install(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
+                if s == signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN:
+                    continue
                 self._previous[s] = signal.signal(s, self._note)
         return self
 

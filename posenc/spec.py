@@ -96,8 +96,8 @@ def run_status(folder: Path, cfg: DictConfig) -> str:
     if not finished and not (folder / CHECKPOINT).exists():
         return NEW
     saved = folder / CONFIG
-    if not saved.is_file():
-        return FOREIGN if finished else NEW
+    if not saved.is_file():  # deleted, or never written: whose run it is cannot be told
+        return FOREIGN
     try:
         same = config_identity(OmegaConf.load(saved)) == config_identity(cfg)
     except Exception:  # unreadable: not this config's

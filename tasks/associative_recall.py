@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from posenc.errors import ConfigError
-from posenc.tasks.base import Task, check_int, register
+from posenc.tasks.base import Task, check_int, check_symbols, register
 
 
 @register
@@ -27,7 +27,9 @@ class AssociativeRecall(Task):
 
     def __init__(self, n_keys: int = 64, n_values: int = 10) -> None:
         check_int(self.name, "n_keys", n_keys, 1)
+        check_symbols(self.name, "n_keys", n_keys)
         check_int(self.name, "n_values", n_values, 2)
+        check_symbols(self.name, "n_values", n_values)
         self.n_keys = n_keys
         self.n_values = n_values
         self.max_length = n_keys  # one distinct key per pair

@@ -187,8 +187,27 @@ def check_bool(name: str, param: str, value: Any) -> None:
         raise ConfigError(f"task {name!r} needs task.{param} true or false, got {value!r}")
 
 
+# The most symbols a task parameter may ask for (vocab_size, n_keys, n_values). The
+# vocabulary is built as a Python list of names before posenc.memory can size the embedding
+# table, so 10^10 symbols filled the machine's memory; 2^20 takes a fraction of a second and
+# is far past any task in the literature (Zoology's MQAR uses 8,192 keys). What the
+# embedding table of an allowed vocabulary needs, posenc.memory checks.
+MAX_SYMBOLS = 2**20
+
+
+def check_symbols(name: str, param: str, value: int) -> None:
+    """Raise a `ConfigError` if ``value`` symbols (an integer already checked) exceed
+    `MAX_SYMBOLS`."""
+    if value > MAX_SYMBOLS:
+        raise ConfigError(
+            f"task {name!r} needs task.{param} <= {MAX_SYMBOLS:,} (the most symbols a task "
+            f"may have), got {value!r}"
+        )
+
+
 def check_vocab_size(name: str, vocab_size: int, minimum: int, maximum: int | None = None) -> None:
     check_int(name, "vocab_size", vocab_size, minimum, maximum)
+    check_symbols(name, "vocab_size", vocab_size)
 
 
 def hex_symbols(k: int) -> list[str]:

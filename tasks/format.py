@@ -69,7 +69,13 @@ class SequenceFormat:
         return input_len + target_len + 1 + self.bos + (self.answer == "eos")
 
     def for_task(self, task) -> SequenceFormat:
-        """This format for ``task``: inline when the task answers inline."""
+        """This format for ``task``: inline when the task answers inline (then
+        ``task.answer=known_length`` is refused: there is no EOS to drop)."""
+        if task.inline and self.answer != "eos":
+            raise ConfigError(
+                f"task.answer={self.answer} does nothing on task {task.name!r}: its answers "
+                "are inline, with no EOS to drop; leave task.answer=eos"
+            )
         return replace(self, inline=task.answer_positions) if task.inline else self
 
     def layout(

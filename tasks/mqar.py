@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from posenc.errors import ConfigError
-from posenc.tasks.base import Task, check_int, register
+from posenc.tasks.base import Task, check_int, check_symbols, register
 
 
 @register
@@ -33,7 +33,9 @@ class MultiQueryRecall(Task):
 
     def __init__(self, n_keys: int = 64, n_values: int = 64, fillers: int = 1) -> None:
         check_int(self.name, "n_keys", n_keys, 1)
+        check_symbols(self.name, "n_keys", n_keys)
         check_int(self.name, "n_values", n_values, 2)
+        check_symbols(self.name, "n_values", n_values)
         check_int(self.name, "fillers", fillers, 0)
         self.n_keys = n_keys
         self.n_values = n_values
@@ -71,6 +73,12 @@ class MultiQueryRecall(Task):
             else:
                 inputs.append(next(fills))
         return inputs, values[order].tolist()
+
+    def max_sequence_length(self, n: int, rng: np.random.Generator) -> int:
+        """Exactly ``[BOS]``, (4 + fillers)·n symbols, ``[EOS]``: counted, not sampled, so a
+        huge ``fillers`` is refused by the memory and ``model.max_len`` checks instead of
+        drawn (10^10 fillers would fill the machine's memory before either check)."""
+        return (4 + self.fillers) * n + 2
 
     def answer_positions(self, inputs: list[int]) -> list[int]:
         n = len(inputs) // (4 + self.fillers)

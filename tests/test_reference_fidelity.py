@@ -35,7 +35,9 @@ def test_kerple_shares_r1_r2_across_layers_as_the_reference_code(name):
     pos = torch.arange(6)[None]
     q = k = torch.zeros(1, 4, 6, 4)
     assert torch.equal(enc.bias(q, k, pos, pos, layer=0), enc.bias(q, k, pos, pos, layer=2))
-    per_layer = encodings.build(name, d_model=16, n_heads=4, max_len=32, n_layers=3, layer_shared=False)
+    per_layer = encodings.build(
+        name, d_model=16, n_heads=4, max_len=32, n_layers=3, layer_shared=False
+    )
     assert len(list(per_layer.parameters())) == 6
     assert not torch.equal(
         per_layer.bias(q, k, pos, pos, layer=0), per_layer.bias(q, k, pos, pos, layer=2)
@@ -167,7 +169,11 @@ def test_token_derived_positions_refuse_index_hints(tiny_cfg, tmp_path, name):
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "posenc.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+        [sys.executable, "-m", "posenc.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
     )
 
 

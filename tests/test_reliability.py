@@ -105,6 +105,74 @@ def test_a_signal_mid_training_then_the_same_command_resumes_to_the_same_numbers
 
 
 @pytest.mark.slow
+def test_ctrl_c_under_job_control_stops_at_a_step_boundary_and_resumes_to_the_same_numbers(
+    tmp_path, reference
+):
+    """A real SIGINT to the child's own process group, as a terminal's Ctrl-C sends it: the
+    child leads a session (setsid) with SIGINT at its default, so Python raises on it unless
+    posenc handles it. A plain background job would ignore SIGINT and test nothing."""
+    d = tmp_path / "run"
+    args = [*LONG, f"run_dir={d}", f"data_dir={tmp_path / 'data'}"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "posenc.cli", "train", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=terminal_signals,
+    )
+    wait_for_step(d, 25, child)
+    os.killpg(child.pid, signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    saved = torch.load(d / "checkpoint.pt", weights_only=True)["trainer"]["step"]
+    assert 25 <= saved < 400
+    assert err.strip().splitlines() == [
+        f"error: stopped by SIGINT; checkpoint saved at step {saved}: run the same command "
+        "again to resume"
+    ]
+    again = posenc("train", *args)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from step {saved}" in (d / "train.log").read_text()
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["per_length"] == reference["per_length"]
+    assert metrics["train"]["final_loss"] == reference["train"]["final_loss"]
+
+
+class _CtrlCTwice(Reporter):
+    """Sends this process two real SIGINTs at step ``at``: the first is only noted, the
+    second stops at once, inside this call, mid-step as far as the loop knows."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def step(self, step, loss, steps_per_sec):
+        if step == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    from posenc.signals import StoppedAtOnce
+
+    d = tmp_path / "run"
+    args = [*TINY, "train.log_every=1", "train.checkpoint_every=4", f"run_dir={d}"]
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(StoppedAtOnce, match="interrupted again: stopped at once"):
+            run(compose([*args, f"data_dir={tmp_path / 'data'}"]), _CtrlCTwice(at=6))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # step 6 is not saved: the checkpoint of step 4 stays, and the run resumes from it
+    assert torch.load(d / "checkpoint.pt", weights_only=True)["trainer"]["step"] == 4
+    assert "interrupted again at step 6; resumes from the last checkpoint" in (
+        (d / "train.log").read_text()
+    )
+
+
+@pytest.mark.slow
 def test_a_second_process_on_a_held_run_folder_gets_one_line_and_writes_nothing(tmp_path):
     d = tmp_path / "run"
     args = [*TINY, "train.steps=100000", f"run_dir={d}", f"data_dir={tmp_path / 'data'}"]
@@ -396,3 +464,17 @@ def test_a_signal_to_compare_stops_its_sweep_and_workers_with_checkpoints(tmp_pa
     time.sleep(3)
     assert sizes == {p: p.stat().st_size for p in (runs / "stop").rglob("train.log")}
     assert [p for p in processes() if pgid(p) == group] == []
+
+
+@pytest.mark.slow
+def test_compare_with_a_quoted_non_ascii_runs_root_and_experiment(tmp_path):
+    """The quotes survive from the command line into the sweep's jobs (they were dropped,
+    and every such compare failed)."""
+    root = tmp_path / "ü runs"
+    result = posenc(
+        "compare", "-e", "none", "--launcher", "basic", "--experiment", "exp ü 1", *MICRO,
+        f"runs_root='{root}'", f"data_dir={tmp_path / 'data'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (root / "exp ü 1" / "copy" / "none" / "seed0" / "metrics.json").is_file()
+    assert (root / "exp ü 1" / "report.md").is_file()

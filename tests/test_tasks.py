@@ -132,9 +132,7 @@ SPECS: dict[str, Spec] = {
     "flip_flop": Spec(
         INLINE_ORACLES["flip_flop"], _fixed(lambda n: 2 * n + 2), lambda t, n: set(range(1, n + 1))
     ),
-    "mqar": Spec(
-        INLINE_ORACLES["mqar"], lambda t, n: {(4 + t.fillers) * n}, _fixed(lambda n: n)
-    ),
+    "mqar": Spec(INLINE_ORACLES["mqar"], lambda t, n: {(4 + t.fillers) * n}, _fixed(lambda n: n)),
     "state_tracking": Spec(
         INLINE_ORACLES["state_tracking"],
         _fixed(lambda n: n),
@@ -556,7 +554,15 @@ def test_cli_train_with_a_bad_parameter_exits_2_with_one_line(name, tmp_path):
 def test_cli_train_bad_parameter_in_a_real_process(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "posenc.cli", "train", "task=count", "task.vocab_size=0", f"run_dir={out}"],
+        [
+            sys.executable,
+            "-m",
+            "posenc.cli",
+            "train",
+            "task=count",
+            "task.vocab_size=0",
+            f"run_dir={out}",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

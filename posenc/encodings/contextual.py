@@ -52,7 +52,6 @@ class CoPE(PositionalEncoding):
     the gates see the rotated queries and keys.
     """
 
-
     def __init__(
         self,
         *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,13 @@ def check_attention_level(part: PositionalEncoding, where: str, name: str) -> No
                 f"{'layer' if 'layers' in where else 'head'}; put it beside the hybrid in a "
                 f"combination instead (encoding=combo 'encoding.parts=[{name},{{...}}]')"
             )
+
+
+def _entry_path(message: str, where: str) -> str:
+    """An entry's own error with its keys named from the hybrid: ``encoding.init_s`` ->
+    ``encoding.layers[3].init_s``; a message naming no key gets the entry in front."""
+    named = re.sub(r"\bencoding\.(?!layers\[|heads\[)", f"{where}.", message)
+    return named if named != message else f"{where}: {message}"
 
 
 def _specs(value: Any, key: str, count: int, count_key: str) -> list[Any]:
@@ -77,9 +85,12 @@ class PerLayer(PositionalEncoding):
         built = []
         for i, spec in enumerate(specs):
             name, params = parse_spec(spec, "every entry of encoding.layers")
-            part = build(
-                name, d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=1, **params
-            )
+            try:
+                part = build(
+                    name, d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=1, **params
+                )
+            except ConfigError as exc:  # keep the entry's path: encoding.layers[3].init_s
+                raise ConfigError(_entry_path(str(exc), f"encoding.layers[{i}]")) from exc
             check_attention_level(part, f"encoding.layers[{i}]", name)
             built.append(part)
         self.parts = nn.ModuleList(built)
@@ -183,15 +194,18 @@ class PerHead(PositionalEncoding):
         for group in groups:
             name, params = parse_spec(group[0], "every entry of encoding.heads")
             size = len(group)
-            part = build(
-                name,
-                d_model=size * self.d_head,
-                n_heads=size,
-                max_len=max_len,
-                n_layers=n_layers,
-                d_input=d_model,  # data-dependent parts read the whole hidden state
-                **params,
-            )
+            try:
+                part = build(
+                    name,
+                    d_model=size * self.d_head,
+                    n_heads=size,
+                    max_len=max_len,
+                    n_layers=n_layers,
+                    d_input=d_model,  # data-dependent parts read the whole hidden state
+                    **params,
+                )
+            except ConfigError as exc:  # keep the entry's path: encoding.heads[2].base
+                raise ConfigError(_entry_path(str(exc), f"encoding.heads[{start}]")) from exc
             check_attention_level(part, f"encoding.heads[{start}]", name)
             built.append(part)
             self.sizes.append(size)

@@ -275,6 +275,12 @@ class PRoPE(RoPE):
         super().__init__(
             d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers, base=base
         )
+        if int(self.p * self.rotary_dim // 2) == 0:  # it would train as NoPE without a word
+            raise ConfigError(
+                f"encoding.p={p!r} keeps no frequency of a {self.rotary_dim}-dim head "
+                f"(p·d/2 < 1): it would train as NoPE; use p >= {2 / self.rotary_dim:.3g}, "
+                "or encoding=none"
+            )
 
     def frequencies(self) -> Tensor:
         theta = super().frequencies()  # base^(-2c/d), c < d/2 (full head: rotary_dim = d)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from posenc import schema
-from posenc.errors import UnreadableFileError
+from posenc.errors import UnreadableFileError, first_line
 from posenc.io import read_json
 from posenc.report.protocol import fits, generalizes, run_summary
 from posenc.runfolder import CHECKPOINT, CONFIG, ERROR, METRICS
@@ -68,14 +68,73 @@ def record_from_metrics(
     )
 
 
-def _read_config(folder: Path) -> dict[str, Any] | None:
+def damaged(path: Path, what: str) -> UnreadableFileError:
+    """The one-line error of a run file that is there but not what posenc wrote."""
+    return UnreadableFileError(
+        f"{path} is damaged ({what}); delete it, or rerun that run with overwrite=true"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_metrics(data: Any, path: str | Path) -> dict[str, Any]:
+    """``data`` read from the metrics.json at ``path``, if it holds what a report reads from
+    one (`posenc.record.metrics_record` writes it); else `UnreadableFileError` naming the
+    file and the first thing wrong, so one damaged run is listed as failed, not a traceback."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise damaged(path, f"a JSON {type(data).__name__} where an object is expected")
+    for key in ("task", "encoding"):
+        if not isinstance(data.get(key), str):
+            raise damaged(path, f"{key!r} is missing or not a string")
+    if not isinstance(data.get("seed"), int) or isinstance(data.get("seed"), bool):
+        raise damaged(path, "'seed' is missing or not an integer")
+    train_range = data.get("train_range")
+    if not (
+        isinstance(train_range, list)
+        and len(train_range) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in train_range)
+    ):
+        raise damaged(path, "'train_range' is missing or not two integers")
+    per_length = data.get("per_length")
+    if not isinstance(per_length, dict) or not per_length:
+        raise damaged(path, "'per_length' is missing, empty or not an object")
+    for n, scores in per_length.items():
+        if not n.isdigit():
+            raise damaged(path, f"per_length has the key {n!r}, not a length")
+        if not isinstance(scores, dict):
+            raise damaged(path, f"per_length[{n}] is not an object")
+        for key in ("exact_match", "token_accuracy"):
+            if not _is_number(scores.get(key)):
+                raise damaged(path, f"per_length[{n}].{key} is missing or not a number")
+    for key in ("train", "eval", "summary"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise damaged(path, f"{key!r} is not an object")
+    return data
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A metrics.json checked by `check_metrics`; one `UnreadableFileError` for any fault."""
+    return check_metrics(read_json(path), path)
+
+
+def read_config_dict(folder: Path) -> dict[str, Any] | None:
+    """The run's config.yaml as a dict; None without one; `UnreadableFileError` if it is
+    not a YAML mapping (garbage, truncated, binary, a folder)."""
     import yaml
 
     path = folder / CONFIG
-    if not path.is_file():
+    if not path.exists():
         return None
-    data = yaml.safe_load(path.read_text())
-    return data if isinstance(data, dict) else None
+    try:
+        data = yaml.safe_load(path.read_bytes().decode())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise damaged(path, first_line(exc)) from exc
+    if not isinstance(data, dict):
+        raise damaged(path, f"a YAML {type(data).__name__} where a mapping is expected")
+    return data
 
 
 def _skipped(path: Path, root: Path) -> bool:
@@ -92,8 +151,16 @@ def _failed_record(d: Path, rel: str) -> RunRecord:
     task, encoding, seed = _names_from_path(d)
     try:
         err = read_json(d / ERROR)
+        if not isinstance(err, dict):
+            raise damaged(d / ERROR, f"a JSON {type(err).__name__} where an object is expected")
     except UnreadableFileError as exc:
         err = {"error": str(exc)}
+    if not (isinstance(err.get("seed", seed), int) and not isinstance(err.get("seed"), bool)):
+        err["seed"] = seed
+    try:
+        config = read_config_dict(d)
+    except UnreadableFileError:
+        config = None  # failed either way; its error.json says why
     return RunRecord(
         task=str(err.get("task", task)),
         encoding=str(err.get("encoding", encoding)),
@@ -101,22 +168,26 @@ def _failed_record(d: Path, rel: str) -> RunRecord:
         status="failed",
         path=rel,
         error=str(err.get("error", "unknown error")),
-        config=_read_config(d),
+        config=config,
     )
 
 
 def read_run(d: Path, rel: str) -> RunRecord:
-    """The record of one run folder ``d`` (``rel``: its path within the experiment)."""
+    """The record of one run folder ``d`` (``rel``: its path within the experiment). A
+    damaged metrics.json or config.yaml makes it a failed run whose error names the file."""
     if (d / METRICS).exists():
         try:
-            return record_from_metrics(read_json(d / METRICS), rel, _read_config(d))
+            return record_from_metrics(read_metrics(d / METRICS), rel, read_config_dict(d))
         except UnreadableFileError as exc:
             task, encoding, seed = _names_from_path(d)
             return RunRecord(task, encoding, seed, "failed", rel, error=str(exc))
     if (d / ERROR).exists():
         return _failed_record(d, rel)
     task, encoding, seed = _names_from_path(d)
-    return RunRecord(task, encoding, seed, "unfinished", rel, config=_read_config(d))
+    try:
+        return RunRecord(task, encoding, seed, "unfinished", rel, config=read_config_dict(d))
+    except UnreadableFileError as exc:
+        return RunRecord(task, encoding, seed, "failed", rel, error=str(exc))
 
 
 def load_experiment(exp_dir: str | Path) -> list[RunRecord]:

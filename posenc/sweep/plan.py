@@ -32,6 +32,14 @@ MAX_SPECIFIED = 1000
 MAX_VALUE_CHECKS = 64
 
 
+def hydra_quoted(value: object) -> str:
+    """``value`` as one quoted string in Hydra's override grammar, which reads only ASCII
+    outside quotes and splits at spaces: ``--experiment "exp ü 1"`` and a runs_root with
+    such a name reach the sweep's jobs intact."""
+    text = str(value).replace("'", "\\'")
+    return f"'{text}'"
+
+
 @dataclass
 class SweepPlan:
     """Everything the CLI needs to launch one multirun and watch it."""
@@ -224,7 +232,7 @@ def child_overrides(
             for line, o in zip(overrides, parsed, strict=True)
             if o.key_or_group not in SET_HERE
         ),
-        f"runs_root={runs_root}",
+        f"runs_root={hydra_quoted(runs_root)}",
         "progress=false",
         "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(exclude) + "]",
         *extra,
@@ -241,7 +249,7 @@ def spec_overrides(
         f"--config-name={JOB_CONFIG}",
         f"hydra/launcher={launcher}",
         *(o.input_line for o in parsed if o.is_hydra_override()),
-        f"specs={sweep_dir / SPECS}",
+        f"specs={hydra_quoted(sweep_dir / SPECS)}",
         "spec=" + ",".join(str(k) for k in range(total)),
         *_launch_overrides(launcher, jobs, threads, sweep_dir),
     ]
@@ -250,7 +258,7 @@ def spec_overrides(
 def _launch_overrides(launcher: str, jobs: int | None, threads: str, sweep_dir: Path) -> list[str]:
     child = [
         f"threads={threads}",
-        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.sweep.dir={hydra_quoted(sweep_dir)}",
         "hydra.job.name=posenc",  # the Slurm job name and Hydra's per-job log file
     ]
     if launcher == "local":
@@ -398,7 +406,7 @@ def plan_sweep(
     check_label(parsed)
     ax = expand(parsed)
     named = experiment is not None and "experiment" not in {o.key_or_group for o in parsed}
-    extra = [f"experiment={experiment}"] if named else []
+    extra = [f"experiment={hydra_quoted(experiment)}"] if named else []
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
     specs = None
     if ax.total is not None and 0 < ax.total <= MAX_SPECIFIED:
