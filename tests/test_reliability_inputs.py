@@ -161,13 +161,15 @@ def test_the_sweep_passes_quoted_values_on_as_they_were_meant(tmp_path):
 
     root = tmp_path / "ü runs"
     p = plan_sweep(["encoding=rope,alibi", f"runs_root='{root}'"], experiment="exp 'ü' 1")
-    values = {
-        o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(p.overrides)
-    }
-    assert values["experiment"] == "exp 'ü' 1"
-    assert values["runs_root"] == str(root)
+    lines = [o for o in p.overrides if not o.startswith("--")]  # --config-name: not an override
+    values = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(lines)}
     assert values["hydra.sweep.dir"].startswith(str(root / "exp 'ü' 1" / "_sweeps"))
+    assert values["specs"].startswith(str(root / "exp 'ü' 1" / "_sweeps"))
     assert p.experiment_dir == root / "exp 'ü' 1"
+    for spec in p.specs:  # each job's run, resolved in the parent, keeps the values as given
+        assert spec.cfg.experiment == "exp 'ü' 1"
+        assert spec.cfg.runs_root == str(root)
+        assert spec.run_dir.parent.parent.parent == root / "exp 'ü' 1"
 
 
 def test_a_sweep_refuses_a_float_past_float32_before_it_launches(tmp_path):
