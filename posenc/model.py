@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc import schema
-from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.base import PositionalEncoding, feature_kwargs
 
 # The std of GPT-2's token embeddings (and of every other weight matrix it initialises).
 GPT_STD = 0.02
@@ -78,23 +78,30 @@ class CausalSelfAttention(nn.Module):
         pos: Tensor,
         encoding: PositionalEncoding,
         cache: LayerCache | None = None,
+        features: Any = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Any]:
         """The attention's inputs: queries (scaled), keys and values of the whole history
         (B, nh, T|Tk, hs), key positions (B, Tk), the summed logit bias (B|1, nh, T, Tk) or
-        None, and the encoding's state. Shared with `posenc.attention` (attention maps)."""
+        None, and the encoding's state. ``features``: the encoding's position features of
+        this forward pass (`PositionalEncoding.features`), None to let the hooks compute
+        them. Shared with `posenc.attention` (attention maps)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         # (B, nh, T, hs) each
         state = encoding.observe(x, cache.state if cache is not None else None, layer=self.layer)
-        q, k = encoding.rotate(q, k, pos, pos, layer=self.layer)
+        q, k = encoding.rotate(
+            q, k, pos, pos, layer=self.layer, **feature_kwargs(encoding, "rotate", features)
+        )
         if cache is not None:  # keys were cached after rotation, so only the new ones rotate
             k = torch.cat((cache.k, k), dim=2)
             v = torch.cat((cache.v, v), dim=2)
             pos_k = torch.cat((cache.pos, pos), dim=1)
         else:
             pos_k = pos
-        bias = encoding.bias(q, k, pos, pos_k, layer=self.layer)  # (B|1, nh, T, Tk) or None
+        bias = encoding.bias(  # (B|1, nh, T, Tk) or None
+            q, k, pos, pos_k, layer=self.layer, **feature_kwargs(encoding, "bias", features)
+        )
         from_state = encoding.state_bias(state, T, layer=self.layer)
         if from_state is not None:
             bias = from_state if bias is None else bias + from_state
@@ -109,9 +116,10 @@ class CausalSelfAttention(nn.Module):
         pos: Tensor,
         encoding: PositionalEncoding,
         cache: LayerCache | None = None,
+        features: Any = None,
     ) -> tuple[Tensor, LayerCache]:
         B, T, D = x.shape
-        q, k, v, pos_k, bias, state = self.prepare(x, pos, encoding, cache)
+        q, k, v, pos_k, bias, state = self.prepare(x, pos, encoding, cache, features)
         t_k = k.shape[2]
         p = self.dropout if self.training else 0.0
         weights = encoding.attention_weights(q, k, bias, state, layer=self.layer)
@@ -150,9 +158,14 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: Tensor, pos: Tensor, encoding: PositionalEncoding, cache: LayerCache | None
+        self,
+        x: Tensor,
+        pos: Tensor,
+        encoding: PositionalEncoding,
+        cache: LayerCache | None,
+        features: Any = None,
     ) -> tuple[Tensor, LayerCache]:
-        a, new_cache = self.attn(self.ln1(x), pos, encoding, cache)
+        a, new_cache = self.attn(self.ln1(x), pos, encoding, cache, features=features)
         x = x + a
         x = x + self.mlp(self.ln2(x))
         return x, new_cache
@@ -177,6 +190,9 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
+        # Position features once per forward pass, shared by the layers (False: every layer's
+        # hooks recompute them; the same numbers, tests/test_features_cache.py).
+        self.position_features = True
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
@@ -229,9 +245,13 @@ class Transformer(nn.Module):
         hook_pos = self.encoding.token_positions(history, drawn)[:, past:]  # (B, T, ...)
         x = self.tok_emb(tokens) * self.embed_scale  # (B, T, D)
         x = self.drop(self.encoding.embed(x, hook_pos, tokens))
+        features = None
+        if self.position_features:  # what every layer's hooks compute from positions alone
+            pos_k = torch.cat((cache[0].pos, hook_pos), dim=1) if cache else hook_pos
+            features = self.encoding.features(hook_pos, pos_k)
         new_cache = []
         for layer, block in enumerate(self.blocks):
-            x, c = block(x, hook_pos, self.encoding, cache[layer] if cache else None)
+            x, c = block(x, hook_pos, self.encoding, cache[layer] if cache else None, features)
             c.tokens, c.drawn = history, drawn
             new_cache.append(c)
         return self.head(self.ln_f(x)), new_cache
