@@ -61,6 +61,22 @@ def causal_mask(t_q: int, t_k: int, device: torch.device) -> Tensor:
     return j <= i
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> Tensor:
+    """``scaled_dot_product_attention``, in float32 on a CPU under bf16 autocast: there the
+    CPU flash kernel's bf16 backward cost 55 ms of a 315 ms step, against a few ms in
+    float32 (the profile in docs/performance.md), more than casting q, k, v costs."""
+    if q.device.type == "cpu" and q.dtype != torch.float32 and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            mask = kwargs.pop("attn_mask", None)
+            if mask is not None and mask.dtype != torch.bool:
+                mask = mask.float()
+            y = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, **kwargs
+            )
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: one scaled_dot_product_attention call."""
 
@@ -126,14 +142,14 @@ class CausalSelfAttention(nn.Module):
         if weights is not None:  # the encoding's own attention (B, nh, T, Tk)
             y = F.dropout(weights, p, self.training).to(v.dtype) @ v
         elif bias is None and T == t_k:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            y = attend(q, k, v, is_causal=True, dropout_p=p)
         else:
             visible = causal_mask(T, t_k, x.device)
             if bias is None:
                 mask = visible
             else:
                 mask = bias.to(q.dtype).masked_fill(~visible, float("-inf"))
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            y = attend(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return F.dropout(self.proj(y), p, self.training), LayerCache(k, v, pos_k, state=state)
 

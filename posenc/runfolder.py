@@ -50,6 +50,7 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("train", "batching"): "mixed",
     ("train", "precision"): "fp32",
     ("train", "compile"): False,
+    ("train", "fused_adamw"): False,
     ("train", "stop_at"): None,
     ("encoding", "layer_shared"): False,  # KERPLE: one (r1, r2) per layer
     ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d

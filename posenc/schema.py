@@ -62,6 +62,7 @@ class Train:
     buckets: int = 4
     precision: str = "fp32"  # one of PRECISIONS
     compile: bool = False
+    fused_adamw: bool = False  # torch's fused AdamW kernel: faster, rounds differently
     stop_at: Optional[float] = None  # noqa: UP045
     log_every: int = 25
     eval_every: int = 500

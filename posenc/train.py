@@ -52,9 +52,12 @@ def make_optimizer(
     weight_decay: float,
     betas: tuple[float, float],
     decay_embeddings: bool = False,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not norms, biases, the encoding's
-    parameters, or the token embeddings unless ``decay_embeddings``: nanoGPT decays them)."""
+    parameters, or the token embeddings unless ``decay_embeddings``: nanoGPT decays them).
+    ``fused``: torch's fused kernel (one pass over each parameter's update, on CPU too)
+    instead of ``foreach``."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():  # a tied head appears once, as tok_emb.weight
         if not p.requires_grad:
@@ -69,7 +72,11 @@ def make_optimizer(
     ]
     # foreach: one kernel per operation over all parameters instead of one per parameter
     # (about a quarter less optimizer time on CPU), the same numbers bit for bit
-    # (tests/test_fast_paths.py); ``fused`` would be faster still but rounds differently.
+    # (tests/test_fast_paths.py). ``fused`` is faster still but rounds differently (within
+    # float32 rounding of foreach, tests/test_speed.py), so it is opt-in until the 3-seed
+    # accuracy check covers it (docs/performance.md).
+    if fused:
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), foreach=True)
 
 
@@ -132,6 +139,7 @@ class Trainer:
         precision: str = schema.Train.precision,
         compile: bool = schema.Train.compile,
         decay_embeddings: bool = schema.Train.decay_embeddings,
+        fused_adamw: bool = schema.Train.fused_adamw,
         buckets: int = 1,
         workers: int | None = None,
     ) -> None:
@@ -150,6 +158,7 @@ class Trainer:
             weight_decay=weight_decay,
             betas=betas,
             decay_embeddings=decay_embeddings,
+            fused=fused_adamw,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -218,6 +227,7 @@ class Trainer:
             precision=train_cfg.precision,
             compile=train_cfg.compile,
             decay_embeddings=train_cfg.decay_embeddings,
+            fused_adamw=train_cfg.fused_adamw,
             buckets=bucket_count(train_cfg),
             workers=workers,
         )
@@ -241,6 +251,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.workers > 1 and len(pieces) > 1:
             return self._backward_side_by_side(pieces, n_answer)
+        if self.precision == "bf16":
+            return self._backward_bf16(pieces, n_answer)
         total, slots = torch.zeros((), device=self.device), 0
         for piece in pieces:
             piece = piece.to(self.device)
@@ -254,6 +266,27 @@ class Trainer:
             total += loss.detach()
             slots += piece.tokens.numel()
         return total, slots
+
+    def _backward_bf16(self, pieces: list[Batch], n_answer: Tensor) -> tuple[Tensor, int]:
+        """`backward` in bf16: every piece's forward pass inside one autocast context, so each
+        weight is cast to bf16 once per step (autocast caches the casts of parameters until
+        its context closes) rather than once per piece, then one backward pass over the
+        pieces' summed losses, outside autocast. Weights, gradients and AdamW state stay
+        float32 (master weights); LayerNorm, softmax and the loss run in float32 as autocast
+        runs them, and attention on CPU in float32 too (`posenc.model.attend`)."""
+        losses, slots = [], 0
+        with self.autocast():
+            for piece in pieces:
+                piece = piece.to(self.device)
+                logits, _ = self.forward(piece.inputs)
+                if len(pieces) == 1:
+                    losses.append(masked_loss(logits.float(), piece))
+                else:
+                    losses.append(masked_loss(logits.float(), piece, reduction="sum") / n_answer)
+                slots += piece.tokens.numel()
+        total = torch.stack(losses).sum()
+        total.backward()
+        return total.detach(), slots
 
     def _backward_side_by_side(self, pieces: list[Batch], n_answer: Tensor) -> tuple[Tensor, int]:
         """`backward` with the pieces computed concurrently on the thread pool. Each piece's
