@@ -6,7 +6,9 @@ the optimizer keeps full-precision master weights). ``compile=True`` trains thro
 ``torch.compile(model, dynamic=True)`` (one graph for every sequence length; its artifacts
 cached on disk, `use_compile_cache`). Both are off by default: bf16 is slower on the CPUs
 measured, and compile, 1.3-1.5x faster per step at one thread, changes the rounding and
-costs a compile per shape family (docs/performance.md).
+costs a compile per shape family (docs/performance.md). Under compile the bucketed pieces
+still run side by side: the threads share the one compiled graph (dynamic shapes, so the
+pieces' lengths share it too), each piece one compiled forward and backward pass.
 ``buckets`` > 1 computes each batch in that many length-sorted pieces at most
 (`posenc.data.length_buckets`) and accumulates their gradients: the same step as the whole
 padded batch, with a fraction of its padding. On CPU with more than one torch thread the
@@ -165,22 +167,21 @@ class Trainer:
             lambda s: lr_factor(s, warmup=warmup_steps, total=steps, min_ratio=min_lr_ratio),
         )
         self.step_count = 0
-        self.workers = self._workers(workers, compile)
+        self.workers = self._workers(workers)
         self._pool: ThreadPoolExecutor | None = None
         self._threads = torch.get_num_threads()  # the calling thread's, kept across pieces
 
-    def _workers(self, workers: int | None, compile: bool) -> int:
+    def _workers(self, workers: int | None) -> int:
         """Pieces computed at once: ``workers`` if given, else one per torch thread (at most
         ``buckets``) on CPU; 1 where concurrent pieces would change the arithmetic or the
         random stream (dropout draws masks inside the forward pass) or cannot run
-        (torch.compile, accelerators)."""
+        (accelerators). Compiled pieces share the compiled graph across the threads."""
         if workers is not None:
             if workers < 1:
                 raise ValueError(f"workers must be >= 1, got {workers}")
             return min(workers, self.buckets)
         if (
-            compile
-            or torch.device(self.device).type != "cpu"
+            torch.device(self.device).type != "cpu"
             or getattr(getattr(self.model, "cfg", None), "dropout", 0) > 0
         ):
             return 1
