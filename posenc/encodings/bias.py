@@ -58,9 +58,10 @@ class ALiBi(PositionalEncoding):
         self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads)), persistent=False)
 
     def linear_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
-        """(B, Tq), (B, Tk) -> the bias -m_h·|i - j| (B, H, Tq, Tk) in ``dtype``."""
-        dist = relative_distance(pos_q, pos_k).abs().to(dtype)  # (B, 1, Tq, Tk)
-        return -self.slopes.to(dtype)[None, :, None, None] * dist  # (B, H, Tq, Tk)
+        """(B, Tq), (B, Tk) -> the bias -m_h·|i - j| (B|1, H, Tq, Tk) in ``dtype``."""
+        pos_q, pos_k = shared_rows(pos_q, pos_k)
+        dist = relative_distance(pos_q, pos_k).abs().to(dtype)  # (B|1, 1, Tq, Tk)
+        return -self.slopes.to(dtype)[None, :, None, None] * dist  # (B|1, H, Tq, Tk)
 
     def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
         return Memo(lambda dtype: self.linear_bias(pos_q, pos_k, dtype))
@@ -140,11 +141,12 @@ class T5Bias(PositionalEncoding):
         nn.init.normal_(self.table.weight, std=0.02)
 
     def bucket_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
-        """(B, Tq), (B, Tk) -> the bias b_h[bucket(i - j)] (B, H, Tq, Tk) in ``dtype``."""
+        """(B, Tq), (B, Tk) -> the bias b_h[bucket(i - j)] (B|1, H, Tq, Tk) in ``dtype``."""
+        pos_q, pos_k = shared_rows(pos_q, pos_k)
         buckets = t5_bucket(
             relative_distance(pos_q, pos_k)[:, 0], self.num_buckets, self.max_distance
         )
-        return self.table(buckets).permute(0, 3, 1, 2).to(dtype)  # (B, H, Tq, Tk)
+        return self.table(buckets).permute(0, 3, 1, 2).to(dtype)  # (B|1, H, Tq, Tk)
 
     def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
         # one table shared by every layer: the whole bias is the same in each
