@@ -813,7 +813,7 @@ def main() -> None:
             path = save_record(speedup, accuracy_checked=args.accuracy_checked)
             row("bf16 measurement recorded for train.precision=auto", f"{path} [{machine_key()}]")
     if "fused" in rows:
-        fused_row(cfg, data[:10], args.steps)
+        fused_row(cfg, batches(cfg, 1), args.steps)
     if "compile_pieces" in rows:
         from posenc.train import use_compile_cache
 

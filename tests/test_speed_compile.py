@@ -44,3 +44,22 @@ def test_compiled_pieces_side_by_side_equal_one_after_the_other(monkeypatch, tmp
     (seq_losses, seq_w), (side_losses, side_w) = results
     assert seq_losses == side_losses
     assert all(torch.equal(a, b) for a, b in zip(seq_w, side_w, strict=True))
+
+
+def test_trainer_points_inductor_at_the_persistent_cache(monkeypatch, tmp_path):
+    """A compiled trainer sets the cache folder before the first compile, and it is where
+    inductor's FX-graph cache (on, as AOT-autograd's) reads and writes."""
+    from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config
+    from torch._inductor.codecache import FxGraphCache
+
+    monkeypatch.setenv(COMPILE_CACHE_ENV, "unset")  # so that the test restores the variable
+    monkeypatch.delenv(COMPILE_CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cfg = compose(["encoding=rope", *TINY])
+    p = plan(cfg)
+    trainer = Trainer.from_config(p.model, OmegaConf.merge(cfg.train, {"compile": True}))
+    trainer.close()
+    expected = tmp_path / "posenc" / "torchinductor"
+    assert FxGraphCache._get_tmp_dir() == str(expected / "fxgraph")
+    assert inductor_config.fx_graph_cache and functorch_config.enable_autograd_cache
