@@ -76,7 +76,9 @@ def test_cached_decoding_logits_equal_with_and_without_features(name):
         assert torch.equal(with_features, recomputed)
 
 
-@pytest.mark.parametrize("name", ["rope", "alibi", "t5", "kerple_log", "fire", "hard_alibi"])
+@pytest.mark.parametrize(
+    "name", ["rope", "alibi", "t5", "kerple_log", "fire", "hard_alibi", "shaw", "transformer_xl"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_hooks_given_features_equal_hooks_alone(name, dtype):
     """The hooks themselves, in each dtype the queries arrive in (bf16 under autocast)."""
