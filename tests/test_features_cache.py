@@ -16,6 +16,7 @@ from posenc.encodings.base import Memo, feature_kwargs
 from posenc.encodings.rotary import RoPE
 from posenc.model import ModelConfig, Transformer
 from posenc.run import plan
+from tests.conftest import tiny_model
 
 NEEDS_DIGITS = {"abacus", "coupled"}
 TINY = ["model.n_layers=3", "model.d_model=32", "model.n_heads=4", "model.d_ff=64"]
@@ -146,3 +147,23 @@ def test_a_hook_without_the_keyword_keeps_working():
     new = Transformer(cfg, RoPE(d_model=32, n_heads=4, max_len=64, n_layers=2))
     tokens = torch.randint(3, 12, (2, 6))
     assert torch.equal(old(tokens)[0], new(tokens)[0])
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("per_head", {"heads": ["rope", "alibi", "t5", "shaw"]}),
+        ("combo", {"parts": ["rope", "alibi", "fire"]}),
+        ("randomized", {"base": "t5"}),
+    ],
+)
+def test_composites_pass_their_parts_features(name, params):
+    """Composites hand each part its own features, with the same logits as without."""
+    model = tiny_model(name, **params).train()
+    tokens = torch.randint(3, 12, (3, 9))
+    pos = model.encoding.positions(3, 9, generator=torch.Generator().manual_seed(0))
+    features = model.encoding.features(pos, pos)
+    assert features is not None
+    logits, _ = forward_and_grads(model, tokens, pos, True)
+    recomputed, _ = forward_and_grads(model, tokens, pos, False)
+    assert torch.equal(logits, recomputed)
