@@ -33,7 +33,7 @@ def attention_probabilities(
     features=None,
 ) -> tuple[Tensor, Tensor]:
     """Recompute one layer's attention: probabilities (B, H, Tq, Tk) and values (B, H, Tk, Dh)."""
-    q, k, v, _, bias, state = attn.prepare(x, pos, encoding, cache, features)
+    q, k, v, _, bias, state = attn.prepare(x, pos, encoding, cache, features=features)
     weights = encoding.attention_weights(q, k, bias, state, layer=attn.layer)
     if weights is None:
         weights = softmax_weights(q, k, bias)

@@ -135,7 +135,7 @@ class CausalSelfAttention(nn.Module):
         features: Any = None,
     ) -> tuple[Tensor, LayerCache]:
         B, T, D = x.shape
-        q, k, v, pos_k, bias, state = self.prepare(x, pos, encoding, cache, features)
+        q, k, v, pos_k, bias, state = self.prepare(x, pos, encoding, cache, features=features)
         t_k = k.shape[2]
         p = self.dropout if self.training else 0.0
         weights = encoding.attention_weights(q, k, bias, state, layer=self.layer)
@@ -267,7 +267,8 @@ class Transformer(nn.Module):
             features = self.encoding.features(hook_pos, pos_k)
         new_cache = []
         for layer, block in enumerate(self.blocks):
-            x, c = block(x, hook_pos, self.encoding, cache[layer] if cache else None, features)
+            layer_cache = cache[layer] if cache else None
+            x, c = block(x, hook_pos, self.encoding, layer_cache, features=features)
             c.tokens, c.drawn = history, drawn
             new_cache.append(c)
         return self.head(self.ln_f(x)), new_cache
