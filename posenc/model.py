@@ -262,7 +262,9 @@ class Transformer(nn.Module):
         x = self.tok_emb(tokens) * self.embed_scale  # (B, T, D)
         x = self.drop(self.encoding.embed(x, hook_pos, tokens))
         features = None
-        if self.position_features:  # what every layer's hooks compute from positions alone
+        enc = self.encoding
+        # what every layer's hooks compute from positions alone, where a hook reads it
+        if self.position_features and (enc.rotate_takes_features or enc.bias_takes_features):
             pos_k = torch.cat((cache[0].pos, hook_pos), dim=1) if cache else hook_pos
             features = self.encoding.features(hook_pos, pos_k)
         new_cache = []
