@@ -28,9 +28,19 @@ Rows:
   alone and with RoPE, p-RoPE, Hard-ALiBi, per-layer, per-head) against RoPE on the same
   model and batches, interleaved over three rounds in rotated orders, medians; which leave the fused
   attention kernel (stick-breaking and PaTH compute their own weights, O(T²) per head).
-- ``bf16``: the bare loop with ``train.precision=bf16`` against fp32, same batches; ``--record``
-  stores the ratio for ``train.precision=auto`` on this machine (`posenc.precision`).
+- ``features``: milliseconds per training step (the bare loop) of RoPE, ALiBi and T5 with the
+  position features computed once per forward pass (the default) and by every layer
+  (``model.position_features = False``), interleaved over three rounds, medians.
+- ``bf16``: the bare loop with ``train.precision=bf16`` (the pieces' forward passes in one
+  autocast context, attention in float32 on CPU) against fp32, same batches: the bf16/fp32
+  step ratio; ``--record`` stores it for ``train.precision=auto`` on this machine
+  (`posenc.precision`). On a CPU without bf16 instructions it only says so.
+- ``fused``: milliseconds per AdamW step on the default model's gradients, ``foreach`` (the
+  default) against ``fused=True`` (``train.fused_adamw``), interleaved, medians.
 - ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
+- ``compile_pieces``: ``train.compile=true``, bucketed pieces one after the other at the run's
+  threads against side by side (one thread each; the default), after a warm-up that
+  compiles (opt-in like ``compile``).
 - ``decode``: exact match at n = 60 by teacher forcing (the default) and by greedy KV-cache
   decoding (``eval.greedy=true``) on the same examples; asserts they agree example by example.
 - ``smoke``, ``train``, ``compare``: wall seconds of ``posenc train preset=smoke``,
@@ -90,8 +100,11 @@ ROWS = (
     "pieces",
     "model",
     "encodings",
+    "features",
     "bf16",
+    "fused",
     "compile",
+    "compile_pieces",
     "decode",
     "smoke",
     "train",
@@ -101,7 +114,7 @@ ROWS = (
     "floor",
     "profile",
 )
-DEFAULT_ROWS = tuple(r for r in ROWS if r != "compile")
+DEFAULT_ROWS = tuple(r for r in ROWS if r not in ("compile", "compile_pieces"))
 results: list[tuple[str, str, str]] = []  # (what, measured, target)
 
 
@@ -191,7 +204,14 @@ def step_flops(model, batch) -> float:
 
 
 def make_trainer(
-    cfg, model, steps: int, precision="fp32", compile=False, batching=None, workers=None
+    cfg,
+    model,
+    steps: int,
+    precision="fp32",
+    compile=False,
+    batching=None,
+    workers=None,
+    fused_adamw=False,
 ):
     """The `Trainer` a run of ``cfg`` builds, over ``steps`` steps, with these options."""
     from omegaconf import OmegaConf
@@ -203,6 +223,7 @@ def make_trainer(
             "precision": precision,
             "compile": compile,
             "batching": batching or cfg.train.batching,
+            "fused_adamw": fused_adamw,
         },
     )
     return Trainer.from_config(model, tr, workers=workers)
@@ -215,9 +236,11 @@ def bare_loop(
     compile: bool = False,
     batching: str | None = None,
     workers: int | None = None,
+    position_features: bool = True,
 ) -> dict:
     """Forward, backward, clip, AdamW over ``data``: seconds (after 10 warm-up steps), FLOPs."""
     p = plan(cfg)
+    p.model.position_features = position_features
     trainer = make_trainer(cfg, p.model, len(data), precision, compile, batching, workers)
     t0 = time.perf_counter()
     for b in data[:10]:
@@ -448,6 +471,47 @@ def encoding_rows(overrides: list[str], steps: int) -> None:
             f"training step, encoding={name} ({kernel})",
             f"{ms[name]:.0f} ms = {ms[name] / ms['rope']:.2f}x rope's {ms['rope']:.0f} ms",
         )
+
+
+def features_rows(overrides: list[str], steps: int) -> None:
+    """The ``features`` rows: each encoding's step with its position features computed once
+    per forward pass against every layer computing them (module docstring)."""
+    for name in ("rope", "alibi", "t5"):
+        cfg = compose([*overrides, f"encoding={name}"])
+        data = batches(cfg, steps + 10, seed=3)
+        ways = {"once": True, "per layer": False}
+        ms = interleaved_ms(
+            {
+                way: lambda f=f, c=cfg, d=data: bare_loop(c, d, position_features=f)
+                for way, f in ways.items()
+            }
+        )
+        row(
+            f"training step, encoding={name}, position features once / per layer",
+            f"{ms['once']:.0f} / {ms['per layer']:.0f} ms = {ms['once'] / ms['per layer']:.3f}x",
+        )
+
+
+def fused_row(cfg, data: list, steps: int) -> None:
+    """The ``fused`` row: AdamW steps alone, on the gradients of one real backward pass."""
+    times: dict[str, list[float]] = {"foreach": [], "fused": []}
+    for _ in range(3):
+        for way in times:
+            p = plan(cfg)
+            trainer = make_trainer(cfg, p.model, steps, fused_adamw=way == "fused")
+            trainer.backward(data[0])
+            for _ in range(5):  # warm-up: the state's first allocation
+                trainer.optimizer.step()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainer.optimizer.step()
+            times[way].append(1000 * (time.perf_counter() - t0) / steps)
+            trainer.close()
+    ms = {way: statistics.median(v) for way, v in times.items()}
+    row(
+        "AdamW step, foreach / fused=True (train.fused_adamw)",
+        f"{ms['foreach']:.2f} / {ms['fused']:.2f} ms = {ms['fused'] / ms['foreach']:.2f}x",
+    )
 
 
 def plural(n: int, word: str) -> str:
@@ -731,13 +795,15 @@ def main() -> None:
         model_row(cfg, Path(args.peer), args.steps)
     if "encodings" in rows:
         encoding_rows(args.overrides, args.steps)
+    if "features" in rows:
+        features_rows(args.overrides, args.steps)
     if "bf16" in rows:
         few = data[:30]  # bf16 can be 10x slower where the CPU lacks bf16 instructions
         base = bare_loop(cfg, few)
         bf16 = bare_loop(cfg, few, precision="bf16")
         speedup = base["seconds"] / bf16["seconds"]
         row(
-            "bf16 (autocast, fp32 master weights) / fp32 step speed",
+            "bf16 (one autocast per step, fp32 master weights) / fp32 step speed",
             f"{speedup:.2f}x",
             ">= 1.3x or a measured negative result",
         )
@@ -746,6 +812,28 @@ def main() -> None:
 
             path = save_record(speedup, accuracy_checked=args.accuracy_checked)
             row("bf16 measurement recorded for train.precision=auto", f"{path} [{machine_key()}]")
+    if "fused" in rows:
+        fused_row(cfg, batches(cfg, 1), args.steps)
+    if "compile_pieces" in rows:
+        from posenc.train import use_compile_cache
+
+        use_compile_cache()
+        sample = batches(cfg, args.steps + 10, seed=2, batching="bucketed")
+        ways = {"one after the other": 1, "side by side": None}
+        ms = interleaved_ms(
+            {
+                way: lambda w=w: bare_loop(
+                    cfg, sample, compile=True, batching="bucketed", workers=w
+                )
+                for way, w in ways.items()
+            },
+            rounds=2,
+        )
+        for way in ways:
+            row(
+                f"compiled bucketed step ({cfg.train.buckets} buckets), pieces {way}",
+                f"{ms[way]:.0f} ms = {ms[way] / ms['one after the other']:.2f}x",
+            )
     if "compile" in rows:
         from posenc.train import use_compile_cache
 

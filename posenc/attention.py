@@ -30,9 +30,10 @@ def attention_probabilities(
     pos: Tensor,
     encoding,
     cache: LayerCache | None = None,
+    features=None,
 ) -> tuple[Tensor, Tensor]:
     """Recompute one layer's attention: probabilities (B, H, Tq, Tk) and values (B, H, Tk, Dh)."""
-    q, k, v, _, bias, state = attn.prepare(x, pos, encoding, cache)
+    q, k, v, _, bias, state = attn.prepare(x, pos, encoding, cache, features=features)
     weights = encoding.attention_weights(q, k, bias, state, layer=attn.layer)
     if weights is None:
         weights = softmax_weights(q, k, bias)
@@ -51,7 +52,7 @@ def capture(model: Transformer) -> Iterator[list[Tensor]]:
     maps: list[Tensor] = []
 
     def hook(module, args, kwargs, output):
-        names = ("x", "pos", "encoding", "cache")
+        names = ("x", "pos", "encoding", "cache", "features")
         bound = dict(zip(names, args, strict=False)) | kwargs
         bound.pop("carry", None)  # where the layer hands its transform states to the block
         probs, _ = attention_probabilities(module, **bound)

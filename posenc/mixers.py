@@ -99,6 +99,7 @@ class DeltaNet(nn.Module):
         encoding: PositionalEncoding,
         cache: Any = None,
         carry: dict | None = None,
+        features: Any = None,  # position features: a position-free mixer reads none
     ) -> tuple[Tensor, Any]:
         B, T, D = x.shape
         past = cache.state if cache is not None else None

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc import schema
-from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.base import PositionalEncoding, feature_kwargs
 
 # The std of GPT-2's token embeddings (and of every other weight matrix it initialises).
 GPT_STD = 0.02
@@ -62,6 +62,22 @@ def causal_mask(t_q: int, t_k: int, device: torch.device) -> Tensor:
     return j <= i
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> Tensor:
+    """``scaled_dot_product_attention``, in float32 on a CPU under bf16 autocast: there the
+    CPU flash kernel's bf16 backward cost 55 ms of a 315 ms step, against a few ms in
+    float32 (the profile in docs/performance.md), more than casting q, k, v costs."""
+    if q.device.type == "cpu" and q.dtype != torch.float32 and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            mask = kwargs.pop("attn_mask", None)
+            if mask is not None and mask.dtype != torch.bool:
+                mask = mask.float()
+            y = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, **kwargs
+            )
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: one scaled_dot_product_attention call."""
 
@@ -80,11 +96,14 @@ class CausalSelfAttention(nn.Module):
         encoding: PositionalEncoding,
         cache: LayerCache | None = None,
         carry: dict | None = None,
+        features: Any = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Any]:
         """The attention's inputs: queries (scaled), keys and values of the whole history
         (B, nh, T|Tk, hs), key positions (B, Tk), the summed logit bias (B|1, nh, T, Tk) or
-        None, and the encoding's state. Shared with `posenc.attention` (attention maps).
-        ``carry`` receives ``encoding.transform``'s state of the ``qkv`` site."""
+        None, and the encoding's state. ``carry`` receives ``encoding.transform``'s state of
+        the ``qkv`` site; ``features``: the encoding's position features of this forward pass
+        (`PositionalEncoding.features`), None to let the hooks compute them. Shared with
+        `posenc.attention` (attention maps)."""
         B, T, D = x.shape
         past = cache.hidden.get("qkv") if cache is not None and cache.hidden else None
         qkv, qkv_state = encoding.transform(self.qkv(x), "qkv", past, layer=self.layer)
@@ -94,14 +113,18 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         # (B, nh, T, hs) each
         state = encoding.observe(x, cache.state if cache is not None else None, layer=self.layer)
-        q, k = encoding.rotate(q, k, pos, pos, layer=self.layer)
+        q, k = encoding.rotate(
+            q, k, pos, pos, layer=self.layer, **feature_kwargs(encoding, "rotate", features)
+        )
         if cache is not None:  # keys were cached after rotation, so only the new ones rotate
             k = torch.cat((cache.k, k), dim=2)
             v = torch.cat((cache.v, v), dim=2)
             pos_k = torch.cat((cache.pos, pos), dim=1)
         else:
             pos_k = pos
-        bias = encoding.bias(q, k, pos, pos_k, layer=self.layer)  # (B|1, nh, T, Tk) or None
+        bias = encoding.bias(  # (B|1, nh, T, Tk) or None
+            q, k, pos, pos_k, layer=self.layer, **feature_kwargs(encoding, "bias", features)
+        )
         from_state = encoding.state_bias(state, T, layer=self.layer)
         if from_state is not None:
             bias = from_state if bias is None else bias + from_state
@@ -117,23 +140,26 @@ class CausalSelfAttention(nn.Module):
         encoding: PositionalEncoding,
         cache: LayerCache | None = None,
         carry: dict | None = None,
+        features: Any = None,
     ) -> tuple[Tensor, LayerCache]:
         B, T, D = x.shape
-        q, k, v, pos_k, bias, state = self.prepare(x, pos, encoding, cache, carry)
+        q, k, v, pos_k, bias, state = self.prepare(
+            x, pos, encoding, cache, carry=carry, features=features
+        )
         t_k = k.shape[2]
         p = self.dropout if self.training else 0.0
         weights = encoding.attention_weights(q, k, bias, state, layer=self.layer)
         if weights is not None:  # the encoding's own attention (B, nh, T, Tk)
             y = F.dropout(weights, p, self.training).to(v.dtype) @ v
         elif bias is None and T == t_k:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            y = attend(q, k, v, is_causal=True, dropout_p=p)
         else:
             visible = causal_mask(T, t_k, x.device)
             if bias is None:
                 mask = visible
             else:
                 mask = bias.to(q.dtype).masked_fill(~visible, float("-inf"))
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            y = attend(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return F.dropout(self.proj(y), p, self.training), LayerCache(k, v, pos_k, state=state)
 
@@ -176,14 +202,19 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: Tensor, pos: Tensor, encoding: PositionalEncoding, cache: LayerCache | None
+        self,
+        x: Tensor,
+        pos: Tensor,
+        encoding: PositionalEncoding,
+        cache: LayerCache | None,
+        features: Any = None,
     ) -> tuple[Tensor, LayerCache]:
         past = cache.hidden if cache is not None and cache.hidden else {}
         carry: dict = {}
         h, carry["attention_input"] = encoding.transform(
             self.ln1(x), "attention_input", past.get("attention_input"), layer=self.layer
         )
-        a, new_cache = self.attn(h, pos, encoding, cache, carry=carry)
+        a, new_cache = self.attn(h, pos, encoding, cache, carry=carry, features=features)
         x = x + a
         h, carry["mlp_input"] = encoding.transform(
             self.ln2(x), "mlp_input", past.get("mlp_input"), layer=self.layer
@@ -212,6 +243,9 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
+        # Position features once per forward pass, shared by the layers (False: every layer's
+        # hooks recompute them; the same numbers, tests/test_features_cache.py).
+        self.position_features = True
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
@@ -264,9 +298,16 @@ class Transformer(nn.Module):
         hook_pos = self.encoding.token_positions(history, drawn)[:, past:]  # (B, T, ...)
         x = self.tok_emb(tokens) * self.embed_scale  # (B, T, D)
         x = self.drop(self.encoding.embed(x, hook_pos, tokens))
+        features = None
+        enc = self.encoding
+        # what every layer's hooks compute from positions alone, where a hook reads it
+        if self.position_features and (enc.rotate_takes_features or enc.bias_takes_features):
+            pos_k = torch.cat((cache[0].pos, hook_pos), dim=1) if cache else hook_pos
+            features = self.encoding.features(hook_pos, pos_k)
         new_cache = []
         for layer, block in enumerate(self.blocks):
-            x, c = block(x, hook_pos, self.encoding, cache[layer] if cache else None)
+            layer_cache = cache[layer] if cache else None
+            x, c = block(x, hook_pos, self.encoding, layer_cache, features=features)
             c.tokens, c.drawn = history, drawn
             new_cache.append(c)
         return self.head(self.ln_f(x)), new_cache

@@ -77,6 +77,7 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("train", "batching"): "mixed",
     ("train", "precision"): "fp32",
     ("train", "compile"): False,
+    ("train", "fused_adamw"): False,
     ("train", "stop_at"): None,
     ("train", "until_fit"): False,  # trained exactly train.steps
     ("train", "max_steps"): None,  # (until_fit's ceiling)

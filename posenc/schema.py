@@ -68,6 +68,7 @@ class Train:
     buckets: int = 4
     precision: str = "fp32"  # one of PRECISIONS
     compile: bool = False
+    fused_adamw: bool = False  # torch's fused AdamW kernel: faster, rounds differently
     stop_at: Optional[float] = None  # noqa: UP045
     until_fit: bool = True  # past `steps`, train on until validation fits (posenc.session)
     max_steps: Optional[int] = None  # noqa: UP045  until_fit's ceiling; null: see ceiling()

@@ -6,7 +6,9 @@ the optimizer keeps full-precision master weights). ``compile=True`` trains thro
 ``torch.compile(model, dynamic=True)`` (one graph for every sequence length; its artifacts
 cached on disk, `use_compile_cache`). Both are off by default: bf16 is slower on the CPUs
 measured, and compile, 1.3-1.5x faster per step at one thread, changes the rounding and
-costs a compile per shape family (docs/performance.md).
+costs a compile per shape family (docs/performance.md). Under compile the bucketed pieces
+still run side by side: the threads share the one compiled graph (dynamic shapes, so the
+pieces' lengths share it too), each piece one compiled forward and backward pass.
 ``buckets`` > 1 computes each batch in that many length-sorted pieces at most
 (`posenc.data.length_buckets`) and accumulates their gradients: the same step as the whole
 padded batch, with a fraction of its padding. On CPU with more than one torch thread the
@@ -53,9 +55,12 @@ def make_optimizer(
     weight_decay: float,
     betas: tuple[float, float],
     decay_embeddings: bool = False,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not norms, biases, the encoding's
-    parameters, or the token embeddings unless ``decay_embeddings``: nanoGPT decays them)."""
+    parameters, or the token embeddings unless ``decay_embeddings``: nanoGPT decays them).
+    ``fused``: torch's fused kernel (one pass over each parameter's update, on CPU too)
+    instead of ``foreach``."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():  # a tied head appears once, as tok_emb.weight
         if not p.requires_grad:
@@ -70,7 +75,11 @@ def make_optimizer(
     ]
     # foreach: one kernel per operation over all parameters instead of one per parameter
     # (about a quarter less optimizer time on CPU), the same numbers bit for bit
-    # (tests/test_fast_paths.py); ``fused`` would be faster still but rounds differently.
+    # (tests/test_fast_paths.py). ``fused`` is faster still but rounds differently (within
+    # float32 rounding of foreach, tests/test_speed.py), so it is opt-in until the 3-seed
+    # accuracy check covers it (docs/performance.md).
+    if fused:
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), foreach=True)
 
 
@@ -133,6 +142,7 @@ class Trainer:
         precision: str = schema.Train.precision,
         compile: bool = schema.Train.compile,
         decay_embeddings: bool = schema.Train.decay_embeddings,
+        fused_adamw: bool = schema.Train.fused_adamw,
         buckets: int = 1,
         workers: int | None = None,
     ) -> None:
@@ -151,28 +161,28 @@ class Trainer:
             weight_decay=weight_decay,
             betas=betas,
             decay_embeddings=decay_embeddings,
+            fused=fused_adamw,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_factor(s, warmup=warmup_steps, total=steps, min_ratio=min_lr_ratio),
         )
         self.step_count = 0
-        self.workers = self._workers(workers, compile)
+        self.workers = self._workers(workers)
         self._pool: ThreadPoolExecutor | None = None
         self._threads = torch.get_num_threads()  # the calling thread's, kept across pieces
 
-    def _workers(self, workers: int | None, compile: bool) -> int:
+    def _workers(self, workers: int | None) -> int:
         """Pieces computed at once: ``workers`` if given, else one per torch thread (at most
         ``buckets``) on CPU; 1 where concurrent pieces would change the arithmetic or the
         random stream (dropout draws masks inside the forward pass) or cannot run
-        (torch.compile, accelerators)."""
+        (accelerators). Compiled pieces share the compiled graph across the threads."""
         if workers is not None:
             if workers < 1:
                 raise ValueError(f"workers must be >= 1, got {workers}")
             return min(workers, self.buckets)
         if (
-            compile
-            or torch.device(self.device).type != "cpu"
+            torch.device(self.device).type != "cpu"
             or getattr(getattr(self.model, "cfg", None), "dropout", 0) > 0
         ):
             return 1
@@ -219,6 +229,7 @@ class Trainer:
             precision=train_cfg.precision,
             compile=train_cfg.compile,
             decay_embeddings=train_cfg.decay_embeddings,
+            fused_adamw=train_cfg.fused_adamw,
             buckets=bucket_count(train_cfg),
             workers=workers,
         )
@@ -242,6 +253,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.workers > 1 and len(pieces) > 1:
             return self._backward_side_by_side(pieces, n_answer)
+        if self.precision == "bf16":
+            return self._backward_bf16(pieces, n_answer)
         total, slots = torch.zeros((), device=self.device), 0
         for piece in pieces:
             piece = piece.to(self.device)
@@ -255,6 +268,27 @@ class Trainer:
             total += loss.detach()
             slots += piece.tokens.numel()
         return total, slots
+
+    def _backward_bf16(self, pieces: list[Batch], n_answer: Tensor) -> tuple[Tensor, int]:
+        """`backward` in bf16: every piece's forward pass inside one autocast context, so each
+        weight is cast to bf16 once per step (autocast caches the casts of parameters until
+        its context closes) rather than once per piece, then one backward pass over the
+        pieces' summed losses, outside autocast. Weights, gradients and AdamW state stay
+        float32 (master weights); LayerNorm, softmax and the loss run in float32 as autocast
+        runs them, and attention on CPU in float32 too (`posenc.model.attend`)."""
+        losses, slots = [], 0
+        with self.autocast():
+            for piece in pieces:
+                piece = piece.to(self.device)
+                logits, _ = self.forward(piece.inputs)
+                if len(pieces) == 1:
+                    losses.append(masked_loss(logits.float(), piece))
+                else:
+                    losses.append(masked_loss(logits.float(), piece, reduction="sum") / n_answer)
+                slots += piece.tokens.numel()
+        total = torch.stack(losses).sum()
+        total.backward()
+        return total.detach(), slots
 
     def _backward_side_by_side(self, pieces: list[Batch], n_answer: Tensor) -> tuple[Tensor, int]:
         """`backward` with the pieces computed concurrently on the thread pool. Each piece's

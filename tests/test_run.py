@@ -343,7 +343,7 @@ def test_pieces_run_side_by_side_one_thread_each_only_where_that_is_safe(tiny_cf
     assert workers("train.buckets=4", threads=1) == 1
     assert workers("train.batching=mixed") == 1  # one piece
     assert workers("model.dropout=0.1") == 1  # masks drawn inside the forward pass
-    assert workers("train.compile=true") == 1
+    assert workers("train.compile=true") == 2  # the threads share the compiled graph
 
     # Each piece thread computes with the run's threads shared out: 2 threads, 2 workers -> 1.
     before = torch.get_num_threads()

@@ -55,6 +55,20 @@ Model-level schemes (docs/design-positions.md, "Beyond attention"). Three more o
 - ``bind_steps(steps)``: the run's number of optimizer steps, once before training (a
   schedule that would not fit raises a `ConfigError`).
 
+Position features, computed once per forward pass (optional). What ``rotate`` and ``bias``
+compute from positions alone (RoPE's cos/sin tables, ALiBi's and T5's biases) is the same in
+every layer, so an encoding may compute it once: ``features(pos_q, pos_k)`` returns any
+object (default None), which the model computes once per forward pass (once per decoding
+step with the KV cache: ``pos_q`` the new tokens' positions, ``pos_k`` the whole history's)
+and hands to every layer's hooks as the keyword ``features=``. It passes the keyword only to
+a hook whose signature accepts it (``rotate_takes_features`` and ``bias_takes_features``,
+worked out per class), so encodings without the hook, and subclasses that override a hook
+without the keyword, keep working and recompute. A hook given ``features=None`` computes
+everything itself, and must give bit for bit what it gives with the features
+(tests/test_features_cache.py checks every registered encoding). As in x-transformers
+(lucidrains), where the rotary frequencies and the relative bias are computed once per
+forward pass and passed to every layer.
+
 The base class is NoPE (Kazemnejad et al. 2023, "The Impact of Positional Encoding on
 Length Generalization in Transformers"): every hook is the identity, so a causal decoder
 has to infer order from the causal mask alone.
@@ -62,6 +76,8 @@ has to infer order from the causal mask alone.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +143,17 @@ class PositionalEncoding(nn.Module):
     # values keep d_head. Composites refuse to mix such a part with parts of the plain width.
     widens_heads: bool = False
 
+    # Whether ``rotate`` / ``bias`` accept the ``features=`` keyword: set for every subclass
+    # from its own hooks' signatures (`__init_subclass__`), so the model passes the features
+    # only to hooks that read them.
+    rotate_takes_features: bool = False
+    bias_takes_features: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.rotate_takes_features = _takes_features(cls.rotate)
+        cls.bias_takes_features = _takes_features(cls.bias)
+
     def __init__(self, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1) -> None:
         super().__init__()
         self.d_model = d_model
@@ -184,6 +211,12 @@ class PositionalEncoding(nn.Module):
         """Additive attention-logit bias broadcastable to (B, H, Tq, Tk), or None."""
         return None
 
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> Any:
+        """What ``rotate`` and ``bias`` compute from the positions alone, for queries at
+        ``pos_q`` (B, Tq) and keys at ``pos_k`` (B, Tk), computed once per forward pass and
+        passed to every layer's hooks as ``features=`` (module docstring). Default: None."""
+        return None
+
     def observe(self, x: Tensor, past: Any = None, *, layer: int = 0) -> Any:
         """Layer input (B, T, D) of the new tokens and the state of the earlier ones (None at
         the start) -> the state of the whole history, kept in the KV cache. Default: None.
@@ -228,6 +261,36 @@ class PositionalEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, max_len={self.max_len}"
+
+
+def _takes_features(hook: Callable) -> bool:
+    params = inspect.signature(hook).parameters.values()
+    return any(p.name == "features" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def feature_kwargs(encoding: PositionalEncoding, hook: str, features: Any) -> dict[str, Any]:
+    """``{"features": features}`` for a call of ``encoding``'s ``hook`` ("rotate" or "bias")
+    when there are features and that hook reads them, else ``{}`` (the hook recomputes)."""
+    if features is None or not getattr(encoding, f"{hook}_takes_features"):
+        return {}
+    return {"features": features}
+
+
+class Memo:
+    """A position feature computed at most once per key: ``feature(*key)`` calls
+    ``make(*key)`` the first time and returns the same value afterwards. The key is what the
+    feature still depends on besides the positions: the queries' dtype (a hook casts its
+    position-only tensors to it, bf16 under autocast, so the feature is made in that dtype as
+    the hook would make it), and for per-layer parameters the layer."""
+
+    def __init__(self, make: Callable[..., Any]) -> None:
+        self.make = make
+        self.made: dict[tuple, Any] = {}
+
+    def __call__(self, *key: Any) -> Any:
+        if key not in self.made:
+            self.made[key] = self.make(*key)
+        return self.made[key]
 
 
 def relative_distance(pos_q: Tensor, pos_k: Tensor) -> Tensor:

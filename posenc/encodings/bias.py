@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import PositionalEncoding, relative_distance, shared_rows
+from posenc.encodings.base import Memo, PositionalEncoding, relative_distance, shared_rows
 from posenc.encodings.registry import register
 from posenc.errors import ConfigError
 
@@ -56,9 +56,28 @@ class ALiBi(PositionalEncoding):
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
         self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads)), persistent=False)
 
-    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
-        dist = relative_distance(pos_q, pos_k).abs().to(q.dtype)  # (B, 1, Tq, Tk)
-        return -self.slopes.to(q.dtype)[None, :, None, None] * dist  # (B, H, Tq, Tk)
+    def linear_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
+        """(B, Tq), (B, Tk) -> the bias -m_h·|i - j| (B|1, H, Tq, Tk) in ``dtype``."""
+        pos_q, pos_k = shared_rows(pos_q, pos_k)
+        dist = relative_distance(pos_q, pos_k).abs().to(dtype)  # (B|1, 1, Tq, Tk)
+        return -self.slopes.to(dtype)[None, :, None, None] * dist  # (B|1, H, Tq, Tk)
+
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
+        return Memo(lambda dtype: self.linear_bias(pos_q, pos_k, dtype))
+
+    def bias(
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Memo | None = None,
+    ) -> Tensor:
+        if features is not None:
+            return features(q.dtype)
+        return self.linear_bias(pos_q, pos_k, q.dtype)
 
 
 def t5_bucket(distance: Tensor, num_buckets: int = 32, max_distance: int = 128) -> Tensor:
@@ -120,11 +139,31 @@ class T5Bias(PositionalEncoding):
         self.table = nn.Embedding(num_buckets, n_heads)
         nn.init.normal_(self.table.weight, std=0.02)
 
-    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
+    def bucket_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
+        """(B, Tq), (B, Tk) -> the bias b_h[bucket(i - j)] (B|1, H, Tq, Tk) in ``dtype``."""
+        pos_q, pos_k = shared_rows(pos_q, pos_k)
         buckets = t5_bucket(
             relative_distance(pos_q, pos_k)[:, 0], self.num_buckets, self.max_distance
         )
-        return self.table(buckets).permute(0, 3, 1, 2).to(q.dtype)  # (B, H, Tq, Tk)
+        return self.table(buckets).permute(0, 3, 1, 2).to(dtype)  # (B|1, H, Tq, Tk)
+
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
+        # one table shared by every layer: the whole bias is the same in each
+        return Memo(lambda dtype: self.bucket_bias(pos_q, pos_k, dtype))
+
+    def bias(
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Memo | None = None,
+    ) -> Tensor:
+        if features is not None:
+            return features(q.dtype)
+        return self.bucket_bias(pos_q, pos_k, q.dtype)
 
 
 KERPLE_EPS = 1e-2  # the reference code's lower bound on r1 and r2
@@ -187,11 +226,34 @@ class _Kerple(PositionalEncoding):
     def kernel(self, dist: Tensor, r1: Tensor, r2: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
+    def distance(self, pos_q: Tensor, pos_k: Tensor) -> Tensor:
+        """(B, Tq), (B, Tk) -> |i - j| (B|1, 1, Tq, Tk), float32."""
         pos_q, pos_k = shared_rows(pos_q, pos_k)
-        dist = relative_distance(pos_q, pos_k).abs().to(torch.float32)  # (B|1, 1, Tq, Tk)
+        return relative_distance(pos_q, pos_k).abs().to(torch.float32)
+
+    def kernel_bias(self, dist: Tensor, layer: int, dtype: torch.dtype) -> Tensor:
         r1, r2 = self._clamped(layer)
-        return self.kernel(dist, r1, r2).to(q.dtype)  # (B|1, H, Tq, Tk)
+        return self.kernel(dist, r1, r2).to(dtype)  # (B|1, H, Tq, Tk)
+
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
+        # the distances once; the kernel once per set of (r1, r2): once for the model when
+        # the layers share them, once per layer otherwise
+        dist = self.distance(pos_q, pos_k)
+        return Memo(lambda i, dtype: self.kernel_bias(dist, i, dtype))
+
+    def bias(
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Memo | None = None,
+    ) -> Tensor:
+        if features is not None:
+            return features(0 if self.layer_shared else layer, q.dtype)
+        return self.kernel_bias(self.distance(pos_q, pos_k), layer, q.dtype)
 
 
 @register(
@@ -290,15 +352,46 @@ class FIRE(PositionalEncoding):
         """The learned threshold L = |m·L0| of ``layer``."""
         return (self.L_multiplier[layer] * self.init_L).abs()
 
-    def normalized_distance(self, pos_q: Tensor, pos_k: Tensor, layer: int = 0) -> Tensor:
-        """(B, Tq), (B, Tk) -> (B, 1, Tq, Tk): ψ(i - j) / ψ(max(i, L)), in [0, 1] for j <= i."""
-        c = self.c[layer].abs()
+    @staticmethod
+    def distances(pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, Tq), (B, Tk) -> i - j clamped at 0 (B, 1, Tq, Tk) and i (B, 1, Tq, 1), float32:
+        what every layer's `normalized_distance` reads of the positions."""
         rel = relative_distance(pos_q, pos_k).clamp(min=0).to(torch.float32)  # j > i is masked
-        i = pos_q.to(torch.float32)[:, None, :, None]  # (B, 1, Tq, 1)
+        return rel, pos_q.to(torch.float32)[:, None, :, None]
+
+    def normalized_distance(
+        self,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        layer: int = 0,
+        distances: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """(B, Tq), (B, Tk) -> (B, 1, Tq, Tk): ψ(i - j) / ψ(max(i, L)), in [0, 1] for j <= i.
+        ``distances``: `distances` of these positions, if already computed."""
+        c = self.c[layer].abs()
+        rel, i = distances if distances is not None else self.distances(pos_q, pos_k)
         norm = torch.log(c * torch.maximum(i, self.threshold(layer)) + 1) + self.eps
         return torch.log(c * rel + 1) / norm
 
-    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor, tuple]:
+        # c, L and the MLP are per layer: only the distances are shared
         pos_q, pos_k = shared_rows(pos_q, pos_k)
-        x = self.normalized_distance(pos_q, pos_k, layer)[:, 0, :, :, None]  # (B, Tq, Tk, 1)
+        return pos_q, pos_k, self.distances(pos_q, pos_k)
+
+    def bias(
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: tuple[Tensor, Tensor, tuple] | None = None,
+    ) -> Tensor:
+        if features is None:
+            pos_q, pos_k = shared_rows(pos_q, pos_k)
+            distances = None
+        else:
+            pos_q, pos_k, distances = features
+        x = self.normalized_distance(pos_q, pos_k, layer, distances)[:, 0, :, :, None]
         return self.mlp[layer](x).permute(0, 3, 1, 2).to(q.dtype)  # (B, H, Tq, Tk)

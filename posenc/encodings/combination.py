@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import DigitLayout, PositionalEncoding
+from posenc.encodings.base import DigitLayout, PositionalEncoding, feature_kwargs
 from posenc.encodings.registry import build, parse_spec, register
 from posenc.errors import ConfigError
 
@@ -168,19 +168,47 @@ class Combination(PositionalEncoding):
             x = part.embed(x, self._channel(pos, i), tokens)
         return x
 
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> list[Any] | None:
+        """Each part's features of its own channel (None where it has none), or None."""
+        parts = [
+            part.features(self._channel(pos_q, i), self._channel(pos_k, i))
+            for i, part in enumerate(self.parts)
+        ]
+        return None if all(f is None for f in parts) else parts
+
     def rotate(
-        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: list[Any] | None = None,
     ) -> tuple[Tensor, Tensor]:
         for i, part in enumerate(self.parts):
-            q, k = part.rotate(q, k, self._channel(pos_q, i), self._channel(pos_k, i), layer=layer)
+            extra = feature_kwargs(part, "rotate", features[i] if features else None)
+            q, k = part.rotate(
+                q, k, self._channel(pos_q, i), self._channel(pos_k, i), layer=layer, **extra
+            )
         return q, k
 
     def bias(
-        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: list[Any] | None = None,
     ) -> Tensor | None:
         total = None
         for i, part in enumerate(self.parts):
-            b = part.bias(q, k, self._channel(pos_q, i), self._channel(pos_k, i), layer=layer)
+            extra = feature_kwargs(part, "bias", features[i] if features else None)
+            b = part.bias(
+                q, k, self._channel(pos_q, i), self._channel(pos_k, i), layer=layer, **extra
+            )
             if b is not None:
                 total = b if total is None else total + b
         return total

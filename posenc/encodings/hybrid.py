@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import PositionalEncoding, softmax_weights
+from posenc.encodings.base import PositionalEncoding, feature_kwargs, softmax_weights
 from posenc.encodings.registry import build, parse_spec, register
 from posenc.errors import ConfigError
 
@@ -231,24 +231,46 @@ class PerHead(PositionalEncoding):
             return [t] * len(self.sizes)
         return list(t.split(self.sizes, dim=1))
 
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> list[Any] | None:
+        """Each group's features (None where it has none), or None: every layer uses every
+        group, so they are computed once per forward pass like a single encoding's."""
+        parts = [part.features(pos_q, pos_k) for part in self.parts]
+        return None if all(f is None for f in parts) else parts
+
     def rotate(
-        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: list[Any] | None = None,
     ) -> tuple[Tensor, Tensor]:
+        given = features or [None] * len(self.parts)
         pairs = [
-            part.rotate(qg, kg, pos_q, pos_k, layer=layer)
-            for part, qg, kg in zip(
-                self.parts, q.split(self.sizes, 1), k.split(self.sizes, 1), strict=True
+            part.rotate(qg, kg, pos_q, pos_k, layer=layer, **feature_kwargs(part, "rotate", f))
+            for part, qg, kg, f in zip(
+                self.parts, q.split(self.sizes, 1), k.split(self.sizes, 1), given, strict=True
             )
         ]
         return torch.cat([p[0] for p in pairs], 1), torch.cat([p[1] for p in pairs], 1)
 
     def bias(
-        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: list[Any] | None = None,
     ) -> Tensor | None:
+        given = features or [None] * len(self.parts)
         values = [
-            part.bias(qg, kg, pos_q, pos_k, layer=layer)
-            for part, qg, kg in zip(
-                self.parts, q.split(self.sizes, 1), k.split(self.sizes, 1), strict=True
+            part.bias(qg, kg, pos_q, pos_k, layer=layer, **feature_kwargs(part, "bias", f))
+            for part, qg, kg, f in zip(
+                self.parts, q.split(self.sizes, 1), k.split(self.sizes, 1), given, strict=True
             )
         ]
         out = _per_group(values, self.sizes, 0.0)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import DigitLayout, PositionalEncoding
+from posenc.encodings.base import DigitLayout, PositionalEncoding, feature_kwargs
 from posenc.encodings.combination import draws_positions
 from posenc.encodings.registry import build, info, register
 from posenc.errors import ConfigError
@@ -144,15 +144,34 @@ class Randomized(PositionalEncoding):
     def embed(self, x: Tensor, pos: Tensor, tokens: Tensor | None = None) -> Tensor:
         return self.base.embed(x, pos, tokens)
 
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> Any:
+        return self.base.features(pos_q, pos_k)
+
     def rotate(
-        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Any = None,
     ) -> tuple[Tensor, Tensor]:
-        return self.base.rotate(q, k, pos_q, pos_k, layer=layer)
+        extra = feature_kwargs(self.base, "rotate", features)
+        return self.base.rotate(q, k, pos_q, pos_k, layer=layer, **extra)
 
     def bias(
-        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Any = None,
     ) -> Tensor | None:
-        return self.base.bias(q, k, pos_q, pos_k, layer=layer)
+        extra = feature_kwargs(self.base, "bias", features)
+        return self.base.bias(q, k, pos_q, pos_k, layer=layer, **extra)
 
     def extra_repr(self) -> str:
         return (

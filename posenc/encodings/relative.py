@@ -54,9 +54,25 @@ class Shaw(PositionalEncoding):
             torch.randn(n_layers, 2 * max_distance + 1, self.d_head) * init_std
         )
 
-    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
+    def offset_index(self, pos_q: Tensor, pos_k: Tensor) -> Tensor:
+        """(B, Tq), (B, Tk) -> the table row of each (i, j): clip(j - i, ±k) + k (B, 1, Tq, Tk)."""
         offset = -relative_distance(pos_q, pos_k)  # (B, 1, Tq, Tk): j - i
-        index = offset.clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return offset.clamp(-self.max_distance, self.max_distance) + self.max_distance
+
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> Tensor:
+        return self.offset_index(pos_q, pos_k)  # the tables are per layer, the rows are not
+
+    def bias(
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Tensor | None = None,
+    ) -> Tensor:
+        index = features if features is not None else self.offset_index(pos_q, pos_k)
         per_offset = q @ self.table[layer].to(q.dtype).T  # (B, H, Tq, 2k+1)
         B, H, Tq, _ = q.shape
         index = index.expand(B, H, Tq, index.shape[-1])
@@ -96,12 +112,30 @@ class TransformerXL(PositionalEncoding):
         self.v = nn.Parameter(torch.randn(n_heads, self.d_head) * init_std)
         self.w_r = nn.Parameter(torch.randn(n_layers, d_model, d_model) * init_std)
 
-    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
-        B, H, Tq, Dh = q.shape
+    def distance_table(self, pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, Tq), (B, Tk) -> the sinusoidal vectors R_n of the n distances that occur
+        (n, D) and the index of each (i, j)'s distance among them (B, 1, Tq, Tk)."""
         dist = relative_distance(pos_q, pos_k).clamp(min=0)  # (B, 1, Tq, Tk); j > i is masked
         # Project only the distances that occur: (n,) unique values and where each one goes.
         distances, index = torch.unique(dist, return_inverse=True)
-        r = sinusoidal_table(distances, self.d_model).to(q.dtype)  # (n, D)
+        return sinusoidal_table(distances, self.d_model), index
+
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> tuple[Tensor, Tensor]:
+        return self.distance_table(pos_q, pos_k)  # W_R is per layer, R and the index are not
+
+    def bias(
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        B, H, Tq, Dh = q.shape
+        table, index = features if features is not None else self.distance_table(pos_q, pos_k)
+        r = table.to(q.dtype)  # (n, D)
         keys = (r @ self.w_r[layer].to(q.dtype)).view(-1, H, Dh)  # (n, H, Dh): W_R R_n per head
         position = torch.einsum("bhqd,nhd->bhqn", q + self.v.to(q.dtype)[:, None], keys)
         position = position.gather(-1, index.expand(B, H, Tq, index.shape[-1]))

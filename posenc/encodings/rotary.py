@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import PositionalEncoding, shared_rows
+from posenc.encodings.base import Memo, PositionalEncoding, shared_rows
 from posenc.encodings.registry import register
 from posenc.errors import ConfigError
 
@@ -164,15 +164,33 @@ class RoPE(PositionalEncoding):
         """(B, T) positions -> (B, 1, T, r/2) rotation angles m·θ_i."""
         return pos.to(torch.float32)[:, None, :, None] * self.inv_freq
 
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
+        """The queries' cos/sin tables (`rotary_tables`), per dtype: the model rotates the
+        new queries and keys at the same positions ``pos_q``."""
+        rows_q, _ = shared_rows(pos_q, pos_q)
+        return Memo(lambda dtype: rotary_tables(self.angles(rows_q), dtype))
+
     def rotate(
-        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Memo | None = None,
     ) -> tuple[Tensor, Tensor]:
         # The tables are computed once for queries and keys at the same positions, and once
         # for the batch when its rows share their positions (the usual case): the same values
-        # as row by row, a fraction of the sin/cos work.
+        # as row by row, a fraction of the sin/cos work. ``features``: the queries' tables,
+        # computed once per forward pass.
         same = pos_q is pos_k
-        rows_q, rows_k = shared_rows(pos_q, pos_k)
-        tables_q = rotary_tables(self.angles(rows_q), q.dtype)
+        if features is None:
+            rows_q, rows_k = shared_rows(pos_q, pos_k)
+            tables_q = rotary_tables(self.angles(rows_q), q.dtype)
+        else:
+            tables_q = features(q.dtype)
+            rows_k = pos_k if same else shared_rows(pos_k, pos_k)[0]
         tables_k = tables_q if same else rotary_tables(self.angles(rows_k), k.dtype)
         q, k = rotate_with(q, *tables_q), rotate_with(k, *tables_k)
         if self.attention_factor != 1.0:
@@ -232,9 +250,16 @@ class XPos(RoPE):
         return torch.cat((s, s), dim=-1)
 
     def rotate(
-        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Memo | None = None,
     ) -> tuple[Tensor, Tensor]:
-        q, k = super().rotate(q, k, pos_q, pos_k, layer=layer)
+        q, k = super().rotate(q, k, pos_q, pos_k, layer=layer, features=features)
         return q * self.scales(pos_q).to(q.dtype), k / self.scales(pos_k).to(k.dtype)
 
 

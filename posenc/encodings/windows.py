@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import PositionalEncoding, relative_distance
+from posenc.encodings.base import Memo, PositionalEncoding, relative_distance
 from posenc.encodings.registry import register
 from posenc.errors import ConfigError
 
@@ -51,9 +51,27 @@ class HardALiBi(PositionalEncoding):
         reach = [float(h) if h < self.masked_heads else float("inf") for h in range(n_heads)]
         self.register_buffer("reach", torch.tensor(reach), persistent=False)
 
-    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
+    def window_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
+        """(B, Tq), (B, Tk) -> 0 inside each head's window, -inf outside (B, H, Tq, Tk)."""
         dist = relative_distance(pos_q, pos_k).to(torch.float32)  # (B, 1, Tq, Tk)
         outside = dist > self.reach[None, :, None, None]  # (B, H, Tq, Tk)
-        return torch.zeros(outside.shape, dtype=q.dtype, device=q.device).masked_fill(
+        return torch.zeros(outside.shape, dtype=dtype, device=pos_q.device).masked_fill(
             outside, float("-inf")
         )
+
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
+        return Memo(lambda dtype: self.window_bias(pos_q, pos_k, dtype))
+
+    def bias(
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Memo | None = None,
+    ) -> Tensor:
+        if features is not None:
+            return features(q.dtype)
+        return self.window_bias(pos_q, pos_k, q.dtype)
