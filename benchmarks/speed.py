@@ -226,7 +226,7 @@ def make_trainer(
             "fused_adamw": fused_adamw,
         },
     )
-    return Trainer.from_config(model, tr, workers=workers)
+    return Trainer(model, tr, workers=workers)
 
 
 def bare_loop(

@@ -250,8 +250,8 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         # auto (resolved when a config is composed) may reach here from code that builds a
-        # ModelConfig itself: the encoding's own scale, as posenc.spec.resolve_auto gives
-        self.embed_init = encoding.token_scale if cfg.embed_init == "auto" else cfg.embed_init
+        # ModelConfig itself
+        self.embed_init = schema.resolved_embed_init(cfg.embed_init, encoding.token_scale)
         self.embed_scale = math.sqrt(cfg.d_model) if self.embed_init == "scaled" else 1.0
         self._init_weights()
         token_std = 1.0 if self.embed_init == "scaled" else GPT_STD

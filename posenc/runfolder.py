@@ -35,7 +35,7 @@ def evaluation_file(tag: str) -> str:
     return EVALUATION.format(tag=tag)
 
 
-def seed_folder(seed: int) -> str:
+def seed_folder(seed: int | str) -> str:
     return SEED_FOLDER.format(seed=seed)
 
 

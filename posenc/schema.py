@@ -25,6 +25,15 @@ SCHEMA_NAME = "posenc_schema"
 # old configs, never a default (a choices file from `posenc tune` chooses per encoding instead)
 EMBED_INITS = ("scaled", "gpt", "auto")
 MIXERS = ("attention", "delta")  # delta: DeltaNet (posenc.mixers)
+
+
+def resolved_embed_init(embed_init: str, token_scale: str) -> str:
+    """``model.embed_init`` as trained: ``auto`` is the encoding's own ``token_scale``
+    (`PositionalEncoding.token_scale`); the one home of that rule (`posenc.spec.resolve_auto`
+    and `posenc.model.Transformer` both ask it)."""
+    return token_scale if embed_init == "auto" else embed_init
+
+
 BATCHING = ("by_length", "mixed", "bucketed")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: posenc.precision
 # Keys of ``task.*`` that choose the sequence format (`posenc.tasks.format.SequenceFormat`), not data.

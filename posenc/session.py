@@ -124,7 +124,7 @@ def prepare(p: Plan, mode: str) -> Session:
     stream = TrainStream(
         p.task, tr.min_len, tr.max_len, tr.batch_size, cfg.seed, tr.batching, p.fmt
     )
-    trainer = Trainer.from_config(p.model, tr, p.device)
+    trainer = Trainer(p.model, tr, p.device)
     resumed: dict[str, Any] = {}
     if state is not None:  # the model's weights are loaded already
         trainer.load_state_dict(state["trainer"])

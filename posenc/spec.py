@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from posenc.runfolder import CHECKPOINT, CONFIG, config_identity, is_finished, run_folder
-from posenc.schema import encoding_label
+from posenc.schema import encoding_label, resolved_embed_init
 
 NEW = "new"
 RESUME = "resume"
@@ -66,7 +66,7 @@ def resolve_auto(cfg: DictConfig, given: list[str] | tuple[str, ...] = ()) -> No
     if plugins.is_plugin("encoding", name):
         plugins.load("encoding")
     with open_dict(cfg):
-        cfg.model.embed_init = encodings.info(name).cls.token_scale
+        cfg.model.embed_init = resolved_embed_init("auto", encodings.info(name).cls.token_scale)
 
 
 def variant_label(cfg: DictConfig, variant: str) -> str:

@@ -26,12 +26,12 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc import schema
 from posenc.data import Batch, length_buckets
 from posenc.encodings.base import PositionalEncoding
 from posenc.model import Transformer
@@ -130,42 +130,34 @@ class Trainer:
     def __init__(
         self,
         model: Transformer,
-        *,
-        steps: int,
-        lr: float,
-        warmup_steps: int,
-        min_lr_ratio: float,
-        weight_decay: float,
-        betas: tuple[float, float],
-        grad_clip: float,
+        train: Any,
         device: torch.device | str = "cpu",
-        precision: str = schema.Train.precision,
-        compile: bool = schema.Train.compile,
-        decay_embeddings: bool = schema.Train.decay_embeddings,
-        fused_adamw: bool = schema.Train.fused_adamw,
-        buckets: int = 1,
         workers: int | None = None,
     ) -> None:
-        self.buckets = buckets
+        """A trainer for ``train``, the ``train.*`` section of a posenc config (any object
+        with `posenc.schema.Train`'s fields; ``workers``: see `Trainer._workers`)."""
+        self.buckets = bucket_count(train)
         self.model = model
         self.device = device
-        self.grad_clip = grad_clip
-        self.precision = resolve_precision(precision, device)  # "auto" -> fp32 or bf16
+        self.grad_clip = train.grad_clip
+        self.precision = resolve_precision(train.precision, device)  # "auto" -> fp32 or bf16
         # The compiled module shares parameters with `model`; checkpoints use `model`.
-        if compile:
+        if train.compile:
             use_compile_cache()
-        self.forward = torch.compile(model, dynamic=True) if compile else model
+        self.forward = torch.compile(model, dynamic=True) if train.compile else model
         self.optimizer = make_optimizer(
             model,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            decay_embeddings=decay_embeddings,
-            fused=fused_adamw,
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            betas=tuple(train.betas),
+            decay_embeddings=train.decay_embeddings,
+            fused=train.fused_adamw,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_factor(s, warmup=warmup_steps, total=steps, min_ratio=min_lr_ratio),
+            lambda s: lr_factor(
+                s, warmup=train.warmup_steps, total=train.steps, min_ratio=train.min_lr_ratio
+            ),
         )
         self.step_count = 0
         self.workers = self._workers(workers)
@@ -205,34 +197,6 @@ class Trainer:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-
-    @classmethod
-    def from_config(
-        cls,
-        model: Transformer,
-        train_cfg,
-        device: torch.device | str = "cpu",
-        workers: int | None = None,
-    ) -> Trainer:
-        """A trainer for the ``train.*`` section of a posenc config (``workers``: see
-        `Trainer._workers`)."""
-        return cls(
-            model,
-            steps=train_cfg.steps,
-            lr=train_cfg.lr,
-            warmup_steps=train_cfg.warmup_steps,
-            min_lr_ratio=train_cfg.min_lr_ratio,
-            weight_decay=train_cfg.weight_decay,
-            betas=tuple(train_cfg.betas),
-            grad_clip=train_cfg.grad_clip,
-            device=device,
-            precision=train_cfg.precision,
-            compile=train_cfg.compile,
-            decay_embeddings=train_cfg.decay_embeddings,
-            fused_adamw=train_cfg.fused_adamw,
-            buckets=bucket_count(train_cfg),
-            workers=workers,
-        )
 
     def autocast(self):
         """The context of a forward pass at this trainer's precision."""

@@ -67,7 +67,7 @@ def test_compiled_step_equals_eager(monkeypatch, tmp_path):
         torch._dynamo.reset()
         p = plan(cfg)
         train_cfg = OmegaConf.merge(cfg.train, {"compile": compiled})
-        trainer = Trainer.from_config(p.model, train_cfg)
+        trainer = Trainer(p.model, train_cfg)
         stream = TrainStream(p.task, 1, 6, 8, seed=0, batching=cfg.train.batching)
         losses = [trainer.step(stream.next()).loss for _ in range(3)]
         trainer.close()

@@ -47,7 +47,7 @@ def threads():
 def steps(cfg, n: int = 2) -> list[float]:
     """Build the run's model and trainer from ``cfg`` and take ``n`` optimizer steps."""
     p = plan(cfg)
-    trainer = Trainer.from_config(p.model, p.cfg.train, device=p.device)
+    trainer = Trainer(p.model, p.cfg.train, device=p.device)
     stream = TrainStream(
         p.task, p.cfg.train.min_len, p.cfg.train.max_len, p.cfg.train.batch_size,
         seed=0, batching=p.cfg.train.batching,

@@ -294,7 +294,7 @@ def threads():
 
 def _steps(cfg, n: int = 2):
     p = plan(cfg)
-    trainer = Trainer.from_config(p.model, p.cfg.train, device=p.device)
+    trainer = Trainer(p.model, p.cfg.train, device=p.device)
     stream = TrainStream(
         p.task, p.cfg.train.min_len, p.cfg.train.max_len, p.cfg.train.batch_size, seed=0,
         batching=p.cfg.train.batching,
@@ -390,7 +390,7 @@ def test_drope_switches_inside_training_and_resumes_exactly_across_it(tiny_cfg):
 
     def fresh():
         p = plan(cfg)
-        trainer = Trainer.from_config(p.model, p.cfg.train, device=p.device)
+        trainer = Trainer(p.model, p.cfg.train, device=p.device)
         stream = TrainStream(p.task, 1, p.cfg.train.max_len, 8, seed=0, batching="mixed")
         return p.model, trainer, stream
 

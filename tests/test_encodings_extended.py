@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from posenc import encodings
+from posenc import encodings, schema
 from posenc.cli.app import app
 from posenc.config import compose, group_options
 from posenc.data import TrainStream
@@ -530,10 +530,8 @@ def test_a_tiny_training_run_lowers_the_loss(name):
     cfg = ModelConfig(vocab_size=12, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=64)
     model = Transformer(cfg, enc)
     stream = TrainStream(tasks.build("copy", vocab_size=8), 1, 6, 16, seed=0, batching="by_length")
-    trainer = Trainer(
-        model, steps=30, lr=1e-2, warmup_steps=3, min_lr_ratio=0.1, weight_decay=0.0,
-        betas=(0.9, 0.98), grad_clip=1.0,
-    )  # fmt: skip
+    train = schema.Train(steps=30, lr=1e-2, warmup_steps=3, weight_decay=0.0, batching="by_length")
+    trainer = Trainer(model, train)
     losses = [trainer.step(stream.next()).loss for _ in range(30)]
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2, losses

@@ -16,7 +16,7 @@ def test_foreach_adamw_takes_the_per_parameter_steps_bit_for_bit(tiny_cfg):
     for foreach in (True, False):
         torch.manual_seed(0)
         p = plan(tiny_cfg("train.batching=mixed"))
-        trainer = Trainer.from_config(p.model, p.cfg.train)
+        trainer = Trainer(p.model, p.cfg.train)
         assert trainer.optimizer.defaults["foreach"] is True
         for group in trainer.optimizer.param_groups:
             group["foreach"] = foreach

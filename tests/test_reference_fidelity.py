@@ -69,7 +69,7 @@ def test_kerple_forward_never_writes_its_parameters_and_the_step_projects_them(t
     batch = TrainStream(p.task, 1, 6, 8, seed=0, batching="mixed").next()
     p.model(batch.inputs)
     assert [param._version for param in enc.parameters()] == versions
-    trainer = Trainer.from_config(p.model, p.cfg.train)
+    trainer = Trainer(p.model, p.cfg.train)
     trainer.step(batch)
     assert bool((enc.r1[0] >= 0.01).all()) and bool((enc.r2[0] >= 0.01).all())
     assert enc.r1[0][0].item() == pytest.approx(0.01)  # restarted from the boundary
@@ -88,7 +88,7 @@ def test_learned_bias_gradient_with_pieces_side_by_side_equals_one_thread(tiny_c
             torch.set_num_threads(threads)
             torch.manual_seed(0)
             p = plan(tiny_cfg(f"encoding={name}", "train.batching=bucketed", "train.buckets=4"))
-            trainer = Trainer.from_config(p.model, p.cfg.train)
+            trainer = Trainer(p.model, p.cfg.train)
             assert trainer.workers == threads
             batch = TrainStream(p.task, 1, 6, 16, seed=1, batching="bucketed").next()
             trainer.backward(batch)

@@ -229,7 +229,7 @@ def test_bf16_trains_in_bf16_with_fp32_master_weights(tiny_cfg, tmp_path):
     from posenc.train import Trainer
 
     p = plan(tiny_cfg("train.precision=bf16"))
-    trainer = Trainer.from_config(p.model, p.cfg.train)
+    trainer = Trainer(p.model, p.cfg.train)
     seen = []
     hook = p.model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     batch = TrainStream(p.task, 1, 6, 8, seed=0, batching="by_length").next()
@@ -250,9 +250,9 @@ def test_bucketed_step_has_the_gradient_of_the_whole_mixed_batch(tiny_cfg, name)
 
     p = plan(tiny_cfg(f"encoding={name}", "train.batching=bucketed", "train.buckets=3"))
     whole = copy.deepcopy(p.model)
-    trainer = Trainer.from_config(p.model, p.cfg.train)
+    trainer = Trainer(p.model, p.cfg.train)
     assert trainer.buckets == 3
-    reference = Trainer.from_config(whole, OmegaConf.merge(p.cfg.train, {"batching": "mixed"}))
+    reference = Trainer(whole, OmegaConf.merge(p.cfg.train, {"batching": "mixed"}))
     assert reference.buckets == 1
     batch = TrainStream(p.task, 1, 12, 16, seed=1, batching="bucketed").next()
     loss, slots = trainer.backward(batch)
@@ -315,7 +315,7 @@ def test_pieces_side_by_side_take_the_sequential_step_bit_for_bit(tiny_cfg, one_
     for workers in (1, 3):
         torch.manual_seed(0)
         p = plan(tiny_cfg(f"encoding={name}", "train.batching=bucketed", "train.buckets=3"))
-        trainer = Trainer.from_config(p.model, p.cfg.train)
+        trainer = Trainer(p.model, p.cfg.train)
         trainer.workers = workers
         stream = TrainStream(p.task, 1, 12, 16, seed=1, batching="bucketed")
         torch.manual_seed(1)
@@ -334,7 +334,7 @@ def test_pieces_run_side_by_side_one_thread_each_only_where_that_is_safe(tiny_cf
         torch.set_num_threads(threads)
         try:
             p = plan(tiny_cfg("train.batching=bucketed", *overrides))
-            return Trainer.from_config(p.model, p.cfg.train, **kwargs).workers
+            return Trainer(p.model, p.cfg.train, **kwargs).workers
         finally:
             torch.set_num_threads(before)
 
@@ -350,7 +350,7 @@ def test_pieces_run_side_by_side_one_thread_each_only_where_that_is_safe(tiny_cf
     torch.set_num_threads(2)
     try:
         p = plan(tiny_cfg("train.batching=bucketed", "train.buckets=2"))
-        trainer = Trainer.from_config(p.model, p.cfg.train)
+        trainer = Trainer(p.model, p.cfg.train)
         seen = []
         p.model.head.register_forward_hook(
             lambda *_: seen.append((threading.current_thread().name, torch.get_num_threads()))
@@ -365,7 +365,7 @@ def test_pieces_run_side_by_side_one_thread_each_only_where_that_is_safe(tiny_cf
     assert len(seen) == 4
     assert all(name.startswith("posenc-piece") and n == 1 for name, n in seen)
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
-        Trainer.from_config(p.model, p.cfg.train, workers=0)
+        Trainer(p.model, p.cfg.train, workers=0)
 
 
 def test_a_run_that_does_not_fit_says_so_in_metrics_and_tensorboard(tiny_cfg, tmp_path):

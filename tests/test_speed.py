@@ -20,7 +20,7 @@ def trained(cfg, steps: int) -> tuple[list[float], dict, Trainer]:
     the losses, the final weights and the trainer."""
     torch.manual_seed(0)
     p = plan(cfg)
-    trainer = Trainer.from_config(p.model, p.cfg.train, device=p.device)
+    trainer = Trainer(p.model, p.cfg.train, device=p.device)
     tr = p.cfg.train
     stream = TrainStream(
         p.task, tr.min_len, tr.max_len, tr.batch_size, seed=0, batching=tr.batching

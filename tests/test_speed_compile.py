@@ -33,7 +33,7 @@ def test_compiled_pieces_side_by_side_equal_one_after_the_other(monkeypatch, tmp
             torch._dynamo.reset()
             torch.manual_seed(0)
             p = plan(cfg)
-            trainer = Trainer.from_config(p.model, OmegaConf.merge(cfg.train, {"compile": True}))
+            trainer = Trainer(p.model, OmegaConf.merge(cfg.train, {"compile": True}))
             assert trainer.workers == threads
             stream = TrainStream(p.task, 1, 6, 8, seed=0, batching="bucketed")
             losses = [trainer.step(stream.next()).loss for _ in range(2)]
@@ -58,7 +58,7 @@ def test_trainer_points_inductor_at_the_persistent_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cfg = compose(["encoding=rope", *TINY])
     p = plan(cfg)
-    trainer = Trainer.from_config(p.model, OmegaConf.merge(cfg.train, {"compile": True}))
+    trainer = Trainer(p.model, OmegaConf.merge(cfg.train, {"compile": True}))
     trainer.close()
     expected = tmp_path / "posenc" / "torchinductor"
     assert FxGraphCache._get_tmp_dir() == str(expected / "fxgraph")

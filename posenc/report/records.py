@@ -17,7 +17,7 @@ from posenc import schema
 from posenc.errors import UnreadableFileError, first_line
 from posenc.io import read_json
 from posenc.report.protocol import fits, generalizes, run_summary
-from posenc.runfolder import CHECKPOINT, CONFIG, ERROR, METRICS
+from posenc.runfolder import CHECKPOINT, CONFIG, ERROR, METRICS, folder_seed, seed_folder
 
 CSV_COLUMNS = (
     "task",
@@ -142,9 +142,8 @@ def _skipped(path: Path, root: Path) -> bool:
 
 
 def _names_from_path(d: Path) -> tuple[str, str, int]:
-    seed_part = d.name
-    seed = int(seed_part[4:]) if seed_part.startswith("seed") and seed_part[4:].isdigit() else -1
-    return d.parent.parent.name, d.parent.name, seed
+    seed = folder_seed(d.name)
+    return d.parent.parent.name, d.parent.name, -1 if seed is None else seed
 
 
 def _failed_record(d: Path, rel: str) -> RunRecord:
@@ -175,7 +174,7 @@ def _failed_record(d: Path, rel: str) -> RunRecord:
 def read_run(d: Path, rel: str) -> RunRecord:
     """The record of one run folder ``d`` (``rel``: its path within the experiment). A
     damaged metrics.json or config.yaml makes it a failed run whose error names the file."""
-    if (d / METRICS).exists():
+    if (d / METRICS).exists():  # a folder named metrics.json too: damaged, listed as such
         try:
             return record_from_metrics(read_metrics(d / METRICS), rel, read_config_dict(d))
         except UnreadableFileError as exc:
@@ -200,8 +199,8 @@ def load_experiment(exp_dir: str | Path) -> list[RunRecord]:
     for name in (METRICS, ERROR, CHECKPOINT):
         folders |= {
             p.parent
-            for p in root.glob(f"*/*/seed*/{name}")
-            if p.parent.name[4:].isdigit() and not _skipped(p.parent, root)
+            for p in root.glob(f"*/*/{seed_folder('*')}/{name}")
+            if folder_seed(p.parent.name) is not None and not _skipped(p.parent, root)
         }
     return [read_run(d, str(d.relative_to(root))) for d in sorted(folders)]
 
