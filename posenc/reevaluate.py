@@ -202,7 +202,17 @@ def reevaluate(
         "overrides": applied,
     }
     train = trained.get("train") or {}
-    metrics = metrics_record(cfg, p.task.name, per_length, train=train, evaluation=evaluation)
+    # the run's fit and budget are the trained run's, decided on validation while it trained:
+    # a re-evaluation re-scores the test set only
+    metrics = metrics_record(
+        cfg,
+        p.task.name,
+        per_length,
+        train=train,
+        evaluation=evaluation,
+        validation=trained.get("validation"),
+        protocol=trained.get("protocol"),
+    )
     path = d / evaluation_file(tag)
     atomic_write_json(path, metrics)
     return metrics, path

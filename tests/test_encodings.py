@@ -26,6 +26,8 @@ SHIFT_INVARIANT = {
     # hybrids' defaults are RoPE and NoPE parts
     "fox", "path", "path_fox", "stick_breaking", "ssmax", "p_rope", "hard_alibi",
     "per_layer", "per_head",
+    # Canon's causal convolution reads no position; DroPE is RoPE, then NoPE
+    "canon", "drope",
     # 2026 attention-level rows: PoPE's phases differ by (i - j)θ; DAPE's network reads the
     # logits and a relative bias (kerple_log); CABLE and Wall read the hidden states only
     "pope", "dape", "dape_v2", "cable", "wall",

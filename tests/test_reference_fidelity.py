@@ -18,6 +18,7 @@ from posenc import encodings
 from posenc.data import TrainStream
 from posenc.errors import ConfigError
 from posenc.run import plan
+from posenc.runfolder import legacy_values
 from posenc.train import Trainer
 from tests.test_publish import DOCS_WITH_TABLES
 
@@ -108,7 +109,7 @@ def test_a_kerple_run_saved_before_layer_shared_still_builds_per_layer(tiny_cfg)
     old = copy.deepcopy(cfg)
     with open_dict(old):
         del old.encoding["layer_shared"]
-    enc = encodings.from_config(old)
+    enc = encodings.from_config(old, legacy_values("encoding"))  # as planning builds it
     assert len(list(enc.parameters())) == 2 * cfg.model.n_layers
     assert len(list(encodings.from_config(cfg).parameters())) == 2
 
