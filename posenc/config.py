@@ -311,6 +311,8 @@ def check_required(cfg: DictConfig) -> None:
     if missing:
         key = missing[0]
         section = key.split(".")[0]
+        if key == section:  # the whole group deleted (~encoding)
+            raise ConfigError(f"{key} is required; choose one with {key}=NAME (posenc list)")
         raise ConfigError(
             f"{key} is required ({section} {str(cfg[section].name)!r} has no default for it); "
             f"add {key}=VALUE"
