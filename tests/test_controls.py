@@ -47,6 +47,20 @@ def test_quick_control_learns_its_task_within_its_budget(task, tmp_path):
     assert json.loads(path.read_text()) == record
 
 
+@pytest.mark.parametrize("name", controls.names())
+def test_every_control_composes_and_is_judged_on_its_training_lengths(name, tmp_path):
+    from posenc.config import group_options
+    from posenc.planning import eval_lengths
+
+    variants = [False] + ([True] if f"{name}_quick" in group_options("control") else [])
+    for quick in variants:
+        cfg = controls.compose_control(name, [f"runs_root={tmp_path}"], quick=quick)
+        assert eval_lengths(cfg) == list(range(cfg.train.min_len, cfg.train.max_len + 1))
+        assert cfg.train.stop_at is not None and cfg.overwrite
+        folder = tmp_path / "controls" / name / ("quick" if quick else "")
+        assert cfg.run_dir == str(folder / "run")
+
+
 def test_control_json_has_the_schema_the_report_reads(tmp_path):
     record, _, path = _check("copy", tmp_path, "train.steps=5")
     on_disk = json.loads(path.read_text())
