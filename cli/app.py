@@ -152,6 +152,10 @@ from posenc.cli import tune  # noqa: E402  (posenc tune)
 
 tune.register(app)
 
+from posenc.cli.check_task import check_task  # noqa: E402
+
+app.command("check-task", context_settings={"allow_extra_args": False})(check_task)
+
 
 def main() -> None:
     # OpenMP threads that sleep instead of spin-waiting: two posenc processes sharing the
