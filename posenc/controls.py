@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from posenc.errors import ConfigError
+from posenc.runfolder import CONTROL_JSON, CONTROLS
 
 GROUP = "control"  # the config group of configs/control/
 QUICK_SUFFIX = "_quick"
-CONTROL_FILE = "control.json"
-FOLDER = "controls"  # under runs_root
 
 
 def names() -> list[str]:
@@ -47,7 +46,7 @@ def config_name(name: str, quick: bool) -> str:
 
 def control_folder(runs_root: str | Path, name: str, quick: bool) -> Path:
     """Where a control's run and ``control.json`` go."""
-    folder = Path(runs_root) / FOLDER / name
+    folder = Path(runs_root) / CONTROLS / name
     return folder / "quick" if quick else folder
 
 
@@ -124,6 +123,6 @@ def check(
         "steps": int(metrics["train"]["steps"]),
         "command": command or command_line(name, overrides, quick),
     }
-    path = control_folder(cfg.runs_root, name, quick) / CONTROL_FILE
+    path = control_folder(cfg.runs_root, name, quick) / CONTROL_JSON
     atomic_write_json(path, record)
     return record, metrics, path

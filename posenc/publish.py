@@ -47,8 +47,8 @@ from posenc.report import (
     tasks_of,
     write_report,
 )
-from posenc.report.protocol import CONTROL_JSON, CONTROLS, control_paths, load_controls
-from posenc.runfolder import CONFIG, ERROR, METRICS
+from posenc.report.protocol import control_paths, load_controls
+from posenc.runfolder import CONFIG, CONTROL_JSON, CONTROLS, ERROR, METRICS
 
 OPEN = re.compile(r"^<!-- posenc (?P<args>.*?) -->[ \t]*$", re.MULTILINE)
 CLOSE = "<!-- /posenc -->"

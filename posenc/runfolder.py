@@ -23,6 +23,10 @@ REPORT_MD = "report.md"
 PLOTS = "plots"
 EVALUATION = "eval-{tag}.json"  # one per `posenc eval --tag TAG` of a finished run
 SEED_FOLDER = "seed{seed}"  # the last level of the layout: seed0, seed1, ...
+CONTROLS = (
+    "controls"  # <runs_root>/controls/<name>/control.json: a positive control (posenc check-task)
+)
+CONTROL_JSON = "control.json"
 
 
 def run_folder(runs_root, experiment, task: str, label: str, seed: int) -> Path:

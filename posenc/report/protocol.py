@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from posenc.metrics import extrapolation_horizon, summarize
+from posenc.runfolder import CONTROL_JSON, CONTROLS
 
 if TYPE_CHECKING:
     from posenc.report.records import RunRecord
 
 MIN_SEEDS = 5  # seeds the protocol asks for (Zhou et al. 2024: the spread is the finding)
-CONTROLS = "controls"  # <runs_root>/controls/<task>/control.json (posenc check-task)
-CONTROL_JSON = "control.json"
 
 
 def test_range(metrics: Mapping[str, Any]) -> tuple[int, int] | None:
