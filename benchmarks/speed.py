@@ -10,7 +10,7 @@ Rows:
   model's own), fp32 and bf16.
 - ``step``: a bare forward/backward/AdamW loop over batches of the configured batching
   (``train.batching``, the default ``bucketed``): GFLOP/s counted on
-  real (non-padding) tokens, as a share of the fp32 peak; posenc's own loop (`posenc.run`)
+  real (non-padding) tokens, as a share of the fp32 peak; posenc's own loop (`posenc.run.execute`)
   next to it on the same model and batches.
 - ``padding``: share of padding token slots under each ``train.batching`` (``bucketed``:
   the slots of its length-sorted pieces).
@@ -18,7 +18,7 @@ Rows:
   interleaved over three rounds, medians.
 - ``pieces``: milliseconds per ``bucketed`` step with its pieces computed one after the other
   at the run's threads (``workers=1``) and side by side, one thread each (the default on CPU
-  with more than one thread; `posenc.train.Trainer`), interleaved over three rounds.
+  with more than one thread; `posenc.run.train.Trainer`), interleaved over three rounds.
 - ``model``: posenc's model against the peer's (``--peer`` folder: its ``model.py``, the same
   layers and width, RoPE) on the same batches (the peer's own mixed-length, padded ones):
   milliseconds per forward/backward/clip/AdamW step, interleaved over three rounds. Tells a
@@ -88,9 +88,9 @@ sys.path.insert(0, str(ROOT))
 
 from posenc.config import compose  # noqa: E402
 from posenc.data import TrainStream, length_buckets  # noqa: E402
-from posenc.run import plan, run  # noqa: E402
+from posenc.run.execute import plan, run  # noqa: E402
+from posenc.run.train import Trainer, bucket_count  # noqa: E402
 from posenc.schema import BATCHING  # noqa: E402
-from posenc.train import Trainer, bucket_count  # noqa: E402
 
 ROWS = (
     "machine",
@@ -270,7 +270,7 @@ def interleaved_ms(loops: dict, rounds: int = 3) -> dict[str, float]:
 
 
 def posenc_loop(overrides: list[str], steps: int) -> float:
-    """Tokens/s of `posenc.run.run` itself (logging, schedule, batches drawn on the fly)."""
+    """Tokens/s of `posenc.run.execute.run` itself (logging, schedule, batches drawn on the fly)."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose(
             [
@@ -346,7 +346,7 @@ def peer_steps_per_s(peer: Path) -> float:
 def decode_row(cfg, n: int = 60, batch: int = 128) -> None:
     import numpy as np
 
-    from posenc.evaluate import evaluate_pairs
+    from posenc.run.evaluate import evaluate_pairs
 
     p = plan(cfg)
     p.model.eval()
@@ -815,7 +815,7 @@ def main() -> None:
     if "fused" in rows:
         fused_row(cfg, batches(cfg, 1), args.steps)
     if "compile_pieces" in rows:
-        from posenc.train import use_compile_cache
+        from posenc.run.train import use_compile_cache
 
         use_compile_cache()
         sample = batches(cfg, args.steps + 10, seed=2, batching="bucketed")
@@ -835,7 +835,7 @@ def main() -> None:
                 f"{ms[way]:.0f} ms = {ms[way] / ms['one after the other']:.2f}x",
             )
     if "compile" in rows:
-        from posenc.train import use_compile_cache
+        from posenc.run.train import use_compile_cache
 
         cache = use_compile_cache()
         compiled = bare_loop(cfg, data, compile=True)

@@ -37,8 +37,8 @@ def train(overrides: Overrides = None) -> None:
     cfg = _compose(overrides)
     from posenc.console import Reporter, RichReporter
     from posenc.errors import PosencError
-    from posenc.run import run
-    from posenc.signals import RunStopped, StoppedAtOnce
+    from posenc.run.execute import run
+    from posenc.run.signals import RunStopped, StoppedAtOnce
 
     reporter = RichReporter() if cfg.progress else Reporter()
     try:
@@ -59,7 +59,7 @@ def train(overrides: Overrides = None) -> None:
 
 
 def metrics_dir(cfg) -> str:
-    from posenc.spec import run_dir
+    from posenc.run.spec import run_dir
 
     return str(run_dir(cfg))
 
@@ -130,7 +130,7 @@ def eval_(
 
     from posenc.console import results_table
     from posenc.errors import PosencError
-    from posenc.reevaluate import reevaluate
+    from posenc.run.reevaluate import reevaluate
 
     try:
         metrics, path = reevaluate(run_dir, overrides or [], tag=tag)

@@ -28,7 +28,7 @@ def check_task(
     except PosencError as exc:
         fail(str(exc))
     from posenc.console import Reporter, RichReporter
-    from posenc.signals import RunStopped
+    from posenc.run.signals import RunStopped
 
     reporter = RichReporter() if cfg.progress else Reporter()
     try:

@@ -69,7 +69,7 @@ def show(
         t = tasks.build(cfg.task.name, **task_params(cfg.task))
         fmt = SequenceFormat.from_config(cfg.task).for_task(t)
         if lengths is None:
-            from posenc.planning import eval_lengths
+            from posenc.run.planning import eval_lengths
 
             ns = sorted({cfg.train.min_len, cfg.train.max_len, max(eval_lengths(cfg))})
         else:
@@ -123,7 +123,7 @@ def build(
         names = [None]
 
     from posenc.data import load_eval_set
-    from posenc.run import plan
+    from posenc.run.execute import plan
 
     plans = []
     try:

@@ -177,7 +177,7 @@ def tensorboard(
     ] = None,
 ) -> None:
     """Start TensorBoard on 127.0.0.1 for an experiment and print its URL (Ctrl-C stops it)."""
-    from posenc.signals import noted_signals
+    from posenc.run.signals import noted_signals
     from posenc.tbserver import TensorBoardError, start, stop
 
     if not directory.is_dir():

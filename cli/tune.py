@@ -47,7 +47,7 @@ def tune(
 
     Each encoding gets its own search (configs/hparams_search/): every trial is a run trained as posenc train trains it, then scored on validation samples only. The objective is the validation OOD exact match among runs that fit their training range on validation. posenc compare --choices FILE (or choices=FILE) applies the choice to every run and records it. Extra arguments are Hydra overrides for every trial (task=reverse train.steps=1000); trials land in runs/tune/<task>/<encoding>/<trial>.
     """
-    from posenc.planning import validation_lengths
+    from posenc.run.planning import validation_lengths
 
     given = list(overrides or [])
     names, keys, cfgs = _checked(encodings, param or [], search, trials, given)

@@ -8,7 +8,7 @@ divides the width, a known ``train.batching``... The open sections (``encoding``
 are typed by their own YAML's defaults (`check_open_sections`): a value must have the type
 of its default, must not be negative where the default is not, and must not add or remove
 keys. What depends on the task, the encoding or the machine (a length the task cannot make,
-a model that does not fit in memory, a CUDA device) is `posenc.planning`'s.
+a model that does not fit in memory, a CUDA device) is `posenc.run.planning`'s.
 """
 
 from __future__ import annotations

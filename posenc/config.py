@@ -267,7 +267,7 @@ def compose(
     the configs the open sections are checked against, by group choices, across calls (a
     sweep composes many runs of the same encodings and tasks)."""
     from posenc import checks, conformance
-    from posenc.spec import resolve_auto
+    from posenc.run.spec import resolve_auto
 
     overrides = list(overrides or [])
     check_group_overrides(overrides)
@@ -284,7 +284,7 @@ def compose(
         checks.check_values(cfg)
         check_preset_task(cfg, overrides)
         conformance.check_config(cfg)  # a plugged-in encoding or task: built and checked
-    resolve_auto(cfg, overrides)  # posenc.spec: the one place choices and `auto` are resolved
+    resolve_auto(cfg, overrides)  # posenc.run.spec: the one place choices and `auto` are resolved
     return cfg
 
 

@@ -56,7 +56,7 @@ def compose_control(name: str, overrides: list[str] | None = None, *, quick: boo
     from omegaconf import open_dict
 
     from posenc.config import compose
-    from posenc.planning import eval_lengths
+    from posenc.run.planning import eval_lengths
 
     cfg = compose([f"+{GROUP}={config_name(name, quick)}", *(overrides or [])])
     tr = cfg.train
@@ -108,7 +108,7 @@ def check(
     from omegaconf import OmegaConf
 
     from posenc.io import atomic_write_json
-    from posenc.run import run
+    from posenc.run.execute import run
 
     cfg = compose_control(name, overrides, quick=quick)
     metrics = run(cfg, reporter) if reporter is not None else run(cfg)

@@ -76,7 +76,7 @@ def length_buckets(batch: Batch, buckets: int) -> list[Batch]:
     over the distinct row lengths (a piece costs its rows times its longest row), and ties go
     to fewer pieces, so a batch of one length stays whole. Summing each piece's loss over the
     batch's answer tokens gives the whole batch's loss and gradient
-    (`posenc.train.Trainer`): the arithmetic of ``batching="mixed"`` without most of its
+    (`posenc.run.train.Trainer`): the arithmetic of ``batching="mixed"`` without most of its
     padding. An encoding that draws one set of positions per batch (``randomized``) draws
     one per piece.
     """

@@ -31,7 +31,7 @@ CONTROL_JSON = "control.json"
 
 def run_folder(runs_root, experiment, task: str, label: str, seed: int) -> Path:
     """``<runs_root>/<experiment>/<task>/<label>/seed<k>``: a run's folder when no
-    ``run_dir`` names one (`posenc.spec.run_dir`)."""
+    ``run_dir`` names one (`posenc.run.spec.run_dir`)."""
     return Path(str(runs_root)) / str(experiment) / str(task) / str(label) / seed_folder(seed)
 
 

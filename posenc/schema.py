@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 # The name of the root schema in Hydra's ConfigStore (first in configs/config.yaml's defaults).
 SCHEMA_NAME = "posenc_schema"
 
-# auto: the encoding's own (posenc.spec.resolve_auto), chosen on test lengths; accepted for
+# auto: the encoding's own (posenc.run.spec.resolve_auto), chosen on test lengths; accepted for
 # old configs, never a default (a choices file from `posenc tune` chooses per encoding instead)
 EMBED_INITS = ("scaled", "gpt", "auto")
 MIXERS = ("attention", "delta")  # delta: DeltaNet (posenc.mixers)
@@ -29,7 +29,7 @@ MIXERS = ("attention", "delta")  # delta: DeltaNet (posenc.mixers)
 
 def resolved_embed_init(embed_init: str, token_scale: str) -> str:
     """``model.embed_init`` as trained: ``auto`` is the encoding's own ``token_scale``
-    (`PositionalEncoding.token_scale`); the one home of that rule (`posenc.spec.resolve_auto`
+    (`PositionalEncoding.token_scale`); the one home of that rule (`posenc.run.spec.resolve_auto`
     and `posenc.model.Transformer` both ask it)."""
     return token_scale if embed_init == "auto" else embed_init
 
@@ -79,7 +79,7 @@ class Train:
     compile: bool = False
     fused_adamw: bool = False  # torch's fused AdamW kernel: faster, rounds differently
     stop_at: Optional[float] = None  # noqa: UP045
-    until_fit: bool = True  # past `steps`, train on until validation fits (posenc.session)
+    until_fit: bool = True  # past `steps`, train on until validation fits (posenc.run.session)
     max_steps: Optional[int] = None  # noqa: UP045  until_fit's ceiling; null: see ceiling()
     log_every: int = 25
     eval_every: int = 500

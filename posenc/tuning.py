@@ -1,5 +1,5 @@
-"""Tuning on validation (`posenc tune`): each trial is one run trained as `posenc.run.run`
-trains it, then scored on its validation samples only (`posenc.session.validation_record`):
+"""Tuning on validation (`posenc tune`): each trial is one run trained as `posenc.run.execute.run`
+trains it, then scored on its validation samples only (`posenc.run.session.validation_record`):
 it never loads the frozen test set or evaluates a test length. A search is a Hydra multirun
 over the trial function (`trial`), one per encoding, with Hydra's Optuna sweeper (Optuna:
 Akiba et al. 2019; its TPE sampler: Bergstra et al. 2011) or its basic (grid) sweeper
@@ -45,8 +45,8 @@ def tune_run(cfg: DictConfig, settings: dict[str, Any]) -> dict[str, Any]:
     Nothing else is evaluated: no quick evaluation (``train.eval_lengths`` emptied: its
     lengths reach the test's), no test set; until_fit's checks score validation too."""
     from posenc.console import Reporter
-    from posenc.planning import plan
-    from posenc.session import prepare, train_phase, validation_record
+    from posenc.run.planning import plan
+    from posenc.run.session import prepare, train_phase, validation_record
 
     if cfg.train.stop_at is not None:
         raise ConfigError("posenc tune stops on validation (train.until_fit); drop train.stop_at")
@@ -78,7 +78,7 @@ def trial(cfg: DictConfig) -> float:
     """The Hydra task function of a search: one trial in the job's output folder."""
     from hydra.core.hydra_config import HydraConfig
 
-    from posenc.spec import resolve_auto
+    from posenc.run.spec import resolve_auto
 
     hc = HydraConfig.get()
     if cfg.get("choices") is not None:

@@ -104,7 +104,7 @@ def imports(name: str, path: Path, tree: ast.Module, known: set[str]) -> dict[st
                     source = ".".join([*base, *([child.module] if child.module else [])])
                 else:
                     source = child.module or ""
-                for alias in child.names:  # `from posenc import run` imports posenc.run
+                for alias in child.names:  # `from posenc import run` imports posenc.run.execute
                     full = f"{source}.{alias.name}"
                     add(full if full in known else source, top)
             elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):

@@ -75,7 +75,7 @@ class Task:
         """An upper bound on len(``[BOS] input [SEP] target [EOS]``) at length ``n``.
 
         The default takes the longest of 64 samples; override it when the longest case is
-        rare, so `posenc.run.plan` can check it against ``model.max_len`` up front.
+        rare, so `posenc.run.planning.plan` can check it against ``model.max_len`` up front.
         """
         from posenc.tasks.format import sequence_length
 

@@ -120,7 +120,7 @@ def test_a_key_only_the_swept_encodings_have_reaches_each_job_in_its_specificati
     assert not any("max_offset" in o or "train.steps" in o for o in plan.overrides)
     plan.sweep_dir.mkdir(parents=True)
     plan.write_specs()
-    from posenc.spec import read_spec
+    from posenc.run.spec import read_spec
 
     job = read_spec(plan.sweep_dir / "specs" / "1.yaml", threads=1)
     assert (job.cfg.encoding.name, job.cfg.encoding.max_offset, job.cfg.threads) == (
@@ -215,7 +215,7 @@ def test_failing_run_is_recorded_and_the_others_finish(tmp_path):
 def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
     from posenc.config import compose
     from posenc.console import Reporter
-    from posenc.run import run
+    from posenc.run.execute import run
 
     class StopAtStep3(Reporter):
         def step(self, step, loss, steps_per_sec):

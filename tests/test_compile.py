@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from posenc import encodings
 from posenc.config import compose
 from posenc.data import TrainStream
-from posenc.run import plan
-from posenc.train import COMPILE_CACHE_ENV, Trainer, use_compile_cache
+from posenc.run.execute import plan
+from posenc.run.train import COMPILE_CACHE_ENV, Trainer, use_compile_cache
 
 NEEDS_DIGITS = {"abacus", "coupled"}
 # Encodings that break the graph on purpose, and why.

@@ -50,7 +50,7 @@ def test_quick_control_learns_its_task_within_its_budget(task, tmp_path):
 @pytest.mark.parametrize("name", controls.names())
 def test_every_control_composes_and_is_judged_on_its_training_lengths(name, tmp_path):
     from posenc.config import group_options
-    from posenc.planning import eval_lengths
+    from posenc.run.planning import eval_lengths
 
     variants = [False] + ([True] if f"{name}_quick" in group_options("control") else [])
     for quick in variants:

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from posenc.reevaluate import reevaluate
-from posenc.run import run
+from posenc.run.execute import run
+from posenc.run.reevaluate import reevaluate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -16,10 +16,10 @@ from posenc.config import compose
 from posenc.data import collate
 from posenc.encodings.digits import digit_places, run_lengths
 from posenc.errors import ConfigError
-from posenc.evaluate import evaluate_pairs
 from posenc.model import ModelConfig, Transformer
-from posenc.planning import digit_layout
-from posenc.run import plan, run
+from posenc.run.evaluate import evaluate_pairs
+from posenc.run.execute import plan, run
+from posenc.run.planning import digit_layout
 from posenc.tasks.format import EOS, N_SPECIAL, prompt_ids
 
 D = 32

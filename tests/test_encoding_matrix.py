@@ -17,9 +17,9 @@ import torch
 
 from posenc import encodings
 from posenc.data import TrainStream
-from posenc.evaluate import evaluate_pairs
-from posenc.run import plan
-from posenc.train import Trainer
+from posenc.run.evaluate import evaluate_pairs
+from posenc.run.execute import plan
+from posenc.run.train import Trainer
 
 DEVICE = os.environ.get("POSENC_TEST_DEVICE", "cpu")
 if DEVICE != "cpu" and not torch.cuda.is_available():

@@ -29,8 +29,8 @@ from posenc.encodings.canon import causal_conv
 from posenc.errors import ConfigError
 from posenc.mixers import delta_rule
 from posenc.model import ModelConfig, Transformer
-from posenc.run import plan, run
-from posenc.train import Trainer
+from posenc.run.execute import plan, run
+from posenc.run.train import Trainer
 from tests.conftest import TINY
 
 

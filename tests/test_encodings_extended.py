@@ -21,10 +21,10 @@ from posenc.encodings.absolute import sinusoidal_table
 from posenc.encodings.contextual import cope_positions
 from posenc.errors import ConfigError
 from posenc.model import ModelConfig, Transformer
-from posenc.reevaluate import default_tag, fill_yarn_length, parse_overrides, reevaluate
-from posenc.run import plan, run
+from posenc.run.execute import plan, run
+from posenc.run.reevaluate import default_tag, fill_yarn_length, parse_overrides, reevaluate
+from posenc.run.train import Trainer
 from posenc.schema import encoding_label
-from posenc.train import Trainer
 
 D, H = 32, 2  # d_head 16
 

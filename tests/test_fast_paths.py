@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from posenc.data import TrainStream
-from posenc.run import plan
-from posenc.train import Trainer
+from posenc.run.execute import plan
+from posenc.run.train import Trainer
 
 
 def test_foreach_adamw_takes_the_per_parameter_steps_bit_for_bit(tiny_cfg):

@@ -15,7 +15,7 @@ from posenc.config import compose
 from posenc.encodings.base import Memo, feature_kwargs
 from posenc.encodings.rotary import RoPE
 from posenc.model import ModelConfig, Transformer
-from posenc.run import plan
+from posenc.run.execute import plan
 from tests.conftest import tiny_model
 
 NEEDS_DIGITS = {"abacus", "coupled"}

@@ -11,12 +11,12 @@ from omegaconf import OmegaConf
 from posenc.config import compose
 from posenc.data import TrainStream, collate
 from posenc.errors import ConfigError
-from posenc.evaluate import evaluate_pairs
-from posenc.run import plan, run
+from posenc.run.evaluate import evaluate_pairs
+from posenc.run.execute import plan, run
+from posenc.run.train import make_optimizer, masked_loss
 from posenc.runfolder import config_identity
 from posenc.schema import task_params
 from posenc.tasks.format import BOS, EOS, PAD, SEP, SequenceFormat
-from posenc.train import make_optimizer, masked_loss
 from tests.conftest import tiny_model
 
 KNOWN = SequenceFormat(answer="known_length")
@@ -184,7 +184,7 @@ def test_buckets_are_how_a_batch_is_computed_not_part_of_a_run_identity():
 def test_embed_init_auto_is_the_encodings_own_scale_and_recorded_as_it():
     """auto resolves when the config is composed (and in a sweep's job): ALiBi's token_scale
     is gpt, every other encoding's scaled; the run is the same run as with the scale given."""
-    from posenc.spec import resolve_auto
+    from posenc.run.spec import resolve_auto
 
     alibi = compose(["encoding=alibi", "model.embed_init=auto"])
     assert alibi.model.embed_init == "gpt"

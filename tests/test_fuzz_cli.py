@@ -92,7 +92,7 @@ def test_fuzzed_train_command_lines_start_or_fail_with_one_line(monkeypatch, cap
     def started(self, batch):
         raise Started
 
-    monkeypatch.setattr("posenc.train.Trainer.step", started)
+    monkeypatch.setattr("posenc.run.train.Trainer.step", started)
     seen: Counter[str] = Counter()
 
     @settings(

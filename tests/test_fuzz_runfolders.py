@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from posenc.cli.app import app
 from posenc.config import compose
-from posenc.run import run
+from posenc.run.execute import run
 from tests.conftest import MICRO
 from tests.test_report import metrics, write_run
 

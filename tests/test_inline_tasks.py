@@ -22,9 +22,9 @@ from posenc.cli.app import app
 from posenc.config import CONFIG_DIR, compose
 from posenc.data import collate, generate_eval_rows, length_buckets, load_eval_set
 from posenc.errors import ConfigError
-from posenc.evaluate import evaluate_pairs
+from posenc.run.evaluate import evaluate_pairs
+from posenc.run.train import masked_loss
 from posenc.tasks.format import BOS, EOS, N_SPECIAL, SequenceFormat
-from posenc.train import masked_loss
 
 INLINE = ["flip_flop", "mqar", "state_tracking"]
 LENGTHS = [1, 2, 5, 16, 40, 64]
@@ -371,7 +371,7 @@ def test_data_show_prints_the_sequence_and_its_answers(name):
 
 def test_every_inline_preset_composes_and_plans():
     from posenc.config import preset_axes
-    from posenc.run import plan
+    from posenc.run.execute import plan
 
     presets = {
         "liu_flip_flop": "flip_flop",
@@ -390,7 +390,7 @@ def test_every_inline_preset_composes_and_plans():
 
 @pytest.mark.parametrize("name", INLINE)
 def test_a_tiny_training_run_scores_the_answers(name, tmp_path):
-    from posenc.run import run
+    from posenc.run.execute import run
 
     cfg = compose(
         [
@@ -431,7 +431,7 @@ def test_the_report_says_what_an_inline_task_scores():
 
 
 def test_posenc_eval_may_change_only_the_evaluation_density():
-    from posenc.reevaluate import parse_overrides
+    from posenc.run.reevaluate import parse_overrides
 
     assert parse_overrides(["task.eval_p_ignore=0.98"]) == [("task.eval_p_ignore", 0.98)]
     with pytest.raises(ConfigError, match="task.p_ignore cannot change at evaluation"):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from posenc import precision
-from posenc.run import run
+from posenc.run.execute import run
 
 
 @pytest.fixture

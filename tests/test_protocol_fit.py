@@ -8,15 +8,15 @@ import json
 import pytest
 import torch
 
-import posenc.session
+import posenc.run.session
 from posenc import tasks
 from posenc.config import compose
 from posenc.console import Reporter
 from posenc.data import by_length, example_hash, load_eval_set
 from posenc.errors import ConfigError
-from posenc.planning import eval_lengths, plan, validation_lengths
-from posenc.run import run
-from posenc.session import validation_groups
+from posenc.run.execute import run
+from posenc.run.planning import eval_lengths, plan, validation_lengths
+from posenc.run.session import validation_groups
 
 # Parity over 1..3 with a low bar: the tiny model fits it within a few dozen steps.
 PARITY = [
@@ -122,12 +122,12 @@ def test_a_run_at_the_ceiling_without_fitting_is_recorded_as_not_fitting(tiny_cf
 
 def test_the_fit_is_decided_on_validation_not_the_test_set(tiny_cfg, monkeypatch):
     """Validation says fit while the test set says not: the summary follows validation."""
-    real = posenc.session.score_validation
+    real = posenc.run.session.score_validation
 
     def perfect(s, lengths):
         return {n: {**v, "exact_match": 1.0} for n, v in real(s, lengths).items()}
 
-    monkeypatch.setattr(posenc.session, "score_validation", perfect)
+    monkeypatch.setattr(posenc.run.session, "score_validation", perfect)
     out = run(tiny_cfg("train.steps=4"))
     assert min(out["per_length"][str(n)]["exact_match"] for n in range(1, 7)) < 0.9
     assert out["validation"]["fits_training_range"] is True
@@ -165,13 +165,13 @@ def test_until_fit_resumes_mid_extension_exactly(tiny_cfg, tmp_path):
 def test_a_check_missed_by_an_interrupt_is_made_on_resume(tiny_cfg, tmp_path, monkeypatch):
     """Validation (scripted) fits from step 9: interrupted at step 9 before its check, the
     resumed run checks at 9 and stops there, as the uninterrupted run does."""
-    real = posenc.session.score_validation
+    real = posenc.run.session.score_validation
 
     def from_step_9(s, lengths):
         fit = 1.0 if s.trainer.step_count >= 9 else 0.0
         return {n: {**v, "exact_match": fit} for n, v in real(s, lengths).items()}
 
-    monkeypatch.setattr(posenc.session, "score_validation", from_step_9)
+    monkeypatch.setattr(posenc.run.session, "score_validation", from_step_9)
     extend = ["train.steps=6", "train.eval_every=3", "train.max_steps=30", "train.until_fit=true"]
     reference = run(tiny_cfg(*extend, f"run_dir={tmp_path / 'ref'}"))
     assert reference["protocol"]["steps_trained"] == reference["protocol"]["steps_to_fit"] == 9
@@ -183,7 +183,7 @@ def test_a_check_missed_by_an_interrupt_is_made_on_resume(tiny_cfg, tmp_path, mo
 
 
 def test_the_lr_holds_at_its_minimum_past_train_steps():
-    from posenc.train import lr_factor
+    from posenc.run.train import lr_factor
 
     at = [lr_factor(s, warmup=2, total=10, min_ratio=0.1) for s in (10, 11, 40)]
     assert at == pytest.approx([0.1, 0.1, 0.1])

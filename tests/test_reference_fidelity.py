@@ -17,9 +17,9 @@ from omegaconf import OmegaConf, open_dict
 from posenc import encodings
 from posenc.data import TrainStream
 from posenc.errors import ConfigError
-from posenc.run import plan
+from posenc.run.execute import plan
+from posenc.run.train import Trainer
 from posenc.runfolder import legacy_values
-from posenc.train import Trainer
 from tests.test_publish import DOCS_WITH_TABLES
 
 ROOT = Path(__file__).resolve().parent.parent

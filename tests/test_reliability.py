@@ -16,9 +16,9 @@ import torch
 
 from posenc.config import compose
 from posenc.console import Reporter
-from posenc.lock import RunLock
-from posenc.run import run
-from posenc.signals import RunStopped
+from posenc.run.execute import run
+from posenc.run.lock import RunLock
+from posenc.run.signals import RunStopped
 from tests.conftest import MICRO, TINY, terminal_signals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +154,7 @@ class _CtrlCTwice(Reporter):
 
 
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
-    from posenc.signals import StoppedAtOnce
+    from posenc.run.signals import StoppedAtOnce
 
     d = tmp_path / "run"
     args = [*TINY, "train.log_every=1", "train.checkpoint_every=4", f"run_dir={d}"]
@@ -208,7 +208,7 @@ def test_stop_signal_chains_to_the_earlier_handler_after_the_checkpoint(tmp_path
 import signal, sys
 from pathlib import Path
 from posenc.config import compose
-from posenc.run import run
+from posenc.run.execute import run
 
 def submitit_handler(signum, frame):
     import torch

@@ -100,7 +100,7 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     from posenc.config import compose
-    from posenc.run import run
+    from posenc.run.execute import run
 
     d = tmp_path_factory.mktemp("finished")
     run(compose([*MICRO, "progress=false", "threads=1", f"run_dir={d / 'run'}",

@@ -13,7 +13,7 @@ import pytest
 from posenc import tasks
 from posenc.config import compose
 from posenc.errors import ConfigError
-from posenc.planning import plan
+from posenc.run.planning import plan
 from tests.conftest import MICRO
 from tests.test_fuzz_runfolders import finished  # noqa: F401, F811  (a fixture)
 
@@ -118,7 +118,7 @@ def test_silently_wrong_configs_are_refused_in_one_line(tmp_path, overrides, mes
 
 def test_a_checkpoint_without_its_config_is_not_silently_overwritten(tmp_path):
     from posenc.errors import RunExistsError
-    from posenc.run import run
+    from posenc.run.execute import run
     from tests.test_run import _Interrupt
 
     d = tmp_path / "run"
@@ -134,7 +134,7 @@ def test_a_checkpoint_without_its_config_is_not_silently_overwritten(tmp_path):
 
 
 def test_a_corrupt_checkpoints_cause_ends_with_a_sentence_not_mid_word():
-    from posenc.checkpoint import _cause
+    from posenc.run.checkpoint import _cause
 
     advice = "Weights only load failed. This file can still be loaded, to do so you have " * 4
     assert _cause(RuntimeError(advice)) == "Weights only load failed."

@@ -14,8 +14,8 @@ from posenc import tasks
 from posenc.console import Reporter
 from posenc.data import TrainStream, length_buckets
 from posenc.errors import ConfigError, RunExistsError
-from posenc.evaluate import evaluate_pairs
-from posenc.run import plan, run
+from posenc.run.evaluate import evaluate_pairs
+from posenc.run.execute import plan, run
 from posenc.tasks.format import PAD
 from tests.conftest import tiny_model
 
@@ -156,7 +156,7 @@ def test_greedy_exact_match_equals_teacher_forced_exact_match(name):
 
     from posenc import tasks
     from posenc.data import TrainStream
-    from posenc.train import masked_loss
+    from posenc.run.train import masked_loss
 
     model = tiny_model(name, vocab=12)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -181,17 +181,17 @@ def test_greedy_exact_match_equals_teacher_forced_exact_match(name):
 
 
 def test_stop_at_ends_training_after_two_consecutive_good_checks(tiny_cfg, tmp_path, monkeypatch):
-    import posenc.session
+    import posenc.run.session
 
     script = iter([0.5, 0.995, 0.3, 0.995, 0.995, 1.0, 1.0])  # quick ID exact match per check
-    real = posenc.session.evaluate_lengths
+    real = posenc.run.session.evaluate_lengths
 
     def scripted(model, groups, **kwargs):
         scores = real(model, groups, **kwargs)
         value = next(script) if 1 in groups else None  # the quick set has every training length
         return {n: {**v, "exact_match": value} for n, v in scores.items()} if value else scores
 
-    monkeypatch.setattr(posenc.session, "evaluate_lengths", scripted)  # the quick evaluations
+    monkeypatch.setattr(posenc.run.session, "evaluate_lengths", scripted)  # the quick evaluations
     out = run(tiny_cfg("train.stop_at=0.99", "train.eval_every=2", "train.steps=50"))
     # Checks at steps 2, 4, 6, 8, 10: the hit at 4 is broken by 6; 8 and 10 are two running.
     assert out["train"]["stopped_at"] == 10 and out["train"]["steps"] == 10
@@ -226,7 +226,7 @@ def test_bad_speed_options_are_rejected_before_anything_is_written(
 
 
 def test_bf16_trains_in_bf16_with_fp32_master_weights(tiny_cfg, tmp_path):
-    from posenc.train import Trainer
+    from posenc.run.train import Trainer
 
     p = plan(tiny_cfg("train.precision=bf16"))
     trainer = Trainer(p.model, p.cfg.train)
@@ -246,7 +246,7 @@ def test_bf16_trains_in_bf16_with_fp32_master_weights(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("name", ["none", "sinusoidal", "learned", "rope", "alibi", "t5"])
 def test_bucketed_step_has_the_gradient_of_the_whole_mixed_batch(tiny_cfg, name):
-    from posenc.train import Trainer
+    from posenc.run.train import Trainer
 
     p = plan(tiny_cfg(f"encoding={name}", "train.batching=bucketed", "train.buckets=3"))
     whole = copy.deepcopy(p.model)
@@ -288,7 +288,7 @@ def test_a_label_names_a_variant_and_its_type_is_checked(tiny_cfg, tmp_path):
     """`+encoding.label=NAME` (sweeps and ablations) passes the typed config check."""
     p = plan(tiny_cfg("encoding=alibi", "+encoding.label=alibi_variant"))
     assert p.run_dir == tmp_path / "run"
-    from posenc.spec import run_dir
+    from posenc.run.spec import run_dir
 
     p.cfg.run_dir = None  # the default layout: the label names the folder
     assert run_dir(p.cfg).parts[-2] == "alibi_variant"
@@ -309,7 +309,7 @@ def one_thread():
 def test_pieces_side_by_side_take_the_sequential_step_bit_for_bit(tiny_cfg, one_thread, name):
     """Concurrent pieces draw the positions and add the gradients in the sequential order:
     after three optimizer steps every weight is identical (randomized positions included)."""
-    from posenc.train import Trainer
+    from posenc.run.train import Trainer
 
     weights = []
     for workers in (1, 3):
@@ -327,7 +327,7 @@ def test_pieces_side_by_side_take_the_sequential_step_bit_for_bit(tiny_cfg, one_
 
 
 def test_pieces_run_side_by_side_one_thread_each_only_where_that_is_safe(tiny_cfg):
-    from posenc.train import Trainer
+    from posenc.run.train import Trainer
 
     def workers(*overrides, threads=2, **kwargs):
         before = torch.get_num_threads()

@@ -1,4 +1,4 @@
-"""A run's specification (`posenc.spec`): resolved once, its folder and status, and the
+"""A run's specification (`posenc.run.spec`): resolved once, its folder and status, and the
 file a sweep's job reads."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import json
 from omegaconf import OmegaConf
 
 from posenc.config import compose
-from posenc.runfolder import CHECKPOINT, CONFIG, METRICS, folder_seed, seed_folder
-from posenc.spec import (
+from posenc.run.spec import (
     FINISHED,
     FOREIGN,
     NEW,
@@ -20,6 +19,7 @@ from posenc.spec import (
     specify,
     write_spec,
 )
+from posenc.runfolder import CHECKPOINT, CONFIG, METRICS, folder_seed, seed_folder
 
 
 def _cfg(tmp_path, *overrides):

@@ -9,8 +9,8 @@ import torch
 
 from posenc import encodings
 from posenc.data import TrainStream
-from posenc.run import plan
-from posenc.train import Trainer
+from posenc.run.execute import plan
+from posenc.run.train import Trainer
 
 NEEDS_DIGITS = {"abacus", "coupled"}
 

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from posenc.config import compose
 from posenc.data import TrainStream
-from posenc.run import plan
-from posenc.train import COMPILE_CACHE_ENV, Trainer
+from posenc.run.execute import plan
+from posenc.run.train import COMPILE_CACHE_ENV, Trainer
 
 TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "model.d_ff=64"]
 

@@ -26,7 +26,7 @@ from posenc.cli.app import app
 from posenc.config import CONFIG_DIR, compose
 from posenc.data import eval_set_key, generate_eval_rows, load_eval_set
 from posenc.errors import ConfigError
-from posenc.run import plan, run
+from posenc.run.execute import plan, run
 from posenc.schema import task_params
 from posenc.tasks.format import SequenceFormat
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from posenc.config import compose
-from posenc.run import run
+from posenc.run.execute import run
 from posenc.tbserver import free_port
 from tests.conftest import MICRO, terminal_signals
 

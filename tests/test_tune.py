@@ -10,14 +10,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import posenc.run
-import posenc.session
+import posenc.run.execute
+import posenc.run.session
 from posenc import data, tasks, tuning
 from posenc.choices import apply_choices, read_choices
 from posenc.cli.app import app
 from posenc.config import compose
 from posenc.errors import ConfigError
-from posenc.run import run
+from posenc.run.execute import run
 from tests.conftest import TINY
 
 # Parity over 1..3 (validation 4, test 5) with a low bar: a tiny model fits it in tens of steps.
@@ -53,7 +53,7 @@ def test_a_tuning_trial_never_evaluates_a_test_length(tmp_path, monkeypatch):
     loader and the final evaluation fail if called. Only training and validation lengths are
     scored, on examples none of which is a test example."""
     scored: dict[int, list] = {}
-    real = posenc.session.evaluate_lengths
+    real = posenc.run.session.evaluate_lengths
 
     def recording(model, groups, **kwargs):
         for n, pairs in groups.items():
@@ -63,8 +63,8 @@ def test_a_tuning_trial_never_evaluates_a_test_length(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a tuning trial read the test set")
 
-    monkeypatch.setattr(posenc.session, "evaluate_lengths", recording)
-    monkeypatch.setattr(posenc.run, "evaluate_phase", forbidden)
+    monkeypatch.setattr(posenc.run.session, "evaluate_lengths", recording)
+    monkeypatch.setattr(posenc.run.execute, "evaluate_phase", forbidden)
     monkeypatch.setattr(data, "load_eval_set", forbidden)
     result, out = _tune(tmp_path, "-e", "none", "--search", "grid", "-p", "train.lr=3e-3,1e-2")
     assert result.exit_code == 0, result.output

@@ -81,7 +81,7 @@ def _is_number(value: Any) -> bool:
 
 def check_metrics(data: Any, path: str | Path) -> dict[str, Any]:
     """``data`` read from the metrics.json at ``path``, if it holds what a report reads from
-    one (`posenc.record.metrics_record` writes it); else `UnreadableFileError` naming the
+    one (`posenc.run.record.metrics_record` writes it); else `UnreadableFileError` naming the
     file and the first thing wrong, so one damaged run is listed as failed, not a traceback."""
     path = Path(path)
     if not isinstance(data, dict):

@@ -5,7 +5,7 @@ because the Compose API cannot multirun), so Hydra's launchers work unchanged: j
 machine, submitit on a Slurm cluster. The pieces, in the order a sweep meets them:
 
 - `posenc.sweep.plan`: the parent checks the overrides, specifies every run
-  (`posenc.spec`) and plans it as ``posenc train`` would, stamps the sweep's folder and
+  (`posenc.run.spec`) and plans it as ``posenc train`` would, stamps the sweep's folder and
   assembles the child's command line (`plan_sweep`);
 - `posenc.sweep.threads`: the launcher choices and each job's share of the cores;
 - `posenc.sweep.supervisor`: the parent starts the child, follows it and stops it cleanly;

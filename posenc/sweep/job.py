@@ -1,12 +1,12 @@
 """Inside a Hydra job: `run_job`, the task function that ``python -m posenc.sweep --multirun``
 calls once per run.
 
-The parent has specified every run (`posenc.spec`) and written each job its specification:
+The parent has specified every run (`posenc.run.spec`) and written each job its specification:
 the job's own config (`JobConfig`) names the file and the job runs what it reads, composing
 nothing. A sweep the parent could not enumerate (a sweep function such as ``range(...)``)
 runs on the config Hydra composed for the job, specified here the same way. The job calls
-`posenc.run.run` and never raises: a finished run is skipped, an interrupted one
-resumes from its checkpoint (`posenc.run` does that), and a failing one leaves ``error.json``
+`posenc.run.execute.run` and never raises: a finished run is skipped, an interrupted one
+resumes from its checkpoint (`posenc.run.execute` does that), and a failing one leaves ``error.json``
 in its run folder so the others go on and the report can say what went wrong. It keeps its
 status in ``posenc_job.json`` (`posenc.sweep.status`) for the parent to count.
 """
@@ -27,11 +27,11 @@ from omegaconf import MISSING, DictConfig
 from posenc.config import CONFIG_DIR
 from posenc.errors import ConfigError, describe
 from posenc.io import atomic_write_json, read_json
-from posenc.lock import RunLock
+from posenc.run.lock import RunLock
+from posenc.run.signals import RunStopped
+from posenc.run.spec import FINISHED, RunSpec, differences, read_spec, run_status, specify
 from posenc.runfolder import ERROR, METRICS, is_finished
 from posenc.schema import encoding_label
-from posenc.signals import RunStopped
-from posenc.spec import FINISHED, RunSpec, differences, read_spec, run_status, specify
 from posenc.sweep.status import JOB_STATUS, STOPPING
 
 JOB_CONFIG = "posenc_job"  # the child's config name when the parent wrote the specifications
@@ -62,7 +62,7 @@ def job_spec(cfg: DictConfig, variant: str) -> RunSpec:
 
 def _skip_or_run(cfg: DictConfig, run_dir: Path, job: dict, stopping: Path) -> dict[str, Any]:
     """A finished run with this config is skipped; any other is run (or resumed)."""
-    from posenc.run import run
+    from posenc.run.execute import run
 
     if is_finished(run_dir) and not cfg.overwrite:
         if run_status(run_dir, cfg) != FINISHED:

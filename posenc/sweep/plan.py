@@ -1,5 +1,5 @@
 """Planning a sweep in the parent process: read and check its overrides, specify every run
-the way ``posenc train`` plans one (`posenc.spec`, `posenc.planning`), stamp its folder,
+the way ``posenc train`` plans one (`posenc.run.spec`, `posenc.run.planning`), stamp its folder,
 share the cores and assemble the child's multirun command line, which runs one job per
 written specification. Raises `ConfigError` before anything runs."""
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posenc.errors import ConfigError, PosencError, first_line
+from posenc.run.spec import FINISHED, RunSpec, specify, write_spec
 from posenc.runfolder import EXECUTION_KEYS
-from posenc.spec import FINISHED, RunSpec, specify, write_spec
 from posenc.sweep.job import JOB_CONFIG, SPECS, spec_path
 from posenc.sweep.threads import LAUNCHER_GROUP, check_launcher, share_threads
 
@@ -281,7 +281,7 @@ def _variant(combo: tuple[str, ...], named_by: list[str]) -> str:
 
 def specify_runs(axes: list[list[str]], extra: list[str], swept: set[str]) -> list[RunSpec]:
     """Every combination of the sweep composed once, checked and specified
-    (`posenc.spec.specify`): its folder under the absolute ``runs_root``, its label with the
+    (`posenc.run.spec.specify`): its folder under the absolute ``runs_root``, its label with the
     swept keys other than `NAMING_KEYS`, its status."""
     from omegaconf import open_dict
 
@@ -339,7 +339,7 @@ def _hint(combo: tuple[str, ...], exc: ConfigError) -> str:
 
 
 def plan_runs(specs: list[RunSpec], launcher: str) -> None:
-    """Plan every run as ``posenc train`` plans it (`posenc.planning.plan`: the task, the
+    """Plan every run as ``posenc train`` plans it (`posenc.run.planning.plan`: the task, the
     encoding, the model and the memory), so that a run its job would refuse stops the sweep
     before any job starts. Runs that differ only in their seed are planned once. A Slurm
     job's device is checked on its node, so the parent plans those on the CPU."""
@@ -347,7 +347,7 @@ def plan_runs(specs: list[RunSpec], launcher: str) -> None:
 
     from omegaconf import OmegaConf, open_dict
 
-    from posenc.planning import plan
+    from posenc.run.planning import plan
 
     seen = set()
     for spec in specs:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from posenc.signals import noted_signals
+from posenc.run.signals import noted_signals
 from posenc.sweep.plan import SweepPlan
 from posenc.sweep.status import STOPPING, SweepProgress, job_pids, sweep_progress
 

@@ -38,9 +38,7 @@ class LogDistanceBias(PositionalEncoding):
         slopes = self.slope_scale * torch.pow(2.0, -exponents)
         self.register_buffer("slopes", slopes.view(1, n_heads, 1, 1), persistent=False)
 
-    def bias(
-        self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0
-    ) -> Tensor:
+    def bias(self, q: Tensor, k: Tensor, pos_q: Tensor, pos_k: Tensor, *, layer: int = 0) -> Tensor:
         # (B, 1, Tq, Tk): i - j; future keys (negative) are masked by the model anyway.
         distance = relative_distance(pos_q, pos_k).clamp(min=0).to(q.dtype)
         return -self.slopes.to(q.dtype) * torch.log1p(distance)  # (B, H, Tq, Tk)

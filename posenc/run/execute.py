@@ -1,10 +1,10 @@
 """One training run, as a pure function of its resolved config: plan, prepare, train,
 evaluate, write.
 
-``plan(cfg)`` (`posenc.planning`) checks everything and builds the model without writing a
-byte; ``run(cfg)`` then prepares the run folder and trains (`posenc.session`: resuming from
+``plan(cfg)`` (`posenc.run.planning`) checks everything and builds the model without writing a
+byte; ``run(cfg)`` then prepares the run folder and trains (`posenc.run.session`: resuming from
 the folder's checkpoint if one is there), evaluates every length on the frozen evaluation set
-and writes ``metrics.json`` (`posenc.record`) last, atomically: a run folder with
+and writes ``metrics.json`` (`posenc.run.record`) last, atomically: a run folder with
 ``metrics.json`` is finished and is never overwritten without ``overwrite``.
 """
 
@@ -20,18 +20,18 @@ from omegaconf import DictConfig, OmegaConf
 from posenc.console import Reporter
 from posenc.data import by_length, load_eval_set
 from posenc.errors import RunExistsError, UnreadableFileError, first_line
-from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json
-from posenc.lock import RunLock
-from posenc.planning import Plan, plan
-from posenc.record import metrics_record, protocol_record
+from posenc.run.evaluate import evaluate_lengths
+from posenc.run.lock import RunLock
+from posenc.run.planning import Plan, plan
+from posenc.run.record import metrics_record, protocol_record
+from posenc.run.session import Session, prepare, train_phase, validation_record
+from posenc.run.spec import FINISHED, FOREIGN, NEW, differences, run_status
 from posenc.runfolder import CHECKPOINT, CONFIG, METRICS
-from posenc.session import Session, prepare, train_phase, validation_record
-from posenc.spec import FINISHED, FOREIGN, NEW, differences, run_status
 
 
 def check_run_dir(p: Plan) -> str:
-    """'new', 'resume' or 'overwrite' (`posenc.spec.run_status`); raises if the folder holds
+    """'new', 'resume' or 'overwrite' (`posenc.run.spec.run_status`); raises if the folder holds
     a finished run, or another config's, naming what differs."""
     d = p.run_dir
     status = run_status(d, p.cfg)
@@ -168,8 +168,8 @@ def run(
 ) -> dict[str, Any]:
     """Train and evaluate one run; returns the metrics written to ``metrics.json``.
 
-    Holds the run folder's `posenc.lock.RunLock` throughout (``lock=False``: the caller
-    holds it): a second process on the folder gets `posenc.lock.RunLockedError`. Once
+    Holds the run folder's `posenc.run.lock.RunLock` throughout (``lock=False``: the caller
+    holds it): a second process on the folder gets `posenc.run.lock.RunLockedError`. Once
     ``stop_file`` exists, training stops at the next step as on SIGTERM (a sweep's stop).
     """
     p = plan(cfg)

@@ -20,16 +20,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from posenc import tasks
-from posenc.checkpoint import load_weights
 from posenc.checks import inferred
 from posenc.config import invalid_value
 from posenc.data import by_length, load_eval_set
 from posenc.errors import ConfigError, PosencError, first_line
-from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_write_json
-from posenc.planning import plan
-from posenc.record import metrics_record
 from posenc.report.records import damaged, read_config_dict, read_metrics
+from posenc.run.checkpoint import load_weights
+from posenc.run.evaluate import evaluate_lengths
+from posenc.run.planning import plan
+from posenc.run.record import metrics_record
 from posenc.runfolder import CHECKPOINT, CONFIG, METRICS, evaluation_file, read_config
 from posenc.schema import task_params
 

@@ -52,7 +52,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, device="cpu") -> d
 
 def load_weights(path: str | Path, model: torch.nn.Module, device="cpu") -> None:
     """Load a finished run's weights into ``model``, rebuilt under evaluation-time overrides
-    (`posenc.reevaluate`): an unreadable file and a model these overrides changed are two
+    (`posenc.run.reevaluate`): an unreadable file and a model these overrides changed are two
     different one-line errors."""
     try:
         state = read_checkpoint(path, device, keys=("model",))

@@ -1,6 +1,6 @@
 """Planning one run: check the config against itself (`posenc.checks`), then against the
 task, the encoding and the machine, and build the task and the model, without writing a
-byte (`posenc.run.run` then trains it)."""
+byte (`posenc.run.execute.run` then trains it)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from posenc.checks import check_values
 from posenc.errors import ConfigError
 from posenc.memory import check_fits
 from posenc.model import CausalSelfAttention, ModelConfig, Transformer
+from posenc.run.spec import run_dir
 from posenc.runfolder import legacy_values
 from posenc.schema import task_params
-from posenc.spec import run_dir
 from posenc.tasks.format import DEFAULT_FORMAT, N_SPECIAL, SEP, SequenceFormat, vocab_size
 
 

@@ -7,7 +7,7 @@ validation samples at every training length (`validation_groups`); from ``train.
 check that finds every training length at ``eval.threshold`` or above ends training, and
 until one does the run trains on in ``eval_every`` intervals, up to the ceiling
 (`posenc.schema.ceiling`). Past ``train.steps`` the learning rate holds at
-``lr * min_lr_ratio`` (`posenc.train.lr_factor`), so the schedule of the first
+``lr * min_lr_ratio`` (`posenc.run.train.lr_factor`), so the schedule of the first
 ``train.steps`` steps is that of a run without until_fit, and a checkpoint taken during the
 extension resumes it exactly (a check an interrupt skipped is made on resume).
 """
@@ -21,18 +21,18 @@ from typing import Any
 
 import torch
 
-from posenc.checkpoint import load_checkpoint
 from posenc.config import to_yaml
 from posenc.console import Reporter
 from posenc.data import TrainStream, generate_eval_rows, generate_validation_rows
-from posenc.evaluate import evaluate_lengths
 from posenc.io import atomic_torch_save, atomic_write_text
-from posenc.lock import clear_folder
-from posenc.planning import Plan
+from posenc.run.checkpoint import load_checkpoint
+from posenc.run.evaluate import evaluate_lengths
+from posenc.run.lock import clear_folder
+from posenc.run.planning import Plan
+from posenc.run.signals import RunStopped, StoppedAtOnce, StopSignals
+from posenc.run.train import Trainer
 from posenc.runfolder import CHECKPOINT, CONFIG, LOG
 from posenc.schema import ceiling, encoding_label
-from posenc.signals import RunStopped, StoppedAtOnce, StopSignals
-from posenc.train import Trainer
 
 
 class _Log:
@@ -168,7 +168,7 @@ def prepare(p: Plan, mode: str) -> Session:
 
 def validation_groups(p: Plan) -> dict[int, list]:
     """{length: [(input, target), ...]}: ``eval.val_samples`` validation examples at every
-    training length and every validation length (`posenc.planning.validation_lengths`), from
+    training length and every validation length (`posenc.run.planning.validation_lengths`), from
     ``eval.val_seed``'s stream, none equal to an example of the test set (the frozen set's
     rows at the training lengths, regenerated from ``eval.seed``: the validation lengths are
     not test lengths). Small and in memory, like the quick set."""
@@ -278,14 +278,14 @@ def train_phase(s: Session, reporter: Reporter, stop_file: Path | None = None) -
 
     Ctrl-C, a stop signal or ``stop_file`` appearing saves a checkpoint at the next step
     boundary before it propagates, so the same command resumes the run to the same numbers; a
-    second Ctrl-C stops at once and saves nothing (`posenc.signals.StoppedAtOnce`).
+    second Ctrl-C stops at once and saves nothing (`posenc.run.signals.StoppedAtOnce`).
     """
     tr, trainer = s.p.cfg.train, s.trainer
     reporter.start(s.title, tr.steps, trainer.step_count)
     t0 = time.perf_counter()
     tokens_at_start = s.tokens
     window_t, window_steps = t0, 0
-    stop = StopSignals(stop_file).install()  # SIGTERM, SIGUSR1, SIGUSR2: posenc.signals
+    stop = StopSignals(stop_file).install()  # SIGTERM, SIGUSR1, SIGUSR2: posenc.run.signals
     try:
         if _check_due(s, trainer.step_count) and s.checked_at != trainer.step_count:
             fit_check(s, trainer.step_count)  # interrupted before its check: done on resume

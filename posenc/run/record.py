@@ -1,5 +1,5 @@
-"""The ``metrics.json`` record of a run, built in one place for training (`posenc.run`) and
-for re-evaluation (`posenc.reevaluate`, ``eval-<tag>.json``: the same schema)."""
+"""The ``metrics.json`` record of a run, built in one place for training (`posenc.run.execute`) and
+for re-evaluation (`posenc.run.reevaluate`, ``eval-<tag>.json``: the same schema)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def metrics_record(
 ) -> dict[str, Any]:
     """What ``metrics.json`` holds: the run's identity, the summary (`posenc.metrics`), the
     per-length scores and the ``train`` and ``eval`` sections as given, and where given the
-    ``validation`` (`posenc.session.validation_record`) and ``protocol`` blocks. With
+    ``validation`` (`posenc.run.session.validation_record`) and ``protocol`` blocks. With
     validation, the summary's ``fits_training_range`` is validation's (the fit is decided
     on validation samples, not the test set) and a run that does not fit has no horizon."""
     lo, hi = cfg.train.min_len, cfg.train.max_len
