@@ -73,10 +73,12 @@ class Axes:
 def _parse(overrides: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from posenc.config import quote_hint
+
     try:
         return OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
-        raise ConfigError(f"bad override: {first_line(exc)}") from exc
+        raise ConfigError(f"bad override: {first_line(exc)}{quote_hint(overrides)}") from exc
 
 
 def _sweep_values(o) -> list[str] | None:
