@@ -32,16 +32,7 @@ from posenc.model import ModelConfig, Transformer
 from posenc.run.execute import plan, run
 from posenc.run.train import Trainer
 from tests.conftest import TINY
-
-
-def model_for(name: str, seed: int = 0, mixers=None, n_layers: int = 2, **params) -> Transformer:
-    torch.manual_seed(seed)
-    enc = encodings.build(name, d_model=32, n_heads=4, max_len=128, n_layers=n_layers, **params)
-    cfg = ModelConfig(
-        vocab_size=12, d_model=32, n_layers=n_layers, n_heads=4, d_ff=64, max_len=128,
-        mixers=mixers,
-    )  # fmt: skip
-    return Transformer(cfg, enc).eval()
+from tests.contracts import model_for
 
 
 def same_weights(dst: Transformer, src: Transformer) -> None:

@@ -23,8 +23,12 @@ from posenc.cli.app import app
 from posenc.encodings.gated import householder_logits
 from posenc.encodings.normalisers import stick_breaking_weights
 from posenc.errors import ConfigError
-from posenc.model import ModelConfig, Transformer
 from tests.conftest import TINY
+from tests.contracts import (
+    assert_cached_decoding_equals_teacher_forcing,
+    assert_no_look_ahead,
+    model_for,
+)
 
 NEW = [
     "fox", "path", "path_fox", "stick_breaking", "ssmax", "p_rope", "hard_alibi",
@@ -41,13 +45,6 @@ MIXED = [
 ]
 CASES = [(n, {}) for n in NEW] + MIXED
 IDS = [f"{n}-{'-'.join(str(v) for v in p.values())}" if p else n for n, p in CASES]
-
-
-def model_for(name: str, seed: int = 0, n_layers: int = 2, **params) -> Transformer:
-    torch.manual_seed(seed)
-    enc = encodings.build(name, d_model=32, n_heads=4, max_len=128, n_layers=n_layers, **params)
-    cfg = ModelConfig(vocab_size=12, d_model=32, n_layers=n_layers, n_heads=4, d_ff=64, max_len=128)
-    return Transformer(cfg, enc).eval()
 
 
 def qkv(B=2, H=4, T=7, D=8, seed=0, dtype=torch.float64):
@@ -429,34 +426,12 @@ def test_bad_combinations_from_the_cli_are_one_line_exit_2_and_write_nothing(
 
 @pytest.mark.parametrize("name, params", CASES, ids=IDS)
 def test_cached_decoding_equals_teacher_forcing(name, params):
-    model = model_for(name, **params)
-    tokens = torch.randint(4, 12, (3, 14), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        whole, _ = model(tokens)
-        first, cache = model(tokens[:, :5])
-        steps = [first]
-        for t in range(5, 14):
-            logits, cache = model(tokens[:, t : t + 1], torch.full((3, 1), t), cache)
-            steps.append(logits)
-        torch.testing.assert_close(torch.cat(steps, 1), whole, rtol=1e-4, atol=1e-5)
-        # greedy decoding from a prompt reproduces the teacher-forced argmaxes
-        out = model.generate(tokens[:, :6], 8)
-        forced, _ = model(torch.cat((tokens[:, :6], out[:, :-1]), 1))
-        assert torch.equal(forced[:, 5:].argmax(-1), out)
+    assert_cached_decoding_equals_teacher_forcing(model_for(name, **params))
 
 
 @pytest.mark.parametrize("name, params", CASES, ids=IDS)
 def test_no_information_flows_from_later_tokens(name, params):
-    model = model_for(name, **params)
-    tokens = torch.randint(4, 12, (2, 12), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        base, _ = model(tokens)
-        for j in (4, 11):
-            changed = tokens.clone()
-            changed[:, j] = 4 + (changed[:, j] - 4 + 1) % 8
-            out, _ = model(changed)
-            assert torch.equal(out[:, :j], base[:, :j])
-            assert not torch.allclose(out[:, j:], base[:, j:])
+    assert_no_look_ahead(model_for(name, **params))
 
 
 @pytest.mark.parametrize("name, params", CASES, ids=IDS)
