@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -39,18 +40,27 @@ def tune(
         str, typer.Option("--search", help="optuna (Hydra's Optuna sweeper) or grid.")
     ] = "optuna",
     trials: Annotated[int, typer.Option("--trials", "-n", help="Optuna trials per encoding.")] = 20,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Trials at once (joblib processes, each with cores/jobs threads): a grid's "
+            "combinations, or Optuna's trials in batches of this size.",
+        ),
+    ] = 1,
     out: Annotated[Path, typer.Option("--out", "-o", help="The choices file to write.")] = Path(
         "choices.yaml"
     ),
 ) -> None:
     """Choose per-encoding settings on validation (never a test length) and write them to a choices file.
 
-    Each encoding gets its own search (configs/hparams_search/): every trial is a run trained as posenc train trains it, then scored on validation samples only. The objective is the validation OOD exact match among runs that fit their training range on validation. posenc compare --choices FILE (or choices=FILE) applies the choice to every run and records it. Extra arguments are Hydra overrides for every trial (task=reverse train.steps=1000); trials land in runs/tune/<task>/<encoding>/<trial>.
+    Each encoding gets its own search (configs/hparams_search/): every trial is a run trained as posenc train trains it, then scored on validation samples only. The objective is the validation OOD exact match among runs that fit their training range on validation. posenc compare --choices FILE (or choices=FILE) applies the choice to every run and records it. Extra arguments are Hydra overrides for every trial (task=reverse train.steps=1000); trials land in runs/tune/<task>/<encoding>/<trial>. The same command again resumes: a trial that finished is reused, an interrupted one goes on from its checkpoint.
     """
     from posenc.run.planning import validation_lengths
 
     given = list(overrides or [])
-    names, keys, cfgs = _checked(encodings, param or [], search, trials, given)
+    names, keys, cfgs = _checked(encodings, param or [], search, trials, given, jobs)
     first = cfgs[names[0]]
     held = validation_lengths(first)
     if not held:
@@ -65,7 +75,11 @@ def tune(
     for name in names:
         argv = [*given, *(param or []), "progress=false"]
         if search == "optuna":
-            argv.append(f"hydra.sweeper.n_trials={trials}")
+            argv += [f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.n_jobs={jobs}"]
+        if jobs > 1:
+            argv += ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
+            if not any(o.split("=", 1)[0] == "threads" for o in given):
+                argv.append(f"threads={max(1, (os.cpu_count() or 1) // jobs)}")
         label, best = _search(name, cfgs[name], root, search, argv)
         if best is None:
             unfit.append(label)
@@ -90,7 +104,9 @@ def tune(
         )
 
 
-def _checked(encodings: str, param: list[str], search: str, trials: int, given: list[str]):
+def _checked(
+    encodings: str, param: list[str], search: str, trials: int, given: list[str], jobs: int = 1
+):
     """The options checked, and every encoding's config composed, before any trial trains:
     (encoding names, the --param keys, {name: config})."""
     from posenc.config import compose
@@ -104,6 +120,8 @@ def _checked(encodings: str, param: list[str], search: str, trials: int, given: 
         )
     if trials < 1:
         fail(f"--trials must be >= 1, got {trials}")
+    if jobs < 1:
+        fail(f"--jobs must be >= 1, got {jobs}")
     owned = {"encoding": "use --encodings", "hparams_search": "use --search",
              "choices": "posenc tune makes a choices file; it reads none"}  # fmt: skip
     for o in given:
@@ -133,7 +151,7 @@ def _search(name: str, cfg, root: Path, search: str, argv: list[str]):
 
     label = encoding_label(cfg.encoding)
     folder = root / label
-    tuning.forget_trials(folder)
+    search_id = tuning.start_search(folder)
     try:
         tuning.search(
             [
@@ -146,7 +164,8 @@ def _search(name: str, cfg, root: Path, search: str, argv: list[str]):
         )
     except SystemExit as exc:  # Hydra reports a failed job and exits
         fail(f"the search for {label} failed (exit {exc.code}); see {folder}")
-    return label, tuning.choose([r for r in tuning.trials(folder) if r["encoding"] == label])
+    found = tuning.trials(folder, search_id)
+    return label, tuning.choose([r for r in found if r["encoding"] == label])
 
 
 def _missing(cfg, key: str) -> bool:

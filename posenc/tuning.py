@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from posenc.errors import ConfigError
 from posenc.io import atomic_write_json, read_json
+from posenc.runfolder import CHECKPOINT, same_config
 from posenc.schema import encoding_label
 
 TRIAL = "trial.json"  # a trial's record, in its run folder
+SEARCH = "search.json"  # in a search's folder: the id of the search that runs there now
 # Keys of a trial's overrides that are not settings to choose (what the search holds fixed).
 FIXED = {"encoding", "task", "seed", "experiment", "runs_root", "data_dir", "run_dir", "threads"}
 
@@ -58,7 +61,17 @@ def tune_run(cfg: DictConfig, settings: dict[str, Any]) -> dict[str, Any]:
             "posenc tune needs validation lengths past the training range: set "
             "eval.val_share > 0 and eval lengths past train.max_len"
         )
-    session = prepare(p, "overwrite" if p.run_dir.exists() else "new")
+    search_id = _search_id(p.run_dir)
+    done = _finished_trial(p.run_dir, p.cfg)
+    if done is not None:  # a re-run of the same search: this trial trained already
+        record = {**done, "search": search_id}
+        atomic_write_json(p.run_dir / TRIAL, record)
+        return record
+    if _same_config(p.run_dir, p.cfg) and (p.run_dir / CHECKPOINT).is_file():
+        mode = "resume"  # interrupted: go on from its last checkpoint, to the same numbers
+    else:
+        mode = "overwrite" if p.run_dir.exists() else "new"
+    session = prepare(p, mode)
     train_phase(session, Reporter())
     validation = validation_record(session)
     session.close()
@@ -69,6 +82,7 @@ def tune_run(cfg: DictConfig, settings: dict[str, Any]) -> dict[str, Any]:
         "steps_trained": session.trainer.step_count,
         "steps_to_fit": session.steps_to_fit,
         "objective": objective(validation),
+        "search": search_id,
     }
     atomic_write_json(p.run_dir / TRIAL, record)
     return record
@@ -117,16 +131,51 @@ def search(argv: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
-def forget_trials(folder: str | Path) -> None:
-    """Remove an earlier search's trial records from ``folder`` (`trials` reads this one's)."""
-    for path in Path(folder).glob(f"*/{TRIAL}"):
-        path.unlink()
+def start_search(folder: str | Path) -> str:
+    """Mark ``folder`` as the home of a new search and return its id: every trial of it records
+    the id (`trials` reads only this search's), so an earlier search's leftover trials are never
+    chosen from, while a trial whose folder holds the same config's finished trial is reused and
+    an interrupted one resumes from its checkpoint (the same command twice resumes the search)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    search_id = uuid.uuid4().hex
+    atomic_write_json(folder / SEARCH, {"id": search_id})
+    return search_id
 
 
-def trials(folder: str | Path) -> list[dict[str, Any]]:
-    """The trial records under a search's folder, in trial order."""
+def _search_id(run_dir: Path) -> str | None:
+    marker = Path(run_dir).parent / SEARCH
+    try:
+        return str(read_json(marker)["id"])
+    except Exception:  # a trial run outside `posenc tune`'s folders
+        return None
+
+
+def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
+    try:
+        return same_config(run_dir, cfg)
+    except Exception:  # unreadable: not this config's
+        return False
+
+
+def _finished_trial(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The trial record in ``run_dir`` when it is this config's finished trial, else None."""
+    path = Path(run_dir) / TRIAL
+    if not path.is_file() or not _same_config(run_dir, cfg):
+        return None
+    try:
+        record = read_json(path)
+    except Exception:  # damaged: train it again
+        return None
+    return record if isinstance(record, dict) and "objective" in record else None
+
+
+def trials(folder: str | Path, search: str | None = None) -> list[dict[str, Any]]:
+    """The trial records under a search's folder, in trial order (only search ``search``'s when
+    given)."""
     found = sorted(Path(folder).glob(f"*/{TRIAL}"), key=lambda p: _number(p.parent.name))
-    return [read_json(p) for p in found]
+    records = [read_json(p) for p in found]
+    return [r for r in records if search is None or r.get("search") == search]
 
 
 def _number(name: str) -> tuple[int, str]:

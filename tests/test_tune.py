@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 import yaml
@@ -203,3 +204,69 @@ def test_tune_refuses_a_search_without_validation_lengths(tmp_path):
         tmp_path, "-e", "none", "-p", "train.lr=1e-3,1e-2", extra=("eval.val_share=0",)
     )
     assert result.exit_code == 2 and "needs validation lengths" in result.output
+
+
+def test_the_same_tune_twice_reuses_its_finished_trials(tmp_path, monkeypatch):
+    """A second call of the same command trains nothing: each trial folder holds the same
+    config's finished trial, reused with its record, and the choices file is the same."""
+    args = ("-e", "none", "--search", "grid", "-p", "train.lr=3e-3,1e-2")
+    result, out = _tune(tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    first = out.read_text()
+    calls = []
+    real = posenc.run.session.train_phase
+    monkeypatch.setattr(
+        posenc.run.session, "train_phase", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    result, out = _tune(tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    assert calls == [] and out.read_text() == first
+
+
+def test_an_interrupted_trial_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A trial whose folder holds this config's checkpoint but no record (the search was
+    stopped) goes on from it: prepared in resume mode; a changed search space retrains."""
+    args = ("-e", "none", "--search", "grid", "-p", "train.lr=3e-3")
+    result, _ = _tune(tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    trial = tmp_path / "runs" / "tune" / "parity" / "none" / "0"
+    (trial / tuning.TRIAL).unlink()
+    assert (trial / "checkpoint.pt").is_file()
+    modes = []
+    real = posenc.run.session.prepare
+    monkeypatch.setattr(
+        posenc.run.session, "prepare", lambda p, mode: modes.append(mode) or real(p, mode)
+    )
+    assert _tune(tmp_path, *args)[0].exit_code == 0
+    assert modes == ["resume"]
+    assert (
+        _tune(tmp_path, "-e", "none", "--search", "grid", "-p", "train.lr=1e-2")[0].exit_code == 0
+    )
+    assert modes == ["resume", "overwrite"]
+
+
+def test_a_search_reads_only_its_own_trials(tmp_path):
+    """A narrower search in the same folder never chooses from an earlier search's trials."""
+    result, _ = _tune(tmp_path, "-e", "none", "--search", "grid", "-p", "train.lr=3e-3,1e-2")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "runs" / "tune" / "parity" / "none"
+    search = tuning.start_search(folder)
+    assert tuning.trials(folder, search) == []
+    assert len(tuning.trials(folder)) == 2
+
+
+@pytest.mark.slow
+def test_tune_jobs_runs_trials_side_by_side_with_a_thread_each(tmp_path):
+    """--jobs 2: the grid's two trials through the joblib launcher, cores/2 threads each."""
+    result, out = _tune(tmp_path, "-e", "none", "--search", "grid", "--jobs", "2",
+                        "-p", "train.lr=3e-3,1e-2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "runs" / "tune" / "parity" / "none"
+    assert len(tuning.trials(folder)) == 2
+    threads = yaml.safe_load((folder / "0" / "config.yaml").read_text())["threads"]
+    assert threads == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_tune_refuses_jobs_below_one(tmp_path):
+    result, _ = _tune(tmp_path, "-e", "none", "--jobs", "0", "-p", "train.lr=3e-3")
+    assert result.exit_code == 2 and "--jobs must be >= 1, got 0" in result.output
