@@ -71,7 +71,7 @@ def tune(
         ["posenc", "tune", "-e", ",".join(names), *(f"--param={p}" for p in param or [])]
         + ["--search", search, *(["--trials", str(trials)] if search == "optuna" else []), *given]
     )
-    chosen, unfit = {}, []
+    chosen, unfit, evidence = {}, [], {}
     for name in names:
         argv = [*given, *(param or []), "progress=false"]
         if search == "optuna":
@@ -80,13 +80,14 @@ def tune(
             argv += ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
             if not any(o.split("=", 1)[0] == "threads" for o in given):
                 argv.append(f"threads={max(1, (os.cpu_count() or 1) // jobs)}")
-        label, best = _search(name, cfgs[name], root, search, argv)
+        label, best, found = _search(name, cfgs[name], root, search, argv)
+        evidence[label] = (found, best)
         if best is None:
             unfit.append(label)
             continue
         chosen[label] = {k: v for k, v in best["settings"].items() if k in keys}
         typer.echo(f"{label}: {chosen[label]} (validation OOD {best['objective']:.3f})")
-    from posenc.choices import write_choices
+    from posenc.choices import trial_summary, write_choices
 
     tr = first.train
     write_choices(
@@ -95,7 +96,11 @@ def tune(
         split={"train": [int(tr.min_len), int(tr.max_len)], "validation": [held[0], held[-1]]},
         made_by=made_by,
         choices=chosen,
+        trials={
+            label: [trial_summary(r, keys) for r in found] for label, (found, _) in evidence.items()
+        },
     )
+    _show(evidence, keys)
     typer.echo(f"choices file: {out}")
     if unfit:
         fail(
@@ -164,8 +169,35 @@ def _search(name: str, cfg, root: Path, search: str, argv: list[str]):
         )
     except SystemExit as exc:  # Hydra reports a failed job and exits
         fail(f"the search for {label} failed (exit {exc.code}); see {folder}")
-    found = tuning.trials(folder, search_id)
-    return label, tuning.choose([r for r in found if r["encoding"] == label])
+    found = [r for r in tuning.trials(folder, search_id) if r["encoding"] == label]
+    return label, tuning.choose(found), found
+
+
+def _show(evidence: dict, keys: list[str]) -> None:
+    """Every trial, one row each, the chosen ones marked: the search's closing table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def figure(x) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    table = Table(title="posenc tune: trials scored on validation (never a test length)")
+    for column in ("encoding", "settings", "fits", "min ID", "validation OOD", "steps", "chosen"):
+        left = column in ("encoding", "settings")
+        table.add_column(column, justify="left" if left else "right", overflow="fold")
+    for label, (found, best) in evidence.items():
+        for r in found:
+            v = r["validation"]
+            table.add_row(
+                label,
+                ", ".join(f"{k}={val}" for k, val in r["settings"].items() if k in keys),
+                "yes" if v["fits_training_range"] else "no",
+                figure(v.get("min_id_exact_match")),
+                figure(v.get("ood_exact_match")),
+                f"{r.get('steps_trained', 0):,}",
+                "✓" if r is best else "",
+            )
+    Console().print(table)
 
 
 def _missing(cfg, key: str) -> bool:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from posenc.errors import ConfigError, first_line
 from posenc.schema import encoding_label
 
-KEYS = ("task", "split", "made_by", "choices")
+KEYS = ("task", "split", "made_by", "choices", "trials")
 
 
 def read_choices(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -99,9 +99,34 @@ def write_choices(
     split: dict[str, list[int] | None],
     made_by: str,
     choices: dict[str, dict[str, Any]],
+    trials: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
-    """Write a choices file (atomically), in `KEYS` order."""
+    """Write a choices file (atomically), in `KEYS` order; ``trials`` (the evidence: every
+    trial's settings and validation scores, per encoding, `trial_summary`) when given."""
     from posenc.io import atomic_write_text
 
-    tree = {"task": task, "split": split, "made_by": made_by, "choices": choices}
+    tree: dict[str, Any] = {"task": task, "split": split, "made_by": made_by, "choices": choices}
+    if trials is not None:
+        tree["trials"] = trials
     atomic_write_text(Path(path), OmegaConf.to_yaml(OmegaConf.create(tree)))
+
+
+def trial_summary(record: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """One trial's line in a choices file's ``trials``: its settings of ``keys`` (those the
+    search chose among), whether it fit its training
+    range on validation, its validation minimum ID and OOD exact match, the steps it trained
+    and took to fit, and its objective (`posenc.tuning.objective`)."""
+    v = record["validation"]
+
+    def rounded(x: Any) -> Any:
+        return round(float(x), 4) if isinstance(x, int | float) else None
+
+    return {
+        "settings": {k: v for k, v in record["settings"].items() if k in keys},
+        "fits": bool(v["fits_training_range"]),
+        "min_id_exact_match": rounded(v.get("min_id_exact_match")),
+        "validation_ood_exact_match": rounded(v.get("ood_exact_match")),
+        "steps_trained": record.get("steps_trained"),
+        "steps_to_fit": record.get("steps_to_fit"),
+        "objective": rounded(record["objective"]),
+    }

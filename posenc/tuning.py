@@ -30,7 +30,10 @@ from posenc.schema import encoding_label
 TRIAL = "trial.json"  # a trial's record, in its run folder
 SEARCH = "search.json"  # in a search's folder: the id of the search that runs there now
 # Keys of a trial's overrides that are not settings to choose (what the search holds fixed).
-FIXED = {"encoding", "task", "seed", "experiment", "runs_root", "data_dir", "run_dir", "threads"}
+FIXED = {
+    "encoding", "task", "seed", "experiment", "runs_root", "data_dir", "run_dir", "threads",
+    "hparams_search", "preset", "progress",
+}  # fmt: skip
 
 
 def objective(validation: dict[str, Any]) -> float:

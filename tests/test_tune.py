@@ -213,6 +213,10 @@ def test_the_same_tune_twice_reuses_its_finished_trials(tmp_path, monkeypatch):
     result, out = _tune(tmp_path, *args)
     assert result.exit_code == 0, result.output
     first = out.read_text()
+    evidence = yaml.safe_load(first)["trials"]["none"]  # every trial, its settings only
+    assert [t["settings"] for t in evidence] == [{"train.lr": 3e-3}, {"train.lr": 1e-2}]
+    assert all({"fits", "validation_ood_exact_match", "objective"} <= t.keys() for t in evidence)
+    assert "trials scored on validation" in result.output
     calls = []
     real = posenc.run.session.train_phase
     monkeypatch.setattr(
