@@ -8,6 +8,9 @@
 #   benchmarks/compile_accuracy.sh                          # compile + fused AdamW, 3 seeds
 #   CANDIDATE="train.compile=true" benchmarks/compile_accuracy.sh   # compile alone
 #   SEEDS=5 RUNS_ROOT=runs/accuracy benchmarks/compile_accuracy.sh -e rope,alibi
+#   EAGER=compare benchmarks/compile_accuracy.sh --choices docs/choices/compare.yaml
+#                       # the eager side is an existing experiment under RUNS_ROOT (e.g. the
+#                       # default comparison made under the protocol): only the candidate trains
 #
 # Extra arguments go to both `posenc compare` calls (options or overrides). Finished runs are
 # skipped, so a second call resumes. Exit status 0 when every encoding passes, 1 otherwise.
@@ -20,15 +23,20 @@ cd "$(dirname "$0")/.."
 seeds=${SEEDS:-3}
 root=${RUNS_ROOT:-runs}
 candidate=${CANDIDATE:-train.compile=true train.fused_adamw=true}
-# shellcheck disable=SC2086  # the candidate is a list of overrides
-posenc compare --seeds "$seeds" --experiment accuracy_eager runs_root="$root" "$@"
+eager=${EAGER:-accuracy_eager}
+if [[ -z ${EAGER:-} ]]; then
+  posenc compare --seeds "$seeds" --experiment accuracy_eager runs_root="$root" "$@"
+elif [[ ! -f $root/$eager/results.csv ]]; then
+  echo "EAGER=$eager: no $root/$eager/results.csv (run that experiment, or leave EAGER unset)" >&2
+  exit 2
+fi
 # shellcheck disable=SC2086
 posenc compare --seeds "$seeds" --experiment accuracy_candidate runs_root="$root" $candidate "$@"
-python3 - "$root" "$candidate" <<'PY'
+python3 - "$root" "$candidate" "$eager" <<'PY'
 import csv, pathlib, statistics, sys
 from collections import defaultdict
 
-root, candidate = pathlib.Path(sys.argv[1]), sys.argv[2]
+root, candidate, eager_experiment = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 
 def per_seed(experiment):
     """{encoding: {"ID"|"OOD": [mean exact match of each seed]}} from the report's results.csv."""
@@ -43,7 +51,7 @@ def per_seed(experiment):
             out[f"{task}/{enc}"][where].append(statistics.fmean(values))
     return out
 
-eager, cand = per_seed("accuracy_eager"), per_seed("accuracy_candidate")
+eager, cand = per_seed(eager_experiment), per_seed("accuracy_candidate")
 failed = []
 print(f"candidate: {candidate}")
 for key in sorted(eager):
