@@ -22,10 +22,13 @@ from typer.testing import CliRunner
 import posenc.model
 from posenc import encodings
 from posenc.cli.app import app
+from posenc.config import compose, read_preset
 from posenc.encodings.gated import householder_logits
 from posenc.encodings.normalisers import stick_breaking_weights
 from posenc.errors import ConfigError
+from posenc.run.execute import plan
 from posenc.runfolder import CONFIG, config_identity
+from posenc.schema import encoding_label
 from tests.conftest import TINY
 from tests.contracts import (
     assert_cached_decoding_equals_teacher_forcing,
@@ -42,7 +45,7 @@ MIXED = [
     ("per_layer", {"layers": ["stick_breaking", "fox"]}),
     ("per_head", {"heads": ["rope", "path", "fox", "ssmax"]}),
     ("per_head", {"heads": ["stick_breaking", "stick_breaking", "hard_alibi", "none"]}),
-    ("hard_alibi", {"max_window": 8}),  # windows 1 and 8 at 4 heads
+    ("hard_alibi", {"max_window": 8}),  # hard_alibi_paper: windows 1 and 8 at 4 heads
     ("combo", {"parts": ["rope", "ssmax"]}),
     ("combo", {"parts": ["path", "alibi"]}),
     ("combo", {"parts": ["rope", "fox"]}),
@@ -356,6 +359,15 @@ def test_hard_alibi_default_is_unchanged(n_heads):
     assert torch.equal(null.reach, enc.reach)
 
 
+def test_hard_alibi_paper_yaml_gives_windows_1_and_8_at_the_attention_level_preset():
+    cfg = compose(["encoding=hard_alibi_paper", "preset=attention_level", "task=copy"])
+    assert encoding_label(cfg.encoding) == "hard_alibi_paper"
+    enc = plan(cfg).model.encoding
+    assert enc.n_heads == 4 and enc.windows == [1, 8]
+    sweep = read_preset("attention_level")["hydra"]["sweeper"]["params"]["encoding"]
+    assert "hard_alibi_paper" in sweep.split(",") and "hard_alibi" not in sweep.split(",")
+
+
 def test_hard_alibi_runs_saved_without_max_window_still_match():
     """A run folder saved before max_window existed computes what max_window null computes."""
     saved = OmegaConf.load(ROOT / "docs/experiments/attention_level/copy/hard_alibi/seed0" / CONFIG)
@@ -480,7 +492,7 @@ def test_bad_combinations_are_refused(name, params, message):
             "encoding.layers has 3 entries but model.n_layers=2",
         ),
         (
-            ["encoding=hard_alibi", "encoding.max_window=0"],
+            ["encoding=hard_alibi_paper", "encoding.max_window=0"],
             "encoding.max_window must be an integer >= 1",
         ),
     ],
