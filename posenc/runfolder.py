@@ -91,6 +91,7 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("encoding", "layer_shared"): False,  # KERPLE: one (r1, r2) per layer
     ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
     ("encoding", "amplitude"): None,  # sinusoidal: sized to the token embeddings
+    ("encoding", "max_window"): None,  # Hard-ALiBi: window h + 1 for masked head h
 }
 
 

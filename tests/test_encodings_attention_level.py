@@ -11,18 +11,24 @@ Training under every batching, thread count and bf16 is `tests/test_encoding_mat
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 import posenc.model
 from posenc import encodings
 from posenc.cli.app import app
+from posenc.config import compose, read_preset
 from posenc.encodings.gated import householder_logits
 from posenc.encodings.normalisers import stick_breaking_weights
 from posenc.errors import ConfigError
+from posenc.run.execute import plan
+from posenc.runfolder import CONFIG, config_identity
+from posenc.schema import encoding_label
 from tests.conftest import TINY
 from tests.contracts import (
     assert_cached_decoding_equals_teacher_forcing,
@@ -39,11 +45,13 @@ MIXED = [
     ("per_layer", {"layers": ["stick_breaking", "fox"]}),
     ("per_head", {"heads": ["rope", "path", "fox", "ssmax"]}),
     ("per_head", {"heads": ["stick_breaking", "stick_breaking", "hard_alibi", "none"]}),
+    ("hard_alibi", {"max_window": 8}),  # hard_alibi_paper: windows 1 and 8 at 4 heads
     ("combo", {"parts": ["rope", "ssmax"]}),
     ("combo", {"parts": ["path", "alibi"]}),
     ("combo", {"parts": ["rope", "fox"]}),
 ]
 CASES = [(n, {}) for n in NEW] + MIXED
+ROOT = Path(__file__).resolve().parent.parent
 IDS = [f"{n}-{'-'.join(str(v) for v in p.values())}" if p else n for n, p in CASES]
 
 
@@ -302,6 +310,83 @@ def test_hard_alibi_windows_are_those_of_the_official_code():
         assert torch.equal(bias[head][lower], expected[lower]), head
 
 
+def hard_alibi_seen(enc, T: int) -> list[set[int]]:
+    """The distances i - j each head of ``enc`` lets through (bias 0), over T positions."""
+    pos = torch.arange(T)[None]
+    H = enc.n_heads
+    bias = enc.bias(torch.zeros(1, H, T, 4), torch.zeros(1, H, T, 4), pos, pos)[0]
+    seen = []
+    for head in range(H):
+        lower = torch.ones(T, T, dtype=torch.bool).tril()
+        assert set(bias[head][lower].tolist()) <= {0.0, float("-inf")}
+        i, j = torch.nonzero((bias[head] == 0) & lower, as_tuple=True)
+        seen.append(set((i - j).tolist()))
+    return seen
+
+
+@pytest.mark.parametrize(
+    "n_heads, windows",
+    [(4, [1, 8]), (8, [1, 3, 6, 8]), (6, [1, 5, 8]), (16, [1, 2, 3, 4, 5, 6, 7, 8]), (2, [1])],
+)
+def test_hard_alibi_max_window_spreads_the_windows_over_1_to_it(n_heads, windows):
+    """w_h = 1 + floor(h·7/(m - 1) + 1/2) by hand: 4 heads (2 masked) 1, 8; 8 heads 1, 3
+    (2.33), 6 (5.67), 8; 6 heads 1, 5 (4.5 up), 8; 16 heads the code's 1..8; one head 1.
+    Masked head h sees the distances 0..w_h - 1, the NoPE heads every distance."""
+    d = 4 * n_heads
+    enc = encodings.build("hard_alibi", d_model=d, n_heads=n_heads, max_len=64, max_window=8)
+    assert enc.windows == windows
+    T = 12
+    every = set(range(T))
+    expected = [set(range(w)) for w in windows] + [every] * (n_heads - len(windows))
+    assert hard_alibi_seen(enc, T) == expected
+
+
+def test_hard_alibi_at_16_heads_and_max_window_8_is_the_official_default():
+    """The code's --heads 16 --num_masked_heads 8: max_window 8 equals the default's h + 1."""
+    paper = encodings.build("hard_alibi", d_model=64, n_heads=16, max_len=64, max_window=8)
+    default = encodings.build("hard_alibi", d_model=64, n_heads=16, max_len=64)
+    assert torch.equal(paper.reach, default.reach)
+
+
+@pytest.mark.parametrize("n_heads", [1, 2, 4, 8, 16])
+def test_hard_alibi_default_is_unchanged(n_heads):
+    """Without max_window (null, the yaml's), head h < m has reach h exactly as before."""
+    enc = encodings.build("hard_alibi", d_model=64, n_heads=n_heads, max_len=64)
+    m = round(0.5 * n_heads)
+    expected = [float(h) if h < m else float("inf") for h in range(n_heads)]
+    assert torch.equal(enc.reach, torch.tensor(expected))
+    null = encodings.build("hard_alibi", d_model=64, n_heads=n_heads, max_len=64, max_window=None)
+    assert torch.equal(null.reach, enc.reach)
+
+
+def test_hard_alibi_paper_yaml_gives_windows_1_and_8_at_the_attention_level_preset():
+    cfg = compose(["encoding=hard_alibi_paper", "preset=attention_level", "task=copy"])
+    assert encoding_label(cfg.encoding) == "hard_alibi_paper"
+    enc = plan(cfg).model.encoding
+    assert enc.n_heads == 4 and enc.windows == [1, 8]
+    sweep = read_preset("attention_level")["hydra"]["sweeper"]["params"]["encoding"]
+    assert "hard_alibi_paper" in sweep.split(",") and "hard_alibi" not in sweep.split(",")
+
+
+def test_hard_alibi_runs_saved_without_max_window_still_match():
+    """A run folder saved before max_window existed computes what max_window null computes."""
+    saved = OmegaConf.load(ROOT / "docs/experiments/attention_level/copy/hard_alibi/seed0" / CONFIG)
+    assert "max_window" not in saved.encoding
+    now = saved.copy()
+    now.encoding.max_window = None
+    assert config_identity(saved) == config_identity(now)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "8", True, [1, 8]])
+def test_hard_alibi_bad_max_window_is_refused(value):
+    with pytest.raises(ConfigError) as err:
+        encodings.build("hard_alibi", d_model=32, n_heads=4, max_len=64, max_window=value)
+    message = str(err.value)
+    assert "\n" not in message and repr(value) in message
+    assert message.startswith("encoding.max_window must be an integer >= 1")
+    assert "or null" in message
+
+
 # ------------------------------------------------------------------ hybrids
 
 
@@ -405,6 +490,10 @@ def test_bad_combinations_are_refused(name, params, message):
         (
             ["encoding=per_layer", "encoding.layers=[rope,rope,none]"],
             "encoding.layers has 3 entries but model.n_layers=2",
+        ),
+        (
+            ["encoding=hard_alibi_paper", "encoding.max_window=0"],
+            "encoding.max_window must be an integer >= 1",
         ),
     ],
 )
