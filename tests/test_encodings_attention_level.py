@@ -78,6 +78,26 @@ def test_fox_with_a_constant_gate_is_a_per_head_linear_distance_bias():
     torch.testing.assert_close(bias[1][:, lower], expected[:, lower])
 
 
+@pytest.mark.parametrize("gate_type", ["bias_only", "fixed"])
+def test_fox_data_independent_gates_give_the_bias_i_minus_j_times_log_sigmoid_b(gate_type):
+    """The reference's fgate_type bias_only and fixed: f_h = σ(b_h) whatever the input, so
+    D_ij = (i - j)·log σ(b_h). b = 0: log σ(0) = -ln 2, so D_{3,0} = -3 ln 2 = -2.079."""
+    enc = encodings.build(
+        "fox", d_model=8, n_heads=2, max_len=16, gate_bias_init=0.0, gate_type=gate_type
+    )
+    x = torch.randn(1, 4, 8) * 10  # the input must not matter
+    bias = enc.state_bias(enc.observe(x), 4)[0]  # (H, T, T)
+    torch.testing.assert_close(bias[:, 3, 0], torch.full((2,), -3 * math.log(2)))
+    torch.testing.assert_close(bias[:, 2, 1], torch.full((2,), -math.log(2)))
+    learned = {name for name, _ in enc.named_parameters()}
+    assert learned == ({"gate.bias"} if gate_type == "bias_only" else set())
+
+
+def test_fox_refuses_an_unknown_gate_type():
+    with pytest.raises(ConfigError, match="gate_type"):
+        encodings.build("fox", d_model=8, n_heads=2, max_len=16, gate_type="open")
+
+
 def test_fox_attention_is_the_softmax_of_logits_plus_summed_log_gates():
     """Against the formula: o_i = Σ_j softmax_j(q_i·k_j/√d + Σ_{l=j+1..i} log f_l) v_j, the
     gate sums written as explicit loops."""

@@ -27,11 +27,27 @@ class ForgetGate(nn.Module):
     Computed in float32, as the reference code does (``logsigmoid(fgate_logit.float())``).
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_layers: int, bias_init: float) -> None:
+    GATE_TYPES = ("full", "bias_only", "fixed")
+
+    def __init__(
+        self, d_model: int, n_heads: int, n_layers: int, bias_init: float, gate_type: str = "full"
+    ) -> None:
         super().__init__()
-        # The reference initialises every Linear N(0, 0.02) with zero bias (its _init_weights).
-        self.weight = nn.Parameter(torch.randn(n_layers, n_heads, d_model) * 0.02)
-        self.bias = nn.Parameter(torch.full((n_layers, n_heads), float(bias_init)))
+        if gate_type not in self.GATE_TYPES:
+            raise ConfigError(
+                f"encoding.gate_type must be one of {', '.join(self.GATE_TYPES)}, got {gate_type!r}"
+            )
+        self.gate_type = gate_type
+        bias = torch.full((n_layers, n_heads), float(bias_init))
+        if gate_type == "full":
+            # The reference initialises every Linear N(0, 0.02) with zero bias (its _init_weights).
+            self.weight = nn.Parameter(torch.randn(n_layers, n_heads, d_model) * 0.02)
+        else:  # the reference's data-independent gates: f_h = σ(b_h), no input weight
+            self.register_buffer("weight", torch.zeros(n_layers, n_heads, d_model))
+        if gate_type == "fixed":  # not learned (the reference's "fixed")
+            self.register_buffer("bias", bias)
+        else:
+            self.bias = nn.Parameter(bias)
 
     def log_gates(self, x: Tensor, layer: int) -> Tensor:
         """(B, T, D) -> log f (B, H, T) in float32."""
@@ -76,8 +92,11 @@ class ForgettingAttention(PositionalEncoding):
     initialiser: f ≈ 0.5 at the start; the paper's "fgate_bias_init" variant, which spreads
     the biases for long contexts, is off by default there too); float32 gates; no RoPE
     (the paper's "FoX (LLaMA)" drops RoPE; add one with ``encoding=combo
-    encoding.parts=[rope,fox]``). The "Pro" block's output gate, QK-norm and KV-shift are
-    architecture, not position, and are left out.
+    encoding.parts=[rope,fox]``). ``gate_type`` as the reference's ``fgate_type``: ``full``
+    (the default, f_t = σ(w_h·x_t + b_h)), ``bias_only`` (f_h = σ(b_h), learned, no input)
+    or ``fixed`` (f_h = σ(gate_bias_init), not learned: ALiBi with slope -log f_h). The
+    "Pro" block's output gate, QK-norm and KV-shift are architecture, not position, and are
+    left out.
     """
 
     data_dependent = True
@@ -91,9 +110,10 @@ class ForgettingAttention(PositionalEncoding):
         n_layers: int = 1,
         d_input: int | None = None,
         gate_bias_init: float = 0.0,
+        gate_type: str = "full",
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
-        self.gate = ForgetGate(d_input or d_model, n_heads, n_layers, gate_bias_init)
+        self.gate = ForgetGate(d_input or d_model, n_heads, n_layers, gate_bias_init, gate_type)
 
     def observe(self, x: Tensor, past: Any = None, *, layer: int = 0) -> Tensor:
         return self.gate.cumulative(x, past, layer)
