@@ -92,6 +92,7 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("encoding", "scale_position_term"): False,  # CoPE: q·e[p] added after the 1/√d
     ("encoding", "amplitude"): None,  # sinusoidal: sized to the token embeddings
     ("encoding", "max_window"): None,  # Hard-ALiBi: window h + 1 for masked head h
+    ("encoding", "gate_type"): "full",  # FoX: the gate reads the input (w·x + b)
 }
 
 

@@ -397,6 +397,18 @@ def test_hard_alibi_runs_saved_without_max_window_still_match():
     assert config_identity(saved) == config_identity(now)
 
 
+def test_fox_runs_saved_without_gate_type_still_match():
+    """A FoX run folder saved before gate_type existed computes what gate_type full computes,
+    and another gate type is another config."""
+    saved = OmegaConf.load(ROOT / "docs/experiments/attention_level/copy/fox/seed0" / CONFIG)
+    assert "gate_type" not in saved.encoding
+    now = saved.copy()
+    now.encoding.gate_type = "full"
+    assert config_identity(saved) == config_identity(now)
+    now.encoding.gate_type = "fixed"
+    assert config_identity(saved) != config_identity(now)
+
+
 @pytest.mark.parametrize("value", [0, -3, 2.5, "8", True, [1, 8]])
 def test_hard_alibi_bad_max_window_is_refused(value):
     with pytest.raises(ConfigError) as err:
