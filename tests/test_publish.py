@@ -205,10 +205,29 @@ def test_published_folders_hold_no_checkpoints_or_logs():
     published = ROOT / "docs" / "experiments"
     names = {p.name for p in published.rglob("*") if p.is_file()}
     assert names, "no published experiments"
-    allowed = {"metrics.json", "config.yaml", "error.json", "results.csv", "report.md"}
+    # control.json: a task's positive control (posenc check-task), in docs/experiments/controls/
+    allowed = {
+        "metrics.json", "config.yaml", "error.json", "results.csv", "report.md", "control.json"
+    }  # fmt: skip
     assert {n for n in names if not n.endswith(".png")} <= allowed
     for path in published.rglob("metrics.json"):
         assert json.loads(path.read_text())["status"] == "complete"
+
+
+def test_published_controls_agree_with_their_runs():
+    """Each committed positive control (docs/experiments/controls/NAME/) says what its run's
+    metrics say: learned iff the minimum exact match over the training lengths reaches the
+    threshold, with that minimum, at the steps the run trained, on the control's task."""
+    from posenc.controls import verdict
+
+    found = sorted((ROOT / "docs" / "experiments" / "controls").glob("*/control.json"))
+    assert found, "no published controls"
+    for path in found:
+        control = json.loads(path.read_text())
+        run = json.loads((path.parent / "run" / "metrics.json").read_text())
+        learned, low = verdict(run, control["threshold"])
+        assert (control["learned"], control["min_id_exact_match"]) == (learned, low), path
+        assert control["steps"] == run["train"]["steps"] and control["task"] == run["task"]
 
 
 def test_per_length_table_is_the_mean_over_seeds_at_the_asked_lengths(tmp_path):
