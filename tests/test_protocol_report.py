@@ -315,6 +315,22 @@ def test_a_preset_that_departs_gets_the_departure_line():
     assert "Budget: fixed, 300 steps (`train.steps`)" in md
 
 
+def test_a_control_on_other_task_settings_says_where_they_differ():
+    """A control made on other task settings (state tracking's Z5 above an S5 table) names
+    the differing settings; the same settings add nothing."""
+    runs = [run("alibi", s) for s in range(5)]
+    for r in runs:  # a config of its own: CONFIG is shared
+        r.config = {**r.config, "task": {"name": "copy", "group": "S5", "bos": True}}
+    z5 = {**control(), "config": {"task": {"name": "copy", "group": "Z5", "bos": True}}}
+    report = rp.build_report(runs, "hand", plots=False, controls={"copy": z5})
+    assert task_header(report, "copy").control == (
+        "Control: copy learned (min ID 1.000 ≥ 0.9 after 200 steps; the control's task differs "
+        "from the table's: group Z5 (the table: S5))."
+    )
+    z5["config"]["task"]["group"] = "S5"
+    assert task_header(report, "copy").control.endswith("after 200 steps).")
+
+
 def test_old_run_folders_load_and_are_marked_made_before_the_protocol(tmp_path):
     exp = tmp_path / "exp"
     old = {

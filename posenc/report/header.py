@@ -173,7 +173,7 @@ def _seed_counts(runs: list[RunRecord]) -> list[int]:
     return sorted(set(per.values()))
 
 
-def _control(report: Report, task: str) -> tuple[str, bool]:
+def _control(report: Report, task: str, runs: list[RunRecord]) -> tuple[str, bool]:
     control = report.controls.get(task)
     if control is None:
         return (
@@ -187,7 +187,24 @@ def _control(report: Report, task: str) -> tuple[str, bool]:
     if isinstance(control.get("steps"), int):
         figure += f" after {control['steps']:,} steps"
     verb = "learned" if control["learned"] else "did not learn"
-    return f"Control: {task} {verb} ({figure.strip()}).", bool(control["learned"])
+    other = _control_task_differences(control, runs)
+    note = f"; the control's task differs from the table's: {other}" if other else ""
+    return f"Control: {task} {verb} ({figure.strip()}{note}).", bool(control["learned"])
+
+
+def _control_task_differences(control: dict, runs: list[RunRecord], limit: int = 3) -> str:
+    """The task settings where the control's config differs from what every run of the table
+    shares, e.g. ``group Z5 (the table: S5)``; "" when none (or nothing to compare)."""
+    theirs = (control.get("config") or {}).get("task")
+    ours = [(r.config or {}).get("task") for r in runs]
+    if not isinstance(theirs, dict) or not ours or not all(isinstance(t, dict) for t in ours):
+        return ""
+    parts = []
+    for key in sorted(set(theirs) & set(ours[0])):
+        values = {repr(t.get(key)) for t in ours}
+        if len(values) == 1 and ours[0][key] != theirs[key]:
+            parts.append(f"{key} {theirs[key]} (the table: {ours[0][key]})")
+    return ", ".join(parts[:limit]) + (", …" if len(parts) > limit else "")
 
 
 def task_header(report: Report, task: str) -> Header | None:
@@ -215,7 +232,7 @@ def task_header(report: Report, task: str) -> Header | None:
         f"{' / '.join(scales)}. Batching (`train.batching` × `train.batch_size`): "
         f"{' / '.join(batching)}. OOD figures over {_ood_over(runs)}."
     )
-    control, learned = _control(report, task)
+    control, learned = _control(report, task, runs)
     departures = []
     old = sum(fit_split(r.metrics or {}) == "test" for r in runs)
     if old:
