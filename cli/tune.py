@@ -71,22 +71,26 @@ def tune(
         ["posenc", "tune", "-e", ",".join(names), *(f"--param={p}" for p in param or [])]
         + ["--search", search, *(["--trials", str(trials)] if search == "optuna" else []), *given]
     )
+    base = [*given, *(param or []), "progress=false", *_launch(search, trials, jobs, given)]
     chosen, unfit, evidence = {}, [], {}
     for name in names:
-        argv = [*given, *(param or []), "progress=false"]
-        if search == "optuna":
-            argv += [f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.n_jobs={jobs}"]
-        if jobs > 1:
-            argv += ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
-            if not any(o.split("=", 1)[0] == "threads" for o in given):
-                argv.append(f"threads={max(1, (os.cpu_count() or 1) // jobs)}")
-        label, best, found = _search(name, cfgs[name], root, search, argv)
+        label, best, found = _search(name, cfgs[name], root, search, base)
         evidence[label] = (found, best)
         if best is None:
             unfit.append(label)
             continue
         chosen[label] = {k: v for k, v in best["settings"].items() if k in keys}
         typer.echo(f"{label}: {chosen[label]} (validation OOD {best['objective']:.3f})")
+    _write(out, first, held, made_by, chosen, evidence, keys)
+    if unfit:
+        fail(
+            f"no trial fit its training range on validation for {', '.join(unfit)}; "
+            "left out of the choices file (raise train.steps or train.max_steps)"
+        )
+
+
+def _write(out: Path, first, held, made_by: str, chosen, evidence, keys) -> None:
+    """Write the choices file (every trial's scores under ``trials``) and show the trials."""
     from posenc.choices import trial_summary, write_choices
 
     tr = first.train
@@ -102,11 +106,19 @@ def tune(
     )
     _show(evidence, keys)
     typer.echo(f"choices file: {out}")
-    if unfit:
-        fail(
-            f"no trial fit its training range on validation for {', '.join(unfit)}; "
-            "left out of the choices file (raise train.steps or train.max_steps)"
-        )
+
+
+def _launch(search: str, trials: int, jobs: int, given: list[str]) -> list[str]:
+    """The overrides that size a search: Optuna's trials, and with ``jobs`` > 1 the joblib
+    launcher with ``jobs`` processes of cores/jobs threads (unless ``threads`` is given)."""
+    argv = []
+    if search == "optuna":
+        argv += [f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.n_jobs={jobs}"]
+    if jobs > 1:
+        argv += ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
+        if not any(o.split("=", 1)[0] == "threads" for o in given):
+            argv.append(f"threads={max(1, (os.cpu_count() or 1) // jobs)}")
+    return argv
 
 
 def _checked(
