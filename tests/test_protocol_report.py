@@ -72,7 +72,7 @@ def protocol_metrics(
                 {
                     "file": "configs/choices/copy.yaml",
                     "sha256": "ab" * 32,
-                    "values": {encoding: {"train.lr": 0.001}},
+                    "values": {"train.lr": 0.001},  # the run's encoding's, as a run records
                 }
                 if choices
                 else None
@@ -313,6 +313,23 @@ def test_a_preset_that_departs_gets_the_departure_line():
     md = rp.render_markdown(report)
     assert "**Departs from the protocol:** a fixed training budget" in md
     assert "Budget: fixed, 300 steps (`train.steps`)" in md
+
+
+def test_the_choices_line_gives_each_encodings_chosen_values():
+    """Each run records its own encoding's values: the header gathers them per encoding (the
+    default comparison's file chose gpt for ALiBi and scaled for RoPE)."""
+    runs = []
+    for encoding, scale in (("alibi", "gpt"), ("rope", "scaled"), ("none", None)):
+        for s in range(5):
+            r = run(encoding, s)
+            chosen = {"model.embed_init": scale} if scale else {}
+            r.metrics["protocol"]["choices"]["values"] = chosen
+            runs.append(r)
+    header = task_header(rp.build_report(runs, "hand", plots=False), "copy")
+    assert (
+        "chosen on validation by `posenc tune`: alibi: model.embed_init=gpt; none: none chosen; "
+        "rope: model.embed_init=scaled." in header.protocol
+    )
 
 
 def test_a_control_on_other_task_settings_says_where_they_differ():

@@ -319,6 +319,32 @@ def test_the_documented_commands_still_make_the_published_runs(run, overrides):
     assert config_identity(composed) == config_identity(published)
 
 
+@pytest.mark.parametrize("run", ["copy/alibi/seed1", "copy/rope/seed0", "copy/none/seed1"])
+def test_the_protocol_remake_is_what_its_documented_command_makes(run, monkeypatch):
+    """The default comparison under the protocol (docs/experiments/compare_protocol): the
+    defaults and the committed choices file compose each published run, with the scale the
+    file chose for its encoding, so `posenc compare --seeds 5 --choices ...` skips it."""
+    from omegaconf import OmegaConf
+
+    from posenc.config import compose
+    from posenc.run.spec import resolve_auto
+    from posenc.runfolder import config_identity
+
+    monkeypatch.chdir(ROOT)  # the documented path of the choices file is the repository's
+    published = OmegaConf.load(
+        ROOT / "docs" / "experiments" / "compare_protocol" / run / "config.yaml"
+    )
+    task, encoding, seed = run.split("/")
+    composed = compose(
+        [f"task={task}", f"encoding={encoding}", f"seed={seed[4:]}", "experiment=compare"]
+        + ["choices=docs/choices/compare.yaml"]
+    )
+    resolve_auto(composed)
+    assert config_identity(composed) == config_identity(published)
+    assert published.choices.sha256 == composed.choices.sha256
+    assert published.train.until_fit and published.eval.val_share == 0.25
+
+
 def test_tables_passes_over_a_file_without_blocks_among_several(tmp_path):
     """`posenc tables --check README.md docs/*.md`: a page without blocks is passed over,
     the pages with blocks are checked."""

@@ -138,20 +138,27 @@ def _choice_values(values: Any) -> str:
 
 def _choices(runs: list[RunRecord]) -> tuple[str, bool]:
     """What was chosen on which split, and whether every run's choices came from a file."""
-    found: dict[tuple[str, str], Any] = {}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
     without = 0
     for r in runs:
         choices = ((r.metrics or {}).get("protocol") or {}).get("choices")
         if isinstance(choices, dict) and choices.get("file"):
-            found[(str(choices["file"]), str(choices.get("sha256", "")))] = choices.get("values")
+            values = choices.get("values") or {}
+            if isinstance(values.get(r.encoding), dict):  # keyed by encoding
+                values = values[r.encoding]
+            key = (str(choices["file"]), str(choices.get("sha256", "")))
+            found.setdefault(key, {})[r.encoding] = values  # a run records its encoding's
         else:
             without += 1
     if not found:
         return "none from `posenc tune` (settings as configured)", False
     parts = []
-    for (file, sha), values in sorted(found.items()):
+    for (file, sha), per_encoding in sorted(found.items()):
         sha_text = f", sha256 {sha[:12]}" if sha else ""
-        shown = _choice_values(values) if values else "no values"
+        shown = "; ".join(
+            f"{enc}: {_choice_values(v) if v else 'none chosen'}"
+            for enc, v in sorted(per_encoding.items())
+        )
         parts.append(f"`{file}`{sha_text}, chosen on validation by `posenc tune`: {shown}")
     text = "; ".join(parts)
     if without:
