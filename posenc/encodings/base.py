@@ -293,6 +293,32 @@ class Memo:
         return self.made[key]
 
 
+class PositionBias(PositionalEncoding):
+    """An encoding whose logit bias depends on the positions alone (ALiBi, T5, Hard-ALiBi):
+    a subclass defines ``position_bias(pos_q, pos_k, dtype)`` (B|1, H, Tq, Tk), made once per
+    forward pass in the queries' dtype (`features`) and shared by every layer (`bias`)."""
+
+    def position_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
+        raise NotImplementedError
+
+    def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
+        return Memo(lambda dtype: self.position_bias(pos_q, pos_k, dtype))
+
+    def bias(
+        self,
+        q: Tensor,
+        k: Tensor,
+        pos_q: Tensor,
+        pos_k: Tensor,
+        *,
+        layer: int = 0,
+        features: Memo | None = None,
+    ) -> Tensor:
+        if features is not None:
+            return features(q.dtype)
+        return self.position_bias(pos_q, pos_k, q.dtype)
+
+
 def relative_distance(pos_q: Tensor, pos_k: Tensor) -> Tensor:
     """(B, Tq), (B, Tk) -> (B, 1, Tq, Tk) with entry i - j (query minus key position)."""
     return (pos_q[:, None, :, None] - pos_k[:, None, None, :]).long()

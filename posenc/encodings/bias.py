@@ -7,7 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import Memo, PositionalEncoding, relative_distance, shared_rows
+from posenc.encodings.base import (
+    Memo,
+    PositionalEncoding,
+    PositionBias,
+    relative_distance,
+    shared_rows,
+)
 from posenc.encodings.registry import register
 from posenc.errors import ConfigError
 
@@ -37,7 +43,7 @@ def alibi_slopes(n_heads: int) -> list[float]:
     paper="Press et al. 2022, Train Short, Test Long: Attention with Linear Biases",
     description="a fixed per-head linear penalty -m_h·(i-j) on the attention logits",
 )
-class ALiBi(PositionalEncoding):
+class ALiBi(PositionBias):
     """Attention with Linear Biases (Press et al. 2022).
 
     logit_ij <- q_i·k_j / sqrt(d_head) - m_h · |i - j|, with the fixed head slopes of
@@ -56,28 +62,11 @@ class ALiBi(PositionalEncoding):
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
         self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads)), persistent=False)
 
-    def linear_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
+    def position_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
         """(B, Tq), (B, Tk) -> the bias -m_h·|i - j| (B|1, H, Tq, Tk) in ``dtype``."""
         pos_q, pos_k = shared_rows(pos_q, pos_k)
         dist = relative_distance(pos_q, pos_k).abs().to(dtype)  # (B|1, 1, Tq, Tk)
         return -self.slopes.to(dtype)[None, :, None, None] * dist  # (B|1, H, Tq, Tk)
-
-    def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
-        return Memo(lambda dtype: self.linear_bias(pos_q, pos_k, dtype))
-
-    def bias(
-        self,
-        q: Tensor,
-        k: Tensor,
-        pos_q: Tensor,
-        pos_k: Tensor,
-        *,
-        layer: int = 0,
-        features: Memo | None = None,
-    ) -> Tensor:
-        if features is not None:
-            return features(q.dtype)
-        return self.linear_bias(pos_q, pos_k, q.dtype)
 
 
 def t5_bucket(distance: Tensor, num_buckets: int = 32, max_distance: int = 128) -> Tensor:
@@ -106,7 +95,7 @@ def t5_bucket(distance: Tensor, num_buckets: int = 32, max_distance: int = 128) 
     paper="Raffel et al. 2020, Exploring the Limits of Transfer Learning (T5)",
     description="a learned scalar per head for each log-spaced bucket of the distance i-j",
 )
-class T5Bias(PositionalEncoding):
+class T5Bias(PositionBias):  # one table shared by every layer
     """T5 relative position bias (Raffel et al. 2020, §2.1), causal (unidirectional) variant.
 
     logit_ij <- q_i·k_j / sqrt(d_head) + b_h[bucket(i - j)], with `t5_bucket`: exact
@@ -139,31 +128,13 @@ class T5Bias(PositionalEncoding):
         self.table = nn.Embedding(num_buckets, n_heads)
         nn.init.normal_(self.table.weight, std=0.02)
 
-    def bucket_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
+    def position_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
         """(B, Tq), (B, Tk) -> the bias b_h[bucket(i - j)] (B|1, H, Tq, Tk) in ``dtype``."""
         pos_q, pos_k = shared_rows(pos_q, pos_k)
         buckets = t5_bucket(
             relative_distance(pos_q, pos_k)[:, 0], self.num_buckets, self.max_distance
         )
         return self.table(buckets).permute(0, 3, 1, 2).to(dtype)  # (B|1, H, Tq, Tk)
-
-    def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
-        # one table shared by every layer: the whole bias is the same in each
-        return Memo(lambda dtype: self.bucket_bias(pos_q, pos_k, dtype))
-
-    def bias(
-        self,
-        q: Tensor,
-        k: Tensor,
-        pos_q: Tensor,
-        pos_k: Tensor,
-        *,
-        layer: int = 0,
-        features: Memo | None = None,
-    ) -> Tensor:
-        if features is not None:
-            return features(q.dtype)
-        return self.bucket_bias(pos_q, pos_k, q.dtype)
 
 
 KERPLE_EPS = 1e-2  # the reference code's lower bound on r1 and r2

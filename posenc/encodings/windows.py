@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import Memo, PositionalEncoding, relative_distance
+from posenc.encodings.base import PositionBias, relative_distance
 from posenc.encodings.registry import register
 from posenc.errors import ConfigError
 
@@ -25,7 +25,7 @@ def hard_windows(masked: int, widest: int) -> list[int]:
     paper="Jelassi, Brandfonbrener, Kakade, Malach 2024, Repeat After Me: Transformers are Better than State Space Models at Copying (ICML)",
     description="masked head h < m sees only the w_h latest tokens (bias 0, else -inf); the other heads are NoPE",
 )
-class HardALiBi(PositionalEncoding):
+class HardALiBi(PositionBias):
     """Hard-ALiBi (Jelassi et al. 2024): per-head hard windows, the other heads NoPE.
 
     Formula: with m = round(``masked_fraction`` · heads) masked heads, head h < m adds the
@@ -86,27 +86,10 @@ class HardALiBi(PositionalEncoding):
         reach = [float(w - 1) for w in self.windows] + [float("inf")] * (n_heads - m)
         self.register_buffer("reach", torch.tensor(reach), persistent=False)
 
-    def window_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
+    def position_bias(self, pos_q: Tensor, pos_k: Tensor, dtype: torch.dtype) -> Tensor:
         """(B, Tq), (B, Tk) -> 0 inside each head's window, -inf outside (B, H, Tq, Tk)."""
         dist = relative_distance(pos_q, pos_k).to(torch.float32)  # (B, 1, Tq, Tk)
         outside = dist > self.reach[None, :, None, None]  # (B, H, Tq, Tk)
         return torch.zeros(outside.shape, dtype=dtype, device=pos_q.device).masked_fill(
             outside, float("-inf")
         )
-
-    def features(self, pos_q: Tensor, pos_k: Tensor) -> Memo:
-        return Memo(lambda dtype: self.window_bias(pos_q, pos_k, dtype))
-
-    def bias(
-        self,
-        q: Tensor,
-        k: Tensor,
-        pos_q: Tensor,
-        pos_k: Tensor,
-        *,
-        layer: int = 0,
-        features: Memo | None = None,
-    ) -> Tensor:
-        if features is not None:
-            return features(q.dtype)
-        return self.window_bias(pos_q, pos_k, q.dtype)
