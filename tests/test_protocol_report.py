@@ -106,12 +106,56 @@ def test_ood_figures_are_over_the_test_lengths_only_and_the_fit_is_judged_on_val
     s = r.metrics["summary"]
     assert s["ood_exact_match"] == pytest.approx((0.9 + 0.6 + 0.3) / 3)
     assert s["fits_training_range"] is True and s["fit_on"] == "validation"
-    # the horizon runs through the validation lengths 5-6 as the test set scored them (0.0)
-    assert s["extrapolation_horizon"] == 4
+    # the horizon is over the test lengths alone: 7 passes, 8 does not (5-6 never count)
+    assert s["extrapolation_horizon"] == 7
     val_unfit = {**FIT_VAL, 3: 0.8}
     s = run("alibi", 1, val_em=val_unfit, test_em={n: 1.0 for n in range(1, 10)}).metrics["summary"]
     assert s["fits_training_range"] is False and s["extrapolation_horizon"] is None
 
+
+
+@pytest.mark.parametrize("test_pass", [0, 3])
+def test_the_report_horizon_is_the_one_the_run_records(test_pass):
+    """Train 1-20, validation 21-30 (all pass), test 31-60 (the first ``test_pass`` pass).
+    The report once counted the validation lengths (30 where the run recorded 20): the
+    horizon is a test-side figure, the same in metrics.json and in the report."""
+    from omegaconf import OmegaConf
+
+    from posenc.run.record import metrics_record, protocol_record
+
+    cfg = OmegaConf.create(
+        {
+            "experiment": "e",
+            "seed": 0,
+            "encoding": {"name": "alibi"},
+            "train": {"min_len": 1, "max_len": 20, "steps": 10, "max_steps": 40},
+            "eval": {"threshold": 0.9},
+        }
+    )
+    tests = [*range(1, 21), *range(31, 61)]
+    per_length = {
+        n: {"exact_match": 1.0 if n <= 20 or n < 31 + test_pass else 0.2, "token_accuracy": 1.0}
+        for n in tests
+    }
+    ones = {"exact_match": 1.0, "token_accuracy": 1.0}
+    validation = {
+        "lengths": [21, 30],
+        "per_length": {str(n): ones for n in range(1, 31)},
+        "fits_training_range": True,
+        "min_id_exact_match": 1.0,
+    }
+    protocol = protocol_record(
+        cfg, steps_trained=10, steps_to_fit=10, until_fit=True, test_lengths=tests
+    )
+    metrics = metrics_record(
+        cfg, "copy", per_length, train={}, evaluation={}, validation=validation, protocol=protocol
+    )
+    metrics = json.loads(json.dumps(metrics))  # as read back from metrics.json
+    recorded = metrics["summary"]["extrapolation_horizon"]
+    r = rp.record_from_metrics(metrics, "copy/alibi/seed0", config=CONFIG)
+    expected = 30 + test_pass if test_pass else 20  # 31 failing: the training maximum
+    assert recorded == r.metrics["summary"]["extrapolation_horizon"] == expected
+    assert rp.generalizes(r) is (test_pass > 0)
 
 def test_a_run_that_misses_one_training_length_is_out_of_ood_means_horizons_and_pairs():
     good = {n: 1.0 if n <= 8 else 0.0 for n in range(1, 10)}  # horizon 8
@@ -485,7 +529,7 @@ def test_a_test_set_of_test_lengths_only_takes_id_figures_from_validation():
     s = r.metrics["summary"]
     assert s["id_exact_match"] == pytest.approx((1 + 1 + 0.95 + 1) / 4)
     assert s["min_id_exact_match"] == 0.95
-    assert s["extrapolation_horizon"] == 5  # 5 passes on validation, 6 does not: 7-8 never count
+    assert s["extrapolation_horizon"] == 8  # test 7-8 pass, 9 does not; validation never counts
     assert s["ood_exact_match"] == pytest.approx(2 / 3)
 
 

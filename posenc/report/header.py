@@ -167,12 +167,16 @@ def _choices(runs: list[RunRecord]) -> tuple[str, bool]:
 
 
 def _ood_over(runs: list[RunRecord]) -> str:
+    """``OOD figures over test lengths 31–60 (horizons too: ...)``: the lengths a table's OOD
+    figures and horizons read (`posenc.report.protocol.run_summary`)."""
     windows = sorted({w for r in runs if (w := test_range(r.metrics or {})) is not None})
     old = sum(test_range(r.metrics or {}) is None for r in runs)
     parts = [f"test lengths {a}–{b}" for a, b in windows]
+    if windows:
+        parts[-1] += " (horizons too: the validation lengths never count)"
     if old:
         parts.append("every evaluated length past the training range (runs before the protocol)")
-    return " and ".join(parts)
+    return "OOD figures over " + " and ".join(parts)
 
 
 def _seed_counts(runs: list[RunRecord]) -> list[int]:
@@ -237,7 +241,7 @@ def task_header(report: Report, task: str) -> Header | None:
         f"listed, never ranked. Choices: {choices}. Seeds: "
         f"{' / '.join(map(str, seeds))} per encoding. Token scale (`model.embed_init`): "
         f"{' / '.join(scales)}. Batching (`train.batching` × `train.batch_size`): "
-        f"{' / '.join(batching)}. OOD figures over {_ood_over(runs)}."
+        f"{' / '.join(batching)}. {_ood_over(runs)}."
     )
     control, learned = _control(report, task, runs)
     departures = []

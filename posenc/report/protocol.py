@@ -64,14 +64,15 @@ def run_summary(metrics: Mapping[str, Any], threshold: float) -> dict[str, Any]:
     """A run's summary under the current definitions (`posenc.metrics.summarize`) and the
     protocol: fit judged on validation when the run has it, OOD means over the test lengths
     only, ID figures from validation when the test set has no training length, and the
-    horizon counted through the validation lengths the test set does not hold (it measures
-    an unbroken run of lengths from the training maximum)."""
+    horizon over the test lengths alone, as the run records it (`posenc.run.record`): the
+    validation lengths chose settings, so they never count, and a run whose first test
+    length fails has the training maximum whatever it scored on validation."""
     lo, hi = metrics["train_range"]
     per_length = metrics["per_length"]
     summary: dict[str, Any] = dict(summarize(per_length, lo, hi, threshold))
     ood = ood_lengths(metrics)
+    scores = {int(n): v for n, v in per_length.items()}
     if test_range(metrics) is not None:
-        scores = {int(n): v for n, v in per_length.items()}
         summary["ood_exact_match"] = _mean([float(scores[n]["exact_match"]) for n in ood])
         summary["ood_token_accuracy"] = _mean([float(scores[n]["token_accuracy"]) for n in ood])
     summary["fit_on"] = fit_split(metrics)
@@ -86,8 +87,7 @@ def run_summary(metrics: Mapping[str, Any], threshold: float) -> dict[str, Any]:
         summary["min_id_exact_match"] = validation.get(
             "min_id_exact_match", min(inside) if inside else None
         )
-    em = {n: float(v["exact_match"]) for n, v in checked.items() if n > hi}
-    em.update({int(n): float(v["exact_match"]) for n, v in per_length.items()})
+    em = {n: float(scores[n]["exact_match"]) for n in ood}
     summary["fits_training_range"] = fits
     summary["extrapolation_horizon"] = extrapolation_horizon(em, hi, threshold) if fits else None
     return summary

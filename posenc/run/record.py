@@ -28,7 +28,9 @@ def metrics_record(
     per-length scores and the ``train`` and ``eval`` sections as given, and where given the
     ``validation`` (`posenc.run.session.validation_record`) and ``protocol`` blocks. With
     validation, the summary's ``fits_training_range`` is validation's (the fit is decided
-    on validation samples, not the test set) and a run that does not fit has no horizon."""
+    on validation samples, not the test set) and a run that does not fit has no horizon.
+    The horizon is over ``per_length``, the test set: never the validation lengths, which
+    chose settings (the report reads it the same way: `posenc.report.protocol.run_summary`)."""
     lo, hi = cfg.train.min_len, cfg.train.max_len
     summary = summarize(per_length, lo, hi, cfg.eval.threshold)
     if validation is not None:
