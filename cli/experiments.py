@@ -131,7 +131,7 @@ def compare(
     if preset is not None:
         owned["preset"] = "--preset"
         base.append(f"preset={preset}")
-    if choices is not None:  # absolute: the jobs read it wherever they run
+    if choices is not None:  # absolute: the jobs read it wherever they run (recorded relative)
         owned["choices"] = "--choices"
         base.append(f"choices={Path(choices).resolve()}")
     counts = dict(encoding=len(enc), task=len(tsk))

@@ -13,12 +13,14 @@ A choices file is YAML::
 `apply_choices` sets the overrides listed under the run's encoding label (an encoding the
 file does not list keeps the config's values) and replaces ``choices`` in the config by the
 record ``{file, sha256, values}``, so every run's config.yaml and metrics.json say which file
-(and which version of it) chose what. Torch-free: it runs where a config is composed.
+(and which version of it) chose what (``file`` relative to the working directory when the file
+lies under it: `recorded_path`). Torch-free: it runs where a config is composed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +85,39 @@ def apply_choices(cfg: DictConfig, given: list[str] | tuple[str, ...] = ()) -> N
     with open_dict(cfg):
         for key, value in values.items():
             OmegaConf.update(cfg, key, value, merge=False)
-        cfg.choices = {"file": str(source), "sha256": sha256, "values": values}
+        cfg.choices = {"file": recorded_path(source), "sha256": sha256, "values": values}
     from posenc.checks import check_values
 
     check_values(cfg)  # a chosen value is checked as a given one is
 
 
 _MISSING = object()
+
+
+def recorded_path(source: str | Path) -> str:
+    """The choices file's path as a run records it: relative to the working directory the
+    command was started in when the file lies under it (``docs/choices/compare.yaml``, as
+    the documented command names it; ``posenc compare`` hands its jobs an absolute path),
+    else absolute. Older runs recorded it absolute; the sha256 beside it identifies the
+    content either way, and ``choices`` is no part of a run's identity
+    (`posenc.runfolder.METADATA_KEYS`), so neither form changes resume or skip."""
+    path = Path(os.path.abspath(source))
+    try:
+        return path.relative_to(_started_in()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _started_in() -> Path:
+    """The working directory the command started in (Hydra's, inside one of its jobs)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(os.path.abspath(HydraConfig.get().runtime.cwd))
+    except Exception:  # no Hydra, or a config without its runtime: this process's own
+        pass
+    return Path.cwd()
 
 
 def write_choices(

@@ -113,7 +113,6 @@ def test_ood_figures_are_over_the_test_lengths_only_and_the_fit_is_judged_on_val
     assert s["fits_training_range"] is False and s["extrapolation_horizon"] is None
 
 
-
 @pytest.mark.parametrize("test_pass", [0, 3])
 def test_the_report_horizon_is_the_one_the_run_records(test_pass):
     """Train 1-20, validation 21-30 (all pass), test 31-60 (the first ``test_pass`` pass).
@@ -156,6 +155,7 @@ def test_the_report_horizon_is_the_one_the_run_records(test_pass):
     expected = 30 + test_pass if test_pass else 20  # 31 failing: the training maximum
     assert recorded == r.metrics["summary"]["extrapolation_horizon"] == expected
     assert rp.generalizes(r) is (test_pass > 0)
+
 
 def test_a_run_that_misses_one_training_length_is_out_of_ood_means_horizons_and_pairs():
     good = {n: 1.0 if n <= 8 else 0.0 for n in range(1, 10)}  # horizon 8
@@ -374,6 +374,20 @@ def test_the_choices_line_gives_each_encodings_chosen_values():
         "chosen on validation by `posenc tune`: alibi: model.embed_init=gpt; none: none chosen; "
         "rope: model.embed_init=scaled." in header.protocol
     )
+
+
+def test_one_choices_file_recorded_absolute_and_relative_is_named_once():
+    """Seeds 0-1 made when runs recorded the path absolute, 2-4 after (relative): one file
+    (one sha256), named once, by its relative path; another sha256 is another file."""
+    runs = [run("alibi", s) for s in range(5)]
+    for r in runs[:2]:
+        r.metrics["protocol"]["choices"]["file"] = "/work/main/configs/choices/copy.yaml"
+    header = task_header(rp.build_report(runs, "hand", plots=False), "copy")
+    assert header.protocol.count("chosen on validation") == 1
+    assert "`configs/choices/copy.yaml`, sha256 abababababab" in header.protocol
+    runs[0].metrics["protocol"]["choices"]["sha256"] = "cd" * 32
+    header = task_header(rp.build_report(runs, "hand", plots=False), "copy")
+    assert header.protocol.count("chosen on validation") == 2
 
 
 def test_a_control_on_other_task_settings_says_where_they_differ():

@@ -327,21 +327,27 @@ def test_the_protocol_remake_is_what_its_documented_command_makes(run, monkeypat
     from omegaconf import OmegaConf
 
     from posenc.config import compose
-    from posenc.run.spec import resolve_auto
+    from posenc.run.spec import FINISHED, resolve_auto, run_status
     from posenc.runfolder import config_identity
 
     monkeypatch.chdir(ROOT)  # the documented path of the choices file is the repository's
-    published = OmegaConf.load(
-        ROOT / "docs" / "experiments" / "compare_protocol" / run / "config.yaml"
-    )
+    folder = ROOT / "docs" / "experiments" / "compare_protocol" / run
+    published = OmegaConf.load(folder / "config.yaml")
     task, encoding, seed = run.split("/")
-    composed = compose(
-        [f"task={task}", f"encoding={encoding}", f"seed={seed[4:]}", "experiment=compare"]
-        + ["choices=docs/choices/compare.yaml"]
-    )
-    resolve_auto(composed)
-    assert config_identity(composed) == config_identity(published)
-    assert published.choices.sha256 == composed.choices.sha256
+    # as typed, and as posenc compare hands it to its jobs (absolute)
+    for path in ("docs/choices/compare.yaml", ROOT / "docs" / "choices" / "compare.yaml"):
+        composed = compose(
+            [f"task={task}", f"encoding={encoding}", f"seed={seed[4:]}", "experiment=compare"]
+            + [f"choices={path}"]
+        )
+        resolve_auto(composed)
+        assert config_identity(composed) == config_identity(published)
+        assert published.choices.sha256 == composed.choices.sha256
+        # recorded relative now; the published runs recorded it absolute, and still count
+        # as this command's finished runs (the path is metadata, not identity)
+        assert composed.choices.file == "docs/choices/compare.yaml"
+        assert published.choices.file.startswith("/")
+        assert run_status(folder, composed) == FINISHED
     assert published.train.until_fit and published.eval.val_share == 0.25
 
 

@@ -154,6 +154,26 @@ def test_a_choices_file_is_applied_to_its_encoding_and_recorded(tiny_cfg, tmp_pa
     assert rope.choices["values"] == {}
 
 
+def test_the_choices_file_is_recorded_relative_to_the_working_directory(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    """``posenc compare --choices docs/choices/compare.yaml`` hands its jobs the absolute
+    path: a run records it as the command named it, relative to where it was started, and a
+    file outside that folder absolute (the sha256 identifies the content either way)."""
+    from posenc.choices import recorded_path
+
+    inside = tmp_path / "repo" / "docs" / "choices"
+    inside.mkdir(parents=True)
+    path = _choices_file(inside)
+    monkeypatch.chdir(tmp_path / "repo")
+    for given in (path, "docs/choices/choices.yaml", "./docs/../docs/choices/choices.yaml"):
+        cfg = tiny_cfg("encoding=alibi", f"choices={given}")
+        assert cfg.choices["file"] == "docs/choices/choices.yaml"
+    outside = _choices_file(tmp_path)
+    assert tiny_cfg("encoding=alibi", f"choices={outside}").choices["file"] == str(outside)
+    assert recorded_path("../choices.yaml") == str(outside)
+
+
 def test_a_chosen_value_matches_the_same_value_given(tiny_cfg, tmp_path):
     from posenc.runfolder import config_identity
 

@@ -137,8 +137,11 @@ def _choice_values(values: Any) -> str:
 
 
 def _choices(runs: list[RunRecord]) -> tuple[str, bool]:
-    """What was chosen on which split, and whether every run's choices came from a file."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
+    """What was chosen on which split, and whether every run's choices came from a file. One
+    file is one sha256: runs that recorded its path absolute (older ones) and relative
+    (`posenc.choices.recorded_path`) name it once, by the relative path."""
+    found: dict[str, dict[str, Any]] = {}
+    names: dict[str, str] = {}  # sha256 (or the path, without one) -> the path shown
     without = 0
     for r in runs:
         choices = ((r.metrics or {}).get("protocol") or {}).get("choices")
@@ -146,15 +149,19 @@ def _choices(runs: list[RunRecord]) -> tuple[str, bool]:
             values = choices.get("values") or {}
             if isinstance(values.get(r.encoding), dict):  # keyed by encoding
                 values = values[r.encoding]
-            key = (str(choices["file"]), str(choices.get("sha256", "")))
+            file, sha = str(choices["file"]), str(choices.get("sha256", ""))
+            key = sha or f"path {file}"
+            if key not in names or names[key].startswith("/") > file.startswith("/"):
+                names[key] = file
             found.setdefault(key, {})[r.encoding] = values  # a run records its encoding's
         else:
             without += 1
     if not found:
         return "none from `posenc tune` (settings as configured)", False
     parts = []
-    for (file, sha), per_encoding in sorted(found.items()):
-        sha_text = f", sha256 {sha[:12]}" if sha else ""
+    for key, per_encoding in sorted(found.items(), key=lambda kv: (names[kv[0]], kv[0])):
+        file = names[key]
+        sha_text = "" if key.startswith("path ") else f", sha256 {key[:12]}"
         shown = "; ".join(
             f"{enc}: {_choice_values(v) if v else 'none chosen'}"
             for enc, v in sorted(per_encoding.items())
