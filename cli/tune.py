@@ -40,6 +40,14 @@ def tune(
         str, typer.Option("--search", help="optuna (Hydra's Optuna sweeper) or grid.")
     ] = "optuna",
     trials: Annotated[int, typer.Option("--trials", "-n", help="Optuna trials per encoding.")] = 20,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds",
+            help="Seeds each trial's setting trains at (seed, seed+1, ...): scored by the mean "
+            "over them, and it fits only when every seed fits.",
+        ),
+    ] = 1,
     jobs: Annotated[
         int,
         typer.Option(
@@ -60,18 +68,15 @@ def tune(
     from posenc.run.planning import validation_lengths
 
     given = list(overrides or [])
-    names, keys, cfgs = _checked(encodings, param or [], search, trials, given, jobs)
+    names, keys, cfgs = _checked(encodings, param or [], search, trials, given, jobs, seeds)
     first = cfgs[names[0]]
     held = validation_lengths(first)
     if not held:
         fail("posenc tune needs validation lengths: set eval.val_share > 0 (and lengths past "
              "train.max_len)")  # fmt: skip
     root = Path(str(first.runs_root)) / "tune" / str(first.task.name)
-    made_by = shlex.join(
-        ["posenc", "tune", "-e", ",".join(names), *(f"--param={p}" for p in param or [])]
-        + ["--search", search, *(["--trials", str(trials)] if search == "optuna" else []), *given]
-    )
-    base = [*given, *(param or []), "progress=false", *_launch(search, trials, jobs, given)]
+    made_by = _made_by(names, param or [], search, trials, seeds, given)
+    base = [*given, *(param or []), "progress=false", *_launch(search, trials, jobs, given, seeds)]
     chosen, unfit, evidence = {}, [], {}
     for name in names:
         label, best, found = _search(name, cfgs[name], root, search, base)
@@ -87,6 +92,16 @@ def tune(
             f"no trial fit its training range on validation for {', '.join(unfit)}; "
             "left out of the choices file (raise train.steps or train.max_steps)"
         )
+
+
+def _made_by(names, param: list[str], search: str, trials: int, seeds: int, given) -> str:
+    """The command, as the choices file's ``made_by`` records it (options at their
+    defaults left out where they do not apply)."""
+    return shlex.join(
+        ["posenc", "tune", "-e", ",".join(names), *(f"--param={p}" for p in param)]
+        + ["--search", search, *(["--trials", str(trials)] if search == "optuna" else [])]
+        + [*(["--seeds", str(seeds)] if seeds > 1 else []), *given]
+    )
 
 
 def _write(out: Path, first, held, made_by: str, chosen, evidence, keys) -> None:
@@ -108,10 +123,14 @@ def _write(out: Path, first, held, made_by: str, chosen, evidence, keys) -> None
     typer.echo(f"choices file: {out}")
 
 
-def _launch(search: str, trials: int, jobs: int, given: list[str]) -> list[str]:
-    """The overrides that size a search: Optuna's trials, and with ``jobs`` > 1 the joblib
-    launcher with ``jobs`` processes of cores/jobs threads (unless ``threads`` is given)."""
-    argv = []
+def _launch(search: str, trials: int, jobs: int, given: list[str], seeds: int = 1) -> list[str]:
+    """The overrides that size a search: Optuna's trials, with ``jobs`` > 1 the joblib
+    launcher with ``jobs`` processes of cores/jobs threads (unless ``threads`` is given), and
+    with ``seeds`` > 1 the seeds each trial trains its setting at (`posenc.tuning.SEEDS_ENV`,
+    through Hydra's ``hydra.job.env_set``: no part of a run's config)."""
+    from posenc.tuning import SEEDS_ENV
+
+    argv = [f"+hydra.job.env_set.{SEEDS_ENV}={seeds}"] if seeds > 1 else []
     if search == "optuna":
         argv += [f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.n_jobs={jobs}"]
     if jobs > 1:
@@ -122,7 +141,13 @@ def _launch(search: str, trials: int, jobs: int, given: list[str]) -> list[str]:
 
 
 def _checked(
-    encodings: str, param: list[str], search: str, trials: int, given: list[str], jobs: int = 1
+    encodings: str,
+    param: list[str],
+    search: str,
+    trials: int,
+    given: list[str],
+    jobs: int = 1,
+    seeds: int = 1,
 ):
     """The options checked, and every encoding's config composed, before any trial trains:
     (encoding names, the --param keys, {name: config})."""
@@ -139,6 +164,8 @@ def _checked(
         fail(f"--trials must be >= 1, got {trials}")
     if jobs < 1:
         fail(f"--jobs must be >= 1, got {jobs}")
+    if seeds < 1:
+        fail(f"--seeds must be >= 1, got {seeds}")
     owned = {"encoding": "use --encodings", "hparams_search": "use --search",
              "choices": "posenc tune makes a choices file; it reads none"}  # fmt: skip
     for o in given:
@@ -193,14 +220,27 @@ def _show(evidence: dict, keys: list[str]) -> None:
     def figure(x) -> str:
         return "–" if x is None else f"{x:.3f}"
 
+    def each(seeds: list[dict]) -> str:  # a seed that did not fit: its min ID, marked
+        return " / ".join(
+            figure(x["ood_exact_match"])
+            if x["fits_training_range"]
+            else f"no fit ({figure(x['min_id_exact_match'])})"
+            for x in seeds
+        )
+
+    seeded = any("seeds" in r for found, _ in evidence.values() for r in found)
     table = Table(title="posenc tune: trials scored on validation (never a test length)")
-    for column in ("encoding", "settings", "fits", "min ID", "validation OOD", "steps", "chosen"):
-        left = column in ("encoding", "settings")
+    columns = ["encoding", "settings", "fits", "min ID", "validation OOD", "steps", "chosen"]
+    if seeded:  # the figures are means over the seeds; each seed's beside them
+        columns[2:5] = ["fits (every seed)", "min ID (mean)", "validation OOD (mean)"]
+        columns.insert(5, "each seed")
+    for column in columns:
+        left = column in ("encoding", "settings", "each seed")
         table.add_column(column, justify="left" if left else "right", overflow="fold")
     for label, (found, best) in evidence.items():
         for r in found:
             v = r["validation"]
-            table.add_row(
+            cells = [
                 label,
                 ", ".join(f"{k}={val}" for k, val in r["settings"].items() if k in keys),
                 "yes" if v["fits_training_range"] else "no",
@@ -208,7 +248,10 @@ def _show(evidence: dict, keys: list[str]) -> None:
                 figure(v.get("ood_exact_match")),
                 f"{r.get('steps_trained', 0):,}",
                 "✓" if r is best else "",
-            )
+            ]
+            if seeded:
+                cells.insert(5, each(r.get("seeds") or []))
+            table.add_row(*cells)
     Console().print(table)
 
 

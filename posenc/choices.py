@@ -143,13 +143,15 @@ def trial_summary(record: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     """One trial's line in a choices file's ``trials``: its settings of ``keys`` (those the
     search chose among), whether it fit its training
     range on validation, its validation minimum ID and OOD exact match, the steps it trained
-    and took to fit, and its objective (`posenc.tuning.objective`)."""
+    and took to fit, and its objective (`posenc.tuning.objective`). A trial trained at several
+    seeds (``posenc tune --seeds``) gives the means over them (it fits when every seed does)
+    and, under ``seeds``, each seed's own figures."""
     v = record["validation"]
 
     def rounded(x: Any) -> Any:
         return round(float(x), 4) if isinstance(x, int | float) else None
 
-    return {
+    line = {
         "settings": {k: v for k, v in record["settings"].items() if k in keys},
         "fits": bool(v["fits_training_range"]),
         "min_id_exact_match": rounded(v.get("min_id_exact_match")),
@@ -158,3 +160,16 @@ def trial_summary(record: dict[str, Any], keys: list[str]) -> dict[str, Any]:
         "steps_to_fit": record.get("steps_to_fit"),
         "objective": rounded(record["objective"]),
     }
+    if "seeds" in record:
+        line["seeds"] = [
+            {
+                "seed": s["seed"],
+                "fits": s["fits_training_range"],
+                "min_id_exact_match": rounded(s.get("min_id_exact_match")),
+                "validation_ood_exact_match": rounded(s.get("ood_exact_match")),
+                "steps_trained": s.get("steps_trained"),
+                "objective": rounded(s["objective"]),
+            }
+            for s in record["seeds"]
+        ]
+    return line

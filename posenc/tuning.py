@@ -10,10 +10,19 @@ Objective (`objective`): the validation OOD exact match (the mean over the valid
 of a trial that fits its training range on validation; a trial that does not fit scores its
 validation minimum ID exact match minus 1, below every trial that fits, so Optuna is still
 drawn towards settings that fit and `choose` never picks one that does not.
+
+With ``posenc tune --seeds N`` (N > 1) a trial trains its setting at N seeds inside the one
+trial (`seeded_trial`: ``<trial>/seed<k>/``, each a `tune_run`) and returns the mean over
+them: the sweeper sees one setting and one objective, as Optuna's must (a seed swept as a
+parameter would be a value Optuna samples and chooses, not one it averages over). The trial
+fits when every seed fits; its objective is then the mean validation OOD exact match over
+the seeds, else the mean minimum ID exact match minus 1 (`seeds_objective`; one seed: the
+objective above).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import uuid
@@ -28,6 +37,9 @@ from posenc.runfolder import CHECKPOINT, same_config
 from posenc.schema import encoding_label
 
 TRIAL = "trial.json"  # a trial's record, in its run folder
+# posenc tune --seeds: set for every trial of a search through Hydra's hydra.job.env_set (in
+# this process or a joblib worker alike), no part of a run's config or identity.
+SEEDS_ENV = "POSENC_TUNE_SEEDS"
 SEARCH = "search.json"  # in a search's folder: the id of the search that runs there now
 # Keys of a trial's overrides that are not settings to choose (what the search holds fixed).
 FIXED = {
@@ -38,11 +50,22 @@ FIXED = {
 
 def objective(validation: dict[str, Any]) -> float:
     """A trial's score (the module's docstring): higher is better."""
-    if validation["fits_training_range"]:
-        if validation["ood_exact_match"] is None:
+    return seeds_objective([validation])
+
+
+def seeds_objective(validations: list[dict[str, Any]]) -> float:
+    """The score of one setting trained at several seeds (the module's docstring): the mean
+    validation OOD exact match when every seed fits, else the mean validation minimum ID
+    exact match minus 1, below every setting whose seeds all fit."""
+    if all(v["fits_training_range"] for v in validations):
+        if any(v["ood_exact_match"] is None for v in validations):
             raise ConfigError("posenc tune needs validation lengths: set eval.val_share > 0")
-        return float(validation["ood_exact_match"])
-    return float(validation["min_id_exact_match"] or 0.0) - 1.0
+        return _mean([float(v["ood_exact_match"]) for v in validations])
+    return _mean([float(v["min_id_exact_match"] or 0.0) for v in validations]) - 1.0
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def tune_run(cfg: DictConfig, settings: dict[str, Any]) -> dict[str, Any]:
@@ -107,9 +130,68 @@ def trial(cfg: DictConfig) -> float:
         value = OmegaConf.select(cfg, key, default=None)
         if key not in FIXED and not key.startswith("hydra.") and not isinstance(value, DictConfig):
             settings[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    folder = Path(str(hc.runtime.output_dir))
+    count = int(hc.job.env_set.get(SEEDS_ENV) or 1)
+    if count > 1:
+        return seeded_trial(cfg, settings, folder, count)["objective"]
     with open_dict(cfg):
-        cfg.run_dir = str(hc.runtime.output_dir)
+        cfg.run_dir = str(folder)
     return tune_run(cfg, settings)["objective"]
+
+
+def seeded_trial(
+    cfg: DictConfig, settings: dict[str, Any], folder: Path, count: int
+) -> dict[str, Any]:
+    """One setting at ``count`` seeds (``cfg.seed`` and the next ones), each a `tune_run` in
+    ``folder/seed<k>`` (reused when finished, resumed when interrupted, as a trial is); the
+    trial's record in ``folder/trial.json``: its validation block the means over the seeds
+    (fit: every seed fits), its objective `seeds_objective`, each seed's figures under
+    ``seeds``, the most steps a seed trained and took to fit (null unless every seed fit)."""
+    runs = []
+    for k in range(count):
+        one = copy.deepcopy(cfg)
+        with open_dict(one):
+            one.seed = int(cfg.seed) + k
+            one.run_dir = str(Path(folder) / f"seed{one.seed}")
+        runs.append((int(one.seed), tune_run(one, settings)))
+    validations = [r["validation"] for _, r in runs]
+    fits = all(v["fits_training_range"] for v in validations)
+
+    def mean_of(key: str) -> float | None:
+        values = [v.get(key) for v in validations]
+        return None if any(x is None for x in values) else _mean([float(x) for x in values])
+
+    fit_steps = [r["steps_to_fit"] for _, r in runs]
+    record = {
+        "encoding": encoding_label(cfg.encoding),
+        "settings": settings,
+        "validation": {
+            "fits_training_range": fits,
+            "min_id_exact_match": mean_of("min_id_exact_match"),
+            "ood_exact_match": mean_of("ood_exact_match"),
+        },
+        "steps_trained": max(r["steps_trained"] for _, r in runs),
+        "steps_to_fit": max(fit_steps) if fits and None not in fit_steps else None,
+        "objective": seeds_objective(validations),
+        "search": _search_id(Path(folder)),
+        "seeds": [_seed_entry(seed, r) for seed, r in runs],
+    }
+    atomic_write_json(Path(folder) / TRIAL, record)
+    return record
+
+
+def _seed_entry(seed: int, record: dict[str, Any]) -> dict[str, Any]:
+    """One seed's figures in a several-seed trial's record."""
+    v = record["validation"]
+    return {
+        "seed": seed,
+        "fits_training_range": bool(v["fits_training_range"]),
+        "min_id_exact_match": v.get("min_id_exact_match"),
+        "ood_exact_match": v.get("ood_exact_match"),
+        "steps_trained": record.get("steps_trained"),
+        "steps_to_fit": record.get("steps_to_fit"),
+        "objective": record["objective"],
+    }
 
 
 def search(argv: list[str]) -> None:
@@ -170,7 +252,9 @@ def _finished_trial(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
         record = read_json(path)
     except Exception:  # damaged: train it again
         return None
-    return record if isinstance(record, dict) and "objective" in record else None
+    if not isinstance(record, dict) or "objective" not in record or "seeds" in record:
+        return None  # damaged, or a several-seed trial's record over an older one-seed run
+    return record
 
 
 def trials(folder: str | Path, search: str | None = None) -> list[dict[str, Any]]:

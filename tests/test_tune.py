@@ -294,3 +294,122 @@ def test_tune_jobs_runs_trials_side_by_side_with_a_thread_each(tmp_path):
 def test_tune_refuses_jobs_below_one(tmp_path):
     result, _ = _tune(tmp_path, "-e", "none", "--jobs", "0", "-p", "train.lr=3e-3")
     assert result.exit_code == 2 and "--jobs must be >= 1, got 0" in result.output
+
+
+# ---------------------------------------------------------------- --seeds
+
+# A setting's validation by seed (training mocked): lr 1e-2 wins at seed 0 alone (0.9 against
+# 0.4), but its seed 2 does not fit; lr 3e-3 fits at every seed, mean 0.3.
+_BY_SEED = {
+    3e-3: {0: (True, 0.4), 1: (True, 0.2), 2: (True, 0.3)},
+    1e-2: {0: (True, 0.9), 1: (True, 0.8), 2: (False, 0.0)},
+    1e-3: {0: (True, 0.1), 1: (True, 0.1), 2: (True, 0.1)},
+}
+
+
+def _mock_training(monkeypatch) -> list:
+    """train_phase does nothing (its calls counted); validation_record gives `_BY_SEED`."""
+    calls = []
+
+    def validation(s):
+        fits, ood = _BY_SEED[float(s.p.cfg.train.lr)][int(s.p.cfg.seed)]
+        return {
+            "fits_training_range": fits,
+            "min_id_exact_match": 1.0 if fits else 0.5,
+            "ood_exact_match": ood,
+        }
+
+    monkeypatch.setattr(posenc.run.session, "train_phase", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(posenc.run.session, "validation_record", validation)
+    return calls
+
+
+def test_seeds_objective_is_the_mean_and_needs_every_seed_to_fit():
+    fit = {"fits_training_range": True, "ood_exact_match": 0.25, "min_id_exact_match": 1.0}
+    other = {**fit, "ood_exact_match": 0.75}
+    unfit = {"fits_training_range": False, "ood_exact_match": 0.9, "min_id_exact_match": 0.5}
+    assert tuning.seeds_objective([fit]) == tuning.objective(fit) == 0.25
+    assert tuning.seeds_objective([fit, other]) == 0.5
+    assert tuning.seeds_objective([other, unfit]) == pytest.approx((1.0 + 0.5) / 2 - 1)
+    assert tuning.seeds_objective([other, unfit]) < tuning.seeds_objective([fit, fit])
+
+
+def test_tune_seeds_scores_each_setting_by_its_mean_over_seeds(tmp_path, monkeypatch):
+    """--seeds 3 on a grid: each setting trains at seeds 0-2 inside its trial; the setting
+    whose seed 0 is best but whose seed 2 does not fit is not chosen; the choices file and
+    the table give the means and each seed's figures; the same command again trains
+    nothing and writes the same file."""
+    calls = _mock_training(monkeypatch)
+    monkeypatch.setenv("COLUMNS", "200")  # the table on one line a row
+    args = ("-e", "none", "--search", "grid", "-p", "train.lr=3e-3,1e-2", "--seeds", "3")
+    result, out = _tune(tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 6  # 2 settings x 3 seeds
+    tree = yaml.safe_load(out.read_text())
+    assert tree["choices"] == {"none": {"train.lr": 3e-3}}
+    assert "--seeds 3" in tree["made_by"]
+    low, high = tree["trials"]["none"]
+    assert (low["fits"], low["objective"], low["validation_ood_exact_match"]) == (True, 0.3, 0.3)
+    assert [s["validation_ood_exact_match"] for s in low["seeds"]] == [0.4, 0.2, 0.3]
+    assert [s["seed"] for s in low["seeds"]] == [0, 1, 2]
+    assert high["fits"] is False and [s["fits"] for s in high["seeds"]] == [True, True, False]
+    assert high["objective"] == pytest.approx(round((1.0 + 1.0 + 0.5) / 3 - 1, 4))
+    assert "each seed" in result.output and "0.400 / 0.200 / 0.300" in result.output
+    assert "0.900 / 0.800 / no fit (0.500)" in result.output
+    folder = tmp_path / "runs" / "tune" / "parity" / "none"
+    assert all((folder / "0" / f"seed{k}" / tuning.TRIAL).is_file() for k in range(3))
+    first = out.read_text()
+    result, out = _tune(tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 6 and out.read_text() == first  # every seed of every trial reused
+
+
+def test_tune_seeds_resumes_a_trial_whose_seeds_are_partly_trained(tmp_path, monkeypatch):
+    """A trial stopped after its first seed: the same command reuses that seed and trains
+    the others; one seed (the default) writes no seed folders and no per-seed figures."""
+    calls = _mock_training(monkeypatch)
+    args = ("-e", "none", "--search", "grid", "-p", "train.lr=3e-3", "--seeds", "2")
+    assert _tune(tmp_path, *args)[0].exit_code == 0 and len(calls) == 2
+    trial = tmp_path / "runs" / "tune" / "parity" / "none" / "0"
+    (trial / tuning.TRIAL).unlink()
+    (trial / "seed1" / tuning.TRIAL).unlink()
+    (trial / "seed1" / "metrics.json").unlink(missing_ok=True)
+    result, out = _tune(tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 3  # seed 1 again, seed 0 reused
+    assert yaml.safe_load(out.read_text())["trials"]["none"][0]["objective"] == 0.3
+    result, out = _tune(tmp_path / "one", "-e", "none", "--search", "grid", "-p", "train.lr=3e-3")
+    assert result.exit_code == 0, result.output
+    (line,) = yaml.safe_load(out.read_text())["trials"]["none"]
+    assert "seeds" not in line and line["objective"] == 0.4 and "each seed" not in result.output
+    assert not (tmp_path / "one" / "runs" / "tune" / "parity" / "none" / "0" / "seed0").exists()
+
+
+def test_tune_seeds_with_optuna_returns_each_trials_mean(tmp_path, monkeypatch):
+    """Optuna's objective for a trial is the mean over its seeds (the trial function's
+    return), one study trial per setting, never a seed sampled as a parameter."""
+    _mock_training(monkeypatch)
+    returned = []
+    real = tuning.seeded_trial
+
+    def seeded(*args, **kwargs):
+        record = real(*args, **kwargs)
+        returned.append(record)
+        return record
+
+    monkeypatch.setattr(tuning, "seeded_trial", seeded)
+    args = ("-e", "none", "-p", "train.lr=choice(3e-3,1e-3)", "--trials", "2", "--seeds", "3")
+    result, out = _tune(tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    assert len(returned) == 2
+    for record in returned:
+        by_seed = _BY_SEED[record["settings"]["train.lr"]]
+        mean = sum(ood for _, ood in by_seed.values()) / 3
+        assert record["objective"] == pytest.approx(mean)
+        assert [s["seed"] for s in record["seeds"]] == [0, 1, 2]
+        assert "seed" not in record["settings"]
+
+
+def test_tune_refuses_seeds_below_one(tmp_path):
+    result, _ = _tune(tmp_path, "-e", "none", "--seeds", "0", "-p", "train.lr=3e-3")
+    assert result.exit_code == 2 and "--seeds must be >= 1, got 0" in result.output
