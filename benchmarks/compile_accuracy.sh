@@ -6,14 +6,15 @@
 # per seed each on the 2-core AMD EPYC): run it on a machine you can leave alone.
 #
 #   benchmarks/compile_accuracy.sh                          # compile + fused AdamW, 3 seeds
-#   CANDIDATE="train.compile=true" benchmarks/compile_accuracy.sh   # compile alone
+#   CANDIDATE="train.compile=true train.fused_adamw=false" benchmarks/compile_accuracy.sh  # compile alone
 #   SEEDS=5 RUNS_ROOT=runs/accuracy benchmarks/compile_accuracy.sh -e rope,alibi
 #   EAGER=compare benchmarks/compile_accuracy.sh --choices docs/choices/compare.yaml
 #                       # the eager side is an existing experiment under RUNS_ROOT (e.g. the
 #                       # default comparison made under the protocol): only the candidate trains
 #
 # Extra arguments go to both `posenc compare` calls (options or overrides). Finished runs are
-# skipped, so a second call resumes. Exit status 0 when every encoding passes, 1 otherwise.
+# skipped, so a second call resumes. The eager side says train.compile=false
+# train.fused_adamw=false, so it stays eager whatever the defaults are (auto included). Exit status 0 when every encoding passes, 1 otherwise.
 # Pass: for each encoding and each of ID and OOD exact match (means over the lengths of each
 # seed), the candidate's mean over seeds lies within the eager seeds' range and the eager
 # mean within the candidate seeds' range (the seeds' spread, Zhou et al. 2024), and every
@@ -25,7 +26,8 @@ root=${RUNS_ROOT:-runs}
 candidate=${CANDIDATE:-train.compile=true train.fused_adamw=true}
 eager=${EAGER:-accuracy_eager}
 if [[ -z ${EAGER:-} ]]; then
-  posenc compare --seeds "$seeds" --experiment accuracy_eager runs_root="$root" "$@"
+  posenc compare --seeds "$seeds" --experiment accuracy_eager runs_root="$root" \
+    train.compile=false train.fused_adamw=false "$@"
 elif [[ ! -f $root/$eager/results.csv ]]; then
   echo "EAGER=$eager: no $root/$eager/results.csv (run that experiment, or leave EAGER unset)" >&2
   exit 2

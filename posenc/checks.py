@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from posenc.errors import ConfigError, first_line
 from posenc.runfolder import RETIRED_KEYS
-from posenc.schema import BATCHING, EMBED_INITS, MIXERS, PRECISIONS, SECTIONS, Root
+from posenc.schema import BATCHING, EMBED_INITS, MIXERS, PRECISIONS, SECTIONS, SWITCH_OR_AUTO, Root
 
 # The largest integer torch, numpy and the OS accept as a seed, a size or a count.
 MAX_INT = 2**63 - 1
@@ -87,6 +87,12 @@ def boolean(value: Any, path: str, tree: dict) -> None:
         _fail(path, "true or false", value)
 
 
+def switch_or_auto(value: Any, path: str, tree: dict) -> None:
+    """True, false or ``auto`` (`posenc.schema.SWITCH_OR_AUTO`)."""
+    if not any(value is v if isinstance(v, bool) else value == v for v in SWITCH_OR_AUTO):
+        _fail(path, "true, false or auto", value)
+
+
 def name(value: Any, path: str, tree: dict) -> None:
     """A string; an integer also names a folder (``experiment=2024``)."""
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
@@ -131,6 +137,8 @@ DECLARED: dict[str, Check] = {
     "train.betas": list_of(number(minimum=0.0, below=1.0), length=2),
     "train.batching": choice(BATCHING),
     "train.precision": choice(PRECISIONS),
+    "train.compile": switch_or_auto,
+    "train.fused_adamw": switch_or_auto,
     "train.eval_lengths": list_of(integer(minimum=1)),
     "eval.lengths": optional(list_of(integer(minimum=1))),
     "eval.threshold": unit_interval,

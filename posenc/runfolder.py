@@ -98,9 +98,12 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
 
 def config_identity(cfg) -> dict:
     """The part of a config (a DictConfig) that determines the numbers, for resume and skip
-    checks: no execution or metadata keys, no option at its `LEGACY_DEFAULTS` value, and no
+    checks: no execution or metadata keys, no option at its `LEGACY_DEFAULTS` value, no
     ``train.buckets``: like ``threads``, it decides how a batch is computed (the pieces'
-    gradients sum to the whole batch's), not what is trained."""
+    gradients sum to the whole batch's), not what is trained; and no
+    ``train.compile_min_steps``: it decides only what ``train.compile=auto`` becomes, and
+    the ``train.compile`` it became (true or false, `posenc.run.spec.resolve_compile`) is
+    in the identity, since a compiled step rounds differently from an eager one."""
     from omegaconf import OmegaConf
 
     tree = OmegaConf.to_container(cfg, resolve=True)
@@ -114,6 +117,7 @@ def config_identity(cfg) -> dict:
     train = tree.get("train")
     if isinstance(train, dict):
         train.pop("buckets", None)
+        train.pop("compile_min_steps", None)
     return tree
 
 

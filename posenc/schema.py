@@ -36,6 +36,7 @@ def resolved_embed_init(embed_init: str, token_scale: str) -> str:
 
 BATCHING = ("by_length", "mixed", "bucketed")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: posenc.precision
+SWITCH_OR_AUTO = (True, False, "auto")  # train.compile, train.fused_adamw
 # Keys of ``task.*`` that choose the sequence format (`posenc.tasks.format.SequenceFormat`), not data.
 FORMAT_KEYS = ("answer", "bos")
 
@@ -76,8 +77,12 @@ class Train:
     batching: str = "bucketed"  # one of BATCHING
     buckets: int = 4
     precision: str = "fp32"  # one of PRECISIONS
-    compile: bool = False
-    fused_adamw: bool = False  # torch's fused AdamW kernel: faster, rounds differently
+    # compile and fused_adamw: true, false or auto (SWITCH_OR_AUTO; auto: compile where it
+    # pays, posenc.run.spec.resolve_compile); a run records the true or false they became.
+    # Both stay false by default until the 3-seed accuracy check has passed (docs/performance.md).
+    compile: Any = False  # train through torch.compile
+    compile_min_steps: int = 1000  # compile=auto compiles a run of at least this many steps
+    fused_adamw: Any = False  # torch's fused AdamW kernel: faster, rounds differently
     stop_at: Optional[float] = None  # noqa: UP045
     until_fit: bool = True  # past `steps`, train on until validation fits (posenc.run.session)
     max_steps: Optional[int] = None  # noqa: UP045  until_fit's ceiling; null: see ceiling()

@@ -1,6 +1,7 @@
 """``train.compile=true``: the model traces into one graph per forward pass (a graph break
 splits it at every layer and undoes the fusion compile is for), the compiled step computes
-the eager step's numbers, and compiled artifacts go to a persistent cache.
+the eager step's numbers, and compiled artifacts go to a persistent cache. ``auto``: the
+rule that resolves it (`posenc.run.spec.resolve_compile`) and what a run records.
 
 Traced with ``torch._dynamo.explain`` and run with the ``aot_eager`` backend (forward and
 backward graphs, no code generation), so the checks take seconds, not inductor's minutes.
@@ -21,10 +22,10 @@ from posenc.run.execute import plan
 from posenc.run.train import COMPILE_CACHE_ENV, Trainer, use_compile_cache
 
 NEEDS_DIGITS = {"abacus", "coupled"}
-# Encodings that break the graph on purpose, and why.
-BREAKS = {
-    "transformer_xl": "torch.unique over the distances that occur (a data-dependent shape)",
-}
+# Encodings that break the graph on purpose, and why: what each class declares
+# (`PositionalEncoding.graph_break`), which `train.compile=auto` reads too.
+BREAKS = {n: encodings.info(n).cls.graph_break for n in encodings.names()}
+BREAKS = {n: reason for n, reason in BREAKS.items() if reason}
 TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "model.d_ff=64"]
 
 
@@ -46,7 +47,9 @@ def test_forward_is_one_graph(name):
 
 
 def test_listed_breaks_are_real():
-    """A name in BREAKS that no longer breaks the graph must leave the list."""
+    """An encoding that declares a graph break and no longer breaks the graph must drop its
+    ``graph_break`` (or ``train.compile=auto`` would keep it eager for nothing)."""
+    assert set(BREAKS) == {"transformer_xl"}  # the one known; a new one is a decision
     for name in BREAKS:
         torch._dynamo.reset()
         explained = torch._dynamo.explain(model_for(name))(torch.randint(3, 13, (4, 12)))
@@ -84,3 +87,115 @@ def test_compile_cache_is_persistent(monkeypatch, tmp_path):
     assert use_compile_cache() == os.path.join(str(tmp_path), "posenc", "torchinductor")
     monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "mine"))
     assert use_compile_cache() == str(tmp_path / "mine")
+
+
+# ---------------------------------------------------------------- train.compile=auto
+
+LONG = ["train.steps=1000", "train.compile=auto", "train.fused_adamw=auto"]
+
+
+def resolved(*overrides):
+    cfg = compose(list(overrides))
+    return cfg.train.compile, cfg.train.fused_adamw
+
+
+def test_auto_compiles_a_long_run_of_an_encoding_that_traces(capsys):
+    assert resolved("encoding=rope", *LONG) == (True, True)
+    assert resolved("encoding=alibi", *LONG, "device=auto") == (True, True)
+    assert capsys.readouterr().err == ""
+
+
+def test_auto_keeps_a_short_run_eager(capsys):
+    assert resolved("encoding=rope", *LONG, "train.steps=999") == (False, False)
+    assert resolved("encoding=rope", *LONG, "train.compile_min_steps=2000") == (False, False)
+    assert resolved("encoding=transformer_xl", *LONG, "train.steps=10") == (False, False)
+    assert capsys.readouterr().err == ""  # a short run needs no note, whatever its encoding
+
+
+@pytest.mark.parametrize(
+    "overrides, label",
+    [
+        (["encoding=transformer_xl"], "transformer_xl"),
+        (["encoding=combo", "encoding.parts=[rope,transformer_xl]"], "rope+transformer_xl"),
+        (["encoding=randomized", "encoding.base=transformer_xl"], "randomized_transformer_xl"),
+        (["encoding=per_head", "encoding.heads=[rope,rope,transformer_xl,none]"], "per_head"),
+    ],
+)
+def test_auto_keeps_an_encoding_that_breaks_the_graph_eager_with_a_note(capsys, overrides, label):
+    assert resolved(*overrides, *LONG) == (False, False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"note: {label} trains eagerly under train.compile=auto: its forward pass breaks the "
+        f"graph ({'' if overrides[0] == 'encoding=transformer_xl' else 'part transformer_xl: '}"
+        f"{BREAKS['transformer_xl']})"
+    ]
+
+
+def test_explicit_values_win_and_fused_follows_compile_under_auto(capsys):
+    assert resolved("encoding=rope", *LONG, "train.compile=false") == (False, False)
+    assert resolved("encoding=rope", *LONG, "train.fused_adamw=false") == (True, False)
+    assert resolved(
+        "encoding=rope", "train.steps=10", "train.compile=true", "train.fused_adamw=auto"
+    ) == (True, True)
+    assert resolved("encoding=transformer_xl", *LONG, "train.compile=true") == (True, True)
+    assert resolved("encoding=rope", *LONG, "train.compile=false", "train.fused_adamw=true") == (
+        False,
+        True,
+    )
+    assert capsys.readouterr().err == ""  # explicit false: no note
+
+
+def test_a_plugin_encoding_declares_its_graph_break_with_the_class_attribute():
+    from posenc.encodings.base import PositionalEncoding
+    from posenc.encodings.registry import graph_break, parts_graph_break
+    from posenc.run.spec import compile_pays
+
+    class Breaks(PositionalEncoding):
+        graph_break = "a Python loop over the data"
+
+    assert Breaks.graph_break_for({}) == "a Python loop over the data"
+    assert graph_break("rope") is None and parts_graph_break("not a list") is None
+    assert not compile_pays("cpu", 5000, 1000, Breaks.graph_break)
+    assert compile_pays("cpu", 5000, 1000, None) and compile_pays("cuda:1", 1000, 1000, None)
+
+
+def test_the_run_records_the_resolved_values_and_its_identity_uses_them(tmp_path):
+    from posenc.run.spec import specify
+    from posenc.runfolder import config_identity
+
+    cfg = compose(["encoding=rope", *LONG, f"run_dir={tmp_path / 'run'}"])
+    spec = specify(cfg)
+    assert spec.cfg.train.compile is True and spec.cfg.train.fused_adamw is True
+    explicit = compose(
+        ["encoding=rope", "train.steps=1000", "train.compile=true", "train.fused_adamw=true"]
+    )
+    assert spec.identity == config_identity(explicit)  # auto's run is the explicit run
+    eager = compose(["encoding=rope", "train.steps=1000"])
+    assert spec.identity != config_identity(eager)  # compiled numbers are not eager numbers
+    # compile_min_steps decides only what auto becomes: not part of a run's identity
+    other = compose(["encoding=rope", *LONG, "train.compile_min_steps=500"])
+    assert config_identity(other) == spec.identity
+    written = OmegaConf.to_yaml(spec.cfg)
+    assert "compile: true" in written and "fused_adamw: true" in written and "auto" not in written
+
+
+def test_a_trainer_built_outside_a_run_decides_auto_by_the_same_rule():
+    """A `posenc.schema.Train` of a library user's own, ``auto`` included (no compose): its
+    few steps stay eager, and the model's declared graph break keeps a long one eager too."""
+    from posenc.run.train import resolved_compile
+    from posenc.schema import Train
+
+    rope, xl = model_for("rope"), model_for("transformer_xl")
+    assert resolved_compile(Train(steps=30, compile="auto", fused_adamw="auto"), rope, "cpu") == (
+        False,
+        False,
+    )
+    assert resolved_compile(Train(steps=3000, compile="auto", fused_adamw="auto"), rope, "cpu") == (
+        True,
+        True,
+    )
+    assert resolved_compile(Train(steps=3000, compile="auto", fused_adamw="auto"), xl, "cpu") == (
+        False,
+        False,
+    )
+    assert resolved_compile(Train(steps=3000, compile=False), rope, "cpu") == (False, False)

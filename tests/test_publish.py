@@ -277,6 +277,10 @@ def test_factor_table_gives_each_row_its_scale_and_factor_at_each_threshold(tmp_
 
 # What a run made before the protocol had: a fixed budget and no validation lengths.
 BEFORE_PROTOCOL = ["train.until_fit=false", "eval.val_share=0"]
+# Every published run trained eagerly, with foreach AdamW: its documented command says so, so
+# that it still composes the published run once train.compile defaults to auto (a compiled
+# run rounds differently: it is another run, docs/performance.md).
+EAGER = ["train.compile=false", "train.fused_adamw=false"]
 
 
 @pytest.mark.parametrize(
@@ -303,8 +307,8 @@ def test_the_documented_commands_still_make_the_published_runs(run, overrides):
     """A published run's config is what its documented command composes today (execution
     and legacy-default keys aside), so the command resumes or skips it instead of training
     something else under the same name: this fails when a default changes under a table.
-    Every published run was made before the protocol: its command takes `BEFORE_PROTOCOL`
-    (docs/results.md says so above its sections)."""
+    Every published run was made before the protocol: its command takes `BEFORE_PROTOCOL`,
+    and eagerly: `EAGER` (docs/results.md says so above its sections)."""
     from omegaconf import OmegaConf
 
     from posenc.config import compose
@@ -314,7 +318,7 @@ def test_the_documented_commands_still_make_the_published_runs(run, overrides):
     experiment, task, encoding, seed = run.split("/")
     composed = compose(
         [*BEFORE_PROTOCOL, *overrides, f"task={task}", f"encoding={encoding}", f"seed={seed[4:]}"]
-        + [f"experiment={experiment}"]
+        + [f"experiment={experiment}", *EAGER]
     )
     assert config_identity(composed) == config_identity(published)
 
@@ -323,7 +327,8 @@ def test_the_documented_commands_still_make_the_published_runs(run, overrides):
 def test_the_protocol_remake_is_what_its_documented_command_makes(run, monkeypatch):
     """The default comparison under the protocol (docs/experiments/compare_protocol): the
     defaults and the committed choices file compose each published run, with the scale the
-    file chose for its encoding, so `posenc compare --seeds 5 --choices ...` skips it."""
+    file chose for its encoding, so `posenc compare --seeds 5 --choices ... train.compile=false
+    train.fused_adamw=false` skips it (and trains seeds 2-4 eagerly too, whatever the default)."""
     from omegaconf import OmegaConf
 
     from posenc.config import compose
@@ -338,7 +343,7 @@ def test_the_protocol_remake_is_what_its_documented_command_makes(run, monkeypat
     for path in ("docs/choices/compare.yaml", ROOT / "docs" / "choices" / "compare.yaml"):
         composed = compose(
             [f"task={task}", f"encoding={encoding}", f"seed={seed[4:]}", "experiment=compare"]
-            + [f"choices={path}"]
+            + [f"choices={path}", *EAGER]
         )
         resolve_auto(composed)
         assert config_identity(composed) == config_identity(published)

@@ -213,7 +213,8 @@ def test_stop_at_never_reached_trains_every_step(tiny_cfg):
         ("train.buckets=0", "train.buckets must be an integer >= 1, got 0"),
         ("train.precision=fp16", "unknown train.precision 'fp16'; valid choices: fp32, bf16, auto"),
         ("train.stop_at=1.5", "train.stop_at must be in (0, 1] or null, got 1.5"),
-        ("train.compile=maybe", "train.compile must be true or false, got 'maybe'"),
+        ("train.compile=maybe", "train.compile must be true, false or auto, got 'maybe'"),
+        ("train.fused_adamw=1", "train.fused_adamw must be true, false or auto, got 1"),
     ],
 )
 def test_bad_speed_options_are_rejected_before_anything_is_written(

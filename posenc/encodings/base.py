@@ -142,6 +142,12 @@ class PositionalEncoding(nn.Module):
     # True when ``rotate`` returns queries and keys wider than the head (PoPE: 2·d_head); the
     # values keep d_head. Composites refuse to mix such a part with parts of the plain width.
     widens_heads: bool = False
+    # Why this encoding's forward pass cannot trace as one graph under torch.compile (a
+    # graph break per layer undoes the fusion compile is for), or None: it can. Under
+    # ``train.compile=auto`` an encoding that gives a reason trains eagerly, with a one-line
+    # note saying why (`posenc.run.spec.resolve_compile`); tests/test_compile.py checks that
+    # every registered encoding without a reason traces as one graph and every reason is real.
+    graph_break: str | None = None
 
     # Whether ``rotate`` / ``bias`` accept the ``features=`` keyword: set for every subclass
     # from its own hooks' signatures (`__init_subclass__`), so the model passes the features
@@ -153,6 +159,12 @@ class PositionalEncoding(nn.Module):
         super().__init_subclass__(**kwargs)
         cls.rotate_takes_features = _takes_features(cls.rotate)
         cls.bias_takes_features = _takes_features(cls.bias)
+
+    @classmethod
+    def graph_break_for(cls, params: dict[str, Any]) -> str | None:
+        """Why the encoding that ``params`` (its config's) configure cannot trace as one graph,
+        or None: `graph_break`. A composite asks its parts (`registry.parts_graph_break`)."""
+        return cls.graph_break
 
     def __init__(self, *, d_model: int, n_heads: int, max_len: int, n_layers: int = 1) -> None:
         super().__init__()

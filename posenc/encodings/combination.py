@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.encodings.base import DigitLayout, PositionalEncoding, feature_kwargs
-from posenc.encodings.registry import build, parse_spec, register
+from posenc.encodings.registry import build, parse_spec, parts_graph_break, register
 from posenc.errors import ConfigError
 
 
@@ -61,6 +61,10 @@ class Combination(PositionalEncoding):
     parts' channels all hold the shared sequence positions. Explicit (B, T) positions given
     to such a combination are sequence positions for every part (no offsets).
     """
+
+    @classmethod
+    def graph_break_for(cls, params: dict[str, Any]) -> str | None:
+        return parts_graph_break(params.get("parts"))
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.encodings.base import PositionalEncoding, feature_kwargs, softmax_weights
-from posenc.encodings.registry import build, parse_spec, register
+from posenc.encodings.registry import build, parse_spec, parts_graph_break, register
 from posenc.errors import ConfigError
 
 
@@ -68,6 +68,10 @@ class PerLayer(PositionalEncoding):
     absolute (embed), randomized or token-derived entry is refused, since it would act on
     the whole model; combine it beside the per-layer scheme instead.
     """
+
+    @classmethod
+    def graph_break_for(cls, params: dict[str, Any]) -> str | None:
+        return parts_graph_break(params.get("layers"))  # null: RoPE and NoPE, which trace
 
     def __init__(
         self,
@@ -169,6 +173,10 @@ class PerHead(PositionalEncoding):
     posenc lists them first for readability. Entries act inside attention
     only (no absolute, randomized or token-derived entries).
     """
+
+    @classmethod
+    def graph_break_for(cls, params: dict[str, Any]) -> str | None:
+        return parts_graph_break(params.get("heads"))  # null: RoPE and NoPE, which trace
 
     def __init__(
         self,

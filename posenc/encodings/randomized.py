@@ -9,7 +9,7 @@ from torch import Tensor
 
 from posenc.encodings.base import DigitLayout, PositionalEncoding, feature_kwargs
 from posenc.encodings.combination import draws_positions
-from posenc.encodings.registry import build, info, register
+from posenc.encodings.registry import build, info, parts_graph_break, register
 from posenc.errors import ConfigError
 
 EVAL_MODES = ("random", "contiguous")
@@ -64,6 +64,12 @@ class Randomized(PositionalEncoding):
     Bases that ignore positions are refused (none, cope, and any holding a data-dependent
     scheme: fox, path), as are nested wrappers.
     """
+
+    @classmethod
+    def graph_break_for(cls, params: dict[str, Any]) -> str | None:
+        base, base_params = params.get("base", "rope"), params.get("base_params") or {}
+        spec = {**base_params, "name": base} if isinstance(base_params, dict) else base
+        return parts_graph_break([spec])
 
     def __init__(
         self,

@@ -145,6 +145,30 @@ def parse_spec(spec: Any, what: str = "encoding part") -> tuple[str, dict[str, A
     )
 
 
+def graph_break(spec: Any) -> str | None:
+    """Why the encoding ``spec`` names (a name or a mapping, `parse_spec`) cannot trace as one
+    graph under torch.compile (`PositionalEncoding.graph_break`), or None. A spec that cannot
+    be read, or names no encoding, gives None: building it raises the error that says so."""
+    try:
+        name, params = parse_spec(spec)
+        cls = info(name).cls
+    except ConfigError:
+        return None
+    return cls.graph_break_for(params)
+
+
+def parts_graph_break(specs: Any) -> str | None:
+    """A composite's `graph_break`: that of its first part that breaks the graph, naming the
+    part (``part transformer_xl: ...``), or None (also for ``specs`` that are not a list)."""
+    if isinstance(specs, str | dict) or not isinstance(specs, list | tuple):
+        return None
+    for spec in specs:
+        reason = graph_break(spec)
+        if reason:
+            return f"part {parse_spec(spec)[0]}: {reason}"
+    return None
+
+
 def from_config(cfg, legacy: dict[str, Any] | None = None) -> PositionalEncoding:
     """The encoding of a posenc config: ``encoding.*`` sized by ``model.*``. A parameter the
     config lacks (one saved before the parameter existed) takes its value in ``legacy`` (the

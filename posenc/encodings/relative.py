@@ -96,6 +96,8 @@ class TransformerXL(PositionalEncoding):
     the plain q_i·k_j, i.e. (u·k_j + (q_i + v)·W_R R_(i-j)) / sqrt(d_head).
     """
 
+    graph_break = "torch.unique over the distances that occur (a data-dependent shape)"
+
     def __init__(
         self,
         *,

@@ -8,10 +8,13 @@ run from it; a sweep's parent specifies every combination, writes each job its
 specification (`write_spec`) and the job runs what it reads (`read_spec`), composing
 nothing. Torch-free: ``train.precision=auto`` depends on the machine a run lands on, so the
 run resolves it (`posenc.precision`) and records what it became (``precision_used``).
+``train.compile=auto`` and ``train.fused_adamw=auto`` depend on the config alone, so they are
+resolved here (`resolve_compile`) and the config records the true or false they became.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from posenc.runfolder import CHECKPOINT, CONFIG, config_identity, is_finished, run_folder
-from posenc.schema import encoding_label, resolved_embed_init
+from posenc.schema import encoding_label, encoding_params, resolved_embed_init
 
 NEW = "new"
 RESUME = "resume"
@@ -55,18 +58,82 @@ def resolve_auto(cfg: DictConfig, given: list[str] | tuple[str, ...] = ()) -> No
     et al. 2022 trained ALiBi with GPT-2's unscaled embeddings), written into the config: a
     run records the scale it trained with, and its identity is that of the same run with the
     scale given explicitly. A composite encoding (``combo``, ``randomized``, the hybrids)
-    takes its own class's, ``scaled``."""
-    from posenc import encodings, plugins
+    takes its own class's, ``scaled``.
+
+    ``train.compile=auto`` and ``train.fused_adamw=auto`` -> true or false (`resolve_compile`),
+    with a one-line note on stderr where the encoding keeps the run eager."""
+    from posenc import encodings
     from posenc.choices import apply_choices
 
     apply_choices(cfg, given)  # a choices file's values for this encoding (posenc tune)
+    note = resolve_compile(cfg)
+    if note:
+        print(note, file=sys.stderr)
     if cfg.model.embed_init != "auto":
         return
+    name = _load_encoding(cfg)
+    with open_dict(cfg):
+        cfg.model.embed_init = resolved_embed_init("auto", encodings.info(name).cls.token_scale)
+
+
+def _load_encoding(cfg: DictConfig) -> str:
+    """The config's encoding name, its plugin loaded if it is one."""
+    from posenc import plugins
+
     name = str(cfg.encoding.name)
     if plugins.is_plugin("encoding", name):
         plugins.load("encoding")
+    return name
+
+
+# Devices where ``train.compile=auto`` may compile (``device=auto`` lands on one of them).
+COMPILE_DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_compile(cfg: DictConfig) -> str:
+    """``train.compile=auto`` and ``train.fused_adamw=auto`` resolved in place; the one-line
+    note to show when the encoding keeps an auto run eager ("" otherwise). Explicit true and
+    false stay. ``compile=auto`` becomes true only where compiling pays:
+
+    - the device is a CPU or CUDA (`COMPILE_DEVICES`);
+    - ``train.steps >= train.compile_min_steps`` (1000): a cold compile takes about two
+      minutes on one core and a cached one seconds (docs/performance.md), a small share of
+      such a run; the few steps of tests and smoke runs stay eager;
+    - the encoding traces as one graph: one that declares a graph break
+      (`PositionalEncoding.graph_break`, a plugin's too; a composite's parts count) trains
+      eagerly, and the note says why.
+
+    ``fused_adamw=auto`` becomes what ``compile`` became: the accuracy check covers the pair.
+    The run's config records the booleans, and its identity is theirs."""
+    train, note = cfg.train, ""
     with open_dict(cfg):
-        cfg.model.embed_init = resolved_embed_init("auto", encodings.info(name).cls.token_scale)
+        if isinstance(train.compile, str) and train.compile == "auto":
+            train.compile, note = _compile_pays(cfg)
+        if isinstance(train.fused_adamw, str) and train.fused_adamw == "auto":
+            train.fused_adamw = train.compile is True
+    return note
+
+
+def compile_pays(device: str, steps: int, min_steps: int, graph_break: str | None) -> bool:
+    """`resolve_compile`'s rule, the one home of it: a CPU or CUDA device, at least
+    ``min_steps`` steps, and no graph break."""
+    on_device = str(device).split(":")[0] in COMPILE_DEVICES
+    return on_device and int(steps) >= int(min_steps) and not graph_break
+
+
+def _compile_pays(cfg: DictConfig) -> tuple[bool, str]:
+    """(compile?, the note when the encoding alone says no)."""
+    from posenc.encodings.registry import graph_break
+
+    tr = cfg.train
+    if not compile_pays(cfg.device, tr.steps, tr.compile_min_steps, None):
+        return False, ""
+    reason = graph_break({**encoding_params(cfg.encoding), "name": _load_encoding(cfg)})
+    if reason:
+        label = encoding_label(cfg.encoding)
+        note = f"note: {label} trains eagerly under train.compile=auto: its forward pass breaks the graph ({reason})"
+        return False, note
+    return True, ""
 
 
 def variant_label(cfg: DictConfig, variant: str) -> str:

@@ -6,7 +6,13 @@ the optimizer keeps full-precision master weights). ``compile=True`` trains thro
 ``torch.compile(model, dynamic=True)`` (one graph for every sequence length; its artifacts
 cached on disk, `use_compile_cache`). Both are off by default: bf16 is slower on the CPUs
 measured, and compile, 1.3-1.5x faster per step at one thread, changes the rounding and
-costs a compile per shape family (docs/performance.md). Under compile the bucketed pieces
+costs a compile per shape family (docs/performance.md). ``train.compile=auto`` (with
+``train.fused_adamw=auto``) compiles only where that pays: on CPU or CUDA, an encoding that
+traces as one graph (`PositionalEncoding.graph_break` unset) and ``train.steps`` at least
+``train.compile_min_steps`` (1000); it is resolved to true or false before a run starts
+(`posenc.run.spec.resolve_compile`), so the trainer only ever sees booleans. The default
+stays false until the 3-seed accuracy check (benchmarks/compile_accuracy.sh) has passed;
+``train.compile=false`` opts out. Under compile the bucketed pieces
 still run side by side: the threads share the one compiled graph (dynamic shapes, so the
 pieces' lengths share it too), each piece one compiled forward and backward pass.
 ``buckets`` > 1 computes each batch in that many length-sorted pieces at most
@@ -108,6 +114,24 @@ def use_compile_cache() -> str:
     return os.environ[COMPILE_CACHE_ENV]
 
 
+def resolved_compile(train_cfg, model: nn.Module, device: torch.device | str) -> tuple[bool, bool]:
+    """``train.compile`` and ``train.fused_adamw`` as booleans. A run's config holds them
+    resolved (`posenc.run.spec.resolve_compile`); an ``auto`` that reaches a trainer built
+    outside a run (a `posenc.schema.Train` of its own) is decided by the same rule
+    (`posenc.run.spec.compile_pays`), over the graph breaks its model's encoding modules
+    declare."""
+    from posenc.run.spec import compile_pays
+
+    compiled, fused = train_cfg.compile, train_cfg.fused_adamw
+    if compiled == "auto":
+        breaks = [m.graph_break for m in model.modules() if isinstance(m, PositionalEncoding)]
+        reason = next((b for b in breaks if b), None)
+        compiled = compile_pays(str(device), train_cfg.steps, train_cfg.compile_min_steps, reason)
+    if fused == "auto":
+        fused = compiled
+    return bool(compiled), bool(fused)
+
+
 def bucket_count(train_cfg, batching: str | None = None) -> int:
     """Pieces a batch is computed in: ``train.buckets`` under ``bucketed`` batching (or
     ``batching`` in its place), else 1."""
@@ -141,17 +165,18 @@ class Trainer:
         self.device = device
         self.grad_clip = train.grad_clip
         self.precision = resolve_precision(train.precision, device)  # "auto" -> fp32 or bf16
+        compiled, fused = resolved_compile(train, model, device)
         # The compiled module shares parameters with `model`; checkpoints use `model`.
-        if train.compile:
+        if compiled:
             use_compile_cache()
-        self.forward = torch.compile(model, dynamic=True) if train.compile else model
+        self.forward = torch.compile(model, dynamic=True) if compiled else model
         self.optimizer = make_optimizer(
             model,
             lr=train.lr,
             weight_decay=train.weight_decay,
             betas=tuple(train.betas),
             decay_embeddings=train.decay_embeddings,
-            fused=train.fused_adamw,
+            fused=fused,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
