@@ -323,12 +323,21 @@ def test_the_documented_commands_still_make_the_published_runs(run, overrides):
     assert config_identity(composed) == config_identity(published)
 
 
-@pytest.mark.parametrize("run", ["copy/alibi/seed1", "copy/rope/seed0", "copy/none/seed1"])
+@pytest.mark.parametrize(
+    "run",
+    [
+        "copy/alibi/seed1",
+        "copy/rope/seed0",
+        "copy/none/seed1",
+        "copy/t5/seed4",
+        "copy/sinusoidal/seed2",
+    ],
+)
 def test_the_protocol_remake_is_what_its_documented_command_makes(run, monkeypatch):
     """The default comparison under the protocol (docs/experiments/compare_protocol): the
     defaults and the committed choices file compose each published run, with the scale the
     file chose for its encoding, so `posenc compare --seeds 5 --choices ... train.compile=false
-    train.fused_adamw=false` skips it (and trains seeds 2-4 eagerly too, whatever the default)."""
+    train.fused_adamw=false` skips it (the seeds 2-4 it added too; eagerly, whatever the default)."""
     from omegaconf import OmegaConf
 
     from posenc.config import compose
