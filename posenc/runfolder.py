@@ -95,10 +95,29 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
     ("encoding", "gate_type"): "full",  # FoX: the gate reads the input (w·x + b)
 }
 
+# The same for options of one task or encoding, whose value for old runs depends on which
+# (section, name, key): Abacus drew its offset per batch, coupling per sequence.
+NAMED_LEGACY_DEFAULTS: dict[tuple[str, str, str], Any] = {
+    ("task", "addition", "independent_lengths"): False,  # operands of n digits (or variable_digits)
+    ("encoding", "abacus", "offset_per"): "batch",
+    ("encoding", "coupled", "offset_per"): "sequence",
+}
+
+
+def _named_legacy(tree: dict) -> list[tuple[str, str, Any]]:
+    """(section, key, value) of the `NAMED_LEGACY_DEFAULTS` entries for the task and the
+    encoding that ``tree`` (a config as a dict) names."""
+    return [
+        (section, key, value)
+        for (section, name, key), value in NAMED_LEGACY_DEFAULTS.items()
+        if isinstance(tree.get(section), dict) and tree[section].get("name") == name
+    ]
+
 
 def config_identity(cfg) -> dict:
     """The part of a config (a DictConfig) that determines the numbers, for resume and skip
-    checks: no execution or metadata keys, no option at its `LEGACY_DEFAULTS` value, no
+    checks: no execution or metadata keys, no option at its `LEGACY_DEFAULTS` (or, for its
+    task and encoding, `NAMED_LEGACY_DEFAULTS`) value, no
     ``train.buckets``: like ``threads``, it decides how a batch is computed (the pieces'
     gradients sum to the whole batch's), not what is trained; and no
     ``train.compile_min_steps``: it decides only what ``train.compile=auto`` becomes, and
@@ -110,7 +129,8 @@ def config_identity(cfg) -> dict:
     assert isinstance(tree, dict)
     for key in (*EXECUTION_KEYS, *METADATA_KEYS, *RETIRED_KEYS):
         tree.pop(key, None)
-    for (section, key), value in LEGACY_DEFAULTS.items():
+    legacy = [(s, k, v) for (s, k), v in LEGACY_DEFAULTS.items()] + _named_legacy(tree)
+    for section, key, value in legacy:
         part = tree.get(section)
         if isinstance(part, dict) and key in part and part[key] == value:
             del part[key]
@@ -128,8 +148,8 @@ def legacy_values(section: str) -> dict[str, Any]:
 
 def read_config(run_dir: Path):
     """The config a run folder was trained with, as a DictConfig on the schema: without
-    `RETIRED_KEYS`, an option it lacks at its `LEGACY_DEFAULTS` value, and any other key it
-    lacks at its default (`posenc.schema`)."""
+    `RETIRED_KEYS`, an option it lacks at its `LEGACY_DEFAULTS` (`NAMED_LEGACY_DEFAULTS`)
+    value, and any other key it lacks at its default (`posenc.schema`)."""
     from omegaconf import OmegaConf, open_dict
 
     from posenc.schema import with_defaults
@@ -138,10 +158,13 @@ def read_config(run_dir: Path):
     with open_dict(saved):
         for key in RETIRED_KEYS:
             saved.pop(key, None)
-        for section in ("task", "model", "train"):
-            for key, value in legacy_values(section).items():
-                if section in saved and key not in saved[section]:
-                    saved[section][key] = value
+        sections = ("task", "model", "train")
+        missing = [(s, k, v) for s in sections for k, v in legacy_values(s).items()]
+        tree = OmegaConf.to_container(saved, resolve=False)
+        missing += _named_legacy(tree)  # encoding options too: they differ by encoding
+        for section, key, value in missing:
+            if section in saved and key not in saved[section]:
+                saved[section][key] = value
     return with_defaults(saved)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from posenc.errors import ConfigError
 from posenc.tasks.base import Numbers, Task, check_bool, check_int, register
 
 
@@ -16,6 +17,17 @@ class Addition(Task):
     digits and the other a uniform number of digits in [1, n], so the input length varies
     within one n (2n+1 at most). An operand of more than one digit never starts with 0; the
     sum is written without leading zeros (n or n+1 digits).
+
+    ``independent_lengths=true`` (Cho et al. 2024's reference code, which draws each
+    operand's digit count on its own) draws the two operands' digit counts independently,
+    each uniform in [1, n], in training: n is then an upper bound on both, not the length
+    of the longer (which may be shorter than n). With ``train.min_len = train.max_len = L``
+    this is Cho et al.'s training distribution (each operand 1..L digits); with a range of
+    n (posenc's default batching draws n per batch or per example) it weights short
+    operands more. The frozen evaluation and validation sets (`sample_eval`) stay the
+    default's: both operands n digits, the very examples of ``independent_lengths=false``,
+    so a length in a report still means "n-digit + n-digit" and the two settings are scored
+    on the same sets. Not with ``variable_digits=true`` (two ways of varying the lengths).
 
     Vocabulary: the ``base`` digits (ids 0..base-1, shown as hex digits) and ``+``
     (id ``base``); the ``<sep>`` token plays the part of ``=``.
@@ -32,7 +44,8 @@ class Addition(Task):
 
     - ``zero_pad=true`` pads both operands with leading zeros to n digits and the sum to
       n + 1 digits (Cho et al. 2024 pad operands to equal length and the answer to one
-      more digit); with fixed digits only the sum changes.
+      more digit); with fixed digits only the sum changes. With ``independent_lengths``
+      the width is the longer operand's, not n, as in Cho et al.
     - ``reverse_answer=true`` writes the answer in the other digit order from the
       operands: with ``lsb_first=false`` this is Cho et al.'s format (operands most
       significant digit first, answer reversed), e.g. 857 + 586 = 1443 as
@@ -61,6 +74,7 @@ class Addition(Task):
         zero_pad: bool = False,
         reverse_answer: bool = False,
         index_hints: bool = False,
+        independent_lengths: bool = False,
     ):
         check_int(self.name, "base", base, 2, 16)
         for param, value in (
@@ -69,14 +83,21 @@ class Addition(Task):
             ("zero_pad", zero_pad),
             ("reverse_answer", reverse_answer),
             ("index_hints", index_hints),
+            ("independent_lengths", independent_lengths),
         ):
             check_bool(self.name, param, value)
+        if variable_digits and independent_lengths:
+            raise ConfigError(
+                f"task {self.name!r} takes task.variable_digits=true or "
+                "task.independent_lengths=true, not both; set one of them to false"
+            )
         self.base = base
         self.lsb_first = lsb_first
         self.variable_digits = variable_digits
         self.zero_pad = zero_pad
         self.reverse_answer = reverse_answer
         self.index_hints = index_hints
+        self.independent_lengths = independent_lengths
         if index_hints:  # the answer has up to n + 1 digits, each with its own hint
             self.max_length = self.n_hints - 1
 
@@ -123,10 +144,33 @@ class Addition(Task):
             units = units[::-1]
         return [t for unit in units for t in unit]
 
+    def params(self) -> dict:
+        """Without ``independent_lengths`` at false: the evaluation-set cache key of every
+        config saved before the option existed stays what it was."""
+        params = super().params()
+        if not self.independent_lengths:
+            del params["independent_lengths"]
+        return params
+
     def sample(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
         lengths = [n, n]
         if self.variable_digits:
             lengths[int(rng.integers(0, 2))] = int(rng.integers(1, n + 1))
+        elif self.independent_lengths:
+            lengths = [int(k) for k in rng.integers(1, n + 1, size=2)]
+        return self._pair(n, lengths, rng)
+
+    def sample_eval(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        """Evaluation sets: with ``independent_lengths`` both operands n digits (the
+        default's examples); otherwise `sample`."""
+        if self.independent_lengths:
+            return self._pair(n, [n, n], rng)
+        return self.sample(n, rng)
+
+    def _pair(
+        self, n: int, lengths: list[int], rng: np.random.Generator
+    ) -> tuple[list[int], list[int]]:
+        """The (input, target) of two operands of ``lengths`` digits at length ``n``."""
         a, b = (self._number(k, rng) for k in lengths)
         start = int(rng.integers(0, self.n_hints - n)) if self.index_hints else 0
         total = self._value(a) + self._value(b)  # Python ints: exact for any n
@@ -136,9 +180,10 @@ class Addition(Task):
             digits.append(d)
             if total == 0:
                 break
-        if self.zero_pad:
-            a, b = ([0] * (n - len(x)) + x for x in (a, b))
-            digits += [0] * (n + 1 - len(digits))
+        if self.zero_pad:  # to the longer operand: n but with independent lengths
+            width = max(len(a), len(b))
+            a, b = ([0] * (width - len(x)) + x for x in (a, b))
+            digits += [0] * (width + 1 - len(digits))
         inputs = [
             *self._write(a[::-1], start, self.lsb_first),
             self.plus,
