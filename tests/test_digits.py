@@ -299,6 +299,36 @@ def test_offsets_are_seeded_in_range_and_off_at_evaluation(name):
     )
 
 
+@pytest.mark.parametrize("name", ["abacus", "coupled"])
+def test_offset_per_batch_or_sequence(name):
+    def first(offset_per=None, rows=4):  # the drawn offset of each row, seed 0
+        params = {} if offset_per is None else {"offset_per": offset_per}
+        enc = build(name, LSB, max_offset=50, **params).train()
+        return enc.positions(rows, 3, generator=torch.Generator().manual_seed(0))[:, 0].tolist()
+
+    # per sequence: row b gets the b-th of B draws; per batch: every row the first of one
+    per_row = torch.randint(0, 51, (4, 1), generator=torch.Generator().manual_seed(0))
+    assert first("sequence") == per_row[:, 0].tolist() and len(set(first("sequence"))) > 1
+    assert first("batch") == [per_row[0, 0].item()] * 4
+    assert first() == first("batch" if name == "abacus" else "sequence")  # today's defaults
+    for offset_per in ("batch", "sequence"):  # evaluation: offset 0 either way
+        enc = build(name, LSB, max_offset=50, offset_per=offset_per).eval()
+        assert torch.equal(enc.positions(4, 3), torch.arange(3).expand(4, 3))
+
+
+def test_default_offsets_are_todays_bit_for_bit():
+    """Seed 0, 4 rows of 3 tokens, max_offset 50: the offsets the code before offset_per drew
+    (Abacus one k for the batch, coupling one start per row)."""
+    got = {
+        name: build(name, LSB, max_offset=50)
+        .train()
+        .positions(4, 3, generator=torch.Generator().manual_seed(0))[:, 0]
+        .tolist()
+        for name in ("abacus", "coupled")
+    }
+    assert got == {"abacus": [41, 41, 41, 41], "coupled": [41, 3, 29, 33]}  # the old code's
+
+
 def test_training_offsets_come_from_the_seeded_global_generator():
     enc = build("abacus", LSB).train()
     torch.manual_seed(11)
@@ -343,6 +373,8 @@ def test_combination_gives_each_part_its_own_positions():
         ),
         (["encoding=randomized", "encoding.base=abacus", "task=addition"], "randomize the attention part"),
         (["encoding=abacus", "task=addition", "encoding.max_offset=600"], "encoding.max_offset must be"),
+        (["encoding=abacus", "task=addition", "encoding.offset_per=row"], "unknown encoding.offset_per 'row'; valid choices: batch, sequence"),
+        (["encoding=coupled", "task=addition", "task.variable_digits=true", "task.independent_lengths=true"], "not both"),
         (["encoding=abacus", "task=addition", "encoding.max_position=120"], "encoding .abacus. has 19 positions"),
     ],
 )  # fmt: skip
@@ -386,6 +418,8 @@ def test_index_hints_example_from_the_docstring():
         {"zero_pad": True, "variable_digits": True},
         {"zero_pad": True, "lsb_first": False, "reverse_answer": True, "variable_digits": True},
         {"reverse_answer": True},
+        {"independent_lengths": True},
+        {"zero_pad": True, "lsb_first": False, "reverse_answer": True, "independent_lengths": True},
     ],
 )
 def test_addition_formats_agree_with_their_solver_and_the_sum(params):
@@ -403,8 +437,9 @@ def test_addition_formats_agree_with_their_solver_and_the_sum(params):
             if task.answer_lsb_first:
                 answer = answer[::-1]
             assert int(a) + int(b) == int(answer)
-            if task.zero_pad:
-                assert len(a) == len(b) == n and len(answer) == n + 1
+            if task.zero_pad:  # to the longer operand: n but with independent lengths
+                assert len(a) == len(b) <= n and len(answer) == len(a) + 1
+                assert len(a) == n or task.independent_lengths
             assert len(prompt_ids(x)) + len(y) + 1 <= task.max_sequence_length(n, rng)
 
 

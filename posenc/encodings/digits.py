@@ -3,9 +3,10 @@
 Both place a digit by its significance within its own number instead of by where it stands
 in the sequence, so a digit's position does not grow with the length of the problem. Both
 read the task's `DigitLayout` (which token ids are digits, which direction numbers are
-written in), given by ``bind_task``; both draw a random offset per training sequence so
-that ids far beyond the training lengths are trained too, and both are off at evaluation
-unless ``eval_offset=true``. The offset is drawn by ``positions`` as ``0..T-1 + offset``
+written in), given by ``bind_task``; both draw a random offset in training so that ids far
+beyond the training lengths are trained too (``offset_per``: one per batch, Abacus's
+default, or one per sequence, coupling's), and both are off at evaluation unless
+``eval_offset=true``. The offset is drawn by ``positions`` as ``0..T-1 + offset``
 (the offset is the drawn position of the first token), so KV-cache decoding keeps it.
 Attention is left alone (NoPE); compose with a sequence-level scheme through ``combo``
 (``encoding.parts=[abacus,fire]``), as the papers do.
@@ -46,7 +47,10 @@ def run_lengths(is_digit: Tensor) -> Tensor:
     return torch.where(is_digit, next_other - last_other - 1, 0)
 
 
-def _check_offset(name: str, max_offset, max_position, eval_offset, init_std) -> None:
+OFFSET_PER = ("batch", "sequence")  # encoding.offset_per: one offset per batch or per row
+
+
+def _check_offset(name: str, max_offset, max_position, eval_offset, init_std, offset_per) -> None:
     if not isinstance(max_position, int) or isinstance(max_position, bool) or max_position < 2:
         raise ConfigError(f"encoding.max_position must be an integer >= 2, got {max_position!r}")
     if not isinstance(max_offset, int) or not 0 <= max_offset < max_position - 1:
@@ -58,13 +62,17 @@ def _check_offset(name: str, max_offset, max_position, eval_offset, init_std) ->
         raise ConfigError(f"encoding.eval_offset must be true or false, got {eval_offset!r}")
     if not init_std > 0:
         raise ConfigError(f"encoding.init_std must be > 0, got {init_std!r}")
+    if offset_per not in OFFSET_PER:
+        raise ConfigError(
+            f"unknown encoding.offset_per {offset_per!r}; valid choices: {', '.join(OFFSET_PER)}"
+        )
 
 
 class _DigitTable(PositionalEncoding):
     """Shared machinery: a learned table indexed by token-derived ids, a random offset."""
 
     places_by_token = True
-    per_row_offset = False  # Abacus: one offset per batch; coupling: one per sequence
+    default_offset_per = "batch"  # Abacus: one offset per batch; coupling: one per sequence
 
     def __init__(
         self,
@@ -77,10 +85,13 @@ class _DigitTable(PositionalEncoding):
         max_offset: int = 100,
         eval_offset: bool = False,
         init_std: float = 1.0,
+        offset_per: str | None = None,
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
-        _check_offset(self.name, max_offset, max_position, eval_offset, init_std)
+        offset_per = self.default_offset_per if offset_per is None else offset_per
+        _check_offset(self.name, max_offset, max_position, eval_offset, init_std, offset_per)
         self.max_position, self.max_offset, self.eval_offset = max_position, max_offset, eval_offset
+        self.offset_per = offset_per
         # ids stay below offset + sequence length, so any sequence this long fits the table
         self.max_positions = max_position - max_offset - 1
         self.table = nn.Embedding(max_position, d_model)
@@ -112,12 +123,13 @@ class _DigitTable(PositionalEncoding):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """``0..T-1`` plus the offset: drawn from {0..max_offset} in training (and at
-        evaluation with ``eval_offset``), 0 otherwise."""
+        evaluation with ``eval_offset``), once for the batch or once per row
+        (``offset_per``), 0 otherwise."""
         pos = super().positions(batch, length, device=device)
         if not (self.training or self.eval_offset) or self.max_offset == 0:
             return pos
         where = generator.device if generator is not None else torch.device("cpu")
-        rows = batch if self.per_row_offset else 1
+        rows = batch if self.offset_per == "sequence" else 1
         k = torch.randint(0, self.max_offset + 1, (rows, 1), generator=generator, device=where)
         return pos + k.to(device)
 
@@ -137,7 +149,8 @@ class _DigitTable(PositionalEncoding):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, max_position={self.max_position}, "
-            f"max_offset={self.max_offset}, eval_offset={self.eval_offset}"
+            f"max_offset={self.max_offset}, offset_per={self.offset_per}, "
+            f"eval_offset={self.eval_offset}"
         )
 
 
@@ -156,7 +169,8 @@ class Abacus(_DigitTable):
     written least-significant digit first (the paper reverses operands and answer) a_t is
     the digit's significance, so digits of equal significance share an embedding. During
     training k is drawn uniformly from {0, ..., ``max_offset``} once per batch (the paper's
-    max_k = 100), so embeddings up to k + the longest training number are trained; at
+    max_k = 100; ``offset_per=sequence`` draws one per sequence instead, as coupling
+    does), so embeddings up to k + the longest training number are trained; at
     evaluation k = 0 unless ``eval_offset``. Table: ``max_position`` rows (1024 in the
     paper), initialised N(0, ``init_std``²) with ``init_std`` = 1 by default: the scale of
     posenc's token embeddings (unit variance, ``model.embed_init=scaled``), as the reference
@@ -191,13 +205,13 @@ class Coupled(_DigitTable):
     the answer must be least-significant digit first so that a generated digit's id follows
     from the digits generated before it. In training the offset is drawn uniformly from
     {0, ..., ``max_offset``} per sequence (the paper draws the start so that every id fits
-    in ``max_position``); at evaluation s = 1 unless ``eval_offset``. Table:
+    in ``max_position``; ``offset_per=batch`` draws one for the whole batch, as Abacus does); at evaluation s = 1 unless ``eval_offset``. Table:
     ``max_position`` rows, initialised N(0, ``init_std``²), ``init_std`` = 1 by default: the
     scale of posenc's token embeddings, as the reference code (GPT-2 style) draws its position
     and token tables alike (docs/results.md: at 0.02 a 2-layer model did not fit 3-4 digits).
     """
 
-    per_row_offset = True
+    default_offset_per = "sequence"
 
     def bind_task(self, layout: DigitLayout) -> None:
         super().bind_task(layout)
