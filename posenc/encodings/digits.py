@@ -205,7 +205,8 @@ class Coupled(_DigitTable):
     the answer must be least-significant digit first so that a generated digit's id follows
     from the digits generated before it. In training the offset is drawn uniformly from
     {0, ..., ``max_offset``} per sequence (the paper draws the start so that every id fits
-    in ``max_position``; ``offset_per=batch`` draws one for the whole batch, as Abacus does); at evaluation s = 1 unless ``eval_offset``. Table:
+    in ``max_position``; ``offset_per=batch`` draws one for the whole batch, as Abacus
+    does); at evaluation s = 1 unless ``eval_offset``. Table:
     ``max_position`` rows, initialised N(0, ``init_std``²), ``init_std`` = 1 by default: the
     scale of posenc's token embeddings, as the reference code (GPT-2 style) draws its position
     and token tables alike (docs/results.md: at 0.02 a 2-layer model did not fit 3-4 digits).
