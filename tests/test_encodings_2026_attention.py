@@ -427,6 +427,34 @@ def test_wall_stays_finite_where_the_unanchored_form_overflows():
     torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, 12))
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_wall_stays_finite_and_exact_when_gates_close_inside_a_chunk(chunk):
+    """Gates closing inside one chunk (log decay -60 a token on some channels, ~0 on the
+    others): every factor of the chunked form stays <= 1, so the logits equal the direct
+    float64 sum wherever a query sees the key, and the loss's gradients are finite (an
+    anchor at the chunk's first key overflowed here: exp(+60·(i - s)))."""
+    B, H, T, d = 2, 2, 20, 4
+    g = torch.zeros(B, H, T, d, dtype=torch.float64)
+    g[..., :2] = -60.0
+    g[..., 2:] = -0.01
+    P = g.cumsum(2)
+    q = randn(B, H, T, d, seed=11, dtype=torch.float64)
+    k = randn(B, H, T, d, seed=12, dtype=torch.float64)
+    diff = (P[:, :, :, None] - P[:, :, None]).clamp(max=0.0)
+    want = (q[:, :, :, None] * k[:, :, None] * diff.exp()).sum(-1)
+    lower = torch.ones(T, T, dtype=torch.bool).tril()
+    qf, kf = q.float().requires_grad_(), k.float().requires_grad_()
+    got = wall_logits(qf, kf, P.float(), P.float(), chunk)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[..., lower].double(), want[..., lower], rtol=1e-5, atol=1e-5)
+    loss = got.masked_fill(~lower, float("-inf")).log_softmax(-1)[..., lower].sum()
+    loss.backward()
+    assert torch.isfinite(qf.grad).all() and torch.isfinite(kf.grad).all()
+    # decoding: the last query alone against every key, as the KV cache calls it
+    last = wall_logits(q[:, :, -1:], k, P[:, :, -1:], P, chunk)
+    torch.testing.assert_close(last, want[:, :, -1:], rtol=1e-9, atol=1e-9)
+
+
 def test_wall_with_open_gates_is_plain_softmax_attention():
     """Gates σ(b) -> 1 (b large): no decay, so Wall equals NoPE with the same weights."""
     wall, nope = model_for("wall", gate_init_bias=40.0), model_for("none")

@@ -500,8 +500,13 @@ def test_steps_to_fit_count_the_runs_that_fit_and_name_the_ceiling_for_the_other
     runs.append(run("alibi", 2, val_em={**FIT_VAL, 1: 0.5}, steps_to_fit=None))
     runs += [run("rope", s, steps_to_fit=300) for s in (0, 1)]
     runs.append(run("fixed", 0, until_fit=False))  # a fixed budget: no row
+    # fit at its first check (step 250), then diverged: it did not fit, whatever it records
+    runs.append(run("wall", 0, val_em={**FIT_VAL, 1: 0.0}, steps_to_fit=250))
+    runs[-1].metrics["protocol"]["steps_trained"] = 2000
     report = rp.build_report(runs, "hand", plots=False)
-    rope, alibi = report.fit_steps["copy"]
+    rope, alibi, wall = report.fit_steps["copy"]
+    assert (wall.reached, wall.by_seed) == ([], [None])
+    assert rp.stop_cells(wall)[1] == "0 of 1"
     assert (alibi.reached, alibi.by_seed, alibi.limit) == ([400, 800], [400, 800, None], 2000)
     assert rp.stop_cells(rope)[:4] == ["rope", "2 of 2", "300 ± 0", "300, 300"]
     assert (
@@ -511,10 +516,10 @@ def test_steps_to_fit_count_the_runs_that_fit_and_name_the_ceiling_for_the_other
     assert "Steps to fit the training range (`train.until_fit`: exact match ≥ 0.9" in md
     assert "| alibi | 2 of 3 |" in md
     header = task_header(report, "copy")
-    assert "steps used 400–2,000; 1 of 5 runs reached the ceiling without fitting" in (
+    assert "steps used 400–2,000; 2 of 6 runs reached the ceiling without fitting" in (
         header.protocol
     )
-    assert "(5 of 6 runs; the others a fixed budget)" in header.protocol
+    assert "(6 of 7 runs; the others a fixed budget)" in header.protocol
     assert "a fixed training budget (not `train.until_fit`)" in header.departures
 
 

@@ -16,28 +16,42 @@ from posenc.errors import ConfigError
 
 def wall_logits(q: Tensor, k: Tensor, p_q: Tensor, p_k: Tensor, chunk: int) -> Tensor:
     """Σ_n q_i,n k_j,n exp(P_i,n - P_j,n) for queries q (B, H, Tq, d) and keys k (B, H, Tk, d)
-    with their log-decay prefixes p_q, p_k (P non-increasing along the sequence): (B, H, Tq,
-    Tk), exact for j <= i (the entries a query can see).
+    with their log-decay prefixes p_q, p_k (P non-increasing along the sequence; the queries
+    are the last Tq keys): (B, H, Tq, Tk), exact for j <= i (the entries a query can see),
+    finite everywhere.
 
-    The stable form of the reference's decode cache (fla ``WallAttention._decode_incremental``
-    and ``build_wall_kv_cache``): the keys are split into chunks of ``chunk`` and each chunk
-    c is anchored at R_c = P at its first key, so
+    Chunked as the reference's decode cache (fla ``WallAttention._decode_incremental`` and
+    ``build_wall_kv_cache``, chunks of ``chunk`` keys), each chunk c = [s, e) anchored at
+    R_c = P at its *last* key, the smallest P of the chunk, so that no factor exceeds 1:
 
-        k̃_j = k_j · exp(R_c - P_j)       (j in chunk c: 0 <= R_c - P_j, bounded by the chunk)
-        q̃_i,c = q_i · exp(P_i - R_c)     (i >= the chunk's start: <= 0, so at most 1)
+        k̃_j = k_j · exp(R_c - P_j)       (j in c: R_c - P_j <= 0)
+        q̃_i,c = q_i · exp(P_i - R_c)     (i >= e - 1: P_i - R_c <= 0)
 
-    and q̃_i,c · k̃_j = Σ_n q_n k_n exp(P_i - P_j). exp(P_j) alone, of a whole sequence of
-    decays, would underflow; P_i - R_c for a query before the chunk (only masked pairs) is
-    clamped to 0 so that nothing overflows either. Memory O(Tq·Tk·d / chunk) for the q̃.
+    and q̃_i,c · k̃_j = Σ_n q_n k_n exp(P_i - P_j). A query inside the chunk (s <= i < e - 1)
+    would need exp(P_i - R_c) >= 1, which overflows once the gates close (log decay -60 a
+    token is exp(+3,780) over 63 keys), so those rows are computed directly as
+    Σ_n q_in k_jn exp(min(P_in - P_jn, 0)), the clamp touching only masked pairs (j > i), as
+    the reference's flash kernel does within its diagonal tile. Queries before the chunk see
+    none of it (masked pairs) and get exp(min(P_i - R_c, 0)). A k̃ that underflows to 0 is a
+    weight exp(P_i - P_j) <= exp(R_c - P_j) below float32's range: the product underflows
+    too. Memory: O(Tq·Tk·d / chunk) for the q̃ and O(chunk²·d) for the diagonal rows.
     """
-    t_k = k.shape[2]
+    t_q, t_k = q.shape[2], k.shape[2]
+    q_pos = torch.arange(t_k - t_q, t_k, device=q.device)
     pieces = []
     for start in range(0, t_k, chunk):
         stop = min(start + chunk, t_k)
-        anchor = p_k[:, :, start : start + 1]  # (B, H, 1, d)
-        k_tilde = k[:, :, start:stop] * torch.exp(anchor - p_k[:, :, start:stop])
+        p_c, k_c = p_k[:, :, start:stop], k[:, :, start:stop]
+        anchor = p_c[:, :, -1:]  # (B, H, 1, d): the chunk's smallest P
+        k_tilde = k_c * torch.exp(anchor - p_c)
         q_tilde = q * torch.exp((p_q - anchor).clamp(max=0.0))
-        pieces.append(q_tilde @ k_tilde.transpose(-1, -2))  # (B, H, Tq, stop - start)
+        block = q_tilde @ k_tilde.transpose(-1, -2)  # (B, H, Tq, stop - start)
+        inside = ((q_pos >= start) & (q_pos < stop - 1)).nonzero().squeeze(1)
+        if inside.numel():
+            diff = (p_q[:, :, inside, None] - p_c[:, :, None]).clamp(max=0.0)  # (B,H,m,c,d)
+            direct = (q[:, :, inside, None] * k_c[:, :, None] * diff.exp()).sum(-1)
+            block = block.index_copy(2, inside, direct)
+        pieces.append(block)
     return torch.cat(pieces, dim=-1)
 
 

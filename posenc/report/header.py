@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from posenc import schema
-from posenc.report.protocol import MIN_SEEDS, fit_split, length_window, test_range
+from posenc.report.protocol import MIN_SEEDS, fit_split, fits, length_window, test_range
 from posenc.report.records import RunRecord, train_ranges
 
 if TYPE_CHECKING:
@@ -68,6 +68,11 @@ def _budget(runs: list[RunRecord]) -> tuple[str, bool]:
     """The training budget in words, and whether every run trained until fit."""
     blocks = [(r.metrics or {}).get("protocol") or {} for r in runs]
     until = [b for b in blocks if b.get("until_fit")]
+    unfit = sum(
+        1
+        for r, b in zip(runs, blocks, strict=True)
+        if b.get("until_fit") and not (b.get("steps_to_fit") and fits(r))
+    )
     if until:
         ceilings = sorted({int(b["max_steps"]) for b in until if b.get("max_steps")})
         starts = sorted({int(b["steps"]) for b in until if b.get("steps")})
@@ -78,8 +83,7 @@ def _budget(runs: list[RunRecord]) -> tuple[str, bool]:
         )
         if used:
             text += f", steps used {_num(min(used))}–{_num(max(used))}"
-        unfit = sum(b.get("steps_to_fit") is None for b in until)
-        if unfit:
+        if unfit:  # a run that fit at a check and lost it again trains to the ceiling too
             text += f"; {unfit} of {len(until)} runs reached the ceiling without fitting"
         if len(until) < len(runs):
             text += f" ({len(until)} of {len(runs)} runs; the others a fixed budget)"
