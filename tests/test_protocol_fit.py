@@ -135,6 +135,22 @@ def test_the_fit_is_decided_on_validation_not_the_test_set(tiny_cfg, monkeypatch
     assert out["summary"]["extrapolation_horizon"] is not None
 
 
+def test_steps_to_fit_is_the_streak_that_ends_training_not_a_fit_lost_again(tiny_cfg, monkeypatch):
+    """Validation (scripted) fits at the check of step 3, not at 6 (the budget's end, so
+    training goes on), then from 9: the run stops at 9 and records 9, not 3 (a diverging
+    run, or DroPE fitting with RoPE before its drop, fits at a check and loses it)."""
+    real = posenc.run.session.score_validation
+
+    def fit_lost_then_regained(s, lengths):
+        fit = 1.0 if s.trainer.step_count in (3, 9, 12) else 0.0
+        return {n: {**v, "exact_match": fit} for n, v in real(s, lengths).items()}
+
+    monkeypatch.setattr(posenc.run.session, "score_validation", fit_lost_then_regained)
+    extend = ["train.steps=6", "train.eval_every=3", "train.max_steps=30", "train.until_fit=true"]
+    out = run(tiny_cfg(*extend))
+    assert out["protocol"]["steps_trained"] == out["protocol"]["steps_to_fit"] == 9
+
+
 class _Interrupt(Reporter):
     def __init__(self, at: int) -> None:
         self.at = at

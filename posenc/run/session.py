@@ -65,7 +65,7 @@ class Session:
     stopped_at: int | None = None  # the step train.stop_at ended training at
     loss: float = float("nan")
     val_groups: dict[int, list] | None = None  # validation samples by length (`validation_groups`)
-    steps_to_fit: int | None = None  # the first check at which validation fit (until_fit)
+    steps_to_fit: int | None = None  # the first check of the fitting streak ending training
     fits_now: bool = False  # the last until_fit check found the run fitting
     checked_at: int | None = None  # the step of the last until_fit check
 
@@ -211,12 +211,17 @@ def fits(scores: dict[int, dict], train_min: int, train_max: int, threshold: flo
 
 
 def fit_check(s: Session, step: int) -> None:
-    """One until_fit check: validation at every training length; the first fit's step kept."""
+    """One until_fit check: validation at every training length. ``steps_to_fit`` is the
+    first check of the streak of fitting checks that training ends on: a check that does
+    not fit clears it, so a run that fit and lost it again (a diverging run; DroPE before
+    its drop) records the step from which its final model's fit held, or None."""
     tr = s.p.cfg.train
     scores = score_validation(s, list(range(tr.min_len, tr.max_len + 1)))
     s.fits_now = fits(scores, tr.min_len, tr.max_len, s.p.cfg.eval.threshold)
     s.checked_at = step
-    if s.fits_now and s.steps_to_fit is None:
+    if not s.fits_now:
+        s.steps_to_fit = None
+    elif s.steps_to_fit is None:
         s.steps_to_fit = step
     worst = min((v["exact_match"] for v in scores.values()), default=float("nan"))
     s.writer.add_scalar("val/min_id_exact_match", worst, step)
