@@ -337,6 +337,12 @@ def test_a_run_under_the_whole_protocol_states_it_and_departs_from_nothing(tmp_p
     assert "Seeds: 5 per encoding" in header.protocol and "bucketed × 64" in header.protocol
     assert "OOD figures over test lengths 7–9" in header.protocol
     assert header.control == "Control: copy learned (min ID 1.000 ≥ 0.9 after 200 steps)."
+    one = run("alibi", 0)
+    one.metrics["validation"]["lengths"] = [5, 5]  # a single validation length (flip-flop: 48)
+    assert (
+        "(validation lengths 5)"
+        in task_header(rp.build_report([one], "x", plots=False), "copy").protocol
+    )
     md = (exp / "report.md").read_text()
     assert "**Protocol.**" in md and "Departs from the protocol" not in md
     assert md.index("**Protocol.**") < md.index("| encoding |")

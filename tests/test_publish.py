@@ -375,3 +375,37 @@ def test_tables_passes_over_a_file_without_blocks_among_several(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"{plain}: no tables" in result.output
     assert all(f"{page}: up to date" in result.output for page in pages)
+
+
+@pytest.mark.parametrize(
+    "run, overrides",
+    [
+        ("encodings_2026_flip_flop/flip_flop/pope/seed3", []),
+        ("encodings_2026_flip_flop/flip_flop/wall/seed0", []),
+        ("encodings_2026_flip_flop/flip_flop/canon_rope/seed1", []),
+        ("encodings_2026_flip_flop/flip_flop/drope/seed4", []),
+        (
+            "encodings_2026_flip_flop/flip_flop/deltanet/seed2",
+            ["model.mixers=[delta]", "+encoding.label=deltanet"],
+        ),
+    ],
+)
+def test_the_2026_generation_runs_are_what_their_documented_commands_make(run, overrides):
+    """docs/results.md's commands for the 2026 generation (issue 39), under the protocol:
+    `posenc compare --preset liu_flip_flop --experiment encodings_2026_flip_flop ...` (and the
+    DeltaNet rows as `-e none 'model.mixers=[delta]' +encoding.label=deltanet`) compose each
+    published run, so re-running them skips it."""
+    from omegaconf import OmegaConf
+
+    from posenc.config import compose
+    from posenc.runfolder import config_identity
+
+    published = OmegaConf.load(ROOT / "docs" / "experiments" / run / "config.yaml")
+    experiment, task, label, seed = run.split("/")
+    preset = {"flip_flop": "liu_flip_flop", "copy": "attention_level"}[task]
+    encoding = {"canon_rope": "combo_canon_rope", "deltanet": "none"}.get(label, label)
+    composed = compose(
+        [f"preset={preset}", f"task={task}", f"encoding={encoding}", f"seed={seed[4:]}"]
+        + [f"experiment={experiment}", *overrides, *EAGER]
+    )
+    assert config_identity(composed) == config_identity(published)

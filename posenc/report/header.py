@@ -114,7 +114,7 @@ def _fit_rule(runs: list[RunRecord], lo_hi: str) -> str:
                 )
             }
         )
-        held = ", ".join(f"{a}–{b}" for a, b in lengths)
+        held = ", ".join(f"{a}–{b}" if a != b else f"{a}" for a, b in lengths)
         where.append(
             "on validation samples drawn apart from the test sets"
             + (f" (validation lengths {held})" if held else "")
