@@ -37,7 +37,7 @@ def wall_logits(q: Tensor, k: Tensor, p_q: Tensor, p_k: Tensor, chunk: int) -> T
     too. Memory: O(Tq·Tk·d / chunk) for the q̃ and O(chunk²·d) for the diagonal rows.
     """
     t_q, t_k = q.shape[2], k.shape[2]
-    q_pos = torch.arange(t_k - t_q, t_k, device=q.device)
+    first = t_k - t_q  # the position of query 0
     pieces = []
     for start in range(0, t_k, chunk):
         stop = min(start + chunk, t_k)
@@ -46,11 +46,12 @@ def wall_logits(q: Tensor, k: Tensor, p_q: Tensor, p_k: Tensor, chunk: int) -> T
         k_tilde = k_c * torch.exp(anchor - p_c)
         q_tilde = q * torch.exp((p_q - anchor).clamp(max=0.0))
         block = q_tilde @ k_tilde.transpose(-1, -2)  # (B, H, Tq, stop - start)
-        inside = ((q_pos >= start) & (q_pos < stop - 1)).nonzero().squeeze(1)
-        if inside.numel():
-            diff = (p_q[:, :, inside, None] - p_c[:, :, None]).clamp(max=0.0)  # (B,H,m,c,d)
-            direct = (q[:, :, inside, None] * k_c[:, :, None] * diff.exp()).sum(-1)
-            block = block.index_copy(2, inside, direct)
+        # the queries at positions start .. stop - 2, as indices a:b (ints: one graph)
+        a, b = max(start - first, 0), min(stop - 1 - first, t_q)
+        if a < b:
+            diff = (p_q[:, :, a:b, None] - p_c[:, :, None]).clamp(max=0.0)  # (B,H,m,c,d)
+            direct = (q[:, :, a:b, None] * k_c[:, :, None] * diff.exp()).sum(-1)
+            block = torch.cat((block[:, :, :a], direct, block[:, :, b:]), dim=2)
         pieces.append(block)
     return torch.cat(pieces, dim=-1)
 
