@@ -388,6 +388,13 @@ def test_tables_passes_over_a_file_without_blocks_among_several(tmp_path):
             "encodings_2026_flip_flop/flip_flop/deltanet/seed2",
             ["model.mixers=[delta]", "+encoding.label=deltanet"],
         ),
+        ("encodings_2026_copy/copy/canon/seed1", ["train.max_steps=2000"]),
+        ("encodings_2026_copy/copy/dape_v2_kerple_log/seed0", ["train.max_steps=2000"]),
+        ("encodings_2026_copy/copy/drope/seed2", ["train.max_steps=2000"]),
+        (
+            "encodings_2026_copy/copy/deltanet/seed0",
+            ["model.mixers=[delta]", "+encoding.label=deltanet", "train.max_steps=2000"],
+        ),
     ],
 )
 def test_the_2026_generation_runs_are_what_their_documented_commands_make(run, overrides):
@@ -403,7 +410,8 @@ def test_the_2026_generation_runs_are_what_their_documented_commands_make(run, o
     published = OmegaConf.load(ROOT / "docs" / "experiments" / run / "config.yaml")
     experiment, task, label, seed = run.split("/")
     preset = {"flip_flop": "liu_flip_flop", "copy": "attention_level"}[task]
-    encoding = {"canon_rope": "combo_canon_rope", "deltanet": "none"}.get(label, label)
+    names = {"canon_rope": "combo_canon_rope", "deltanet": "none", "dape_v2_kerple_log": "dape_v2"}
+    encoding = names.get(label, label)
     composed = compose(
         [f"preset={preset}", f"task={task}", f"encoding={encoding}", f"seed={seed[4:]}"]
         + [f"experiment={experiment}", *overrides, *EAGER]
