@@ -297,8 +297,7 @@ def fit_step_rows(records: Iterable[RunRecord], task: str) -> list[StopRow]:
     """Per encoding of ``task`` whose complete runs trained until fit (``protocol.until_fit``
     in metrics.json): the steps each took to fit its training range (``steps_to_fit``; None:
     it reached the ceiling ``max_steps`` without fitting, or fit at a check and did not at
-    the end), fastest first; empty when no run
-    of the task trained until fit."""
+    the end), fastest first; empty when no run of the task trained until fit."""
     by_encoding: dict[str, list[RunRecord]] = {}
     for r in records:
         block = (r.metrics or {}).get("protocol") or {}
@@ -308,8 +307,8 @@ def fit_step_rows(records: Iterable[RunRecord], task: str) -> list[StopRow]:
     for encoding, runs in by_encoding.items():
         runs = sorted(runs, key=lambda r: r.seed)
         blocks = [r.metrics["protocol"] for r in runs]
-        # a run counts by its final decision: one that fit at a check and then lost it (a
-        # diverging run) keeps its first fit's step in metrics.json but did not fit
+        # a run counts by its final decision: runs recorded before steps_to_fit became the
+        # final fitting streak keep a lost early fit's step there (a diverging run)
         by_seed = [
             int(b["steps_to_fit"]) if b.get("steps_to_fit") is not None and fits(r) else None
             for r, b in zip(runs, blocks, strict=True)

@@ -105,9 +105,8 @@ def resolve_compile(cfg: DictConfig) -> str:
 
     ``fused_adamw=auto`` becomes what ``compile`` became: the accuracy check covers the pair.
     The run's config records the booleans, and its identity is theirs."""
-    if (
-        "train" not in cfg
-    ):  # a partial config (e.g. the model and encoding alone): nothing to resolve
+    # a partial config (e.g. the model and encoding alone): nothing to resolve
+    if "train" not in cfg:
         return ""
     train, note = cfg.train, ""
     with open_dict(cfg):
