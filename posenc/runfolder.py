@@ -96,11 +96,14 @@ LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
 }
 
 # The same for options of one task or encoding, whose value for old runs depends on which
-# (section, name, key): Abacus drew its offset per batch, coupling per sequence.
+# (section, name, key): Abacus drew its offset per batch, coupling per sequence; Abacus gave
+# the non-digit tokens id 0, coupling the start.
 NAMED_LEGACY_DEFAULTS: dict[tuple[str, str, str], Any] = {
     ("task", "addition", "independent_lengths"): False,  # operands of n digits (or variable_digits)
     ("encoding", "abacus", "offset_per"): "batch",
     ("encoding", "coupled", "offset_per"): "sequence",
+    ("encoding", "abacus", "other_ids"): "zero",
+    ("encoding", "coupled", "other_ids"): "start",
 }
 
 

@@ -329,6 +329,47 @@ def test_default_offsets_are_todays_bit_for_bit():
     assert got == {"abacus": [41, 41, 41, 41], "coupled": [41, 3, 29, 33]}  # the old code's
 
 
+def test_other_ids_by_hand():
+    """Issue 35's ablation knob: the id of '+', the separator and EOS, by hand."""
+    tokens = tokens_of(LSB, EXAMPLE)
+    #                  <bos> 7  5  8  +  6  8  5 <sep> 3  4  4  1 <eos>
+    start = build("abacus", LSB, other_ids="start")
+    assert hook_positions(start, tokens) == [0, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 5, 1]
+    assert hook_positions(start, tokens, offset=40) == [
+        0, 42, 43, 44, 41, 42, 43, 44, 41, 42, 43, 44, 45, 41,
+    ]  # fmt: skip
+    zero = build("coupled", LSB, other_ids="zero")
+    assert hook_positions(zero, tokens) == [0, 2, 3, 4, 0, 2, 3, 4, 0, 2, 3, 4, 5, 0]
+    assert hook_positions(zero, tokens, offset=9) == [
+        0, 11, 12, 13, 0, 11, 12, 13, 0, 11, 12, 13, 14, 0,
+    ]  # fmt: skip
+    assert build("abacus", LSB).other_ids == "zero" and build("coupled", LSB).other_ids == "start"
+
+
+def test_abacus_with_coupling_s_two_choices_is_coupling():
+    """LSB-first addition: Abacus with other_ids=start and offset_per=sequence gives position
+    coupling's ids and offsets exactly, in training and at evaluation, so these two knobs
+    are every difference between the schemes in this format."""
+    task = tasks.build("addition", variable_digits=True)
+    rng = np.random.default_rng(0)
+    tokens = collate([task.sample(int(n), rng) for n in rng.integers(1, 9, size=8)]).tokens
+    like = build("abacus", task, other_ids="start", offset_per="sequence", max_offset=30)
+    coupled = build("coupled", task, max_offset=30)
+    plain = build("abacus", task, max_offset=30)
+    for mode in ("train", "eval"):
+        for enc in (like, coupled, plain):
+            getattr(enc, mode)()
+        B, T = tokens.shape
+        pos = [
+            e.positions(B, T, generator=torch.Generator().manual_seed(3))
+            for e in (like, coupled, plain)
+        ]
+        assert torch.equal(pos[0], pos[1])
+        ids = [e.token_positions(tokens, p) for e, p in zip((like, coupled, plain), pos, strict=True)]
+        assert torch.equal(ids[0], ids[1])
+        assert not torch.equal(ids[0], ids[2])
+
+
 def test_training_offsets_come_from_the_seeded_global_generator():
     enc = build("abacus", LSB).train()
     torch.manual_seed(11)
@@ -374,6 +415,7 @@ def test_combination_gives_each_part_its_own_positions():
         (["encoding=randomized", "encoding.base=abacus", "task=addition"], "randomize the attention part"),
         (["encoding=abacus", "task=addition", "encoding.max_offset=600"], "encoding.max_offset must be"),
         (["encoding=abacus", "task=addition", "encoding.offset_per=row"], "unknown encoding.offset_per 'row'; valid choices: batch, sequence"),
+        (["encoding=coupled", "task=addition", "encoding.other_ids=one"], "unknown encoding.other_ids 'one'; valid choices: zero, start"),
         (["encoding=coupled", "task=addition", "task.variable_digits=true", "task.independent_lengths=true"], "not both"),
         (["encoding=abacus", "task=addition", "encoding.max_position=120"], "encoding .abacus. has 19 positions"),
     ],

@@ -847,10 +847,15 @@ def test_published_arithmetic_runs_read_back_with_todays_options(label):
     cfg = read_config(run_dir)
     assert cfg.task.independent_lengths is False
     assert cfg.encoding.offset_per == ("batch" if label == "abacus" else "sequence")
+    assert "other_ids" not in saved.encoding
+    assert cfg.encoding.other_ids == ("zero" if label == "abacus" else "start")
     old, new = config_identity(saved), config_identity(cfg)
     assert (old["task"], old["encoding"]) == (new["task"], new["encoding"])
     other = "sequence" if label == "abacus" else "batch"
     changed = config_identity(OmegaConf.merge(cfg, {"encoding": {"offset_per": other}}))
+    assert changed["encoding"] != old["encoding"]
+    flipped = "start" if label == "abacus" else "zero"
+    changed = config_identity(OmegaConf.merge(cfg, {"encoding": {"other_ids": flipped}}))
     assert changed["encoding"] != old["encoding"]
     composed = compose(["task=addition", "task.independent_lengths=true"])
     assert config_identity(composed)["task"]["independent_lengths"] is True

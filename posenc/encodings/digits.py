@@ -48,9 +48,12 @@ def run_lengths(is_digit: Tensor) -> Tensor:
 
 
 OFFSET_PER = ("batch", "sequence")  # encoding.offset_per: one offset per batch or per row
+OTHER_IDS = ("zero", "start")  # encoding.other_ids: the id of '+', the separator and EOS
 
 
-def _check_offset(name: str, max_offset, max_position, eval_offset, init_std, offset_per) -> None:
+def _check_offset(
+    name: str, max_offset, max_position, eval_offset, init_std, offset_per, other_ids
+) -> None:
     if not isinstance(max_position, int) or isinstance(max_position, bool) or max_position < 2:
         raise ConfigError(f"encoding.max_position must be an integer >= 2, got {max_position!r}")
     if not isinstance(max_offset, int) or not 0 <= max_offset < max_position - 1:
@@ -66,6 +69,10 @@ def _check_offset(name: str, max_offset, max_position, eval_offset, init_std, of
         raise ConfigError(
             f"unknown encoding.offset_per {offset_per!r}; valid choices: {', '.join(OFFSET_PER)}"
         )
+    if other_ids not in OTHER_IDS:
+        raise ConfigError(
+            f"unknown encoding.other_ids {other_ids!r}; valid choices: {', '.join(OTHER_IDS)}"
+        )
 
 
 class _DigitTable(PositionalEncoding):
@@ -73,6 +80,7 @@ class _DigitTable(PositionalEncoding):
 
     places_by_token = True
     default_offset_per = "batch"  # Abacus: one offset per batch; coupling: one per sequence
+    default_other_ids = "zero"  # Abacus: non-digit tokens id 0; coupling: the start s
 
     def __init__(
         self,
@@ -86,12 +94,16 @@ class _DigitTable(PositionalEncoding):
         eval_offset: bool = False,
         init_std: float = 1.0,
         offset_per: str | None = None,
+        other_ids: str | None = None,
     ) -> None:
         super().__init__(d_model=d_model, n_heads=n_heads, max_len=max_len, n_layers=n_layers)
         offset_per = self.default_offset_per if offset_per is None else offset_per
-        _check_offset(self.name, max_offset, max_position, eval_offset, init_std, offset_per)
+        other_ids = self.default_other_ids if other_ids is None else other_ids
+        _check_offset(
+            self.name, max_offset, max_position, eval_offset, init_std, offset_per, other_ids
+        )
         self.max_position, self.max_offset, self.eval_offset = max_position, max_offset, eval_offset
-        self.offset_per = offset_per
+        self.offset_per, self.other_ids = offset_per, other_ids
         # ids stay below offset + sequence length, so any sequence this long fits the table
         self.max_positions = max_position - max_offset - 1
         self.table = nn.Embedding(max_position, d_model)
@@ -150,7 +162,7 @@ class _DigitTable(PositionalEncoding):
         return (
             f"{super().extra_repr()}, max_position={self.max_position}, "
             f"max_offset={self.max_offset}, offset_per={self.offset_per}, "
-            f"eval_offset={self.eval_offset}"
+            f"other_ids={self.other_ids}, eval_offset={self.eval_offset}"
         )
 
 
@@ -178,11 +190,22 @@ class Abacus(_DigitTable):
     LayerNorm). A table 50x smaller than the tokens (0.02) left a 2-layer model unable to
     fit 3-4 digit addition here (docs/results.md); with ``model.embed_init=gpt`` use 0.02.
     a_t depends on tokens up to t only.
+
+    ``other_ids=start`` (not the paper's; an ablation knob, docs/results.md) gives the
+    non-digit tokens (``+``, the separator, EOS) coupling's id instead of 0: the digits move
+    up one, a_t = k + 1 + place, the other tokens get k + 1, BOS and padding 0. With
+    ``offset_per=sequence`` too, and numbers written least-significant digit first, the ids
+    are position coupling's exactly (tests/test_digits.py), so the two knobs account for
+    every difference between the two schemes in that format.
     """
 
     def token_positions(self, tokens: Tensor, pos: Tensor) -> Tensor:
         _, place = digit_places(tokens, self.digits)
-        return torch.where(place > 0, place + pos[:, :1], 0)
+        if self.other_ids == "zero":
+            return torch.where(place > 0, place + pos[:, :1], 0)
+        start = pos[:, :1] + 1  # (B, 1): coupling's start, the digits above it
+        ids = torch.where(place > 0, place + start, start)
+        return torch.where((tokens == BOS) | (tokens == PAD), 0, ids)
 
 
 @register(
@@ -210,9 +233,12 @@ class Coupled(_DigitTable):
     ``max_position`` rows, initialised N(0, ``init_std``²), ``init_std`` = 1 by default: the
     scale of posenc's token embeddings, as the reference code (GPT-2 style) draws its position
     and token tables alike (docs/results.md: at 0.02 a 2-layer model did not fit 3-4 digits).
+    ``other_ids=zero`` (not the paper's; an ablation knob) gives the non-digit tokens id 0,
+    as Abacus does, instead of s.
     """
 
     default_offset_per = "sequence"
+    default_other_ids = "start"
 
     def bind_task(self, layout: DigitLayout) -> None:
         super().bind_task(layout)
@@ -231,5 +257,6 @@ class Coupled(_DigitTable):
             msb = run_lengths(is_digit) - place
             significance = torch.where(in_answer, significance, msb)
         start = pos[:, :1] + 1  # (B, 1)
-        ids = torch.where(is_digit, start + 1 + significance, start)
+        other = start if self.other_ids == "start" else torch.zeros_like(start)
+        ids = torch.where(is_digit, start + 1 + significance, other)
         return torch.where((tokens == BOS) | (tokens == PAD), 0, ids)
