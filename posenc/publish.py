@@ -47,7 +47,7 @@ from posenc.report import (
     tasks_of,
     write_report,
 )
-from posenc.report.protocol import control_paths, load_controls
+from posenc.report.protocol import find_controls, load_controls
 from posenc.runfolder import CONFIG, CONTROL_JSON, CONTROLS, ERROR, METRICS
 
 OPEN = re.compile(r"^<!-- posenc (?P<args>.*?) -->[ \t]*$", re.MULTILINE)
@@ -91,14 +91,13 @@ def publish(src: str | Path, dest: str | Path, baseline: str | None = None) -> P
                 files.append(dest / r.path / name)
         if r.status == "complete":  # a run that failed once and then finished
             (dest / r.path / ERROR).unlink(missing_ok=True)
-    for task in tasks_of(done):  # each task's positive control travels with its table
-        found = [p for p in control_paths(src, task) if p.is_file()]
-        if found:
-            (dest / CONTROLS / task).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(found[0], dest / CONTROLS / task / CONTROL_JSON)
-            files.append(dest / CONTROLS / task / CONTROL_JSON)
+    # each task's positive control (the one that matches its runs best) travels with its table
+    for task, (path, _) in find_controls(src, tasks_of(done), done).items():
+        (dest / CONTROLS / task).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest / CONTROLS / task / CONTROL_JSON)
+        files.append(dest / CONTROLS / task / CONTROL_JSON)
     published = load_experiment(dest)
-    controls = load_controls(dest, tasks_of(published))
+    controls = load_controls(dest, tasks_of(published), published)
     report = build_report(published, dest.resolve().name, baseline=baseline, controls=controls)
     files += write_report(report, dest)
     failed = sum(r.status == "failed" for r in done)
@@ -376,7 +375,7 @@ def render_block(
             warn(f"{folder / r.path} left out of the tables: {r.error}")
     if not any(r.status == "complete" for r in records):
         raise ConfigError(f"no finished runs under {folder} for its posenc block")
-    controls = load_controls(folder, tasks_of(records))
+    controls = load_controls(folder, tasks_of(records), records)
     report: Report = build_report(
         records, folder.name, plots=False, baseline=block.baseline, controls=controls
     )

@@ -365,7 +365,9 @@ def test_abacus_with_coupling_s_two_choices_is_coupling():
             for e in (like, coupled, plain)
         ]
         assert torch.equal(pos[0], pos[1])
-        ids = [e.token_positions(tokens, p) for e, p in zip((like, coupled, plain), pos, strict=True)]
+        ids = [
+            e.token_positions(tokens, p) for e, p in zip((like, coupled, plain), pos, strict=True)
+        ]
         assert torch.equal(ids[0], ids[1])
         assert not torch.equal(ids[0], ids[2])
 

@@ -412,6 +412,45 @@ def test_a_control_on_other_task_settings_says_where_they_differ():
     assert task_header(report, "copy").control.endswith("after 200 steps).")
 
 
+def test_the_control_shown_is_the_one_whose_task_settings_match_the_runs(tmp_path):
+    """runs_root/controls holds the task's own control (Z5) and another of the same task
+    (state_tracking_s5: S5): an S5 table shows S5's, a Z5 table the task's own, a table of
+    a third group the task's own (first among equals); a control of another task, or a
+    damaged file, is never chosen."""
+    from posenc.report.protocol import find_controls
+
+    root = tmp_path / "runs"
+    exp = root / "exp"
+    exp.mkdir(parents=True)
+
+    def put(name, task, group, text=None):
+        folder = root / "controls" / name
+        folder.mkdir(parents=True)
+        data = {**control(task), "config": {"task": {"name": task, "group": group}}}
+        (folder / "control.json").write_text(text if text is not None else json.dumps(data))
+
+    put("state_tracking", "state_tracking", "Z5")
+    put("state_tracking_a5", "state_tracking", "A5", text='{"task": "state_tra')  # damaged
+    put("state_tracking_s5", "state_tracking", "S5")
+    put("state_tracking_x", "copy", "S5")  # named like one, another task's: never
+
+    def shown(group):
+        runs = [run("alibi", s) for s in range(2)]
+        for r in runs:
+            r.task = "state_tracking"
+            r.config = {**r.config, "task": {"name": "state_tracking", "group": group}}
+        found = find_controls(exp, ["state_tracking"], runs)
+        return found["state_tracking"][0].parent.name
+
+    assert shown("S5") == "state_tracking_s5"
+    assert shown("Z5") == "state_tracking"
+    assert shown("A5") == "state_tracking"  # A5's own file is damaged
+    assert shown("Q8") == "state_tracking"
+    assert find_controls(exp, ["state_tracking"])["state_tracking"][0].parent.name == (
+        "state_tracking"
+    )  # no runs to match: the task's own
+
+
 def test_old_run_folders_load_and_are_marked_made_before_the_protocol(tmp_path):
     exp = tmp_path / "exp"
     old = {

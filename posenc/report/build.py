@@ -151,7 +151,7 @@ def report_experiment(
     """Load, aggregate and write the report of an experiment folder (nothing is written
     when the baseline or a ``paper:`` block is bad)."""
     records = load_experiment(exp_dir)
-    controls = load_controls(exp_dir, tasks_of(records))
+    controls = load_controls(exp_dir, tasks_of(records), records)
     report = build_report(
         records, Path(exp_dir).resolve().name, plots=plots, baseline=baseline, controls=controls
     )

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from posenc import schema
-from posenc.report.protocol import MIN_SEEDS, fit_split, fits, length_window, test_range
+from posenc.report.protocol import (
+    MIN_SEEDS,
+    fit_split,
+    fits,
+    length_window,
+    task_differences,
+    test_range,
+)
 from posenc.report.records import RunRecord, train_ranges
 
 if TYPE_CHECKING:
@@ -215,17 +222,8 @@ def _control(report: Report, task: str, runs: list[RunRecord]) -> tuple[str, boo
 
 
 def _control_task_differences(control: dict, runs: list[RunRecord], limit: int = 3) -> str:
-    """The task settings where the control's config differs from what every run of the table
-    shares, e.g. ``group Z5 (the table: S5)``; "" when none (or nothing to compare)."""
-    theirs = (control.get("config") or {}).get("task")
-    ours = [(r.config or {}).get("task") for r in runs]
-    if not isinstance(theirs, dict) or not ours or not all(isinstance(t, dict) for t in ours):
-        return ""
-    parts = []
-    for key in sorted(set(theirs) & set(ours[0])):
-        values = {repr(t.get(key)) for t in ours}
-        if len(values) == 1 and ours[0][key] != theirs[key]:
-            parts.append(f"{key} {theirs[key]} (the table: {ours[0][key]})")
+    """`task_differences` as text, at most ``limit`` of them."""
+    parts = task_differences(control, runs)
     return ", ".join(parts[:limit]) + (", …" if len(parts) > limit else "")
 
 

@@ -116,29 +116,69 @@ def generalizes(record: RunRecord) -> bool:
 def control_paths(exp_dir: str | Path, task: str) -> list[Path]:
     """Where a task's positive control can be, in order: a published experiment's own
     ``controls/<task>/control.json``, then ``<runs_root>/controls/<task>/control.json`` beside
-    the experiment folder (what ``posenc check-task`` writes)."""
+    the experiment folder (what ``posenc check-task`` writes); after each, the task's other
+    controls in the same folder (``controls/<task>_*``, e.g. ``state_tracking_s5``), by name."""
     root = Path(exp_dir)
-    return [
-        root / CONTROLS / task / CONTROL_JSON,
-        root.resolve().parent / CONTROLS / task / CONTROL_JSON,
-    ]
+    out = []
+    for base in (root / CONTROLS, root.resolve().parent / CONTROLS):
+        out.append(base / task / CONTROL_JSON)
+        if base.is_dir():
+            out += sorted(p / CONTROL_JSON for p in base.glob(f"{task}_*") if p.is_dir())
+    return out
 
 
-def load_controls(exp_dir: str | Path, tasks: list[str]) -> dict[str, dict[str, Any]]:
-    """task -> its control.json, for the tasks that have a readable one (a damaged or
-    half-written file counts as no control shown)."""
+def task_differences(control: Mapping[str, Any], records: list[RunRecord]) -> list[str]:
+    """The task settings where a control's config differs from what every complete run of
+    ``records`` shares, e.g. ``group Z5 (the table: S5)``; [] when none or nothing to
+    compare."""
+    theirs = (control.get("config") or {}).get("task")
+    ours = [(r.config or {}).get("task") for r in records if r.status == "complete"]
+    if not isinstance(theirs, dict) or not ours or not all(isinstance(t, dict) for t in ours):
+        return []
+    parts = []
+    for key in sorted(set(theirs) & set(ours[0])):
+        values = {repr(t.get(key)) for t in ours}
+        if len(values) == 1 and ours[0][key] != theirs[key]:
+            parts.append(f"{key} {theirs[key]} (the table: {ours[0][key]})")
+    return parts
+
+
+def find_controls(
+    exp_dir: str | Path, tasks: list[str], records: list[RunRecord] | None = None
+) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """task -> (path, control.json) of the control shown with its table: of the readable
+    controls of that task (`control_paths`; a damaged or half-written file counts as no
+    control), the one whose task settings differ from the table's runs in the fewest keys
+    (`task_differences`), the first in `control_paths` order among equals. So a table of S5
+    runs shows S5's control (``state_tracking_s5``) rather than the task's own, Z5's."""
     from posenc.errors import UnreadableFileError
     from posenc.io import read_json
 
     out = {}
     for task in tasks:
+        runs = [r for r in records or [] if r.task == task]
+        best: tuple[int, Path, dict[str, Any]] | None = None
         for path in control_paths(exp_dir, task):
-            if path.is_file():
-                try:
-                    data = read_json(path)
-                except UnreadableFileError:
-                    continue
-                if isinstance(data, dict) and isinstance(data.get("learned"), bool):
-                    out[task] = data
-                    break
+            if not path.is_file():
+                continue
+            try:
+                data = read_json(path)
+            except UnreadableFileError:
+                continue
+            if not isinstance(data, dict) or not isinstance(data.get("learned"), bool):
+                continue
+            if data.get("task", task) != task:
+                continue
+            score = len(task_differences(data, runs))
+            if best is None or score < best[0]:
+                best = (score, path, data)
+        if best is not None:
+            out[task] = (best[1], best[2])
     return out
+
+
+def load_controls(
+    exp_dir: str | Path, tasks: list[str], records: list[RunRecord] | None = None
+) -> dict[str, dict[str, Any]]:
+    """task -> its control.json (`find_controls`), for the tasks that have a readable one."""
+    return {task: data for task, (_, data) in find_controls(exp_dir, tasks, records).items()}
