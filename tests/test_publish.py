@@ -395,6 +395,13 @@ def test_tables_passes_over_a_file_without_blocks_among_several(tmp_path):
             "encodings_2026_copy/copy/deltanet/seed0",
             ["model.mixers=[delta]", "+encoding.label=deltanet", "train.max_steps=2000"],
         ),
+        # issue 35: the older attention-level rows remade in the same experiments
+        ("encodings_2026_flip_flop/flip_flop/hard_alibi_paper/seed4", []),
+        ("encodings_2026_flip_flop/flip_flop/rope_ssmax/seed0", []),
+        ("encodings_2026_flip_flop/flip_flop/per_layer/seed2", ["encoding.layers=[rope,none]"]),
+        ("encodings_2026_copy/copy/hard_alibi_paper/seed1", ["train.max_steps=2000"]),
+        ("encodings_2026_copy/copy/per_layer/seed0", ["train.max_steps=2000"]),
+        ("encodings_2026_copy/copy/path_fox/seed2", ["train.max_steps=2000"]),
     ],
 )
 def test_the_2026_generation_runs_are_what_their_documented_commands_make(run, overrides):
@@ -410,7 +417,12 @@ def test_the_2026_generation_runs_are_what_their_documented_commands_make(run, o
     published = OmegaConf.load(ROOT / "docs" / "experiments" / run / "config.yaml")
     experiment, task, label, seed = run.split("/")
     preset = {"flip_flop": "liu_flip_flop", "copy": "attention_level"}[task]
-    names = {"canon_rope": "combo_canon_rope", "deltanet": "none", "dape_v2_kerple_log": "dape_v2"}
+    names = {
+        "canon_rope": "combo_canon_rope",
+        "deltanet": "none",
+        "dape_v2_kerple_log": "dape_v2",
+        "rope_ssmax": "combo_rope_ssmax",
+    }
     encoding = names.get(label, label)
     composed = compose(
         [f"preset={preset}", f"task={task}", f"encoding={encoding}", f"seed={seed[4:]}"]
