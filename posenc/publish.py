@@ -275,16 +275,34 @@ def block_options(args: str) -> Block:
 
 
 def per_length_lines(report: Report, task: str, metric: str, lengths: tuple[int, ...]) -> list[str]:
-    """Encodings (in the summary table's order) x lengths: ``metric`` averaged over seeds."""
+    """Encodings (in the summary table's order) x lengths: ``metric`` averaged over seeds.
+
+    A validation length (past the training range, scored on validation samples and left out
+    of the test set: ``metrics.json``'s ``validation`` block) has no test figure; asked for,
+    its column shows the validation figure, headed ``n = 5 (val)`` and said so below the
+    table, so an ablation can show the lengths it is chosen on beside those it is tested on.
+    """
     values: dict[tuple[str, int], list[float]] = {}
     for row in report.rows:
         if row["task"] == task and row["length"] in lengths:
             values.setdefault((row["encoding"], row["length"]), []).append(row[metric])
+    tested = {n for _, n in values}
+    validated: set[int] = set()
+    for r in report.records:
+        if r.task != task or r.status != "complete" or not r.metrics:
+            continue
+        val = r.metrics.get("validation") or {}
+        for n in val.get("lengths") or []:
+            figure = (val.get("per_length") or {}).get(str(n), {}).get(metric)
+            if n in lengths and n not in tested and isinstance(figure, int | float):
+                validated.add(n)
+                values.setdefault((r.encoding, n), []).append(float(figure))
     name = metric.replace("_", " ")
+    head = [f"n = {n} (val)" if n in validated else f"n = {n}" for n in lengths]
     lines = [
         f"{name.capitalize()} by length (mean over seeds):",
         "",
-        "| encoding | " + " | ".join(f"n = {n}" for n in lengths) + " |",
+        "| encoding | " + " | ".join(head) + " |",
         "|---|" + "--:|" * len(lengths),
     ]
     for summary in report.tables[task]:
@@ -293,6 +311,13 @@ def per_length_lines(report: Report, task: str, metric: str, lengths: tuple[int,
             for n in lengths
         ]
         lines.append(f"| {summary.encoding} | " + " | ".join(cells) + " |")
+    if validated:
+        listed = ", ".join(str(n) for n in sorted(validated))
+        lines += [
+            "",
+            f"(val): a validation length ({listed}), scored on the validation samples (the "
+            "lengths settings are chosen on), never in the OOD figures or horizons.",
+        ]
     return [*lines, ""]
 
 

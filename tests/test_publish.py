@@ -247,6 +247,28 @@ def test_per_length_table_is_the_mean_over_seeds_at_the_asked_lengths(tmp_path):
         render_tables(doc(args="report exp --per-length exact_match"), tmp_path / "docs")
 
 
+def test_per_length_table_shows_a_validation_length_as_such(tmp_path):
+    """A validation length has no test figure: asked for, its column is the validation
+    samples' mean, headed "(val)" and said so; a length that is neither stays "–"."""
+    dest = tmp_path / "docs" / "exp"
+    publish(experiment(tmp_path), dest)
+    for seed, figure in ((0, 0.4), (1, 0.6)):
+        path = dest / f"copy/alibi/seed{seed}/metrics.json"
+        m = json.loads(path.read_text())
+        m["validation"] = {"lengths": [5], "per_length": {"5": {"exact_match": figure}}}
+        path.write_text(json.dumps(m))
+    args = "report exp --per-length exact_match --lengths 4,5,6"
+    block = render_tables(doc(args=args), tmp_path / "docs").split("<!-- /posenc -->")[0]
+    table = block.split("Exact match by length (mean over seeds):\n\n")[1].splitlines()
+    assert table[:4] == [
+        "| encoding | n = 4 | n = 5 (val) | n = 6 |",
+        "|---|--:|--:|--:|",
+        "| alibi | 0.50 | 0.50 | – |",
+        "| rope | 0.00 | – | – |",
+    ]
+    assert "(val): a validation length (5), scored on the validation samples" in block
+
+
 def test_factor_table_gives_each_row_its_scale_and_factor_at_each_threshold(tmp_path):
     """The factor is the horizon at a threshold over the longest training length, averaged
     over the seeds that fit the range at that threshold; none fit: "did not fit"."""
