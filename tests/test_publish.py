@@ -451,3 +451,60 @@ def test_the_2026_generation_runs_are_what_their_documented_commands_make(run, o
         + [f"experiment={experiment}", *overrides, *EAGER]
     )
     assert config_identity(composed) == config_identity(published)
+
+
+ABLATION = ["train.eval_every=500", "train.max_steps=9000"]
+
+
+@pytest.mark.parametrize(
+    "run, encoding, overrides",
+    [
+        ("coupled/seed0", "coupled", ["encoding.max_offset=20"]),
+        ("abacus/seed2", "abacus", ["encoding.max_offset=20"]),
+        (
+            "abacus_offset_per_sequence/seed1",
+            "abacus",
+            ["encoding.max_offset=20", "encoding.offset_per=sequence"],
+        ),
+        ("abacus_other_ids_start/seed0", "abacus", ["encoding.max_offset=20", "encoding.other_ids=start"]),
+        (
+            "coupled_independent_lengths/seed2",
+            "coupled",
+            ["encoding.max_offset=20", "task.independent_lengths=true"],
+        ),
+        ("coupled_max_offset_100/seed1", "coupled", ["encoding.max_offset=100"]),
+        (
+            "coupled_batch1000_1500steps/seed0",
+            "coupled",
+            [
+                "encoding.max_offset=20",
+                "train.batch_size=1000",
+                "train.steps=1500",
+                "train.max_steps=2250",
+            ],
+        ),
+    ],
+)  # fmt: skip
+def test_the_arithmetic_ablation_runs_are_what_their_documented_commands_make(
+    run, encoding, overrides
+):
+    """docs/results.md's commands for the arithmetic ablation (issue 35) compose each
+    published run, so re-running them skips it."""
+    from omegaconf import OmegaConf
+
+    from posenc.config import compose
+    from posenc.runfolder import config_identity
+
+    folder = ROOT / "docs" / "experiments" / "arithmetic_ablation" / "addition" / run
+    published = OmegaConf.load(folder / "config.yaml")
+    label, seed = run.split("/")
+    overrides = [*ABLATION, *overrides]
+    if "train.max_steps=2250" in overrides:
+        overrides.remove("train.max_steps=9000")
+    if label != encoding:
+        overrides.append(f"+encoding.label={label}")
+    composed = compose(
+        ["preset=arithmetic", "task=addition", f"encoding={encoding}", f"seed={seed[4:]}"]
+        + ["experiment=arithmetic_ablation", *overrides, *EAGER]
+    )
+    assert config_identity(composed) == config_identity(published)
