@@ -508,3 +508,30 @@ def test_the_arithmetic_ablation_runs_are_what_their_documented_commands_make(
         + ["experiment=arithmetic_ablation", *overrides, *EAGER]
     )
     assert config_identity(composed) == config_identity(published)
+
+
+@pytest.mark.parametrize(
+    "run, overrides",
+    [
+        ("coupled_1layer_pad/seed1", []),
+        ("coupled_1layer_pad_independent_lengths/seed2", ["task.independent_lengths=true"]),
+    ],
+)
+def test_the_arithmetic_choice_runs_are_what_their_documented_commands_make(run, overrides):
+    """docs/results.md's commands for the ablation's choice in the 10-digit set-up (issue 35)
+    compose each published run of docs/experiments/arithmetic_long_protocol."""
+    from omegaconf import OmegaConf
+
+    from posenc.config import compose
+    from posenc.runfolder import config_identity
+
+    folder = ROOT / "docs" / "experiments" / "arithmetic_long_protocol" / "addition" / run
+    published = OmegaConf.load(folder / "config.yaml")
+    label, seed = run.split("/")
+    composed = compose(
+        ["preset=arithmetic_long", "task=addition", "encoding=coupled", f"seed={seed[4:]}"]
+        + ["experiment=arithmetic_long_protocol", "model.n_layers=1", "task.zero_pad=true"]
+        + ["encoding.max_offset=30", "train.max_steps=15000", f"+encoding.label={label}"]
+        + [*overrides, *EAGER]
+    )
+    assert config_identity(composed) == config_identity(published)
