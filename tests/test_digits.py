@@ -346,7 +346,7 @@ def test_other_ids_by_hand():
     assert build("abacus", LSB).other_ids == "zero" and build("coupled", LSB).other_ids == "start"
 
 
-def test_abacus_with_coupling_s_two_choices_is_coupling():
+def test_abacus_with_both_of_couplings_choices_is_coupling():
     """LSB-first addition: Abacus with other_ids=start and offset_per=sequence gives position
     coupling's ids and offsets exactly, in training and at evaluation, so these two knobs
     are every difference between the schemes in this format."""
