@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from posenc import precision
 from posenc.run.execute import run
@@ -63,3 +64,9 @@ def test_an_unreadable_record_means_fp32(record_file):
 def test_a_run_records_the_precision_it_used(tiny_cfg, record_file):
     metrics = run(tiny_cfg("train.precision=auto"))
     assert metrics["train"]["precision_used"] == "fp32"
+    # and the machine it ran on, as the precision records key it (CPU model, torch version)
+    assert metrics["train"]["machine"] == precision.machine_key("cpu")
+    assert (
+        metrics["train"]["machine"].startswith("cpu | ")
+        and torch.__version__ in (metrics["train"]["machine"])
+    )

@@ -102,6 +102,7 @@ def write_phase(
 ) -> dict[str, Any]:
     """TensorBoard summaries and attention maps, then ``metrics.json`` last, atomically."""
     from posenc import attention, tblog
+    from posenc.precision import machine_key
 
     cfg, tr, model = s.p.cfg, s.p.cfg.train, s.p.model
     step = s.trainer.step_count
@@ -114,6 +115,9 @@ def write_phase(
         "final_loss": s.loss,
         "parameters": model.num_parameters(),
         "precision_used": s.trainer.precision,  # what train.precision (e.g. auto) became
+        # where it ran (device, CPU model, bf16 flags, torch): float kernels differ between
+        # machine kinds, so a run re-made elsewhere can differ without any bug
+        "machine": machine_key(next(model.parameters()).device),
     }
     evaluation = {"seconds": round(eval_seconds, 3), "greedy": bool(cfg.eval.greedy)}
     protocol = protocol_record(
