@@ -162,8 +162,10 @@ CASES = [
     ("combo", {"parts": ["abacus", "fire"]}),
     ("combo", {"parts": ["coupled", "rope"]}),
     ("combo", {"parts": [{"name": "abacus", "eval_offset": True}, {"name": "randomized", "base": "fire"}]}),
+    ("abacus", {"other_ids": "start", "offset_per": "sequence", "eval_offset": True, "max_offset": 30}),
+    ("coupled", {"other_ids": "zero", "offset_per": "batch", "eval_offset": True, "max_offset": 30}),
 ]  # fmt: skip
-IDS = ["abacus", "abacus-offset", "coupled", "coupled-offset", "abacus+fire", "coupled+rope", "abacus-offset+randomized_fire"]  # fmt: skip
+IDS = ["abacus", "abacus-offset", "coupled", "coupled-offset", "abacus+fire", "coupled+rope", "abacus-offset+randomized_fire", "abacus-start-ids", "coupled-zero-ids"]  # fmt: skip
 
 
 def _batch(task, n=4, count=6, seed=0):

@@ -230,11 +230,17 @@ def test_published_controls_agree_with_their_runs():
         assert control["steps"] == run["train"]["steps"] and control["task"] == run["task"]
 
 
+def per_length_block(tmp_path: Path, lengths: str) -> tuple[str, list[str]]:
+    """The rendered block of ``--per-length exact_match --lengths LENGTHS`` over the
+    published experiment under tmp_path/docs/exp, and its per-length table's lines."""
+    args = f"report exp --per-length exact_match --lengths {lengths}"
+    block = render_tables(doc(args=args), tmp_path / "docs").split("<!-- /posenc -->")[0]
+    return block, block.split("Exact match by length (mean over seeds):\n\n")[1].splitlines()
+
+
 def test_per_length_table_is_the_mean_over_seeds_at_the_asked_lengths(tmp_path):
     publish(experiment(tmp_path), tmp_path / "docs" / "exp")
-    args = "report exp --per-length exact_match --lengths 3,4"
-    block = render_tables(doc(args=args), tmp_path / "docs").split("<!-- /posenc -->")[0]
-    table = block.split("Exact match by length (mean over seeds):\n\n")[1].splitlines()
+    _, table = per_length_block(tmp_path, "3,4")
     assert table[:4] == [
         "| encoding | n = 3 | n = 4 |",
         "|---|--:|--:|",
@@ -257,9 +263,7 @@ def test_per_length_table_shows_a_validation_length_as_such(tmp_path):
         m = json.loads(path.read_text())
         m["validation"] = {"lengths": [5], "per_length": {"5": {"exact_match": figure}}}
         path.write_text(json.dumps(m))
-    args = "report exp --per-length exact_match --lengths 4,5,6"
-    block = render_tables(doc(args=args), tmp_path / "docs").split("<!-- /posenc -->")[0]
-    table = block.split("Exact match by length (mean over seeds):\n\n")[1].splitlines()
+    block, table = per_length_block(tmp_path, "4,5,6")
     assert table[:4] == [
         "| encoding | n = 4 | n = 5 (val) | n = 6 |",
         "|---|--:|--:|--:|",
