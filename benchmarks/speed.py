@@ -35,6 +35,10 @@ Rows:
   autocast context, attention in float32 on CPU) against fp32, same batches: the bf16/fp32
   step ratio; ``--record`` stores it for ``train.precision=auto`` on this machine
   (`posenc.precision`). On a CPU without bf16 instructions it only says so.
+- ``bf16_compile``: ``train.precision=bf16`` with ``train.compile=true`` (compile fuses the
+  casts and the float32 elementwise work around the bf16 matmuls) against the compiled fp32
+  step and the eager fp32 one, same batches; ``--record`` stores the compiled ratio, which
+  ``train.precision=auto`` reads for a compiled run (opt-in like ``compile``).
 - ``fused``: milliseconds per AdamW step on the default model's gradients, ``foreach`` (the
   default) against ``fused=True`` (``train.fused_adamw``), interleaved, medians.
 - ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
@@ -102,6 +106,7 @@ ROWS = (
     "encodings",
     "features",
     "bf16",
+    "bf16_compile",
     "fused",
     "compile",
     "compile_pieces",
@@ -114,7 +119,8 @@ ROWS = (
     "floor",
     "profile",
 )
-DEFAULT_ROWS = tuple(r for r in ROWS if r not in ("compile", "compile_pieces"))
+COMPILING_ROWS = ("compile", "compile_pieces", "bf16_compile")  # opt-in: minutes of compiling
+DEFAULT_ROWS = tuple(r for r in ROWS if r not in COMPILING_ROWS)
 results: list[tuple[str, str, str]] = []  # (what, measured, target)
 
 
@@ -698,7 +704,7 @@ def main() -> None:
     parser.add_argument(
         "--record",
         action="store_true",
-        help="store the bf16 row's speedup for train.precision=auto on this machine",
+        help="store the bf16 (and bf16_compile) rows' speedup for train.precision=auto here",
     )
     parser.add_argument(
         "--accuracy-checked",
@@ -718,7 +724,11 @@ def main() -> None:
         f"posenc speed benchmark · torch {torch.__version__} · {plural(threads, 'thread')}",
         flush=True,
     )
-    rates = peaks(cfg) if {"machine", "step", "bf16", "floor", "profile"} & set(rows) else {}
+    rates = (
+        peaks(cfg)
+        if {"machine", "step", "bf16", "bf16_compile", "floor", "profile"} & set(rows)
+        else {}
+    )
     peak = {dtype: max(r) for dtype, r in rates.items()}
     if "machine" in rows:
         row("CPU", cpu_model())
@@ -736,8 +746,9 @@ def main() -> None:
             ", ".join(f"{r:.1f}" for r in rates[torch.float32]),
         )
 
-    data = batches(cfg, args.steps + 10) if {"step", "bf16", "compile"} & set(rows) else []
-    fp32 = bare_loop(cfg, data) if {"step", "bf16", "compile"} & set(rows) else {}
+    timed_rows = {"step", "bf16", "bf16_compile", "compile"} & set(rows)
+    data = batches(cfg, args.steps + 10) if timed_rows else []
+    fp32 = bare_loop(cfg, data) if timed_rows else {}
     if "step" in rows:
         achieved = fp32["flops"] / fp32["seconds"] / 1e9
         row(
@@ -812,6 +823,31 @@ def main() -> None:
 
             path = save_record(speedup, accuracy_checked=args.accuracy_checked)
             row("bf16 measurement recorded for train.precision=auto", f"{path} [{machine_key()}]")
+    if "bf16_compile" in rows:
+        from posenc.run.train import use_compile_cache
+
+        use_compile_cache()
+        few = data[:30]  # the first 10 (timed apart) compile
+        ms = {
+            name: 1000 * out["seconds"] / out["steps"]
+            for name, out in (
+                ("eager fp32", bare_loop(cfg, few)),
+                ("compiled fp32", bare_loop(cfg, few, compile=True)),
+                ("compiled bf16", bare_loop(cfg, few, precision="bf16", compile=True)),
+            )
+        }
+        speedup = ms["compiled fp32"] / ms["compiled bf16"]
+        row(
+            "compiled bf16 / compiled fp32 step speed (ms: eager fp32, compiled fp32, bf16)",
+            f"{speedup:.2f}x ({ms['eager fp32']:.0f}, {ms['compiled fp32']:.0f}, "
+            f"{ms['compiled bf16']:.0f} ms)",
+            ">= 1.5x on AMX",
+        )
+        if args.record:  # what train.precision=auto reads for a compiled run here
+            from posenc.precision import machine_key, save_record
+
+            path = save_record(speedup, accuracy_checked=args.accuracy_checked, compiled=True)
+            row("compiled bf16 measurement recorded", f"{path} [{machine_key()}]")
     if "fused" in rows:
         fused_row(cfg, batches(cfg, 1), args.steps)
     if "compile_pieces" in rows:

@@ -11,6 +11,13 @@ fp32 one *and* that a 3-seed accuracy check was recorded as passed (``accuracy_c
 set by whoever ran the check: the benchmark cannot know), and to ``fp32`` everywhere else,
 including any machine without a record. The run records what it used (`metrics.json`,
 ``train.precision_used``), since ``auto`` alone does not say.
+
+A compiled run (``train.compile``) reads its own ratio: bf16 against fp32, both compiled
+(``bf16_speedup_compiled``, written by ``--rows bf16_compile --record``). Compile fuses the
+casts and the float32 elementwise work that made eager bf16 lose on the AMX machine
+(docs/performance.md), so bf16 can pay compiled where it does not eagerly, or the reverse;
+one ratio cannot stand for the other, and a compiled run on a machine without the compiled
+ratio trains in fp32.
 """
 
 from __future__ import annotations
@@ -65,16 +72,25 @@ def load_records() -> dict:
         return {}
 
 
+SPEEDUP_KEYS = {False: "bf16_speedup", True: "bf16_speedup_compiled"}
+
+
 def save_record(
-    speedup: float, *, device: torch.device | str = "cpu", accuracy_checked: bool = False
+    speedup: float,
+    *,
+    device: torch.device | str = "cpu",
+    accuracy_checked: bool = False,
+    compiled: bool = False,
 ) -> Path:
-    """Store this machine's measured bf16/fp32 step speed (written atomically)."""
+    """Store this machine's measured bf16/fp32 step speed, eager or (``compiled``) both
+    steps compiled, keeping the other ratio if one was stored (written atomically)."""
     path = record_path()
     records = load_records()
     key = machine_key(device)
     previous = records.get(key, {})
     records[key] = {
-        "bf16_speedup": round(float(speedup), 3),
+        **{k: previous[k] for k in SPEEDUP_KEYS.values() if k in previous},
+        SPEEDUP_KEYS[compiled]: round(float(speedup), 3),
         "accuracy_checked": bool(accuracy_checked or previous.get("accuracy_checked", False)),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,12 +100,13 @@ def save_record(
     return path
 
 
-def resolve(precision: str, device: torch.device | str = "cpu") -> str:
+def resolve(precision: str, device: torch.device | str = "cpu", compiled: bool = False) -> str:
     """The precision a run trains in: ``fp32`` and ``bf16`` as asked; ``auto`` as this
-    machine's record allows (module docstring)."""
+    machine's record allows for an eager or a ``compiled`` step (module docstring)."""
     if precision != "auto":
         return precision
     record = load_records().get(machine_key(device), {})
-    if record.get("bf16_speedup", 0.0) >= MIN_SPEEDUP and record.get("accuracy_checked"):
+    speedup = record.get(SPEEDUP_KEYS[bool(compiled)], 0.0)
+    if speedup >= MIN_SPEEDUP and record.get("accuracy_checked"):
         return "bf16"
     return "fp32"

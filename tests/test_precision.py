@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from posenc import precision
 from posenc.run.execute import run
@@ -54,6 +55,54 @@ def test_a_new_measurement_keeps_a_passed_accuracy_check(record_file):
         "bf16_speedup": 1.7,
         "accuracy_checked": True,
     }
+
+
+@pytest.mark.parametrize(
+    ("eager", "compiled", "expected_eager", "expected_compiled"),
+    [
+        (0.55, None, "fp32", "fp32"),  # the AMX machine's eager autocast; compiled not measured
+        (0.55, 1.6, "fp32", "bf16"),  # bf16 pays only once compile fuses the casts
+        (1.6, 0.9, "bf16", "fp32"),  # or the reverse: one ratio never stands for the other
+    ],
+)
+def test_a_compiled_run_reads_the_compiled_ratio(
+    record_file, eager, compiled, expected_eager, expected_compiled
+):
+    precision.save_record(eager, accuracy_checked=True)
+    if compiled is not None:
+        precision.save_record(compiled, compiled=True)
+    assert precision.resolve("auto") == expected_eager
+    assert precision.resolve("auto", compiled=True) == expected_compiled
+    assert precision.resolve("bf16", compiled=True) == "bf16"  # explicit values win
+
+
+def test_each_ratio_is_kept_when_the_other_is_measured_again(record_file):
+    precision.save_record(0.55)
+    precision.save_record(1.6, compiled=True, accuracy_checked=True)
+    precision.save_record(0.6)
+    assert precision.load_records()[precision.machine_key()] == {
+        "bf16_speedup": 0.6,
+        "bf16_speedup_compiled": 1.6,
+        "accuracy_checked": True,
+    }
+
+
+def test_a_compiled_trainer_resolves_auto_by_the_compiled_ratio(
+    tiny_cfg, record_file, monkeypatch, tmp_path
+):
+    """The trainer decides compile first, then the precision for that kind of step (torch
+    compiles on the first call, which this test never makes)."""
+    from posenc.run.execute import plan
+    from posenc.run.train import COMPILE_CACHE_ENV, Trainer
+
+    monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "cache"))
+
+    precision.save_record(0.55, accuracy_checked=True)
+    precision.save_record(1.6, compiled=True)
+    p = plan(tiny_cfg("train.precision=auto"))
+    eager = Trainer(p.model, OmegaConf.merge(p.cfg.train, {"compile": False}))
+    compiled = Trainer(p.model, OmegaConf.merge(p.cfg.train, {"compile": True}))
+    assert (eager.precision, compiled.precision) == ("fp32", "bf16")
 
 
 def test_an_unreadable_record_means_fp32(record_file):

@@ -79,19 +79,20 @@ BF16_LOSS_RTOL = 0.02
 BF16_UPDATE_RTOL = 0.1
 
 
-@pytest.mark.parametrize("name", encodings.names())
-def test_bf16_steps_stay_within_bf16_rounding_of_fp32(tiny_cfg, one_thread, name):
-    """Three steps in bf16 (pieces in one autocast context, attention in float32) against
-    the same three in float32, same seeds and batches: every loss within bf16 rounding, the
-    weights' updates within a few percent."""
+def assert_bf16_within_rounding(tiny_cfg, name: str, *extra: str) -> Trainer:
+    """Three steps in bf16 against the same three in float32 (same seeds and batches, both
+    with ``extra`` overrides): every loss within bf16 rounding, the weights' updates within
+    a few percent, the weights kept in float32. Returns the bf16 trainer."""
     torch.manual_seed(0)
     start = {  # tensors only: an encoding's extra state (DroPE's switch) is no weight
         k: v.clone()
         for k, v in plan(tiny_cfg(*overrides_for(name))).model.state_dict().items()
         if isinstance(v, torch.Tensor)
     }
-    fp32, fp32_weights, _ = trained(tiny_cfg(*overrides_for(name)), 3)
-    bf16, bf16_weights, trainer = trained(tiny_cfg(*overrides_for(name), "train.precision=bf16"), 3)
+    fp32, fp32_weights, _ = trained(tiny_cfg(*overrides_for(name), *extra), 3)
+    bf16, bf16_weights, trainer = trained(
+        tiny_cfg(*overrides_for(name), *extra, "train.precision=bf16"), 3
+    )
     assert trainer.precision == "bf16" and trainer.workers == 1
     torch.testing.assert_close(bf16, fp32, rtol=BF16_LOSS_RTOL, atol=0)
     floats = [k for k, v in start.items() if v.is_floating_point()]
@@ -99,3 +100,38 @@ def test_bf16_steps_stay_within_bf16_rounding_of_fp32(tiny_cfg, one_thread, name
     apart = sum(float((bf16_weights[k] - fp32_weights[k]).square().sum()) for k in floats)
     update = sum(float((fp32_weights[k] - start[k]).square().sum()) for k in floats)
     assert apart**0.5 <= BF16_UPDATE_RTOL * update**0.5
+    return trainer
+
+
+@pytest.mark.parametrize("name", encodings.names())
+def test_bf16_steps_stay_within_bf16_rounding_of_fp32(tiny_cfg, one_thread, name):
+    """Three steps in bf16 (pieces in one autocast context, attention in float32) against
+    the same three in float32, same seeds and batches: every loss within bf16 rounding, the
+    weights' updates within a few percent."""
+    assert_bf16_within_rounding(tiny_cfg, name)
+
+
+# A rotation, a (learned) bias and a scheme with its own attention weights: the ways an
+# encoding enters attention, which is where the compiled bf16 path differs (attention traced
+# in float32 inside the autocast region). Three, not the matrix: each traces twice (~10 s).
+COMPILED_BF16 = ["rope", "t5", "stick_breaking"]
+
+
+@pytest.mark.parametrize("name", COMPILED_BF16)
+def test_compiled_bf16_steps_stay_within_bf16_rounding_of_compiled_fp32(
+    tiny_cfg, one_thread, monkeypatch, tmp_path, name
+):
+    """``train.compile=true train.precision=bf16``, the combination that fuses the casts on
+    a CPU with AMX (docs/performance.md): the autocast region traced into the compiled graph
+    gives bf16 rounding of the compiled float32 step. Compiled with ``aot_eager`` (the
+    graphs inductor would compile, run op by op), so the check takes seconds."""
+    from posenc.run.train import COMPILE_CACHE_ENV
+
+    monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "cache"))
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager", **kw)
+    )
+    torch._dynamo.reset()
+    trainer = assert_bf16_within_rounding(tiny_cfg, name, "train.compile=true")
+    assert trainer.forward is not trainer.model, "the step ran through the compiled module"

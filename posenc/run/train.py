@@ -164,8 +164,9 @@ class Trainer:
         self.model = model
         self.device = device
         self.grad_clip = train.grad_clip
-        self.precision = resolve_precision(train.precision, device)  # "auto" -> fp32 or bf16
         compiled, fused = resolved_compile(train, model, device)
+        # "auto" -> fp32 or bf16, by this machine's record for an eager or a compiled step
+        self.precision = resolve_precision(train.precision, device, compiled)
         # The compiled module shares parameters with `model`; checkpoints use `model`.
         if compiled:
             use_compile_cache()
