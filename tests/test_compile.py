@@ -10,6 +10,8 @@ backward graphs, no code generation), so the checks take seconds, not inductor's
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -87,6 +89,40 @@ def test_compile_cache_is_persistent(monkeypatch, tmp_path):
     assert use_compile_cache() == os.path.join(str(tmp_path), "posenc", "torchinductor")
     monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "mine"))
     assert use_compile_cache() == str(tmp_path / "mine")
+
+
+def test_torchs_own_temporary_default_is_replaced_but_a_users_folder_is_kept(monkeypatch, tmp_path):
+    """Importing torch._dynamo writes torch's default (a /tmp folder) into the variable; that
+    value is not a user's choice. A fresh process, as a run is: the model is built first
+    (which imports torch._dynamo), then the compiled trainer."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv(COMPILE_CACHE_ENV, default_cache_dir())
+    assert use_compile_cache() == os.path.join(str(tmp_path), "posenc", "torchinductor")
+    script = (
+        "import os\n"
+        "from omegaconf import OmegaConf\n"
+        "from posenc.config import compose\n"
+        "from posenc.run.execute import plan\n"
+        "from posenc.run.train import Trainer\n"
+        "p = plan(compose(['model.n_layers=1', 'model.d_model=32', 'model.n_heads=4']))\n"
+        "assert 'torch._dynamo' in __import__('sys').modules  # what set torch's default\n"
+        "Trainer(p.model, OmegaConf.merge(p.cfg.train, {'compile': True})).close()\n"
+        "from torch._inductor.codecache import FxGraphCache\n"
+        "print(FxGraphCache._get_tmp_dir())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != COMPILE_CACHE_ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    expected = tmp_path / "posenc" / "torchinductor" / "fxgraph"
+    assert out.stdout.strip().splitlines()[-1] == str(expected)
+    env[COMPILE_CACHE_ENV] = str(tmp_path / "mine")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == str(tmp_path / "mine" / "fxgraph")
 
 
 # ---------------------------------------------------------------- train.compile=auto

@@ -108,10 +108,22 @@ def use_compile_cache() -> str:
     default, so every run of a comparison and every later command on this machine reuses
     them (a cold compile of the default model is about two minutes on one core, a cached
     one about half a minute: docs/performance.md)."""
-    if COMPILE_CACHE_ENV not in os.environ:
+    if os.environ.get(COMPILE_CACHE_ENV) in (None, _torch_default_cache_dir()):
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         os.environ[COMPILE_CACHE_ENV] = os.path.join(base, "posenc", "torchinductor")
     return os.environ[COMPILE_CACHE_ENV]
+
+
+def _torch_default_cache_dir() -> str | None:
+    """The folder torch itself writes into ``$TORCHINDUCTOR_CACHE_DIR`` (a temporary one)
+    when anything imports ``torch._dynamo`` before a trainer compiles, as building a model
+    does: that value is torch's default, not a user's choice, so `use_compile_cache` still
+    replaces it (it did not, and every compiled run's artifacts went to /tmp)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # a torch without it: only an unset variable is ours to set
+        return None
+    return default_cache_dir()
 
 
 def resolved_compile(train_cfg, model: nn.Module, device: torch.device | str) -> tuple[bool, bool]:
