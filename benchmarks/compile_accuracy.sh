@@ -11,6 +11,11 @@
 #   EAGER=compare benchmarks/compile_accuracy.sh --choices docs/choices/compare.yaml
 #                       # the eager side is an existing experiment under RUNS_ROOT (e.g. the
 #                       # default comparison made under the protocol): only the candidate trains
+#   NAME=accuracy_bf16 CANDIDATE=train.precision=bf16 EAGER=compare benchmarks/compile_accuracy.sh \
+#       --choices docs/choices/compare.yaml
+#                       # the check train.precision=auto needs (benchmarks/speed.py --record
+#                       # --accuracy-checked): bf16 against fp32; NAME is the candidate's
+#                       # experiment (default accuracy_candidate), one per candidate
 #
 # Extra arguments go to both `posenc compare` calls (options or overrides). Finished runs are
 # skipped, so a second call resumes. The eager side says train.compile=false
@@ -25,6 +30,7 @@ seeds=${SEEDS:-3}
 root=${RUNS_ROOT:-runs}
 candidate=${CANDIDATE:-train.compile=true train.fused_adamw=true}
 eager=${EAGER:-accuracy_eager}
+name=${NAME:-accuracy_candidate}
 if [[ -z ${EAGER:-} ]]; then
   posenc compare --seeds "$seeds" --experiment accuracy_eager runs_root="$root" \
     train.compile=false train.fused_adamw=false "$@"
@@ -33,12 +39,12 @@ elif [[ ! -f $root/$eager/results.csv ]]; then
   exit 2
 fi
 # shellcheck disable=SC2086
-posenc compare --seeds "$seeds" --experiment accuracy_candidate runs_root="$root" $candidate "$@"
-python3 - "$root" "$candidate" "$eager" <<'PY'
+posenc compare --seeds "$seeds" --experiment "$name" runs_root="$root" $candidate "$@"
+python3 - "$root" "$candidate" "$eager" "$name" <<'PY'
 import csv, pathlib, statistics, sys
 from collections import defaultdict
 
-root, candidate, eager_experiment = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+root, candidate, eager_experiment, name = pathlib.Path(sys.argv[1]), *sys.argv[2:5]
 
 def per_seed(experiment):
     """{encoding: {"ID"|"OOD": [mean exact match of each seed]}} from the report's results.csv."""
@@ -53,7 +59,7 @@ def per_seed(experiment):
             out[f"{task}/{enc}"][where].append(statistics.fmean(values))
     return out
 
-eager, cand = per_seed(eager_experiment), per_seed("accuracy_candidate")
+eager, cand = per_seed(eager_experiment), per_seed(name)
 failed = []
 print(f"candidate: {candidate}")
 for key in sorted(eager):
