@@ -55,7 +55,8 @@ Rows:
   the 3,000 steps its recipe needs, against ``posenc train``'s wall time.
 - ``pair``: two ``posenc train`` started side by side against one alone: combined throughput.
 - ``profile``: where a step's time goes: torch's profiler over 30 steps of the configured
-  batching (pieces one after the other, at the run's threads): the matmuls' share of the
+  batching (pieces one after the other, at the run's threads) and precision
+  (``train.precision=bf16`` profiles the bf16 path): the matmuls' share of the
   time and their GFLOP/s in place, then the costliest other operators.
 - ``floor``: the arithmetic floor: the FLOPs of a default run's training steps (counted on
   real tokens, as ``step``, averaged over 300 batches of the configured stream, times
@@ -589,13 +590,15 @@ def profile_rows(cfg, steps: int = 30, peak: float | None = None) -> None:
     bytes they read, floor at the copy bandwidth of activation-sized tensors), and the
     framework's share (eager operator calls times the cost of an empty one, plus Python time
     between operators). ``steps`` steps of the configured batching, pieces one after the
-    other at the run's threads, under torch's profiler (which adds a little per call)."""
+    other at the run's threads, under torch's profiler (which adds a little per call), in the
+    configured ``train.precision`` (``train.precision=bf16`` profiles the bf16 path; its
+    matmul floors still read the fp32 peak)."""
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
     p = plan(cfg)
     data = batches(cfg, steps + 10, seed=4)
-    trainer = make_trainer(cfg, p.model, len(data), workers=1)
+    trainer = make_trainer(cfg, p.model, len(data), precision=cfg.train.precision, workers=1)
     for b in data[:10]:
         trainer.step(b)
     params = list(p.model.parameters())
@@ -636,7 +639,7 @@ def profile_rows(cfg, steps: int = 30, peak: float | None = None) -> None:
     peak = peak or max(matmul_gflops(*s, torch.float32) for s in model_shapes(cfg))
     threads = plural(torch.get_num_threads(), "thread")
     row(
-        f"profile ({threads}): a step's wall time; in operators; Python between them",
+        f"profile ({threads}, {trainer.precision}): a step's wall time; in operators; Python between them",
         f"{wall * 1000 / steps:.0f} ms; {in_ops * ms:.0f} ms; {gap_ms:.0f} ms",
     )
     for name, s in stats.items():
