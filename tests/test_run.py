@@ -14,6 +14,7 @@ from posenc import tasks
 from posenc.console import Reporter
 from posenc.data import TrainStream, length_buckets
 from posenc.errors import ConfigError, RunExistsError
+from posenc.precision import machine_key
 from posenc.run.evaluate import evaluate_pairs
 from posenc.run.execute import plan, run
 from posenc.tasks.format import PAD
@@ -108,6 +109,30 @@ def test_ctrl_c_leaves_a_checkpoint_and_no_metrics_and_resume_matches(tiny_cfg, 
     assert "resumed from step 5" in (d / "train.log").read_text()
     assert resumed["train"]["final_loss"] == reference["train"]["final_loss"]
     assert resumed["per_length"] == reference["per_length"]
+    here = machine_key("cpu")
+    assert reference["train"]["attempts"] == [{"from_step": 0, "machine": here}]
+    assert resumed["train"]["attempts"] == [
+        {"from_step": 0, "machine": here},
+        {"from_step": 5, "machine": here},
+    ]
+
+
+def test_a_run_resumed_from_a_checkpoint_without_attempts_says_the_first_machine_is_unknown(
+    tiny_cfg, tmp_path
+):
+    """Checkpoints written before attempts were recorded still resume; the record says what
+    it knows: an attempt from step 0 on an unnamed machine, then this one."""
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg(), _Interrupt(at=4))
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    del state["attempts"]
+    torch.save(state, path)
+    resumed = run(tiny_cfg())
+    assert resumed["train"]["attempts"] == [
+        {"from_step": 0, "machine": None},
+        {"from_step": 4, "machine": machine_key("cpu")},
+    ]
 
 
 def test_resume_refuses_a_different_config(tiny_cfg):

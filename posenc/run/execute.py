@@ -118,6 +118,8 @@ def write_phase(
         # where it ran (device, CPU model, bf16 flags, torch): float kernels differ between
         # machine kinds, so a run re-made elsewhere can differ without any bug
         "machine": machine_key(next(model.parameters()).device),
+        # each attempt: the step it started from and its machine (two or more: resumed)
+        "attempts": s.attempts,
     }
     evaluation = {"seconds": round(eval_seconds, 3), "greedy": bool(cfg.eval.greedy)}
     protocol = protocol_record(

@@ -15,7 +15,7 @@ extension resumes it exactly (a check an interrupt skipped is made on resume).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class Session:
     steps_to_fit: int | None = None  # the first check of the fitting streak ending training
     fits_now: bool = False  # the last until_fit check found the run fitting
     checked_at: int | None = None  # the step of the last until_fit check
+    # each attempt at training this run: the step it started from and the machine it ran on
+    # (`posenc.precision.machine_key`); more than one when the run was resumed
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def until_fit(self) -> bool:
@@ -99,6 +102,7 @@ class Session:
                 "steps_to_fit": self.steps_to_fit,
                 "fits_now": self.fits_now,
                 "checked_at": self.checked_at,
+                "attempts": self.attempts,
                 "config": to_yaml(self.p.cfg),
             },
             self.p.run_dir / CHECKPOINT,
@@ -163,7 +167,22 @@ def prepare(p: Plan, mode: str) -> Session:
         steps_to_fit=resumed.get("steps_to_fit"),
         fits_now=resumed.get("fits_now", False),
         checked_at=resumed.get("checked_at"),
+        attempts=[*previous_attempts(resumed), this_attempt(trainer.step_count, p.device)],
     )
+
+
+def previous_attempts(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts a checkpoint records; a checkpoint written before attempts were recorded
+    says only that one began at step 0 on a machine it did not name."""
+    if not state:
+        return []
+    return list(state.get("attempts") or [{"from_step": 0, "machine": None}])
+
+
+def this_attempt(step: int, device) -> dict[str, Any]:
+    from posenc.precision import machine_key
+
+    return {"from_step": int(step), "machine": machine_key(device)}
 
 
 def validation_groups(p: Plan) -> dict[int, list]:
