@@ -1,12 +1,13 @@
 """The training step: AdamW, linear warm-up then cosine decay, gradient clipping.
 
-``precision="bf16"`` runs the forward and backward passes under ``torch.autocast`` in
-bfloat16 (matmuls and attention in bf16; weights, gradients and AdamW state stay fp32, so
-the optimizer keeps full-precision master weights). ``compile=True`` trains through
+``precision="bf16"`` runs the forward passes under ``torch.autocast`` in bfloat16 (matmuls
+in bf16, attention in float32 on CPU; weights, gradients and AdamW state stay fp32, so the
+optimizer keeps full-precision master weights). ``compile=True`` trains through
 ``torch.compile(model, dynamic=True)`` (one graph for every sequence length; its artifacts
-cached on disk, `use_compile_cache`). Both are off by default: bf16 is slower on the CPUs
-measured, and compile, 1.3-1.5x faster per step at one thread, changes the rounding and
-costs a compile per shape family (docs/performance.md). ``train.compile=auto`` (with
+cached on disk, `use_compile_cache`). Both are off by default: bf16 is slower on CPUs
+without bf16 instructions and 1.1-1.2x faster with AVX512-BF16, compile 1.1-1.4x faster
+per step at one thread and slower at two, and both change the rounding; neither passed its
+3-seed accuracy check (docs/performance.md). ``train.compile=auto`` (with
 ``train.fused_adamw=auto``) compiles only where that pays: on CPU or CUDA, an encoding that
 traces as one graph (`PositionalEncoding.graph_break` unset) and ``train.steps`` at least
 ``train.compile_min_steps`` (1000); it is resolved to true or false before a run starts
