@@ -1,0 +1,283 @@
+"""The accuracy check a speed option must pass before it may become a default
+(``benchmarks/compile_accuracy.sh``: ``train.compile``, ``train.fused_adamw``,
+``train.precision=bf16``): a *candidate* comparison (the option on) against a *reference*
+one (the option off), the same encodings and recipe, several seeds each.
+
+Every cell is one encoding and one of ID or OOD exact match; each seed contributes its mean
+over the cell's lengths (from the experiments' ``results.csv``). Two rules are computed:
+
+- **The range rule** (set before the first check was run, 2026-12-06): in every cell the
+  candidate's mean over seeds lies within the reference seeds' [min, max] and the reference
+  mean within the candidate seeds' range, and every candidate seed has ID >= 0.99 in a cell
+  where every reference seed has. It degenerates where a side's seeds agree exactly (every
+  seed at 1.000 ID, or 0 OOD: a zero-width range that any other mean falls outside), and a
+  seed a hair under 0.99 fails it alone. It is printed, and no longer decides.
+- **The stratified rank test** (van Elteren 1960), which decides. Within each encoding the
+  two sides' seed values are ranked together (ties share their mid-rank); the statistic sums
+  over encodings the candidate's rank sum minus its expectation, weighted by 1 / (N + 1) for
+  N seeds in that encoding. Under the null hypothesis that the option changes nothing but
+  the rounding, candidate and reference seeds of an encoding are exchangeable, so the
+  statistic's distribution is that of every relabelling within each encoding; it is
+  enumerated exactly (the product of C(N, n) per encoding, convolved), and the two-sided
+  p-value is an exact fraction: the same on every machine. It pools the encodings, so it
+  detects a shift that runs the same way across them (the option costing accuracy) with the
+  few seeds a check can afford; ties (zero-width ranges) carry no weight instead of failing.
+  One encoding alone cannot be judged with 3 against 5 seeds: its exact two-sided p is at
+  least 2/56 even when every candidate seed is below every reference seed.
+
+The check **passes** when every candidate run fits its training range (its recorded
+``fits_training_range``, on validation under the protocol) in every encoding where every
+reference run does, and the rank test rejects for neither ID nor OOD at level 0.05 with
+Holm's correction over the two (the smaller p-value against 0.025, the larger against 0.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from itertools import combinations
+from pathlib import Path
+
+ALPHA = Fraction(1, 20)
+METRICS = ("ID", "OOD")
+
+
+@dataclass
+class Cells:
+    """Per encoding (``task/encoding``): each seed's mean exact match in and out of the
+    training range, and whether the run fits."""
+
+    values: dict[str, dict[str, dict[int, float]]]
+    fits: dict[str, dict[int, bool]]
+
+
+def read_cells(results_csv: str | Path) -> Cells:
+    """`Cells` from an experiment's ``results.csv`` (one row per run and length)."""
+    lengths: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    fits: dict[str, dict[int, bool]] = defaultdict(dict)
+    with open(results_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            key, seed = f"{r['task']}/{r['encoding']}", int(r["seed"])
+            where = "ID" if r["in_train_range"] == "True" else "OOD"
+            lengths[(key, seed, where)].append(float(r["exact_match"]))
+            fits[key][seed] = r["fits_training_range"] == "True"
+    values: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for (key, seed, where), v in sorted(lengths.items()):
+        values[key][where][seed] = statistics.fmean(v)
+    return Cells({k: dict(v) for k, v in values.items()}, dict(fits))
+
+
+def range_rule(reference: Sequence[float], candidate: Sequence[float], where: str) -> bool:
+    """The range rule of one cell (module docstring)."""
+    ok = min(reference) <= statistics.fmean(candidate) <= max(reference)
+    ok = ok and min(candidate) <= statistics.fmean(reference) <= max(candidate)
+    if where == "ID" and min(reference) >= 0.99 and min(candidate) < 0.99:
+        ok = False
+    return ok
+
+
+def midranks(values: Sequence[float]) -> list[Fraction]:
+    """1-based ranks of ``values``, ties sharing the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks: list[Fraction] = [Fraction(0)] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = Fraction(i + j + 2, 2)
+        i = j + 1
+    return ranks
+
+
+@dataclass
+class RankTest:
+    """The stratified rank test's statistic (> 0: the candidate ranks higher, i.e. is more
+    accurate) and its exact two-sided p-value."""
+
+    statistic: Fraction
+    p: Fraction
+    strata: int  # encodings that carry information (not every value tied)
+
+
+def _stratum(reference: Sequence[float], candidate: Sequence[float]):
+    """(observed term, {term: relabellings giving it}) of one encoding."""
+    pooled = [*candidate, *reference]
+    n, size = len(candidate), len(pooled)
+    ranks = midranks(pooled)
+    weight = Fraction(1, size + 1)
+    expected = Fraction(n * (size + 1), 2)
+    observed = (sum(ranks[:n]) - expected) * weight
+    counts: dict[Fraction, int] = defaultdict(int)
+    for chosen in combinations(range(size), n):
+        counts[(sum(ranks[i] for i in chosen) - expected) * weight] += 1
+    return observed, counts
+
+
+def stratified_rank_test(strata: Sequence[tuple[Sequence[float], Sequence[float]]]) -> RankTest:
+    """van Elteren's test over ``strata`` of (reference values, candidate values), its null
+    distribution enumerated exactly (module docstring)."""
+    total = Fraction(0)
+    distribution: dict[Fraction, int] = {Fraction(0): 1}
+    informative = 0
+    for reference, candidate in strata:
+        if not reference or not candidate:
+            raise ValueError("every stratum needs values on both sides")
+        observed, counts = _stratum(reference, candidate)
+        total += observed
+        if len(counts) == 1:  # every relabelling alike: every value tied
+            continue
+        informative += 1
+        merged: dict[Fraction, int] = defaultdict(int)
+        for a, ca in distribution.items():
+            for b, cb in counts.items():
+                merged[a + b] += ca * cb
+        distribution = merged
+    relabellings = sum(distribution.values())
+    extreme = sum(c for t, c in distribution.items() if abs(t) >= abs(total))
+    return RankTest(total, Fraction(extreme, relabellings), informative)
+
+
+def holm_rejects(p_values: Sequence[Fraction], alpha: Fraction = ALPHA) -> list[bool]:
+    """Holm's step-down procedure at family-wise level ``alpha``: which hypotheses it rejects."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    for step, i in enumerate(order):
+        if p_values[i] >= alpha / (len(p_values) - step):
+            break
+        rejected[i] = True
+    return rejected
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    lines: list[str]
+
+
+def only_seeds(cells: Cells, seeds: Sequence[int]) -> Cells:
+    """``cells`` restricted to ``seeds`` (a check judged on seeds made after its rule)."""
+    keep = set(seeds)
+    values = {
+        key: {
+            where: {s: v for s, v in by_seed.items() if s in keep}
+            for where, by_seed in cell.items()
+        }
+        for key, cell in cells.values.items()
+    }
+    fits = {
+        key: {s: ok for s, ok in by_seed.items() if s in keep}
+        for key, by_seed in cells.fits.items()
+    }
+    return Cells(values, fits)
+
+
+def judge(reference: Cells, candidate: Cells, candidate_label: str = "") -> Verdict:
+    """Both rules over every encoding of ``reference`` (module docstring)."""
+    lines = [f"candidate: {candidate_label}"] if candidate_label else []
+    problems: list[str] = []
+    range_failed: list[str] = []
+    strata: dict[str, list[tuple[list[float], list[float]]]] = {m: [] for m in METRICS}
+    for key in sorted(reference.values):
+        ref_fits, cand_fits = reference.fits[key], candidate.fits.get(key, {})
+        if not cand_fits:
+            problems.append(f"{key}: no candidate runs")
+            continue
+        if all(ref_fits.values()) and not all(cand_fits.values()):
+            unfit = sorted(s for s, ok in cand_fits.items() if not ok)
+            problems.append(
+                f"{key}: candidate seed(s) {unfit} do not fit where every reference seed fits"
+            )
+        for where in METRICS:
+            e = list(reference.values[key].get(where, {}).values())
+            c = list(candidate.values[key].get(where, {}).values())
+            if not e or not c:
+                continue
+            ok = range_rule(e, c, where)
+            if not ok:
+                range_failed.append(f"{key} {where}")
+            strata[where].append((e, c))
+            lines.append(
+                f"{key:>24} {where:>3}: reference {statistics.fmean(e):.4f} [{min(e):.4f}, {max(e):.4f}]"
+                f"  candidate {statistics.fmean(c):.4f} [{min(c):.4f}, {max(c):.4f}]"
+                f"  range rule {'ok' if ok else 'outside'}"
+            )
+    lines.append(
+        "range rule (descriptive): "
+        + ("every cell within" if not range_failed else f"outside in {', '.join(range_failed)}")
+    )
+    tests = {m: stratified_rank_test(strata[m]) for m in METRICS if strata[m]}
+    rejected = dict(zip(tests, holm_rejects([t.p for t in tests.values()]), strict=True))
+    for m, t in tests.items():
+        side = (
+            "candidate higher"
+            if t.statistic > 0
+            else "candidate lower"
+            if t.statistic < 0
+            else "no shift"
+        )
+        lines.append(
+            f"stratified rank test, {m}: statistic {float(t.statistic):+.3f} ({side}), exact p = "
+            f"{float(t.p):.4f} over {t.strata} informative encoding(s)"
+            f"{'  REJECTS (Holm, 0.05)' if rejected[m] else ''}"
+        )
+        if rejected[m]:
+            problems.append(
+                f"{m}: the candidate's seeds rank {side.split()[1]} (p = {float(t.p):.4f})"
+            )
+    passed = not problems
+    lines.append("PASS" if passed else f"FAIL: {'; '.join(problems)}")
+    return Verdict(passed, lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reference", help="the reference experiment's folder (its results.csv)")
+    parser.add_argument("candidate", help="the candidate experiment's folder")
+    parser.add_argument("--label", default="", help="what the candidate changes (printed)")
+    parser.add_argument(
+        "--candidate-seeds",
+        default="",
+        help="comma-separated: judge only these candidate seeds (e.g. those run after the rule was fixed)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.candidate_seeds.split(",") if s.strip()]
+    except ValueError:
+        print(
+            f"error: --candidate-seeds {args.candidate_seeds!r}: expected integers such as 3,4",
+            file=sys.stderr,
+        )
+        return 2
+    found = []
+    for folder in (args.reference, args.candidate):
+        path = Path(folder) / "results.csv"
+        if not path.is_file():
+            print(
+                f"error: no results.csv in {folder} (run or report that experiment first)",
+                file=sys.stderr,
+            )
+            return 2
+        found.append(read_cells(path))
+    if seeds:
+        found[1] = only_seeds(found[1], seeds)
+        if not any(found[1].fits.values()):
+            print(
+                f"error: --candidate-seeds {args.candidate_seeds}: no such seed in {args.candidate}",
+                file=sys.stderr,
+            )
+            return 2
+    verdict = judge(*found, candidate_label=args.label)
+    print("\n".join(verdict.lines))
+    return 0 if verdict.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
