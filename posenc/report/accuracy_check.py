@@ -23,7 +23,10 @@ over the cell's lengths (from the experiments' ``results.csv``). Two rules are c
   detects a shift that runs the same way across them (the option costing accuracy) with the
   few seeds a check can afford; ties (zero-width ranges) carry no weight instead of failing.
   One encoding alone cannot be judged with 3 against 5 seeds: its exact two-sided p is at
-  least 2/56 even when every candidate seed is below every reference seed.
+  least 2/56 even when every candidate seed is below every reference seed. A candidate and a
+  reference run of one seed share their initialisation and data order; where the option
+  changes little they agree more than two seeds do, which makes the test conservative (it
+  rejects less often than its level under the null), never the reverse.
 
 The check **passes** when every candidate run fits its training range (its recorded
 ``fits_training_range``, on validation under the protocol) in every encoding where every
