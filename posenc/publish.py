@@ -17,7 +17,13 @@ from the experiment folder its opening line names (relative to ``base``, the doc
 folder): the report's tables for it (``--baseline``: with the differences to that
 encoding; ``--per-length token_accuracy --lengths 5,8,16``: with a table of that metric at
 those lengths; ``--factors 0.9,0.5``: with each row's training range, model, steps and its
-length-generalization factor at those exact-match thresholds). So a results table in the
+length-generalization factor at those exact-match thresholds). A block
+
+    <!-- posenc check experiments/compile_accuracy --reference experiments/compare_protocol -->
+
+renders instead the accuracy check of the first experiment against the second
+(`posenc.report.accuracy_check`: the per-encoding table, the rank tests, the verdict;
+``--seeds 3,4`` judges only those candidate seeds). So a results table in the
 docs is always the one the report computes, and ``posenc tables --check`` (a test runs it)
 fails when someone edits one by hand or the committed runs change.
 """
@@ -225,10 +231,51 @@ class Block:
     factors: tuple[float, ...] = ()  # a table of length factors at these thresholds
 
 
-def block_options(args: str) -> Block:
+@dataclass
+class CheckBlock:
+    """``check CANDIDATE --reference REFERENCE [--seeds 3,4]``: the accuracy check of a
+    candidate experiment against a reference one (`posenc.report.accuracy_check`)."""
+
+    folder: Path
+    reference: Path
+    seeds: tuple[int, ...] = ()
+
+
+def check_block_options(args: str, words: list[str]) -> CheckBlock:
+    """The options of a ``check`` block; one-line errors."""
+    usage = "'<!-- posenc check CANDIDATE --reference REFERENCE [--seeds 3,4] -->'"
+    if len(words) < 2:
+        raise ConfigError(f"a check block reads {usage}, got '<!-- posenc {args} -->'")
+    folder, rest = Path(words[1]), words[2:]
+    reference, seeds = None, ()
+    while rest:
+        option = rest.pop(0)
+        if option not in ("--reference", "--seeds") or not rest:
+            raise ConfigError(
+                f"unknown or incomplete check option {option!r} in '<!-- posenc {args} -->'; "
+                "valid: --reference FOLDER, --seeds 3,4"
+            )
+        value = rest.pop(0)
+        if option == "--reference":
+            reference = Path(value)
+        else:
+            from posenc.report.accuracy_check import parse_seeds
+
+            try:
+                seeds = tuple(parse_seeds(value))
+            except ValueError as e:
+                raise ConfigError(f"--seeds in '<!-- posenc {args} -->': {e}") from None
+    if reference is None:
+        raise ConfigError(f"a check block needs --reference: {usage}, got '<!-- posenc {args} -->'")
+    return CheckBlock(folder, reference, seeds)
+
+
+def block_options(args: str) -> Block | CheckBlock:
     """``report FOLDER [--baseline ENC] [--per-length METRIC --lengths 5,6,8] [--factors
-    0.9,0.5]``; one-line errors."""
+    0.9,0.5]``, or ``check FOLDER --reference FOLDER [--seeds 3,4]``; one-line errors."""
     words = shlex.split(args)
+    if words and words[0] == "check":
+        return check_block_options(args, words)
     if not words or words[0] != "report" or len(words) < 2:
         raise ConfigError(
             f"a posenc block starts with '<!-- posenc report FOLDER [--baseline ENCODING] -->', "
@@ -421,6 +468,28 @@ def render_block(
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def render_check(base: Path, block: CheckBlock) -> str:
+    """The accuracy check of ``block``'s candidate against its reference, drawn from the two
+    experiments' runs: the per-encoding table, the rank tests and the verdict."""
+    from posenc.report.accuracy_check import experiment_cells, judge, only_seeds
+
+    sides = []
+    for folder in (base / block.reference, base / block.folder):
+        if not folder.is_dir():
+            raise ConfigError(
+                f"the experiment folder {folder} of a posenc check block does not exist"
+            )
+        sides.append(experiment_cells(folder))
+    reference, candidate = sides
+    if block.seeds:
+        candidate = only_seeds(candidate, block.seeds)
+    if not any(candidate.fits.values()):
+        raise ConfigError(
+            f"no finished candidate runs under {base / block.folder} for its check block"
+        )
+    return "\n".join(judge(reference, candidate).markdown()).rstrip("\n") + "\n"
+
+
 def render_tables(text: str, base: str | Path, warn: Callable[[str], None] | None = None) -> str:
     """``text`` with every posenc block re-rendered (folders relative to ``base``); runs left
     out for a damaged file go to ``warn`` (`render_block`)."""
@@ -434,7 +503,10 @@ def render_tables(text: str, base: str | Path, warn: Callable[[str], None] | Non
             line = text.count("\n", 0, match.start()) + 1
             raise ConfigError(f"the posenc block opened on line {line} has no '{CLOSE}' line")
         block = block_options(match.group("args"))
-        body = render_block(Path(base) / block.folder, block.folder.as_posix(), block, warn)
+        if isinstance(block, CheckBlock):
+            body = render_check(Path(base), block)
+        else:
+            body = render_block(Path(base) / block.folder, block.folder.as_posix(), block, warn)
         out += [text[pos : match.end()], "\n", body, ""]
         pos = end
     out.append(text[pos:])

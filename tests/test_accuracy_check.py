@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 from fractions import Fraction
 
 import pytest
 from scipy import stats
 
+from posenc.errors import ConfigError
+from posenc.publish import render_tables
 from posenc.report.accuracy_check import (
     Cells,
     holm_rejects,
@@ -21,6 +24,7 @@ from posenc.report.accuracy_check import (
     stratified_rank_test,
 )
 from posenc.report.records import CSV_COLUMNS
+from tests.test_report import metrics, write_run
 
 
 def test_midranks_share_the_mean_rank_of_a_tie():
@@ -109,12 +113,15 @@ def test_judge_passes_seeds_that_interleave_and_fails_a_consistent_shift():
     ref = _cells({k: [0.995, 0.997, 0.999] for k in names}, {k: [0.1, 0.3, 0.5] for k in names})
     same = _cells({k: [0.996, 0.998] for k in names}, {k: [0.2, 0.4] for k in names})
     verdict = judge(ref, same)
-    assert verdict.passed and verdict.lines[-1] == "PASS"
+    assert verdict.passed and verdict.lines()[-1] == "PASS"
+    assert verdict.markdown()[-2] == "- verdict: PASS"
     worse = _cells({k: [0.990, 0.991] for k in names}, {k: [0.2, 0.4] for k in names})
     verdict = judge(ref, worse)
     assert not verdict.passed
-    assert "ID: the candidate's seeds rank lower" in verdict.lines[-1]
-    assert "OOD" not in verdict.lines[-1]
+    assert verdict.rejected == {"ID": True, "OOD": False}
+    assert "ID: the candidate's seeds rank lower" in verdict.lines()[-1]
+    assert "OOD" not in verdict.lines()[-1]
+    assert verdict.range_failures() == [f"{k} ID" for k in names]
 
 
 def test_judge_fails_a_candidate_seed_that_does_not_fit_where_every_reference_seed_fits():
@@ -124,7 +131,7 @@ def test_judge_fails_a_candidate_seed_that_does_not_fit_where_every_reference_se
     )
     verdict = judge(ref, cand)
     assert not verdict.passed
-    assert "copy/a: candidate seed(s) [1] do not fit" in verdict.lines[-1]
+    assert "copy/a: candidate seed(s) [1] do not fit" in verdict.lines()[-1]
     # where a reference seed does not fit either, the candidate's unfit seed is no failure
     ref.fits["copy/a"][0] = False
     assert judge(ref, cand).passed
@@ -180,3 +187,53 @@ def test_the_command_reads_results_and_exits_0_1_or_2(tmp_path, capsys):
     assert "'3,x'" in capsys.readouterr().err
     assert main([str(tmp_path / "ref"), str(tmp_path / "same"), "--candidate-seeds", "7"]) == 2
     assert "no such seed" in capsys.readouterr().err
+
+
+def _experiment(root, name, seeds, shift):
+    """Two encodings on copy (trained on 1-2), exact match 1 - shift*seed-dependent."""
+    exp = root / name
+    for enc in ("rope", "alibi"):
+        for seed in seeds:
+            em = {1: 1.0, 2: 1.0, 3: 0.5 - shift + seed / 100, 4: 0.2 - shift + seed / 100}
+            write_run(exp, f"copy/{enc}/seed{seed}", metrics("copy", enc, seed, em))
+    return exp
+
+
+def test_posenc_tables_renders_the_check_from_the_runs_and_keeps_it_current(tmp_path):
+    docs = tmp_path / "docs"
+    _experiment(docs, "ref", range(5), 0.0)
+    _experiment(docs, "cand", range(3, 5), 0.001)
+    block = "<!-- posenc check cand --reference ref --seeds 3,4 -->\n"
+    text = render_tables(f"# p\n\n{block}stale\n<!-- /posenc -->\n", docs)
+    body = text.split(block)[1].split("<!-- /posenc -->")[0]
+    lines = body.splitlines()
+    assert lines[0].startswith("| encoding | | reference seeds")
+    assert lines[2] == (
+        "| copy/alibi | ID | 1.0000 [1.0000, 1.0000] (5) | 1.0000 [1.0000, 1.0000] (2) | within |"
+    )
+    assert lines[3].startswith("| copy/alibi | OOD | 0.3700 [0.3500, 0.3900] (5) |")
+    assert "- stratified rank test, OOD:" in body and "- verdict: PASS" in body
+    assert "stale" not in body
+    assert render_tables(text, docs) == text
+    # the table follows the runs: a candidate seed that no longer fits changes it
+    bad = metrics("copy", "rope", 4, {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0})
+    bad["summary"]["fits_training_range"] = False
+    (docs / "cand/copy/rope/seed4/metrics.json").write_text(json.dumps(bad))
+    assert "do not fit where every reference seed fits" in render_tables(text, docs)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("check cand", "needs --reference"),
+        ("check cand --reference nowhere", "experiment folder .*nowhere of a posenc check block"),
+        ("check cand --reference ref --seeds 3,x", "--seeds in .*'3,x': expected integers"),
+        ("check cand --reference ref --seeds 9", "no finished candidate runs"),
+        ("check cand --against ref", "unknown or incomplete check option '--against'"),
+    ],
+)
+def test_bad_check_blocks_are_one_line_errors(tmp_path, args, message):
+    _experiment(tmp_path, "ref", range(5), 0.0)
+    _experiment(tmp_path, "cand", range(3), 0.0)
+    with pytest.raises(ConfigError, match=message):
+        render_tables(f"<!-- posenc {args} -->\nx\n<!-- /posenc -->\n", tmp_path)

@@ -41,11 +41,12 @@ import csv
 import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 ALPHA = Fraction(1, 20)
 METRICS = ("ID", "OOD")
@@ -60,20 +61,34 @@ class Cells:
     fits: dict[str, dict[int, bool]]
 
 
-def read_cells(results_csv: str | Path) -> Cells:
-    """`Cells` from an experiment's ``results.csv`` (one row per run and length)."""
+def cells_from_rows(rows: Iterable[Mapping[str, Any]]) -> Cells:
+    """`Cells` from an experiment's result rows (`posenc.report.results_rows`, or its
+    ``results.csv`` read back as text: one row per run and length)."""
     lengths: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     fits: dict[str, dict[int, bool]] = defaultdict(dict)
-    with open(results_csv, newline="") as f:
-        for r in csv.DictReader(f):
-            key, seed = f"{r['task']}/{r['encoding']}", int(r["seed"])
-            where = "ID" if r["in_train_range"] == "True" else "OOD"
-            lengths[(key, seed, where)].append(float(r["exact_match"]))
-            fits[key][seed] = r["fits_training_range"] == "True"
+    for r in rows:
+        key, seed = f"{r['task']}/{r['encoding']}", int(r["seed"])
+        where = "ID" if str(r["in_train_range"]) == "True" else "OOD"
+        lengths[(key, seed, where)].append(float(r["exact_match"]))
+        fits[key][seed] = str(r["fits_training_range"]) == "True"
     values: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for (key, seed, where), v in sorted(lengths.items()):
         values[key][where][seed] = statistics.fmean(v)
     return Cells({k: dict(v) for k, v in values.items()}, dict(fits))
+
+
+def read_cells(results_csv: str | Path) -> Cells:
+    """`Cells` from an experiment's ``results.csv``."""
+    with open(results_csv, newline="") as f:
+        return cells_from_rows(csv.DictReader(f))
+
+
+def experiment_cells(folder: str | Path) -> Cells:
+    """`Cells` from an experiment folder's runs themselves (its metrics.json files, as the
+    report reads them), so a table drawn from them follows the runs, not a results.csv."""
+    from posenc.report import load_experiment, results_rows
+
+    return cells_from_rows(results_rows(load_experiment(folder)))
 
 
 def range_rule(reference: Sequence[float], candidate: Sequence[float], where: str) -> bool:
@@ -160,9 +175,74 @@ def holm_rejects(p_values: Sequence[Fraction], alpha: Fraction = ALPHA) -> list[
 
 
 @dataclass
+class Cell:
+    """One encoding's ID or OOD exact match: each side's seed values and the range rule."""
+
+    key: str
+    where: str
+    reference: list[float]
+    candidate: list[float]
+    range_ok: bool
+
+
+@dataclass
 class Verdict:
     passed: bool
-    lines: list[str]
+    cells: list[Cell]
+    tests: dict[str, RankTest]
+    rejected: dict[str, bool]
+    problems: list[str]
+
+    def range_failures(self) -> list[str]:
+        return [f"{c.key} {c.where}" for c in self.cells if not c.range_ok]
+
+    def test_line(self, metric: str) -> str:
+        t = self.tests[metric]
+        side = "candidate higher" if t.statistic > 0 else "candidate lower"
+        side = side if t.statistic else "no shift"
+        verdict = "rejects (Holm, 0.05)" if self.rejected[metric] else "no shift found"
+        return (
+            f"stratified rank test, {metric}: statistic {float(t.statistic):+.3f} ({side}), "
+            f"exact p = {float(t.p):.4f} over {t.strata} informative encoding(s): {verdict}"
+        )
+
+    def outcome(self) -> str:
+        return "PASS" if self.passed else f"FAIL: {'; '.join(self.problems)}"
+
+    def lines(self, label: str = "") -> list[str]:
+        """The verdict for a terminal."""
+        out = [f"candidate: {label}"] if label else []
+        for c in self.cells:
+            e, k = c.reference, c.candidate
+            out.append(
+                f"{c.key:>24} {c.where:>3}: reference {_spread(e)}  candidate {_spread(k)}"
+                f"  range rule {'ok' if c.range_ok else 'outside'}"
+            )
+        failures = self.range_failures()
+        out.append(
+            "range rule (descriptive): "
+            + (f"outside in {', '.join(failures)}" if failures else "every cell within")
+        )
+        return [*out, *(self.test_line(m) for m in self.tests), self.outcome()]
+
+    def markdown(self) -> list[str]:
+        """The verdict as a markdown table and its lines (`posenc tables`)."""
+        out = [
+            "| encoding | | reference seeds: mean [min, max] | candidate seeds | range rule |",
+            "|---|---|---|---|---|",
+        ]
+        for c in self.cells:
+            n_e, n_c = len(c.reference), len(c.candidate)
+            out.append(
+                f"| {c.key} | {c.where} | {_spread(c.reference)} ({n_e}) | "
+                f"{_spread(c.candidate)} ({n_c}) | {'within' if c.range_ok else 'outside'} |"
+            )
+        out += ["", *(f"- {self.test_line(m)}" for m in self.tests)]
+        return [*out, f"- verdict: {self.outcome()}", ""]
+
+
+def _spread(values: Sequence[float]) -> str:
+    return f"{statistics.fmean(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
 
 
 def only_seeds(cells: Cells, seeds: Sequence[int]) -> Cells:
@@ -182,11 +262,10 @@ def only_seeds(cells: Cells, seeds: Sequence[int]) -> Cells:
     return Cells(values, fits)
 
 
-def judge(reference: Cells, candidate: Cells, candidate_label: str = "") -> Verdict:
+def judge(reference: Cells, candidate: Cells) -> Verdict:
     """Both rules over every encoding of ``reference`` (module docstring)."""
-    lines = [f"candidate: {candidate_label}"] if candidate_label else []
     problems: list[str] = []
-    range_failed: list[str] = []
+    cells: list[Cell] = []
     strata: dict[str, list[tuple[list[float], list[float]]]] = {m: [] for m in METRICS}
     for key in sorted(reference.values):
         ref_fits, cand_fits = reference.fits[key], candidate.fits.get(key, {})
@@ -201,43 +280,24 @@ def judge(reference: Cells, candidate: Cells, candidate_label: str = "") -> Verd
         for where in METRICS:
             e = list(reference.values[key].get(where, {}).values())
             c = list(candidate.values[key].get(where, {}).values())
-            if not e or not c:
-                continue
-            ok = range_rule(e, c, where)
-            if not ok:
-                range_failed.append(f"{key} {where}")
-            strata[where].append((e, c))
-            lines.append(
-                f"{key:>24} {where:>3}: reference {statistics.fmean(e):.4f} [{min(e):.4f}, {max(e):.4f}]"
-                f"  candidate {statistics.fmean(c):.4f} [{min(c):.4f}, {max(c):.4f}]"
-                f"  range rule {'ok' if ok else 'outside'}"
-            )
-    lines.append(
-        "range rule (descriptive): "
-        + ("every cell within" if not range_failed else f"outside in {', '.join(range_failed)}")
-    )
+            if e and c:
+                cells.append(Cell(key, where, e, c, range_rule(e, c, where)))
+                strata[where].append((e, c))
     tests = {m: stratified_rank_test(strata[m]) for m in METRICS if strata[m]}
     rejected = dict(zip(tests, holm_rejects([t.p for t in tests.values()]), strict=True))
     for m, t in tests.items():
-        side = (
-            "candidate higher"
-            if t.statistic > 0
-            else "candidate lower"
-            if t.statistic < 0
-            else "no shift"
-        )
-        lines.append(
-            f"stratified rank test, {m}: statistic {float(t.statistic):+.3f} ({side}), exact p = "
-            f"{float(t.p):.4f} over {t.strata} informative encoding(s)"
-            f"{'  REJECTS (Holm, 0.05)' if rejected[m] else ''}"
-        )
         if rejected[m]:
-            problems.append(
-                f"{m}: the candidate's seeds rank {side.split()[1]} (p = {float(t.p):.4f})"
-            )
-    passed = not problems
-    lines.append("PASS" if passed else f"FAIL: {'; '.join(problems)}")
-    return Verdict(passed, lines)
+            side = "higher" if t.statistic > 0 else "lower"
+            problems.append(f"{m}: the candidate's seeds rank {side} (p = {float(t.p):.4f})")
+    return Verdict(not problems, cells, tests, rejected, problems)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``3,4`` -> [3, 4]; a one-line ValueError naming the bad value."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"seeds {text!r}: expected integers such as 3,4") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,12 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        seeds = [int(s) for s in args.candidate_seeds.split(",") if s.strip()]
-    except ValueError:
-        print(
-            f"error: --candidate-seeds {args.candidate_seeds!r}: expected integers such as 3,4",
-            file=sys.stderr,
-        )
+        seeds = parse_seeds(args.candidate_seeds)
+    except ValueError as e:
+        print(f"error: --candidate-seeds: {e}", file=sys.stderr)
         return 2
     found = []
     for folder in (args.reference, args.candidate):
@@ -277,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    verdict = judge(*found, candidate_label=args.label)
-    print("\n".join(verdict.lines))
+    verdict = judge(*found)
+    print("\n".join(verdict.lines(args.label)))
     return 0 if verdict.passed else 1
 
 
