@@ -23,7 +23,8 @@ length-generalization factor at those exact-match thresholds). A block
 
 renders instead the accuracy check of the first experiment against the second
 (`posenc.report.accuracy_check`: the per-encoding table, the rank tests, the verdict;
-``--seeds 3,4`` judges only those candidate seeds). So a results table in the
+``--seeds 3,4`` judges only those candidate seeds, ``--encodings rope,t5`` only those
+encodings on both sides). So a results table in the
 docs is always the one the report computes, and ``posenc tables --check`` (a test runs it)
 fails when someone edits one by hand or the committed runs change.
 """
@@ -233,31 +234,35 @@ class Block:
 
 @dataclass
 class CheckBlock:
-    """``check CANDIDATE --reference REFERENCE [--seeds 3,4]``: the accuracy check of a
-    candidate experiment against a reference one (`posenc.report.accuracy_check`)."""
+    """``check CANDIDATE --reference REFERENCE [--seeds 3,4] [--encodings rope,t5]``: the
+    accuracy check of a candidate experiment against a reference one
+    (`posenc.report.accuracy_check`)."""
 
     folder: Path
     reference: Path
     seeds: tuple[int, ...] = ()
+    encodings: tuple[str, ...] = ()
 
 
 def check_block_options(args: str, words: list[str]) -> CheckBlock:
     """The options of a ``check`` block; one-line errors."""
-    usage = "'<!-- posenc check CANDIDATE --reference REFERENCE [--seeds 3,4] -->'"
+    usage = "'<!-- posenc check CANDIDATE --reference REFERENCE [--seeds 3,4] [--encodings rope,t5] -->'"
     if len(words) < 2:
         raise ConfigError(f"a check block reads {usage}, got '<!-- posenc {args} -->'")
     folder, rest = Path(words[1]), words[2:]
-    reference, seeds = None, ()
+    reference, seeds, encodings = None, (), ()
     while rest:
         option = rest.pop(0)
-        if option not in ("--reference", "--seeds") or not rest:
+        if option not in ("--reference", "--seeds", "--encodings") or not rest:
             raise ConfigError(
                 f"unknown or incomplete check option {option!r} in '<!-- posenc {args} -->'; "
-                "valid: --reference FOLDER, --seeds 3,4"
+                "valid: --reference FOLDER, --seeds 3,4, --encodings rope,t5"
             )
         value = rest.pop(0)
         if option == "--reference":
             reference = Path(value)
+        elif option == "--encodings":
+            encodings = tuple(e for e in value.split(",") if e)
         else:
             from posenc.report.accuracy_check import parse_seeds
 
@@ -267,12 +272,13 @@ def check_block_options(args: str, words: list[str]) -> CheckBlock:
                 raise ConfigError(f"--seeds in '<!-- posenc {args} -->': {e}") from None
     if reference is None:
         raise ConfigError(f"a check block needs --reference: {usage}, got '<!-- posenc {args} -->'")
-    return CheckBlock(folder, reference, seeds)
+    return CheckBlock(folder, reference, seeds, encodings)
 
 
 def block_options(args: str) -> Block | CheckBlock:
     """``report FOLDER [--baseline ENC] [--per-length METRIC --lengths 5,6,8] [--factors
-    0.9,0.5]``, or ``check FOLDER --reference FOLDER [--seeds 3,4]``; one-line errors."""
+    0.9,0.5]``, or ``check FOLDER --reference FOLDER [--seeds 3,4] [--encodings rope,t5]``;
+    one-line errors."""
     words = shlex.split(args)
     if words and words[0] == "check":
         return check_block_options(args, words)
@@ -471,7 +477,7 @@ def render_block(
 def render_check(base: Path, block: CheckBlock) -> str:
     """The accuracy check of ``block``'s candidate against its reference, drawn from the two
     experiments' runs: the per-encoding table, the rank tests and the verdict."""
-    from posenc.report.accuracy_check import experiment_cells, judge, only_seeds
+    from posenc.report.accuracy_check import experiment_cells, judge, only_encodings, only_seeds
 
     sides = []
     for folder in (base / block.reference, base / block.folder):
@@ -481,6 +487,13 @@ def render_check(base: Path, block: CheckBlock) -> str:
             )
         sides.append(experiment_cells(folder))
     reference, candidate = sides
+    if block.encodings:
+        reference = only_encodings(reference, block.encodings)
+        candidate = only_encodings(candidate, block.encodings)
+        if not reference.values:
+            raise ConfigError(
+                f"--encodings {','.join(block.encodings)}: none of them in {base / block.reference}"
+            )
     if block.seeds:
         candidate = only_seeds(candidate, block.seeds)
     if not any(candidate.fits.values()):

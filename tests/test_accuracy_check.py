@@ -230,6 +230,7 @@ def test_posenc_tables_renders_the_check_from_the_runs_and_keeps_it_current(tmp_
         ("check cand --reference ref --seeds 3,x", "--seeds in .*'3,x': expected integers"),
         ("check cand --reference ref --seeds 9", "no finished candidate runs"),
         ("check cand --against ref", "unknown or incomplete check option '--against'"),
+        ("check cand --reference ref --encodings t5", "--encodings t5: none of them in"),
     ],
 )
 def test_bad_check_blocks_are_one_line_errors(tmp_path, args, message):
@@ -237,3 +238,21 @@ def test_bad_check_blocks_are_one_line_errors(tmp_path, args, message):
     _experiment(tmp_path, "cand", range(3), 0.0)
     with pytest.raises(ConfigError, match=message):
         render_tables(f"<!-- posenc {args} -->\nx\n<!-- /posenc -->\n", tmp_path)
+
+
+def test_a_check_block_can_keep_to_some_encodings_on_both_sides(tmp_path):
+    _experiment(tmp_path, "ref", range(5), 0.0)
+    _experiment(tmp_path, "cand", range(3), 0.0)
+    (tmp_path / "ref" / "copy" / "t5").mkdir()  # an encoding the candidate lacks
+    for seed in range(5):
+        write_run(tmp_path / "ref", f"copy/t5/seed{seed}", metrics("copy", "t5", seed, {1: 1.0}))
+    whole = render_tables(
+        "<!-- posenc check cand --reference ref -->\nx\n<!-- /posenc -->\n", tmp_path
+    )
+    assert "FAIL: copy/t5: no candidate runs" in whole
+    some = render_tables(
+        "<!-- posenc check cand --reference ref --encodings rope,copy/alibi -->\nx\n<!-- /posenc -->\n",
+        tmp_path,
+    )
+    assert "copy/t5" not in some and "| copy/rope | ID |" in some and "| copy/alibi | ID |" in some
+    assert "- verdict: PASS" in some

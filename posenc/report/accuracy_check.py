@@ -262,6 +262,19 @@ def only_seeds(cells: Cells, seeds: Sequence[int]) -> Cells:
     return Cells(values, fits)
 
 
+def only_encodings(cells: Cells, encodings: Sequence[str]) -> Cells:
+    """``cells`` restricted to these encodings (``rope`` or ``copy/rope``)."""
+    keep = set(encodings)
+
+    def kept(key: str) -> bool:
+        return key in keep or key.split("/", 1)[-1] in keep
+
+    return Cells(
+        {k: v for k, v in cells.values.items() if kept(k)},
+        {k: v for k, v in cells.fits.items() if kept(k)},
+    )
+
+
 def judge(reference: Cells, candidate: Cells) -> Verdict:
     """Both rules over every encoding of ``reference`` (module docstring)."""
     problems: list[str] = []
