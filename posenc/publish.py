@@ -54,6 +54,7 @@ from posenc.report import (
     tasks_of,
     write_report,
 )
+from posenc.report.accuracy_check import CheckBlock, check_block_options, render_check
 from posenc.report.protocol import find_controls, load_controls
 from posenc.runfolder import CONFIG, CONTROL_JSON, CONTROLS, ERROR, METRICS
 
@@ -230,49 +231,6 @@ class Block:
     per_length: str | None = None  # a per-length table of this metric ...
     lengths: tuple[int, ...] = ()  # ... at these lengths
     factors: tuple[float, ...] = ()  # a table of length factors at these thresholds
-
-
-@dataclass
-class CheckBlock:
-    """``check CANDIDATE --reference REFERENCE [--seeds 3,4] [--encodings rope,t5]``: the
-    accuracy check of a candidate experiment against a reference one
-    (`posenc.report.accuracy_check`)."""
-
-    folder: Path
-    reference: Path
-    seeds: tuple[int, ...] = ()
-    encodings: tuple[str, ...] = ()
-
-
-def check_block_options(args: str, words: list[str]) -> CheckBlock:
-    """The options of a ``check`` block; one-line errors."""
-    usage = "'<!-- posenc check CANDIDATE --reference REFERENCE [--seeds 3,4] [--encodings rope,t5] -->'"
-    if len(words) < 2:
-        raise ConfigError(f"a check block reads {usage}, got '<!-- posenc {args} -->'")
-    folder, rest = Path(words[1]), words[2:]
-    reference, seeds, encodings = None, (), ()
-    while rest:
-        option = rest.pop(0)
-        if option not in ("--reference", "--seeds", "--encodings") or not rest:
-            raise ConfigError(
-                f"unknown or incomplete check option {option!r} in '<!-- posenc {args} -->'; "
-                "valid: --reference FOLDER, --seeds 3,4, --encodings rope,t5"
-            )
-        value = rest.pop(0)
-        if option == "--reference":
-            reference = Path(value)
-        elif option == "--encodings":
-            encodings = tuple(e for e in value.split(",") if e)
-        else:
-            from posenc.report.accuracy_check import parse_seeds
-
-            try:
-                seeds = tuple(parse_seeds(value))
-            except ValueError as e:
-                raise ConfigError(f"--seeds in '<!-- posenc {args} -->': {e}") from None
-    if reference is None:
-        raise ConfigError(f"a check block needs --reference: {usage}, got '<!-- posenc {args} -->'")
-    return CheckBlock(folder, reference, seeds, encodings)
 
 
 def block_options(args: str) -> Block | CheckBlock:
@@ -472,35 +430,6 @@ def render_block(
         if block.factors:
             lines += factor_lines(report, task, block.factors)
     return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def render_check(base: Path, block: CheckBlock) -> str:
-    """The accuracy check of ``block``'s candidate against its reference, drawn from the two
-    experiments' runs: the per-encoding table, the rank tests and the verdict."""
-    from posenc.report.accuracy_check import experiment_cells, judge, only_encodings, only_seeds
-
-    sides = []
-    for folder in (base / block.reference, base / block.folder):
-        if not folder.is_dir():
-            raise ConfigError(
-                f"the experiment folder {folder} of a posenc check block does not exist"
-            )
-        sides.append(experiment_cells(folder))
-    reference, candidate = sides
-    if block.encodings:
-        reference = only_encodings(reference, block.encodings)
-        candidate = only_encodings(candidate, block.encodings)
-        if not reference.values:
-            raise ConfigError(
-                f"--encodings {','.join(block.encodings)}: none of them in {base / block.reference}"
-            )
-    if block.seeds:
-        candidate = only_seeds(candidate, block.seeds)
-    if not any(candidate.fits.values()):
-        raise ConfigError(
-            f"no finished candidate runs under {base / block.folder} for its check block"
-        )
-    return "\n".join(judge(reference, candidate).markdown()).rstrip("\n") + "\n"
 
 
 def render_tables(text: str, base: str | Path, warn: Callable[[str], None] | None = None) -> str:

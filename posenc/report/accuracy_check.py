@@ -48,8 +48,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from posenc.errors import ConfigError
+
 ALPHA = Fraction(1, 20)
-METRICS = ("ID", "OOD")
+SIDES = ("ID", "OOD")  # the cells of an encoding: in and out of the training range
 
 
 @dataclass
@@ -279,7 +281,7 @@ def judge(reference: Cells, candidate: Cells) -> Verdict:
     """Both rules over every encoding of ``reference`` (module docstring)."""
     problems: list[str] = []
     cells: list[Cell] = []
-    strata: dict[str, list[tuple[list[float], list[float]]]] = {m: [] for m in METRICS}
+    strata: dict[str, list[tuple[list[float], list[float]]]] = {m: [] for m in SIDES}
     for key in sorted(reference.values):
         ref_fits, cand_fits = reference.fits[key], candidate.fits.get(key, {})
         if not cand_fits:
@@ -290,13 +292,13 @@ def judge(reference: Cells, candidate: Cells) -> Verdict:
             problems.append(
                 f"{key}: candidate seed(s) {unfit} do not fit where every reference seed fits"
             )
-        for where in METRICS:
+        for where in SIDES:
             e = list(reference.values[key].get(where, {}).values())
             c = list(candidate.values[key].get(where, {}).values())
             if e and c:
                 cells.append(Cell(key, where, e, c, range_rule(e, c, where)))
                 strata[where].append((e, c))
-    tests = {m: stratified_rank_test(strata[m]) for m in METRICS if strata[m]}
+    tests = {m: stratified_rank_test(strata[m]) for m in SIDES if strata[m]}
     rejected = dict(zip(tests, holm_rejects([t.p for t in tests.values()]), strict=True))
     for m, t in tests.items():
         if rejected[m]:
@@ -311,6 +313,74 @@ def parse_seeds(text: str) -> list[int]:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"seeds {text!r}: expected integers such as 3,4") from None
+
+
+@dataclass
+class CheckBlock:
+    """``check CANDIDATE --reference REFERENCE [--seeds 3,4] [--encodings rope,t5]``: the
+    accuracy check of a candidate experiment against a reference one
+    (`posenc.report.accuracy_check`)."""
+
+    folder: Path
+    reference: Path
+    seeds: tuple[int, ...] = ()
+    encodings: tuple[str, ...] = ()
+
+
+def check_block_options(args: str, words: list[str]) -> CheckBlock:
+    """The options of a ``check`` block; one-line errors."""
+    usage = "'<!-- posenc check CANDIDATE --reference REFERENCE [--seeds 3,4] [--encodings rope,t5] -->'"
+    if len(words) < 2:
+        raise ConfigError(f"a check block reads {usage}, got '<!-- posenc {args} -->'")
+    folder, rest = Path(words[1]), words[2:]
+    reference, seeds, encodings = None, (), ()
+    while rest:
+        option = rest.pop(0)
+        if option not in ("--reference", "--seeds", "--encodings") or not rest:
+            raise ConfigError(
+                f"unknown or incomplete check option {option!r} in '<!-- posenc {args} -->'; "
+                "valid: --reference FOLDER, --seeds 3,4, --encodings rope,t5"
+            )
+        value = rest.pop(0)
+        if option == "--reference":
+            reference = Path(value)
+        elif option == "--encodings":
+            encodings = tuple(e for e in value.split(",") if e)
+        else:
+            try:
+                seeds = tuple(parse_seeds(value))
+            except ValueError as e:
+                raise ConfigError(f"--seeds in '<!-- posenc {args} -->': {e}") from None
+    if reference is None:
+        raise ConfigError(f"a check block needs --reference: {usage}, got '<!-- posenc {args} -->'")
+    return CheckBlock(folder, reference, seeds, encodings)
+
+
+def render_check(base: Path, block: CheckBlock) -> str:
+    """The accuracy check of ``block``'s candidate against its reference, drawn from the two
+    experiments' runs: the per-encoding table, the rank tests and the verdict."""
+    sides = []
+    for folder in (base / block.reference, base / block.folder):
+        if not folder.is_dir():
+            raise ConfigError(
+                f"the experiment folder {folder} of a posenc check block does not exist"
+            )
+        sides.append(experiment_cells(folder))
+    reference, candidate = sides
+    if block.encodings:
+        reference = only_encodings(reference, block.encodings)
+        candidate = only_encodings(candidate, block.encodings)
+        if not reference.values:
+            raise ConfigError(
+                f"--encodings {','.join(block.encodings)}: none of them in {base / block.reference}"
+            )
+    if block.seeds:
+        candidate = only_seeds(candidate, block.seeds)
+    if not any(candidate.fits.values()):
+        raise ConfigError(
+            f"no finished candidate runs under {base / block.folder} for its check block"
+        )
+    return "\n".join(judge(reference, candidate).markdown()).rstrip("\n") + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
