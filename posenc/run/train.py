@@ -12,7 +12,8 @@ per step at one thread and slower at two, and both change the rounding; neither 
 traces as one graph (`PositionalEncoding.graph_break` unset) and ``train.steps`` at least
 ``train.compile_min_steps`` (1000); it is resolved to true or false before a run starts
 (`posenc.run.spec.resolve_compile`), so the trainer only ever sees booleans. The default
-stays false until the 3-seed accuracy check (benchmarks/compile_accuracy.sh) has passed;
+stays false: the accuracy check (benchmarks/compile_accuracy.sh) has passed, but on the CPU
+kinds measured compile does not pay for a comparison (docs/performance.md);
 ``train.compile=false`` opts out. Under compile the bucketed pieces
 still run side by side: the threads share the one compiled graph (dynamic shapes, so the
 pieces' lengths share it too), each piece one compiled forward and backward pass.
@@ -83,8 +84,9 @@ def make_optimizer(
     # foreach: one kernel per operation over all parameters instead of one per parameter
     # (about a quarter less optimizer time on CPU), the same numbers bit for bit
     # (tests/test_fast_paths.py). ``fused`` is faster still but rounds differently (within
-    # float32 rounding of foreach, tests/test_speed.py), so it is opt-in until the 3-seed
-    # accuracy check covers it (docs/performance.md).
+    # float32 rounding of foreach, tests/test_speed.py); its accuracy check passed, but it
+    # saves under 1% of a step on the kind measured and a default would give every default
+    # run a new identity, so it stays opt-in (docs/performance.md).
     if fused:
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), foreach=True)
