@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The accuracy check that train.compile (and train.fused_adamw) need before either can become
 # a default (docs/performance.md): the default comparison at 3 seeds, eager, then again with
-# the candidate options, and the candidate's ID and OOD exact match against the eager seeds. Hours of CPU (two default comparisons, about 1,900 s of 2 cores
-# per seed each on the 2-core AMD EPYC): run it on a machine you can leave alone.
+# the candidate options, and the candidate's ID and OOD exact match against the eager seeds.
+# Hours of CPU (two default comparisons, about 1,900 s of 2 cores per seed each on the 2-core
+# AMD EPYC): run it on a machine you can leave alone.
 #
 #   benchmarks/compile_accuracy.sh                          # compile + fused AdamW, 3 seeds
 #   CANDIDATE="train.compile=true train.fused_adamw=false" benchmarks/compile_accuracy.sh  # compile alone
@@ -19,11 +20,8 @@
 # Extra arguments go to both `posenc compare` calls (options or overrides). Finished runs are
 # skipped, so a second call resumes. The eager side says train.compile=false
 # train.fused_adamw=false, so it stays eager whatever the defaults are (auto included).
-# The verdict (posenc/report/accuracy_check.py; exit status 0 when it passes, 1 when not):
-# every candidate run fits wherever every eager run does, and a stratified rank test over the
-# encodings (van Elteren; exact p-values) finds no shift of ID or OOD exact match at level 0.05
-# (Holm over the two). The range rule of the first checks (each side's mean within the other
-# side's seed range) is printed beside it. CHECK_SEEDS=3,4 judges only those candidate seeds:
+# The verdict and its rule: posenc/report/accuracy_check.py (exit status 0 when the check
+# passes, 1 when not). CHECK_SEEDS=3,4 judges only those candidate seeds:
 #   SEEDS=5 CHECK_SEEDS=3,4 EAGER=compare benchmarks/compile_accuracy.sh --choices docs/choices/compare.yaml
 #                       # two more compiled seeds, judged alone: runs made after the rule was set
 set -euo pipefail

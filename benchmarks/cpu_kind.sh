@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every speed figure docs/performance.md keeps per CPU kind, in one command (about 20-30 minutes
-# on 2 cores, most of it compiling): the CPU and its bf16 instructions, the matmul peaks, the
-# step's share of the peak and where its time goes (the profile, fp32 and bf16), bf16 against
-# fp32 eagerly and compiled (recorded for train.precision=auto), compile against eager, fused
+# Every speed figure docs/performance.md keeps per CPU kind, in one command (minutes, most of
+# them compiling: with STEPS=11, while two training runs loaded the 2-core AMD EPYC, it took
+# about 9 minutes; the default STEPS=30 was not timed): the CPU and its bf16 instructions,
+# the matmul peaks, the step's share of the peak and where its time goes (the profile, fp32
+# and bf16), bf16 against fp32 eagerly and compiled (recorded for train.precision=auto), compile against eager, fused
 # against foreach AdamW, and the pieces one after the other against side by side, eagerly and
 # compiled, at one thread (a comparison's jobs) and at two (one run alone). Run it on a quiet
 # machine; each block names the command that printed it, for the page to quote.

@@ -103,18 +103,11 @@ def range_rule(reference: Sequence[float], candidate: Sequence[float], where: st
 
 
 def midranks(values: Sequence[float]) -> list[Fraction]:
-    """1-based ranks of ``values``, ties sharing the mean of the ranks they span."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks: list[Fraction] = [Fraction(0)] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = Fraction(i + j + 2, 2)
-        i = j + 1
-    return ranks
+    """1-based ranks of ``values``, ties sharing the mean of the ranks they span (scipy's
+    ``rankdata``; half-integers, so exact as fractions)."""
+    from scipy.stats import rankdata
+
+    return [Fraction(float(r)) for r in rankdata(values, method="average")]
 
 
 @dataclass
