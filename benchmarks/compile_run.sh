@@ -35,10 +35,10 @@ for seed in 0 1; do
   done
   wait
 done
-python - "$root" "$enc" <<'EOF'
+python - "$root" <<'EOF'
 import json, sys
 from pathlib import Path
-root, enc = Path(sys.argv[1]), sys.argv[2]
+root = Path(sys.argv[1])
 for seed, cache in ((0, "cold"), (1, "warm")):
     walls, trains = {}, {}
     for compiled in ("false", "true"):

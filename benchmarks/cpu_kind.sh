@@ -12,9 +12,8 @@
 #   STEPS=20 OUT=/tmp/kind.txt benchmarks/cpu_kind.sh
 #
 # The one-thread bf16 rows' ratios (a comparison's jobs) are stored for train.precision=auto
-# (--record: posenc/precision.py; $POSENC_PRECISION_FILE keeps them elsewhere); auto still
-# trains in fp32 until an accuracy check of bf16 has passed on the kind (benchmarks/compile_accuracy.sh with
-# CANDIDATE=train.precision=bf16).
+# (--record; $POSENC_PRECISION_FILE keeps them elsewhere), without the accuracy check that auto
+# also needs: posenc/precision.py says when auto chooses bf16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${STEPS:-30}

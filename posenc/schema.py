@@ -79,8 +79,7 @@ class Train:
     precision: str = "fp32"  # one of PRECISIONS
     # compile and fused_adamw: true, false or auto (SWITCH_OR_AUTO; auto: compile where it
     # pays, posenc.run.spec.resolve_compile); a run records the true or false they became.
-    # Both stay false by default: their accuracy check passed, but on the CPU kinds measured
-    # neither pays enough for a comparison (docs/performance.md).
+    # Both default to false; why: docs/performance.md.
     compile: Any = False  # train through torch.compile
     compile_min_steps: int = 1000  # compile=auto compiles a run of at least this many steps
     fused_adamw: Any = False  # torch's fused AdamW kernel: faster, rounds differently

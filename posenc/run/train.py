@@ -4,19 +4,15 @@
 in bf16, attention in float32 on CPU; weights, gradients and AdamW state stay fp32, so the
 optimizer keeps full-precision master weights). ``compile=True`` trains through
 ``torch.compile(model, dynamic=True)`` (one graph for every sequence length; its artifacts
-cached on disk, `use_compile_cache`). Both are off by default: bf16 is slower on CPUs
-without bf16 instructions and 1.1-1.2x faster with AVX512-BF16, compile 1.1-1.4x faster
-per step at one thread and slower at two, and both change the rounding; neither passed its
-3-seed accuracy check (docs/performance.md). ``train.compile=auto`` (with
+cached on disk, `use_compile_cache`). Both are off by default, and both change the
+rounding (their speed and accuracy checks: docs/performance.md). ``train.compile=auto`` (with
 ``train.fused_adamw=auto``) compiles only where that pays: on CPU or CUDA, an encoding that
 traces as one graph (`PositionalEncoding.graph_break` unset) and ``train.steps`` at least
 ``train.compile_min_steps`` (1000); it is resolved to true or false before a run starts
-(`posenc.run.spec.resolve_compile`), so the trainer only ever sees booleans. The default
-stays false: the accuracy check (benchmarks/compile_accuracy.sh) has passed, but on the CPU
-kinds measured compile does not pay for a comparison (docs/performance.md);
-``train.compile=false`` opts out. Under compile the bucketed pieces
-still run side by side: the threads share the one compiled graph (dynamic shapes, so the
-pieces' lengths share it too), each piece one compiled forward and backward pass.
+(`posenc.run.spec.resolve_compile`), so the trainer only ever sees booleans;
+``train.compile=false`` opts out. Under compile the bucketed pieces still run side by
+side: the threads share the one compiled graph (dynamic shapes, so the pieces' lengths
+share it too), each piece one compiled forward and backward pass.
 ``buckets`` > 1 computes each batch in that many length-sorted pieces at most
 (`posenc.data.length_buckets`) and accumulates their gradients: the same step as the whole
 padded batch, with a fraction of its padding. On CPU with more than one torch thread the
@@ -84,9 +80,7 @@ def make_optimizer(
     # foreach: one kernel per operation over all parameters instead of one per parameter
     # (about a quarter less optimizer time on CPU), the same numbers bit for bit
     # (tests/test_fast_paths.py). ``fused`` is faster still but rounds differently (within
-    # float32 rounding of foreach, tests/test_speed.py); its accuracy check passed, but it
-    # saves under 1% of a step on the kind measured and a default would give every default
-    # run a new identity, so it stays opt-in (docs/performance.md).
+    # float32 rounding of foreach, tests/test_speed.py); opt-in (why: docs/performance.md).
     if fused:
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), foreach=True)
