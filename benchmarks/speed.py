@@ -41,7 +41,10 @@ Rows:
   ``train.precision=auto`` reads for a compiled run (opt-in like ``compile``).
 - ``fused``: milliseconds per AdamW step on the default model's gradients, ``foreach`` (the
   default) against ``fused=True`` (``train.fused_adamw``), interleaved, medians.
-- ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager.
+- ``compile``: ``train.compile=true``: cold compile seconds and steady steps/s against eager;
+  ``--record`` stores the ratio for ``train.compile=auto`` on this machine at the threads it
+  ran at (``threads=N``, else torch's default; `posenc.run.spec.resolve_compile`), so record
+  it at each thread count runs use (a comparison's jobs take one each on 2 cores).
 - ``compile_pieces``: ``train.compile=true``, bucketed pieces one after the other at the run's
   threads against side by side (one thread each; the default), after a warm-up that
   compiles (opt-in like ``compile``).
@@ -707,7 +710,8 @@ def main() -> None:
     parser.add_argument(
         "--record",
         action="store_true",
-        help="store the bf16 (and bf16_compile) rows' speedup for train.precision=auto here",
+        help="store the bf16 and bf16_compile rows' speedups for train.precision=auto, and the "
+        "compile row's for train.compile=auto at these threads, for this machine",
     )
     parser.add_argument(
         "--accuracy-checked",
@@ -880,13 +884,22 @@ def main() -> None:
         compiled = bare_loop(cfg, data, compile=True)
         torch._dynamo.reset()  # as a new process would: compiled again, from the disk cache
         again = bare_loop(cfg, data[:20], compile=True)
+        speedup = fp32["seconds"] / compiled["seconds"]
         row(
             "torch.compile / eager step speed (after warm-up)",
-            f"{fp32['seconds'] / compiled['seconds']:.2f}x; first 10 steps {compiled['warm']:.0f} s, "
+            f"{speedup:.2f}x; first 10 steps {compiled['warm']:.0f} s, "
             f"then {again['warm']:.0f} s from the cache",
             "default off unless it wins incl. compile time",
         )
         row("torch.compile cache", cache)
+        if args.record:  # what train.compile=auto reads at these threads (posenc.run.spec)
+            from posenc.precision import machine_key, save_compile_record
+
+            path = save_compile_record(speedup, threads)  # the torch threads it ran at
+            row(
+                f"compile measurement recorded for train.compile=auto at {threads} thread(s)",
+                f"{path} [{machine_key()}]",
+            )
 
     if "decode" in rows:
         decode_row(cfg)

@@ -178,7 +178,8 @@ def _checked(
         keys.append(p.split("=", 1)[0])
     names = [e.strip() for e in encodings.split(",") if e.strip()]
     try:
-        cfgs = {name: compose([f"encoding={name}", *given]) for name in names}
+        # each trial resolves train.compile=auto where and at the threads it trains
+        cfgs = {name: compose([f"encoding={name}", *given], here=None) for name in names}
     except PosencError as exc:
         fail(str(exc))
     for key in keys:

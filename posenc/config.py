@@ -260,10 +260,17 @@ def invalid_value(exc: BaseException) -> str | None:
 
 
 def compose(
-    overrides: list[str] | None = None, *, check: bool = True, references: dict | None = None
+    overrides: list[str] | None = None,
+    *,
+    check: bool = True,
+    references: dict | None = None,
+    here: bool | None = True,
 ) -> DictConfig:
     """The root config with ``overrides`` applied (Hydra's Compose API; OmegaConf types the
-    `posenc.schema` sections), its values checked (`posenc.checks`). ``references`` keeps
+    `posenc.schema` sections), its values checked (`posenc.checks`) and its choices and
+    ``auto`` values resolved (`posenc.run.spec.resolve_auto`; ``here``: whether the run
+    trains on this machine, at ``threads``, and None where the caller resolves
+    ``train.compile=auto`` later, at the threads the run will get). ``references`` keeps
     the configs the open sections are checked against, by group choices, across calls (a
     sweep composes many runs of the same encodings and tasks)."""
     from posenc import checks, conformance
@@ -284,7 +291,7 @@ def compose(
         checks.check_values(cfg)
         check_preset_task(cfg, overrides)
         conformance.check_config(cfg)  # a plugged-in encoding or task: built and checked
-    resolve_auto(cfg, overrides)  # posenc.run.spec: the one place choices and `auto` are resolved
+    resolve_auto(cfg, overrides, here=here)  # posenc.run.spec: the one place that does
     return cfg
 
 

@@ -18,6 +18,14 @@ casts and the float32 elementwise work that made eager bf16 lose on the AMX mach
 (docs/performance.md), so bf16 can pay compiled where it does not eagerly, or the reverse;
 one ratio cannot stand for the other, and a compiled run on a machine without the compiled
 ratio trains in fp32.
+
+The same record holds what ``train.compile=auto`` reads (`posenc.run.spec.resolve_compile`):
+the eager/compiled step ratio at each thread count measured (``compile_speedup``, keyed by
+the threads, written by ``python benchmarks/speed.py --rows compile --record threads=N``).
+Compile's gain depends on the threads as much as on the machine: on the 2-core AMD EPYC with
+AVX512-BF16 it was 1.1-1.4x at one thread (a comparison's jobs) and below 1.0x at two (one
+``posenc train``), docs/performance.md. Torch is imported only to name a CUDA device or
+torch's version, so a config can be resolved without it until it asks for ``auto``.
 """
 
 from __future__ import annotations
@@ -25,11 +33,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PRECISION_FILE_ENV = "POSENC_PRECISION_FILE"
 MIN_SPEEDUP = 1.0
+# compile_speedup below this keeps train.compile=auto eager: the ratio is measured after
+# warm-up, and a cold compile costs about 50 s of a 500 s default run (docs/performance.md),
+# so a steady gain of a few percent does not repay it.
+COMPILE_MIN_SPEEDUP = 1.05
+COMPILE_KEY = "compile_speedup"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -56,6 +71,8 @@ def _cpu() -> tuple[str, list[str]]:
 
 def machine_key(device: torch.device | str = "cpu") -> str:
     """What a measurement holds for: the device type and name, bf16 flags, torch version."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -83,16 +100,40 @@ def save_record(
     compiled: bool = False,
 ) -> Path:
     """Store this machine's measured bf16/fp32 step speed, eager or (``compiled``) both
-    steps compiled, keeping the other ratio if one was stored (written atomically)."""
+    steps compiled, keeping whatever else its record holds (written atomically)."""
+    previous = load_records().get(machine_key(device), {})
+    return _update(
+        device,
+        {
+            SPEEDUP_KEYS[compiled]: round(float(speedup), 3),
+            "accuracy_checked": bool(accuracy_checked or previous.get("accuracy_checked", False)),
+        },
+    )
+
+
+def save_compile_record(
+    speedup: float, threads: int, *, device: torch.device | str = "cpu"
+) -> Path:
+    """Store this machine's measured eager/compiled step ratio at ``threads`` torch threads,
+    keeping the other thread counts' and the bf16 ratios (written atomically)."""
+    previous = load_records().get(machine_key(device), {}).get(COMPILE_KEY, {})
+    return _update(device, {COMPILE_KEY: {**previous, str(int(threads)): round(float(speedup), 3)}})
+
+
+def compile_speedup(threads: int, device: torch.device | str = "cpu") -> float | None:
+    """The eager/compiled step ratio recorded for this machine at ``threads`` threads, or
+    None where none was measured."""
+    measured = load_records().get(machine_key(device), {}).get(COMPILE_KEY, {})
+    value = measured.get(str(int(threads))) if isinstance(measured, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _update(device: torch.device | str, values: dict) -> Path:
+    """This machine's record with ``values`` set, the rest of the file kept."""
     path = record_path()
     records = load_records()
     key = machine_key(device)
-    previous = records.get(key, {})
-    records[key] = {
-        **{k: previous[k] for k in SPEEDUP_KEYS.values() if k in previous},
-        SPEEDUP_KEYS[compiled]: round(float(speedup), 3),
-        "accuracy_checked": bool(accuracy_checked or previous.get("accuracy_checked", False)),
-    }
+    records[key] = {**records.get(key, {}), **values}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")

@@ -77,8 +77,9 @@ class Train:
     batching: str = "bucketed"  # one of BATCHING
     buckets: int = 4
     precision: str = "fp32"  # one of PRECISIONS
-    # compile and fused_adamw: true, false or auto (SWITCH_OR_AUTO; auto: compile where it
-    # pays, posenc.run.spec.resolve_compile); a run records the true or false they became.
+    # compile and fused_adamw: true, false or auto (SWITCH_OR_AUTO; auto: compile where this
+    # machine measured it to pay at the run's threads, posenc.run.spec.resolve_compile); a run
+    # records the true or false they became.
     # Both default to false; why: docs/performance.md.
     compile: Any = False  # train through torch.compile
     compile_min_steps: int = 1000  # compile=auto compiles a run of at least this many steps

@@ -48,6 +48,19 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_machine_record(tmp_path_factory):
+    """The suite never reads this machine's own measurements (`posenc.precision`: what
+    ``train.precision=auto`` and ``train.compile=auto`` decide by): a record made on a
+    developer's machine would change what those resolve to. A test that wants one writes it
+    to a file of its own (the subprocesses it starts inherit the variable)."""
+    from posenc.precision import PRECISION_FILE_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PRECISION_FILE_ENV, str(tmp_path_factory.mktemp("record") / "none.json"))
+        yield
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """Compose a tiny config writing into tmp_path; extra overrides win."""

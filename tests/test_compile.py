@@ -130,22 +130,101 @@ def test_torchs_own_temporary_default_is_replaced_but_a_users_folder_is_kept(mon
 LONG = ["train.steps=1000", "train.compile=auto", "train.fused_adamw=auto"]
 
 
+@pytest.fixture
+def measured(monkeypatch, tmp_path):
+    """This machine's compile record in a file of the test's own: ``measured({threads:
+    eager/compiled step ratio})``, as ``benchmarks/speed.py --rows compile --record`` writes
+    it."""
+    from posenc import precision
+
+    monkeypatch.setenv(precision.PRECISION_FILE_ENV, str(tmp_path / "record.json"))
+
+    def write(ratios: dict[int, float]) -> None:
+        for threads, ratio in ratios.items():
+            precision.save_compile_record(ratio, threads)
+
+    return write
+
+
 def resolved(*overrides):
     cfg = compose(list(overrides))
     return cfg.train.compile, cfg.train.fused_adamw
 
 
-def test_auto_compiles_a_long_run_of_an_encoding_that_traces(capsys):
-    assert resolved("encoding=rope", *LONG) == (True, True)
-    assert resolved("encoding=alibi", *LONG, "device=auto") == (True, True)
+def test_auto_compiles_where_this_machine_measured_it_pays_at_the_runs_threads(measured, capsys):
+    """The 2-core AMD EPYC's figures: compile gained at one thread (a comparison's jobs) and
+    lost at two (one posenc train with both cores)."""
+    measured({1: 1.11, 2: 0.93})
+    assert resolved("encoding=rope", *LONG, "threads=1") == (True, True)
+    assert resolved("encoding=alibi", *LONG, "threads=1", "device=auto") == (True, True)
     assert capsys.readouterr().err == ""
+    assert resolved("encoding=rope", *LONG, "threads=2") == (False, False)
+    assert capsys.readouterr().err.strip() == (
+        "note: train.compile=auto trains eagerly: compile measured 0.93x eager at 2 threads "
+        "here, below 1.05x"
+    )
 
 
-def test_auto_keeps_a_short_run_eager(capsys):
-    assert resolved("encoding=rope", *LONG, "train.steps=999") == (False, False)
-    assert resolved("encoding=rope", *LONG, "train.compile_min_steps=2000") == (False, False)
+def test_auto_stays_eager_without_a_measurement_and_says_how_to_make_one(measured, capsys):
+    measured({1: 1.3})
+    assert resolved("encoding=rope", *LONG, "threads=3") == (False, False)
+    assert capsys.readouterr().err.strip() == (
+        "note: train.compile=auto trains eagerly: no compile measurement of this machine at 3 "
+        "threads (python benchmarks/speed.py --rows compile --record threads=3 makes one)"
+    )
+    measured({3: 1.049})  # below COMPILE_MIN_SPEEDUP: a cold compile is not repaid
+    assert resolved("encoding=rope", *LONG, "threads=3") == (False, False)
+    measured({3: 1.05})
+    assert resolved("encoding=rope", *LONG, "threads=3") == (True, True)
+
+
+def test_a_run_without_threads_is_resolved_at_torchs_default(measured, monkeypatch):
+    measured({1: 1.2, 4: 0.9})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert resolved("encoding=rope", *LONG) == (False, False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert resolved("encoding=rope", *LONG) == (True, True)
+
+
+def test_auto_keeps_a_short_run_eager(measured, capsys):
+    measured({1: 1.5})
+    assert resolved("encoding=rope", *LONG, "threads=1", "train.steps=999") == (False, False)
+    assert resolved(
+        "encoding=rope", *LONG, "threads=1", "train.compile_min_steps=2000"
+    ) == (False, False)  # fmt: skip
     assert resolved("encoding=transformer_xl", *LONG, "train.steps=10") == (False, False)
     assert capsys.readouterr().err == ""  # a short run needs no note, whatever its encoding
+
+
+def test_a_sweep_resolves_each_run_at_the_threads_its_job_gets(
+    measured, monkeypatch, tmp_path, capsys
+):
+    """`posenc compare` on 2 cores runs 2 jobs of one thread each, where compile paid here;
+    ``--jobs 1`` gives its one job both cores, where it lost; a Slurm job trains on a node
+    whose measurement the planning machine cannot read, so it stays eager and says so."""
+    from posenc.sweep import plan_sweep
+    from posenc.sweep import threads as sweep_threads
+
+    measured({1: 1.11, 2: 0.93})
+    monkeypatch.setattr(sweep_threads, "cores", lambda: 2)
+    base = ["encoding=rope,alibi", "seed=0,1", *LONG, f"runs_root={tmp_path}"]
+
+    def compiled(plan) -> set:
+        return {(s.cfg.train.compile, s.cfg.train.fused_adamw) for s in plan.specs}
+
+    assert compiled(plan_sweep([], base=base, jobs=2, experiment="two")) == {(True, True)}
+    assert compiled(plan_sweep([], base=base, jobs=1, experiment="one")) == {(False, False)}
+    assert compiled(plan_sweep(["threads=1"], base=base, jobs=1, experiment="t")) == {(True, True)}
+    capsys.readouterr()
+    slurm = plan_sweep([], base=base, launcher="slurm", experiment="s")
+    assert compiled(slurm) == {(False, False)}
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert notes == [  # once for the sweep, not once per run
+        "note: train.compile=auto trains eagerly when the runs train on other machines: whether "
+        "compile pays is measured per machine, on the machine itself; train.compile=true compiles"
+    ]
+    explicit = plan_sweep(["train.compile=true"], base=base, launcher="slurm", experiment="s2")
+    assert compiled(explicit) == {(True, True)}
 
 
 @pytest.mark.parametrize(
@@ -167,9 +246,10 @@ def test_auto_keeps_an_encoding_that_breaks_the_graph_eager_with_a_note(capsys, 
     ]
 
 
-def test_explicit_values_win_and_fused_follows_compile_under_auto(capsys):
+def test_explicit_values_win_and_fused_follows_compile_under_auto(measured, capsys):
+    measured({1: 1.2})
     assert resolved("encoding=rope", *LONG, "train.compile=false") == (False, False)
-    assert resolved("encoding=rope", *LONG, "train.fused_adamw=false") == (True, False)
+    assert resolved("encoding=rope", *LONG, "threads=1", "train.fused_adamw=false") == (True, False)
     assert resolved(
         "encoding=rope", "train.steps=10", "train.compile=true", "train.fused_adamw=auto"
     ) == (True, True)
@@ -191,15 +271,19 @@ def test_a_plugin_encoding_declares_its_graph_break_with_the_class_attribute():
 
     assert Breaks.graph_break_for({}) == "a Python loop over the data"
     assert graph_break("rope") is None and parts_graph_break("not a list") is None
-    assert not compile_pays("cpu", 5000, 1000, Breaks.graph_break)
-    assert compile_pays("cpu", 5000, 1000, None) and compile_pays("cuda:1", 1000, 1000, None)
+    assert not compile_pays("cpu", 5000, 1000, Breaks.graph_break, 1.5)
+    assert compile_pays("cpu", 5000, 1000, None, 1.5)
+    assert compile_pays("cuda:1", 1000, 1000, None, 2)
+    assert not compile_pays("cpu", 5000, 1000, None, None)  # not measured here
+    assert not compile_pays("mps", 5000, 1000, None, 1.5)
 
 
-def test_the_run_records_the_resolved_values_and_its_identity_uses_them(tmp_path):
+def test_the_run_records_the_resolved_values_and_its_identity_uses_them(measured, tmp_path):
     from posenc.run.spec import specify
     from posenc.runfolder import config_identity
 
-    cfg = compose(["encoding=rope", *LONG, f"run_dir={tmp_path / 'run'}"])
+    measured({1: 1.2})
+    cfg = compose(["encoding=rope", *LONG, "threads=1", f"run_dir={tmp_path / 'run'}"])
     spec = specify(cfg)
     assert spec.cfg.train.compile is True and spec.cfg.train.fused_adamw is True
     explicit = compose(
@@ -209,19 +293,23 @@ def test_the_run_records_the_resolved_values_and_its_identity_uses_them(tmp_path
     eager = compose(["encoding=rope", "train.steps=1000"])
     assert spec.identity != config_identity(eager)  # compiled numbers are not eager numbers
     # compile_min_steps decides only what auto becomes: not part of a run's identity
-    other = compose(["encoding=rope", *LONG, "train.compile_min_steps=500"])
+    other = compose(["encoding=rope", *LONG, "threads=1", "train.compile_min_steps=500"])
     assert config_identity(other) == spec.identity
     written = OmegaConf.to_yaml(spec.cfg)
     assert "compile: true" in written and "fused_adamw: true" in written and "auto" not in written
 
 
-def test_a_trainer_built_outside_a_run_decides_auto_by_the_same_rule():
+def test_a_trainer_built_outside_a_run_decides_auto_by_the_same_rule(measured):
     """A `posenc.schema.Train` of a library user's own, ``auto`` included (no compose): its
-    few steps stay eager, and the model's declared graph break keeps a long one eager too."""
+    few steps stay eager, the model's declared graph break keeps a long one eager too, and
+    so does a machine without a measurement at torch's threads."""
     from posenc.run.train import resolved_compile
     from posenc.schema import Train
 
     rope, xl = model_for("rope"), model_for("transformer_xl")
+    long_auto = Train(steps=3000, compile="auto", fused_adamw="auto")
+    assert resolved_compile(long_auto, rope, "cpu") == (False, False)  # no measurement
+    measured({torch.get_num_threads(): 1.2})
     assert resolved_compile(Train(steps=30, compile="auto", fused_adamw="auto"), rope, "cpu") == (
         False,
         False,

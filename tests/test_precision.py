@@ -87,6 +87,26 @@ def test_each_ratio_is_kept_when_the_other_is_measured_again(record_file):
     }
 
 
+def test_compile_ratios_are_kept_per_thread_count_beside_the_bf16_ones(record_file):
+    """What ``train.compile=auto`` reads (`posenc.run.spec.resolve_compile`): one eager/compiled
+    ratio per thread count, none of them lost when another or a bf16 ratio is measured."""
+    assert precision.compile_speedup(1) is None
+    precision.save_record(1.13, accuracy_checked=True)
+    precision.save_compile_record(1.11, threads=1)
+    precision.save_compile_record(0.93, threads=2)
+    precision.save_record(1.2)
+    precision.save_compile_record(1.08, threads=1)
+    assert precision.load_records()[precision.machine_key()] == {
+        "bf16_speedup": 1.2,
+        "accuracy_checked": True,
+        "compile_speedup": {"1": 1.08, "2": 0.93},
+    }
+    assert (precision.compile_speedup(1), precision.compile_speedup(2)) == (1.08, 0.93)
+    assert precision.compile_speedup(4) is None
+    record_file.write_text(json.dumps({precision.machine_key(): {"compile_speedup": "fast"}}))
+    assert precision.compile_speedup(1) is None  # a damaged entry reads as no measurement
+
+
 def test_a_compiled_trainer_resolves_auto_by_the_compiled_ratio(
     tiny_cfg, record_file, monkeypatch, tmp_path
 ):

@@ -6,10 +6,12 @@ decides resume and skip (`posenc.runfolder.config_identity`) and the folder's st
 (`run_status`: new, resume, finished, or another config's). ``posenc train`` plans its one
 run from it; a sweep's parent specifies every combination, writes each job its
 specification (`write_spec`) and the job runs what it reads (`read_spec`), composing
-nothing. Torch-free: ``train.precision=auto`` depends on the machine a run lands on, so the
-run resolves it (`posenc.precision`) and records what it became (``precision_used``).
-``train.compile=auto`` and ``train.fused_adamw=auto`` depend on the config alone, so they are
-resolved here (`resolve_compile`) and the config records the true or false they became.
+nothing. ``train.precision=auto`` depends on the machine a run lands on, so the run resolves it
+(`posenc.precision`) and records what it became (``precision_used``). ``train.compile=auto``
+and ``train.fused_adamw=auto`` are part of a run's identity, so they are resolved here
+(`resolve_compile`), from the config and a measurement of the machine the run trains on, and
+the config records the true or false they became. Torch-free but for that measurement's key
+(a config that asks for ``train.compile=auto`` on a long run).
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ class RunSpec:
         return config_identity(self.cfg)
 
 
-def resolve_auto(cfg: DictConfig, given: list[str] | tuple[str, ...] = ()) -> None:
+def resolve_auto(
+    cfg: DictConfig,
+    given: list[str] | tuple[str, ...] = (),
+    *,
+    here: bool | None = True,
+    shown: set[str] | None = None,
+) -> None:
     """The choices file's values and the ``auto`` values a config can hold, resolved in place
     (the one place that does). First the choices file ``choices`` names, if any
     (`posenc.choices.apply_choices`; ``given``: the overrides, none of which may set a chosen
@@ -60,15 +68,20 @@ def resolve_auto(cfg: DictConfig, given: list[str] | tuple[str, ...] = ()) -> No
     scale given explicitly. A composite encoding (``combo``, ``randomized``, the hybrids)
     takes its own class's, ``scaled``.
 
-    ``train.compile=auto`` and ``train.fused_adamw=auto`` -> true or false (`resolve_compile`),
-    with a one-line note on stderr where the encoding keeps the run eager."""
+    ``train.compile=auto`` and ``train.fused_adamw=auto`` -> true or false (`resolve_compile`;
+    ``here``: whether the run trains on this machine, at ``cfg.threads``; None leaves them
+    ``auto`` for a later call that knows), with a one-line note on stderr where ``auto``
+    keeps a long run eager. ``shown``: notes already printed
+    (a sweep's runs share them), not printed again."""
     from posenc import encodings
     from posenc.choices import apply_choices
 
     apply_choices(cfg, given)  # a choices file's values for this encoding (posenc tune)
-    note = resolve_compile(cfg)
-    if note:
+    note = resolve_compile(cfg, here=here)
+    if note and (shown is None or note not in shown):
         print(note, file=sys.stderr)
+        if shown is not None:
+            shown.add(note)
     if cfg.model.embed_init != "auto":
         return
     name = _load_encoding(cfg)
@@ -88,55 +101,111 @@ def _load_encoding(cfg: DictConfig) -> str:
 
 # Devices where ``train.compile=auto`` may compile (``device=auto`` lands on one of them).
 COMPILE_DEVICES = ("cpu", "cuda", "auto")
+MEASURE_COMPILE = "python benchmarks/speed.py --rows compile --record threads={threads}"
 
 
-def resolve_compile(cfg: DictConfig) -> str:
+def resolve_compile(cfg: DictConfig, *, here: bool | None = True) -> str:
     """``train.compile=auto`` and ``train.fused_adamw=auto`` resolved in place; the one-line
-    note to show when the encoding keeps an auto run eager ("" otherwise). Explicit true and
-    false stay. ``compile=auto`` becomes true only where compiling pays:
+    note to show when ``auto`` keeps a long run eager ("" otherwise). Explicit true and false
+    stay. ``compile=auto`` becomes true only where compiling was measured to pay:
 
     - the device is a CPU or CUDA (`COMPILE_DEVICES`);
-    - ``train.steps >= train.compile_min_steps`` (1000): a cold compile takes about two
-      minutes on one core and a cached one seconds (docs/performance.md), a small share of
-      such a run; the few steps of tests and smoke runs stay eager;
+    - ``train.steps >= train.compile_min_steps`` (1000): a cold compile takes about a minute
+      on one core and a cached one seconds (docs/performance.md), a small share of such a
+      run; the few steps of tests and smoke runs stay eager, without a note;
     - the encoding traces as one graph: one that declares a graph break
       (`PositionalEncoding.graph_break`, a plugin's too; a composite's parts count) trains
-      eagerly, and the note says why.
+      eagerly;
+    - this machine's record (`posenc.precision.compile_speedup`, written by
+      `MEASURE_COMPILE`) shows the compiled step at least
+      `posenc.precision.COMPILE_MIN_SPEEDUP` times as fast as the eager one at the run's
+      threads (``cfg.threads``, else torch's default, `run_threads`): on the 2-core AMD
+      EPYC compile gained at one thread and lost at two (docs/performance.md), so a
+      comparison's one-thread jobs and a two-thread ``posenc train`` decide apart. posenc
+      ships no record: a machine without one trains eagerly. ``here=False`` (a run that
+      trains on another machine, e.g. a Slurm node the parent plans for) trains eagerly:
+      the measurement that decides is the node's, which the planning machine cannot read.
+      ``here=None`` leaves both ``auto``: a sweep's parent composes before it knows a run's
+      threads, and resolves when it specifies the run (or the job, on its machine).
 
     ``fused_adamw=auto`` becomes what ``compile`` became: the accuracy check covers the pair.
     The run's config records the booleans, and its identity is theirs."""
     # a partial config (e.g. the model and encoding alone): nothing to resolve
-    if "train" not in cfg:
+    if "train" not in cfg or here is None:
         return ""
     train, note = cfg.train, ""
     with open_dict(cfg):
         if isinstance(train.compile, str) and train.compile == "auto":
-            train.compile, note = _compile_pays(cfg)
+            train.compile, note = _compile_pays(cfg, here)
         if isinstance(train.fused_adamw, str) and train.fused_adamw == "auto":
             train.fused_adamw = train.compile is True
     return note
 
 
-def compile_pays(device: str, steps: int, min_steps: int, graph_break: str | None) -> bool:
+def compile_pays(
+    device: str, steps: int, min_steps: int, graph_break: str | None, speedup: float | None
+) -> bool:
     """`resolve_compile`'s rule, the one home of it: a CPU or CUDA device, at least
-    ``min_steps`` steps, and no graph break."""
+    ``min_steps`` steps, no graph break, and a measured step ``speedup`` (eager/compiled, at
+    the run's threads) of at least `posenc.precision.COMPILE_MIN_SPEEDUP`."""
+    from posenc.precision import COMPILE_MIN_SPEEDUP
+
     on_device = str(device).split(":")[0] in COMPILE_DEVICES
-    return on_device and int(steps) >= int(min_steps) and not graph_break
+    long_run = int(steps) >= int(min_steps)
+    measured = speedup is not None and speedup >= COMPILE_MIN_SPEEDUP
+    return on_device and long_run and not graph_break and measured
 
 
-def _compile_pays(cfg: DictConfig) -> tuple[bool, str]:
-    """(compile?, the note when the encoding alone says no)."""
+def run_threads(threads: int | None) -> int:
+    """The torch threads a run on this machine gets: ``threads``, else torch's default (what
+    ``compile_speedup`` is keyed by, measured and read)."""
+    if threads is not None:
+        return int(threads)
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _compile_pays(cfg: DictConfig, here: bool) -> tuple[bool, str]:
+    """(compile?, the note when a long run stays eager)."""
     from posenc.encodings.registry import graph_break
 
     tr = cfg.train
-    if not compile_pays(cfg.device, tr.steps, tr.compile_min_steps, None):
-        return False, ""
+    if not compile_pays(cfg.device, tr.steps, tr.compile_min_steps, None, float("inf")):
+        return False, ""  # not a device that compiles, or a short run: no note
+    label = encoding_label(cfg.encoding)
     reason = graph_break({**encoding_params(cfg.encoding), "name": _load_encoding(cfg)})
     if reason:
-        label = encoding_label(cfg.encoding)
-        note = f"note: {label} trains eagerly under train.compile=auto: its forward pass breaks the graph ({reason})"
-        return False, note
-    return True, ""
+        return False, (
+            f"note: {label} trains eagerly under train.compile=auto: its forward pass breaks "
+            f"the graph ({reason})"
+        )
+    if not here:
+        return False, (
+            "note: train.compile=auto trains eagerly when the runs train on other machines: "
+            "whether compile pays is measured per machine, on the machine itself; "
+            "train.compile=true compiles"
+        )
+    from posenc.precision import COMPILE_MIN_SPEEDUP, compile_speedup
+
+    threads = run_threads(cfg.threads)
+    import torch
+
+    device, gpu = str(cfg.device), torch.cuda.is_available()
+    if device == "auto":  # where it lands here (posenc.run.planning.resolve_device)
+        device = "cuda" if gpu else "cpu"
+    speedup = compile_speedup(threads, device) if gpu or device == "cpu" else None
+    if compile_pays(cfg.device, tr.steps, tr.compile_min_steps, None, speedup):
+        return True, ""
+    where = f"at {threads} thread{'s' if threads != 1 else ''}"
+    if speedup is None:
+        why = (
+            f"no compile measurement of this machine {where} "
+            f"({MEASURE_COMPILE.format(threads=threads)} makes one)"
+        )
+    else:
+        why = f"compile measured {speedup:.2f}x eager {where} here, below {COMPILE_MIN_SPEEDUP}x"
+    return False, f"note: train.compile=auto trains eagerly: {why}"
 
 
 def variant_label(cfg: DictConfig, variant: str) -> str:
@@ -201,11 +270,19 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def specify(cfg: DictConfig, variant: str = "", given: list[str] | tuple[str, ...] = ()) -> RunSpec:
+def specify(
+    cfg: DictConfig,
+    variant: str = "",
+    given: list[str] | tuple[str, ...] = (),
+    *,
+    here: bool | None = True,
+    shown: set[str] | None = None,
+) -> RunSpec:
     """The run ``cfg`` describes, resolved: choices and ``auto`` values (``given``: the
-    overrides that composed it), the label (``variant``: a sweep's swept keys,
-    `variant_label`), the folder and its status. Changes ``cfg``."""
-    resolve_auto(cfg, given)
+    overrides that composed it; ``here`` and ``shown``: `resolve_auto`'s), the label
+    (``variant``: a sweep's swept keys, `variant_label`), the folder and its status. Changes
+    ``cfg``."""
+    resolve_auto(cfg, given, here=here, shown=shown)
     if variant:
         with open_dict(cfg):
             cfg.encoding.label = variant_label(cfg, variant)

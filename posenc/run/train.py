@@ -7,8 +7,10 @@ optimizer keeps full-precision master weights). ``compile=True`` trains through
 cached on disk, `use_compile_cache`). Both are off by default, and both change the
 rounding (their speed and accuracy checks: docs/performance.md). ``train.compile=auto`` (with
 ``train.fused_adamw=auto``) compiles only where that pays: on CPU or CUDA, an encoding that
-traces as one graph (`PositionalEncoding.graph_break` unset) and ``train.steps`` at least
-``train.compile_min_steps`` (1000); it is resolved to true or false before a run starts
+traces as one graph (`PositionalEncoding.graph_break` unset), ``train.steps`` at least
+``train.compile_min_steps`` (1000), and a compiled step this machine measured faster at the
+run's threads (`posenc.precision.compile_speedup`); it is resolved to true or false before a
+run starts
 (`posenc.run.spec.resolve_compile`), so the trainer only ever sees booleans;
 ``train.compile=false`` opts out. Under compile the bucketed pieces still run side by
 side: the threads share the one compiled graph (dynamic shapes, so the pieces' lengths
@@ -128,14 +130,18 @@ def resolved_compile(train_cfg, model: nn.Module, device: torch.device | str) ->
     resolved (`posenc.run.spec.resolve_compile`); an ``auto`` that reaches a trainer built
     outside a run (a `posenc.schema.Train` of its own) is decided by the same rule
     (`posenc.run.spec.compile_pays`), over the graph breaks its model's encoding modules
-    declare."""
+    declare and this machine's compile measurement at torch's threads now."""
+    from posenc.precision import compile_speedup
     from posenc.run.spec import compile_pays
 
     compiled, fused = train_cfg.compile, train_cfg.fused_adamw
     if compiled == "auto":
         breaks = [m.graph_break for m in model.modules() if isinstance(m, PositionalEncoding)]
         reason = next((b for b in breaks if b), None)
-        compiled = compile_pays(str(device), train_cfg.steps, train_cfg.compile_min_steps, reason)
+        speedup = compile_speedup(torch.get_num_threads(), device)
+        compiled = compile_pays(
+            str(device), train_cfg.steps, train_cfg.compile_min_steps, reason, speedup
+        )
     if fused == "auto":
         fused = compiled
     return bool(compiled), bool(fused)

@@ -171,7 +171,7 @@ def check_every_value(first: list[str], axes: list[list[str]]) -> None:
                 return
             checked += 1
             try:
-                compose([*first[:i], value, *first[i + 1 :]])
+                compose([*first[:i], value, *first[i + 1 :]], here=None)
             except ConfigError as exc:
                 hint = ""
                 if value.startswith("encoding=") and "has no key" in str(exc):
@@ -281,14 +281,20 @@ def _variant(combo: tuple[str, ...], named_by: list[str]) -> str:
     return ",".join(sorted(o for o in combo if o.split("=", 1)[0].lstrip("+~") in named_by))
 
 
-def specify_runs(axes: list[list[str]], extra: list[str], swept: set[str]) -> list[RunSpec]:
+def specify_runs(
+    axes: list[list[str]], extra: list[str], swept: set[str], threads: str
+) -> list[RunSpec]:
     """Every combination of the sweep composed once, checked and specified
     (`posenc.run.spec.specify`): its folder under the absolute ``runs_root``, its label with the
-    swept keys other than `NAMING_KEYS`, its status."""
+    swept keys other than `NAMING_KEYS`, its status. ``threads``: each job's ``threads=``
+    (`share_threads`); a number means the jobs train on this machine with that many, and
+    their ``auto`` values are resolved for it; anything else (Slurm's CPUs, known on the
+    node) means they train elsewhere (`posenc.run.spec.resolve_compile`)."""
     from omegaconf import open_dict
 
     named_by = sorted(swept - {*NAMING_KEYS, *EXECUTION_KEYS})
-    specs, folders, composed, references = [], {}, {}, {}
+    here = threads.isdigit()
+    specs, folders, composed, references, shown = [], {}, {}, {}, set()
     for combo in itertools.product(*axes):
         try:
             cfg = _compose_once(combo, extra, composed, references)
@@ -297,7 +303,9 @@ def specify_runs(axes: list[list[str]], extra: list[str], swept: set[str]) -> li
         with open_dict(cfg):  # runs_root cannot be swept: the same in every combination
             cfg.runs_root = str(Path(str(cfg.runs_root)).absolute())
             cfg.progress = False
-        spec = specify(cfg, _variant(combo, named_by), [*combo, *extra])
+            if here:
+                cfg.threads = int(threads)
+        spec = specify(cfg, _variant(combo, named_by), [*combo, *extra], here=here, shown=shown)
         if spec.run_dir in folders:
             raise ConfigError(
                 f"{_combination(combo, swept)} and {folders[spec.run_dir]} would share the run "
@@ -325,7 +333,7 @@ def _compose_once(combo: tuple[str, ...], extra: list[str], composed: dict, refe
         cfg.seed = int(seed)
         check_values(cfg)
         return cfg
-    cfg = compose([*combo, *extra], references=references)
+    cfg = compose([*combo, *extra], references=references, here=None)  # compile: specify's
     composed.setdefault(key, deepcopy(cfg))  # kept as composed: specifying changes cfg
     return cfg
 
@@ -411,18 +419,19 @@ def plan_sweep(
     extra = [f"experiment={hydra_quoted(experiment)}"] if named else []
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
     specs = None
+    # the threads first: a run's train.compile=auto is resolved at the threads it gets
+    jobs, threads, threads_shown = share_threads(launcher, jobs, ax.total, parsed)
     if ax.total is not None and 0 < ax.total <= MAX_SPECIFIED:
-        specs = specify_runs(ax.axes, extra, swept)
+        specs = specify_runs(ax.axes, extra, swept, threads)
         plan_runs(specs, launcher)
         cfg = specs[0].cfg
-    else:  # Hydra composes each job; each value is composed once here
+    else:  # Hydra composes each job (train.compile=auto resolved there); each value once here
         first = [*ax.first, *extra]
-        cfg = compose(first)
+        cfg = compose(first, here=None)
         check_every_value(first, ax.axes)
     runs_root = Path(str(cfg.runs_root)).absolute()
     experiment_dir = runs_root / str(cfg.experiment)
     sweep_dir = stamp_sweep_dir(experiment_dir)
-    jobs, threads, threads_shown = share_threads(launcher, jobs, ax.total, parsed)
     if specs is not None:
         child = spec_overrides(
             parsed, launcher=launcher, jobs=jobs, threads=threads, sweep_dir=sweep_dir,
