@@ -223,6 +223,9 @@ def test_a_sweep_resolves_each_run_at_the_threads_its_job_gets(
         "note: train.compile=auto trains eagerly when the runs train on other machines: whether "
         "compile pays is measured per machine, on the machine itself; train.compile=true compiles"
     ]
+    # threads=1 measured here says nothing of the node's
+    slurm = plan_sweep(["threads=1"], base=base, launcher="slurm", experiment="s1")
+    assert compiled(slurm) == {(False, False)}
     explicit = plan_sweep(["train.compile=true"], base=base, launcher="slurm", experiment="s2")
     assert compiled(explicit) == {(True, True)}
 

@@ -14,7 +14,7 @@ from posenc.errors import ConfigError, PosencError, first_line
 from posenc.run.spec import FINISHED, RunSpec, specify, write_spec
 from posenc.runfolder import EXECUTION_KEYS
 from posenc.sweep.job import JOB_CONFIG, SPECS, spec_path
-from posenc.sweep.threads import LAUNCHER_GROUP, check_launcher, share_threads
+from posenc.sweep.threads import LAUNCHER_GROUP, LOCAL_LAUNCHERS, check_launcher, share_threads
 
 SWEEPS = "_sweeps"  # <runs_root>/<experiment>/_sweeps/<time>/: Hydra's job folders and logs
 # Keys that name the run folder themselves (or only change how a run executes), so they
@@ -282,18 +282,19 @@ def _variant(combo: tuple[str, ...], named_by: list[str]) -> str:
 
 
 def specify_runs(
-    axes: list[list[str]], extra: list[str], swept: set[str], threads: str
+    axes: list[list[str]], extra: list[str], swept: set[str], threads: str, launcher: str
 ) -> list[RunSpec]:
     """Every combination of the sweep composed once, checked and specified
     (`posenc.run.spec.specify`): its folder under the absolute ``runs_root``, its label with the
     swept keys other than `NAMING_KEYS`, its status. ``threads``: each job's ``threads=``
-    (`share_threads`); a number means the jobs train on this machine with that many, and
-    their ``auto`` values are resolved for it; anything else (Slurm's CPUs, known on the
-    node) means they train elsewhere (`posenc.run.spec.resolve_compile`)."""
+    (`share_threads`). Under a launcher whose jobs train on this machine (`LOCAL_LAUNCHERS`)
+    with a number of threads, the runs' ``auto`` values are resolved for this machine at
+    that many; under any other (Slurm: other nodes, threads known there) they train
+    elsewhere (`posenc.run.spec.resolve_compile`)."""
     from omegaconf import open_dict
 
     named_by = sorted(swept - {*NAMING_KEYS, *EXECUTION_KEYS})
-    here = threads.isdigit()
+    here = launcher in LOCAL_LAUNCHERS and threads.isdigit()
     specs, folders, composed, references, shown = [], {}, {}, {}, set()
     for combo in itertools.product(*axes):
         try:
@@ -422,7 +423,7 @@ def plan_sweep(
     # the threads first: a run's train.compile=auto is resolved at the threads it gets
     jobs, threads, threads_shown = share_threads(launcher, jobs, ax.total, parsed)
     if ax.total is not None and 0 < ax.total <= MAX_SPECIFIED:
-        specs = specify_runs(ax.axes, extra, swept, threads)
+        specs = specify_runs(ax.axes, extra, swept, threads, launcher)
         plan_runs(specs, launcher)
         cfg = specs[0].cfg
     else:  # Hydra composes each job (train.compile=auto resolved there); each value once here

@@ -16,6 +16,8 @@ LAUNCHER_GROUP = "hydra/launcher"
 # Hydra's own launcher configs that need no preset. A preset may not share their names: a
 # file in configs/hydra/launcher/ would shadow the plugin's config it extends.
 HYDRA_LAUNCHERS = ("basic", "submitit_local")
+# Launchers whose jobs train on this machine (any other, Slurm's, sends them to other nodes).
+LOCAL_LAUNCHERS = ("local", *HYDRA_LAUNCHERS)
 
 
 def cores() -> int:
