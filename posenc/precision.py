@@ -23,7 +23,7 @@ The same record holds what ``train.compile=auto`` reads (`posenc.run.spec.resolv
 the eager/compiled step ratio at each thread count measured (``compile_speedup``, keyed by
 the threads, written by ``python benchmarks/speed.py --rows compile --record threads=N``).
 Compile's gain depends on the threads as much as on the machine: on the 2-core AMD EPYC with
-AVX512-BF16 it was 1.1-1.4x at one thread (a comparison's jobs) and below 1.0x at two (one
+AVX512-BF16 it was 1.1-1.4x at one thread (a comparison's jobs) and 0.89-1.04x at two (one
 ``posenc train``), docs/performance.md. Torch is imported only to name a CUDA device or
 torch's version, so a config can be resolved without it until it asks for ``auto``.
 """

@@ -110,7 +110,7 @@ def resolve_compile(cfg: DictConfig, *, here: bool | None = True) -> str:
     stay. ``compile=auto`` becomes true only where compiling was measured to pay:
 
     - the device is a CPU or CUDA (`COMPILE_DEVICES`);
-    - ``train.steps >= train.compile_min_steps`` (1000): a cold compile takes about a minute
+    - ``train.steps >= train.compile_min_steps`` (1000): a cold compile takes one to two minutes
       on one core and a cached one seconds (docs/performance.md), a small share of such a
       run; the few steps of tests and smoke runs stay eager, without a note;
     - the encoding traces as one graph: one that declares a graph break
@@ -120,8 +120,9 @@ def resolve_compile(cfg: DictConfig, *, here: bool | None = True) -> str:
       `MEASURE_COMPILE`) shows the compiled step at least
       `posenc.precision.COMPILE_MIN_SPEEDUP` times as fast as the eager one at the run's
       threads (``cfg.threads``, else torch's default, `run_threads`): on the 2-core AMD
-      EPYC compile gained at one thread and lost at two (docs/performance.md), so a
-      comparison's one-thread jobs and a two-thread ``posenc train`` decide apart. posenc
+      EPYC compile gained 1.1-1.4x at one thread and at most 1.04x at two
+      (docs/performance.md), so a comparison's one-thread jobs and a two-thread ``posenc
+      train`` decide apart. posenc
       ships no record: a machine without one trains eagerly. ``here=False`` (a run that
       trains on another machine, e.g. a Slurm node the parent plans for) trains eagerly:
       the measurement that decides is the node's, which the planning machine cannot read.
