@@ -10,8 +10,7 @@ rounding (their speed and accuracy checks: docs/performance.md). ``train.compile
 traces as one graph (`PositionalEncoding.graph_break` unset), ``train.steps`` at least
 ``train.compile_min_steps`` (1000), and a compiled step this machine measured faster at the
 run's threads (`posenc.precision.compile_speedup`); it is resolved to true or false before a
-run starts
-(`posenc.run.spec.resolve_compile`), so the trainer only ever sees booleans;
+run starts (`posenc.run.spec.resolve_compile`), so the trainer only ever sees booleans;
 ``train.compile=false`` opts out. Under compile the bucketed pieces still run side by
 side: the threads share the one compiled graph (dynamic shapes, so the pieces' lengths
 share it too), each piece one compiled forward and backward pass.
