@@ -69,6 +69,19 @@ def _cpu() -> tuple[str, list[str]]:
     return model, sorted(f for f in BF16_FLAGS if f in flags)
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device of ``device=NAME`` (a name `posenc.checks` accepts) on this machine."""
+    import torch
+
+    from posenc.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available; use device=cpu")
+    return torch.device(name)
+
+
 def machine_key(device: torch.device | str = "cpu") -> str:
     """What a measurement holds for: the device type and name, bf16 flags, torch version."""
     import torch

@@ -18,6 +18,7 @@ from posenc.checks import check_values
 from posenc.errors import ConfigError
 from posenc.memory import check_fits
 from posenc.model import CausalSelfAttention, ModelConfig, Transformer
+from posenc.precision import resolve_device
 from posenc.run.spec import run_dir
 from posenc.runfolder import legacy_values
 from posenc.schema import task_params
@@ -67,15 +68,6 @@ def quick_lengths(cfg: DictConfig) -> list[int]:
     if cfg.train.stop_at is not None:
         quick |= set(range(cfg.train.min_len, cfg.train.max_len + 1))
     return sorted(quick)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device of ``device=NAME`` (a name `posenc.checks` accepts) on this machine."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA device is available; use device=cpu")
-    return torch.device(name)
 
 
 def digit_layout(task: tasks.Task) -> encodings.DigitLayout:

@@ -122,8 +122,7 @@ def resolve_compile(cfg: DictConfig, *, here: bool | None = True) -> str:
       threads (``cfg.threads``, else torch's default, `run_threads`): on the 2-core AMD
       EPYC compile gained 1.1-1.4x at one thread and at most 1.04x at two
       (docs/performance.md), so a comparison's one-thread jobs and a two-thread ``posenc
-      train`` decide apart. posenc
-      ships no record: a machine without one trains eagerly. ``here=False`` (a run that
+      train`` decide apart. posenc ships no record: a machine without one trains eagerly. ``here=False`` (a run that
       trains on another machine, e.g. a Slurm node the parent plans for) trains eagerly:
       the measurement that decides is the node's, which the planning machine cannot read.
       ``here=None`` leaves both ``auto``: a sweep's parent composes before it knows a run's
@@ -151,10 +150,14 @@ def compile_pays(
     the run's threads) of at least `posenc.precision.COMPILE_MIN_SPEEDUP`."""
     from posenc.precision import COMPILE_MIN_SPEEDUP
 
-    on_device = str(device).split(":")[0] in COMPILE_DEVICES
-    long_run = int(steps) >= int(min_steps)
     measured = speedup is not None and speedup >= COMPILE_MIN_SPEEDUP
-    return on_device and long_run and not graph_break and measured
+    return (
+        _long_run_on_a_compiling_device(device, steps, min_steps) and not graph_break and measured
+    )
+
+
+def _long_run_on_a_compiling_device(device: str, steps: int, min_steps: int) -> bool:
+    return str(device).split(":")[0] in COMPILE_DEVICES and int(steps) >= int(min_steps)
 
 
 def run_threads(threads: int | None) -> int:
@@ -172,8 +175,8 @@ def _compile_pays(cfg: DictConfig, here: bool) -> tuple[bool, str]:
     from posenc.encodings.registry import graph_break
 
     tr = cfg.train
-    if not compile_pays(cfg.device, tr.steps, tr.compile_min_steps, None, float("inf")):
-        return False, ""  # not a device that compiles, or a short run: no note
+    if not _long_run_on_a_compiling_device(cfg.device, tr.steps, tr.compile_min_steps):
+        return False, ""  # no note
     label = encoding_label(cfg.encoding)
     reason = graph_break({**encoding_params(cfg.encoding), "name": _load_encoding(cfg)})
     if reason:
@@ -187,15 +190,10 @@ def _compile_pays(cfg: DictConfig, here: bool) -> tuple[bool, str]:
             "whether compile pays is measured per machine, on the machine itself; "
             "train.compile=true compiles"
         )
-    from posenc.precision import COMPILE_MIN_SPEEDUP, compile_speedup
+    from posenc.precision import COMPILE_MIN_SPEEDUP, compile_speedup, resolve_device
 
     threads = run_threads(cfg.threads)
-    import torch
-
-    device, gpu = str(cfg.device), torch.cuda.is_available()
-    if device == "auto":  # where it lands here (posenc.run.planning.resolve_device)
-        device = "cuda" if gpu else "cpu"
-    speedup = compile_speedup(threads, device) if gpu or device == "cpu" else None
+    speedup = compile_speedup(threads, resolve_device(str(cfg.device)))
     if compile_pays(cfg.device, tr.steps, tr.compile_min_steps, None, speedup):
         return True, ""
     where = f"at {threads} thread{'s' if threads != 1 else ''}"

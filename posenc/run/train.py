@@ -6,12 +6,9 @@ optimizer keeps full-precision master weights). ``compile=True`` trains through
 ``torch.compile(model, dynamic=True)`` (one graph for every sequence length; its artifacts
 cached on disk, `use_compile_cache`). Both are off by default, and both change the
 rounding (their speed and accuracy checks: docs/performance.md). ``train.compile=auto`` (with
-``train.fused_adamw=auto``) compiles only where that pays: on CPU or CUDA, an encoding that
-traces as one graph (`PositionalEncoding.graph_break` unset), ``train.steps`` at least
-``train.compile_min_steps`` (1000), and a compiled step this machine measured faster at the
-run's threads (`posenc.precision.compile_speedup`); it is resolved to true or false before a
-run starts (`posenc.run.spec.resolve_compile`), so the trainer only ever sees booleans;
-``train.compile=false`` opts out. Under compile the bucketed pieces still run side by
+``train.fused_adamw=auto``) is resolved to true or false before a run starts, where it pays
+(`posenc.run.spec.resolve_compile`, the rule's one home), so the trainer only ever sees
+booleans; ``train.compile=false`` opts out. Under compile the bucketed pieces still run side by
 side: the threads share the one compiled graph (dynamic shapes, so the pieces' lengths
 share it too), each piece one compiled forward and backward pass.
 ``buckets`` > 1 computes each batch in that many length-sorted pieces at most
