@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -10,6 +11,37 @@ import torch
 from posenc import encodings
 from posenc.config import compose
 from posenc.model import ModelConfig, Transformer
+
+# The suite runs in one pytest-xdist worker per core (pyproject.toml: -n auto): most of its time
+# is a process starting, a subprocess waiting or a file written, not arithmetic, so two workers
+# on 2 cores take about half the wall time of one. Each worker's torch gets its share of the
+# cores, not all of them (a test that wants a thread count sets it and puts it back).
+MAX_WORKERS = 8  # each worker holds torch, Hydra and a model: ~0.5 GB
+_cores = len(os.sched_getaffinity(0))
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core this process may run on, at most MAX_WORKERS."""
+    return max(1, min(MAX_WORKERS, _cores))
+
+
+@pytest.fixture(autouse=True)
+def one_slurm_test_at_a_time(request, tmp_path_factory):
+    """Tests marked ``slurm`` run one at a time across the workers: they share the one Slurm
+    node, and test_slurm.py checks that a rerun submits no job, which another worker's job
+    would break. (xdist's ``--dist loadgroup`` would do it, but pytest 9 ignores the group it
+    writes into the test's id.) A lock file in the folder every worker's temp folder shares."""
+    if request.node.get_closest_marker("slurm") is None:
+        yield
+        return
+    import fcntl
+
+    with open(tmp_path_factory.getbasetemp().parent / "slurm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
 
 # The smallest config that still runs every stage: sweeps and servers start many of them.
 MICRO = [
