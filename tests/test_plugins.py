@@ -385,7 +385,8 @@ def test_the_wheel_installs_and_runs_from_anywhere(tmp_path):
     shutil.copytree(
         ROOT, src,
         ignore=shutil.ignore_patterns(".git", "runs", "build", "dist", "*.egg-info", "__pycache__",
-                                      ".venv", "outputs", "multirun", "examples", "docs"),
+                                      ".venv", "outputs", "multirun", "examples", "docs",
+                                      ".hypothesis", ".pytest_cache"),  # other workers write these
     )  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
