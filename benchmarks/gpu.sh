@@ -17,7 +17,8 @@ fi
 python3 -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}")'
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 echo "== device tests"
-POSENC_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_encoding_matrix.py
+# -n 0: in this process, as before the suite ran in workers (one GPU, no processes sharing it)
+POSENC_TEST_DEVICE=cuda python3 -m pytest -n 0 -q -p no:cacheprovider tests/test_device.py tests/test_encoding_matrix.py
 jobs=${GPU_JOBS:-3}
 root=${RUNS_ROOT:-$(mktemp -d)}
 echo "== posenc compare, defaults, device=cuda, $jobs runs at once, into $root"
