@@ -16,7 +16,7 @@ from posenc.model import ModelConfig, Transformer
 # is a process starting, a subprocess waiting or a file written, not arithmetic, so two workers
 # on 2 cores take about half the wall time of one. Each worker's torch gets its share of the
 # cores, not all of them (a test that wants a thread count sets it and puts it back).
-MAX_WORKERS = 8  # each worker holds torch, Hydra and a model: ~0.5 GB
+MAX_WORKERS = 8  # each worker holds its own torch, Hydra and models in memory
 _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))

@@ -122,9 +122,10 @@ def resolve_compile(cfg: DictConfig, *, here: bool | None = True) -> str:
       threads (``cfg.threads``, else torch's default, `run_threads`): on the 2-core AMD
       EPYC compile gained 1.1-1.4x at one thread and at most 1.04x at two
       (docs/performance.md), so a comparison's one-thread jobs and a two-thread ``posenc
-      train`` decide apart. posenc ships no record: a machine without one trains eagerly. ``here=False`` (a run that
-      trains on another machine, e.g. a Slurm node the parent plans for) trains eagerly:
-      the measurement that decides is the node's, which the planning machine cannot read.
+      train`` decide apart. posenc ships no record: a machine without one trains eagerly.
+      ``here=False`` (a run that trains on another machine, e.g. a Slurm node the parent
+      plans for) trains eagerly: the measurement that decides is the node's, which the
+      planning machine cannot read.
       ``here=None`` leaves both ``auto``: a sweep's parent composes before it knows a run's
       threads, and resolves when it specifies the run (or the job, on its machine).
 
