@@ -18,7 +18,9 @@ Rows:
   interleaved over three rounds, medians.
 - ``pieces``: milliseconds per ``bucketed`` step with its pieces computed one after the other
   at the run's threads (``workers=1``) and side by side, one thread each (the default on CPU
-  with more than one thread; `posenc.run.train.Trainer`), interleaved over three rounds.
+  with more than one thread; `posenc.run.train.Trainer`), started largest first (the
+  default, `posenc.run.train.largest_first`) and in piece order (shortest first, as before
+  it), interleaved over three rounds.
 - ``model``: posenc's model against the peer's (``--peer`` folder: its ``model.py``, the same
   layers and width, RoPE) on the same batches (the peer's own mixed-length, padded ones):
   milliseconds per forward/backward/clip/AdamW step, interleaved over three rounds. Tells a
@@ -267,6 +269,20 @@ def bare_loop(
     flops = sum(step_flops(p.model, b) for b in timed)
     tokens = sum(int((b.tokens != 0).sum()) for b in timed)
     return {"seconds": seconds, "steps": len(timed), "flops": flops, "tokens": tokens, "warm": warm}
+
+
+def pieces_loop(cfg, data: list, workers: int | None, in_piece_order: bool) -> dict:
+    """`bare_loop` over bucketed ``data`` with ``workers`` piece threads; ``in_piece_order``
+    starts concurrent pieces in piece order (shortest first) instead of `largest_first`."""
+    from posenc.run import train
+
+    saved = train.largest_first
+    if in_piece_order:
+        train.largest_first = lambda pieces: list(range(len(pieces)))
+    try:
+        return bare_loop(cfg, data, batching="bucketed", workers=workers)
+    finally:
+        train.largest_first = saved
 
 
 def interleaved_ms(loops: dict, rounds: int = 3) -> dict[str, float]:
@@ -797,11 +813,15 @@ def main() -> None:
             )
     if "pieces" in rows:
         sample = batches(cfg, args.steps + 10, seed=2, batching="bucketed")
-        ways = {"one after the other": 1, "side by side": None}
+        ways = {
+            "one after the other": (1, False),
+            "side by side": (None, False),
+            "side by side, started shortest first": (None, True),
+        }
         ms = interleaved_ms(
             {
-                way: lambda w=w: bare_loop(cfg, sample, batching="bucketed", workers=w)
-                for way, w in ways.items()
+                way: lambda w=w, in_order=in_order: pieces_loop(cfg, sample, w, in_order)
+                for way, (w, in_order) in ways.items()
             }
         )
         for way in ways:

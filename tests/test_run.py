@@ -352,6 +352,40 @@ def test_pieces_side_by_side_take_the_sequential_step_bit_for_bit(tiny_cfg, one_
     assert all(torch.equal(a, b) for a, b in zip(sequential, side_by_side, strict=True))
 
 
+def test_concurrent_pieces_start_largest_first_and_add_up_in_piece_order(tiny_cfg, one_thread):
+    """The pieces start in order of token slots, largest first (they come shortest first from
+    `length_buckets`), whatever their order the step adds their gradients in piece order:
+    with a one-thread pool (so starts are in submission order) the step equals the
+    sequential one bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from posenc.data import length_buckets
+    from posenc.run.train import Trainer, largest_first
+
+    stream = TrainStream(plan(tiny_cfg()).task, 1, 12, 16, seed=1, batching="bucketed")
+    batch = stream.next()
+    pieces = length_buckets(batch, 3)
+    slots = [q.tokens.numel() for q in pieces]
+    order = largest_first(pieces)
+    assert [slots[i] for i in order] == sorted(slots, reverse=True)
+    assert order != list(range(len(pieces)))  # this batch's pieces do not come largest first
+
+    weights, started = [], []
+    for workers in (1, 3):
+        torch.manual_seed(0)
+        p = plan(tiny_cfg("encoding=rope", "train.batching=bucketed", "train.buckets=3"))
+        trainer = Trainer(p.model, p.cfg.train)
+        trainer.workers = workers
+        if workers > 1:
+            trainer._pool = ThreadPoolExecutor(1)  # one at a time, in the order submitted
+            p.model.head.register_forward_hook(lambda m, args, out: started.append(out.shape))
+        trainer.step(batch)
+        trainer.close()
+        weights.append([q.detach().clone() for q in p.model.parameters()])
+    assert [tuple(s[:2]) for s in started] == [tuple(pieces[i].inputs.shape) for i in order]
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+
+
 def test_pieces_run_side_by_side_one_thread_each_only_where_that_is_safe(tiny_cfg):
     from posenc.run.train import Trainer
 
