@@ -19,8 +19,8 @@ from posenc.data import TrainStream, collate
 from posenc.tasks.format import PAD
 
 # CPU seconds a quick control may take (one thread; CPU time, so a loaded machine does not
-# fail it). Most take 4-11 s on the 2-core AMD EPYC CI machine, the recall tasks about 30-40
-# (docs/tasks.md#positive-controls-posenc-check-task).
+# fail it). Most take 4-11 s on the 2-core AMD EPYC CI machine, addition, missing_duplicate
+# and the recall tasks 18-24 (docs/tasks.md#positive-controls-posenc-check-task).
 QUICK_CPU_BUDGET_S = 60.0
 
 
