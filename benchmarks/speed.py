@@ -10,8 +10,9 @@ Rows:
   model's own), fp32 and bf16.
 - ``step``: a bare forward/backward/AdamW loop over batches of the configured batching
   (``train.batching``, the default ``bucketed``): GFLOP/s counted on
-  real (non-padding) tokens, as a share of the fp32 peak; posenc's own loop (`posenc.run.execute`)
-  next to it on the same model and batches.
+  real (non-padding) tokens, as a share of the fp32 peak (after 10 warm-up steps); posenc's
+  own loop (`posenc.run.execute`) next to it on the same model, as many steps, both counted
+  from the first step: a run's tokens/s includes its warm-up, so the bare loop's does too.
 - ``padding``: share of padding token slots under each ``train.batching`` (``bucketed``:
   the slots of its length-sorted pieces).
 - ``batching``: milliseconds per training step (the bare loop) under each ``train.batching``,
@@ -779,8 +780,9 @@ def main() -> None:
             f"{achieved:.1f} GFLOP/s = {achieved / peak[torch.float32]:.1%}",
             ">= 50%",
         )
-        bare_tps = fp32["tokens"] / fp32["seconds"]
-        loops = [posenc_loop(args.overrides, args.steps) for _ in range(3)]
+        warm_tokens = sum(int((b.tokens != 0).sum()) for b in data[:10])
+        bare_tps = (fp32["tokens"] + warm_tokens) / (fp32["seconds"] + fp32["warm"])
+        loops = [posenc_loop(args.overrides, len(data)) for _ in range(3)]
         row(
             "posenc loop / bare loop, tokens/s",
             f"{statistics.median(loops):,.0f} / {bare_tps:,.0f} = {statistics.median(loops) / bare_tps:.2f}",
