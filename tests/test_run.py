@@ -354,9 +354,8 @@ def test_pieces_side_by_side_take_the_sequential_step_bit_for_bit(tiny_cfg, one_
 
 def test_concurrent_pieces_start_largest_first_and_add_up_in_piece_order(tiny_cfg, one_thread):
     """The pieces start in order of token slots, largest first (they come shortest first from
-    `length_buckets`), whatever their order the step adds their gradients in piece order:
-    with a one-thread pool (so starts are in submission order) the step equals the
-    sequential one bit for bit."""
+    `length_buckets`); the step still adds their gradients in piece order, so with a
+    one-thread pool (starts in submission order) it equals the sequential step bit for bit."""
     from concurrent.futures import ThreadPoolExecutor
 
     from posenc.data import length_buckets

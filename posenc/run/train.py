@@ -308,8 +308,8 @@ class Trainer:
         loop, whose forward passes draw them one piece at a time); each thread returns its
         piece's gradients, which are added in piece order, as the sequential loop's
         ``backward()`` calls accumulate them. The pieces start largest first
-        (`largest_first`), so the threads finish together: the step's numbers do not depend
-        on that order, its wall time does."""
+        (`largest_first`), so the threads finish closer together: the step's numbers do not
+        depend on that order, its wall time does."""
         pieces = [p.to(self.device) for p in pieces]
         encoding = self.model.encoding
         positions = [encoding.positions(*p.inputs.shape, device=self.device) for p in pieces]
