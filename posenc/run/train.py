@@ -155,10 +155,10 @@ def largest_first(pieces: list[Batch]) -> list[int]:
     """The order in which concurrent pieces start: most token slots (rows x length) first,
     ties in piece order. Longest-processing-time-first scheduling: `length_buckets` returns
     the pieces shortest first, and started in that order the longest piece begins last and
-    runs alone while the other threads idle. Started largest first, two threads over a
-    default step's four pieces finish closer together: 0.92-0.99x the step's wall time at
-    two threads on the 2-core AMD EPYC (docs/performance.md). The order changes no number:
-    each piece computes alone on its thread and the gradients add up in piece order."""
+    runs alone while the other threads idle; started largest first, the threads finish
+    closer together (measured in docs/performance.md, "Pieces side by side"). The order
+    changes no number: each piece computes alone on its thread and the gradients add up in
+    piece order."""
     return sorted(range(len(pieces)), key=lambda i: (-pieces[i].tokens.numel(), i))
 
 
