@@ -20,13 +20,16 @@ lies under it: `recorded_path`). Torch-free: it runs where a config is composed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from posenc.errors import ConfigError, first_line
+from posenc.io import atomic_write_json, atomic_write_text
 from posenc.schema import encoding_label
 
 KEYS = ("task", "split", "made_by", "choices", "trials")
@@ -173,3 +176,45 @@ def trial_summary(record: dict[str, Any], keys: list[str]) -> dict[str, Any]:
             for s in record["seeds"]
         ]
     return line
+
+
+def copy_portable(source: Path, target: Path) -> None:
+    """Copy a run's ``metrics.json`` or ``config.yaml`` as `posenc publish` does: with the
+    choices file's path the way a run records it now (`recorded_path`): relative to the folder
+    ``posenc publish`` runs in when it lies under it. Runs made before that was recorded (and
+    any run handed an absolute path) hold it absolute, and a report names the file by what a
+    run holds, so an absolute path of the machine the runs were made on
+    (``/home/me/posenc/docs/choices/compare.yaml``) would reach the published tables. The path
+    is metadata, no part of a run's identity (`posenc.runfolder.METADATA_KEYS`); the file's
+    sha256 stays beside it.
+    Every other byte is copied as it is."""
+    text = source.read_text()
+    if source.name == "metrics.json":
+        data = json.loads(text)
+        choices = (data.get("protocol") or {}).get("choices")
+        if make_portable(choices):
+            atomic_write_json(target, data)
+            return
+    elif source.name == "config.yaml" and "choices:" in text:
+        cfg = OmegaConf.load(source)
+        choices = cfg.get("choices")
+        plain = OmegaConf.to_container(choices) if choices is not None else None
+        if make_portable(plain):
+            cfg.choices.file = plain["file"]
+            atomic_write_text(target, OmegaConf.to_yaml(cfg))
+            return
+    shutil.copyfile(source, target)
+
+
+def make_portable(choices: Any) -> bool:
+    """Rewrite ``choices["file"]`` in place, when it is an absolute path under the working
+    directory, relative to it; whether it changed."""
+    if not isinstance(choices, dict) or not isinstance(choices.get("file"), str):
+        return False
+    if not Path(choices["file"]).is_absolute():
+        return False  # relative to the folder its run started in: the folder's to say
+    portable = recorded_path(choices["file"])
+    if portable == choices["file"]:
+        return False
+    choices["file"] = portable
+    return True

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from posenc.choices import copy_portable, make_portable
 from posenc.errors import ConfigError
 from posenc.io import atomic_write_text
 from posenc.metrics import summarize
@@ -95,7 +96,7 @@ def publish(src: str | Path, dest: str | Path, baseline: str | None = None) -> P
         for name in (METRICS if r.status == "complete" else ERROR, CONFIG):
             if (src / r.path / name).is_file():
                 (dest / r.path).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / r.path / name, dest / r.path / name)
+                copy_portable(src / r.path / name, dest / r.path / name)
                 files.append(dest / r.path / name)
         if r.status == "complete":  # a run that failed once and then finished
             (dest / r.path / ERROR).unlink(missing_ok=True)
@@ -136,6 +137,11 @@ def publish_evaluation(
     for rel, metrics, cfg in found:
         out = dest / rel
         cfg.experiment = metrics["experiment"] = experiment
+        make_portable((metrics.get("protocol") or {}).get("choices"))
+        if cfg.get("choices") is not None:
+            plain = OmegaConf.to_container(cfg.choices)
+            if make_portable(plain):
+                cfg.choices.file = plain["file"]
         atomic_write_text(out / CONFIG, OmegaConf.to_yaml(cfg))
         atomic_write_json(out / METRICS, metrics)
         files += [out / CONFIG, out / METRICS]

@@ -87,6 +87,44 @@ def test_publish_refuses_a_destination_inside_the_experiment_and_an_empty_one(tm
     assert not (tmp_path / "out").exists()  # nothing copied before the error
 
 
+def test_publish_names_the_choices_file_by_its_path_under_the_folder_it_runs_in(
+    tmp_path, monkeypatch
+):
+    """A run that recorded its choices file absolute (runs made before the path was recorded
+    relative, or handed one) is published with the path relative to the folder posenc publish
+    runs in, in config.yaml and metrics.json alike, so the tables do not carry the making
+    machine's folders; a file outside that folder keeps its absolute path; every other byte of
+    the two files is the run's."""
+    exp = experiment(tmp_path)
+    inside = tmp_path / "docs" / "choices" / "c.yaml"
+    outside = tmp_path.parent / "elsewhere" / "c.yaml"
+    for seed, file in ((0, inside), (1, outside)):
+        run = exp / "copy" / "alibi" / f"seed{seed}"
+        cfg = (run / "config.yaml").read_text()
+        (run / "config.yaml").write_text(
+            f"{cfg}choices:\n  file: {file}\n  sha256: ab12\n  values:\n    x: 1\n"
+        )
+        record = json.loads((run / "metrics.json").read_text())
+        record["protocol"] = {"choices": {"file": str(file), "sha256": "ab12", "values": {}}}
+        (run / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    monkeypatch.chdir(tmp_path)
+    dest = tmp_path / "docs" / "exp"
+    publish(exp, dest)
+    for seed, shown in ((0, "docs/choices/c.yaml"), (1, str(outside))):
+        src, out = exp / "copy" / "alibi" / f"seed{seed}", dest / "copy" / "alibi" / f"seed{seed}"
+        for name in ("config.yaml", "metrics.json"):
+            expected = (src / name).read_text().replace(str(inside), "docs/choices/c.yaml")
+            assert (out / name).read_text() == expected
+        assert (
+            json.loads((out / "metrics.json").read_text())["protocol"]["choices"]["file"] == shown
+        )
+    for name in ("config.yaml", "metrics.json"):  # a run without choices: copied as it is
+        rope = Path("copy") / "rope" / "seed0" / name
+        assert (dest / rope).read_bytes() == (exp / rope).read_bytes()
+    report = (dest / "report.md").read_text()
+    assert "`docs/choices/c.yaml`, sha256 ab12" in report and str(inside) not in report
+
+
 def doc(body: str = "stale\n", args: str = "report exp") -> str:
     return f"# Results\n\nintro\n\n<!-- posenc {args} -->\n{body}<!-- /posenc -->\n\nafter\n"
 
@@ -383,11 +421,13 @@ def test_the_protocol_remake_is_what_its_documented_command_makes(run, monkeypat
         resolve_auto(composed)
         assert config_identity(composed) == config_identity(published)
         assert published.choices.sha256 == composed.choices.sha256
-        # recorded relative now; the published runs recorded it absolute, and still count
-        # as this command's finished runs (the path is metadata, not identity)
-        assert composed.choices.file == "docs/choices/compare.yaml"
-        assert published.choices.file.startswith("/")
+        # recorded relative; the runs recorded it absolute, and publish named it relative
+        assert composed.choices.file == published.choices.file == "docs/choices/compare.yaml"
         assert run_status(folder, composed) == FINISHED
+    # a run that holds the path absolute is the same run (the path is metadata, not identity)
+    absolute = published.copy()
+    absolute.choices.file = str(ROOT / "docs" / "choices" / "compare.yaml")
+    assert config_identity(absolute) == config_identity(published)
     assert published.train.until_fit and published.eval.val_share == 0.25
 
 
