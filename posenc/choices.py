@@ -213,8 +213,8 @@ def make_portable(choices: Any) -> bool:
         return False
     if not Path(choices["file"]).is_absolute():
         return False  # relative to the folder its run started in: the folder's to say
-    portable = recorded_path(choices["file"])
-    if portable == choices["file"]:
+    try:  # this process's own folder (`recorded_path` would read a Hydra job's, if one ran)
+        choices["file"] = Path(choices["file"]).relative_to(Path.cwd()).as_posix()
+    except ValueError:
         return False
-    choices["file"] = portable
     return True
