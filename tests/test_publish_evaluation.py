@@ -67,3 +67,26 @@ def test_a_missing_reevaluation_is_one_line(tmp_path):
     )
     assert result.exit_code == 2
     assert "has eval-nope.json" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_reevaluation_names_its_choices_file_relative_as_publish_does(tmp_path, monkeypatch):
+    """`posenc publish --evaluation` writes each config and evaluation itself, and names a
+    choices file recorded by an absolute path under the folder it runs in by its relative
+    path there, as `posenc publish` does (posenc.choices.copy_portable)."""
+    src = _experiment_with_its_reevaluation(tmp_path / "runs")
+    run = sorted(src.glob("flip_flop/*/seed*"))[0]
+    file = tmp_path / "docs" / "choices" / "c.yaml"
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.choices = {"file": str(file), "sha256": "ab12", "values": {}}
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    record = json.loads((run / f"eval-{TAG}.json").read_text())
+    record["protocol"] = {"choices": {"file": str(file), "sha256": "ab12", "values": {}}}
+    (run / f"eval-{TAG}.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    dest = tmp_path / "out"
+    result = CliRunner().invoke(app, ["publish", str(src), str(dest), "--evaluation", TAG])
+    assert result.exit_code == 0, result.output
+    out = dest / run.relative_to(src)
+    assert OmegaConf.load(out / "config.yaml").choices.file == "docs/choices/c.yaml"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"]["choices"]["file"] == "docs/choices/c.yaml"
