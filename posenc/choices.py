@@ -186,8 +186,7 @@ def copy_portable(source: Path, target: Path) -> None:
     run holds, so an absolute path of the machine the runs were made on
     (``/home/me/posenc/docs/choices/compare.yaml``) would reach the published tables. The path
     is metadata, no part of a run's identity (`posenc.runfolder.METADATA_KEYS`); the file's
-    sha256 stays beside it.
-    Every other byte is copied as it is."""
+    sha256 stays beside it. Every other byte is copied as it is."""
     text = source.read_text()
     if source.name == "metrics.json":
         data = json.loads(text)
@@ -197,13 +196,21 @@ def copy_portable(source: Path, target: Path) -> None:
             return
     elif source.name == "config.yaml" and "choices:" in text:
         cfg = OmegaConf.load(source)
-        choices = cfg.get("choices")
-        plain = OmegaConf.to_container(choices) if choices is not None else None
-        if make_portable(plain):
-            cfg.choices.file = plain["file"]
+        if make_config_portable(cfg):
             atomic_write_text(target, OmegaConf.to_yaml(cfg))
             return
     shutil.copyfile(source, target)
+
+
+def make_config_portable(cfg: DictConfig) -> bool:
+    """`make_portable` on a run config's ``choices`` record; whether it changed."""
+    if not isinstance(cfg.get("choices"), DictConfig):
+        return False
+    plain = OmegaConf.to_container(cfg.choices)
+    if not make_portable(plain):
+        return False
+    cfg.choices.file = plain["file"]
+    return True
 
 
 def make_portable(choices: Any) -> bool:

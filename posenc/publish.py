@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posenc.choices import copy_portable, make_portable
+from posenc.choices import copy_portable, make_config_portable, make_portable
 from posenc.errors import ConfigError
 from posenc.io import atomic_write_text
 from posenc.metrics import summarize
@@ -138,10 +138,7 @@ def publish_evaluation(
         out = dest / rel
         cfg.experiment = metrics["experiment"] = experiment
         make_portable((metrics.get("protocol") or {}).get("choices"))
-        if cfg.get("choices") is not None:
-            plain = OmegaConf.to_container(cfg.choices)
-            if make_portable(plain):
-                cfg.choices.file = plain["file"]
+        make_config_portable(cfg)
         atomic_write_text(out / CONFIG, OmegaConf.to_yaml(cfg))
         atomic_write_json(out / METRICS, metrics)
         files += [out / CONFIG, out / METRICS]
