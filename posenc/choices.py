@@ -195,7 +195,7 @@ def copy_portable(source: Path, target: Path) -> None:
             atomic_write_json(target, data)
             return
     elif source.name == "config.yaml" and "choices:" in text:
-        cfg = OmegaConf.load(source)
+        cfg = OmegaConf.create(text)
         if make_config_portable(cfg):
             atomic_write_text(target, OmegaConf.to_yaml(cfg))
             return
