@@ -135,3 +135,44 @@ def test_compiled_bf16_steps_stay_within_bf16_rounding_of_compiled_fp32(
     torch._dynamo.reset()
     trainer = assert_bf16_within_rounding(tiny_cfg, name, "train.compile=true")
     assert trainer.forward is not trainer.model, "the step ran through the compiled module"
+
+
+def test_bf16_piece_threads_cast_without_autocast_s_shared_cache(tiny_cfg):
+    """Pieces side by side in bf16 run each forward pass under autocast with its cache off.
+    The cache's lock is shared by every thread, and emptying a thread's cache under it can
+    need the GIL while a thread that holds the GIL (compile tracing) waits for the lock:
+    ``train.compile=true train.precision=bf16`` with two piece threads deadlocked that way
+    (docs/performance.md). Off, a thread never takes the lock; the casts are the same."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        p = plan(tiny_cfg("train.precision=bf16", "train.buckets=4"))
+        trainer = Trainer(p.model, p.cfg.train, device=p.device)
+        assert trainer.workers == 2
+        seen = []
+        forward = trainer.forward
+
+        def spy(*args, **kwargs):
+            seen.append(
+                (
+                    threading.current_thread().name.startswith("posenc-piece"),
+                    torch.is_autocast_enabled("cpu"),
+                    torch.is_autocast_cache_enabled(),
+                )
+            )
+            return forward(*args, **kwargs)
+
+        trainer.forward = spy
+        tr = p.cfg.train
+        stream = TrainStream(p.task, tr.min_len, tr.max_len, tr.batch_size, 0, "bucketed")
+        try:
+            trainer.step(stream.next())
+        finally:
+            trainer.close()
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 4
+    assert set(seen) == {(True, True, False)}

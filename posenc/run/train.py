@@ -246,12 +246,13 @@ class Trainer:
             self._pool.shutdown()
             self._pool = None
 
-    def autocast(self):
-        """The context of a forward pass at this trainer's precision."""
+    def autocast(self, cache: bool = True):
+        """The context of a forward pass at this trainer's precision. ``cache=False`` turns
+        off autocast's cache of cast weights (the same casts, made again where reused)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         device_type = torch.device(self.device).type
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16, cache_enabled=cache)
 
     def backward(self, batch: Batch) -> tuple[Tensor, int]:
         """Zero the gradients, then accumulate those of the mean answer-token loss over
@@ -316,7 +317,13 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
 
         def piece_gradients(piece: Batch, pos: Tensor) -> tuple[Tensor, tuple]:
-            with self.autocast():  # autocast and grad mode are per thread
+            # autocast and grad mode are per thread. Without its cache: the cache's lock is
+            # shared by all threads, and a thread leaving autocast empties its cache under that
+            # lock, which can need the GIL (a cast made while compile traces is a Python
+            # object), while another thread tracing holds the GIL and waits for the lock: a
+            # deadlock (seen under train.compile with bf16). One piece's forward casts each
+            # weight about once, so the cache saved little here.
+            with self.autocast(cache=False):
                 logits, _ = self.forward(piece.inputs, pos)
             loss = masked_loss(logits.float(), piece, reduction="sum") / n_answer
             return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
