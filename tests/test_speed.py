@@ -142,7 +142,8 @@ def test_bf16_piece_threads_cast_without_autocast_s_shared_cache(tiny_cfg):
     The cache's lock is shared by every thread, and emptying a thread's cache under it can
     need the GIL while a thread that holds the GIL (compile tracing) waits for the lock:
     ``train.compile=true train.precision=bf16`` with two piece threads deadlocked that way
-    (docs/performance.md). Off, a thread never takes the lock; the casts are the same."""
+    (docs/performance.md). Off, no cast takes the lock, and emptying a thread's (empty) cache
+    needs no GIL; the casts are the same."""
     import threading
 
     before = torch.get_num_threads()
