@@ -317,12 +317,9 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
 
         def piece_gradients(piece: Batch, pos: Tensor) -> tuple[Tensor, tuple]:
-            # autocast and grad mode are per thread. Without its cache: the cache's lock is
-            # shared by all threads, and a thread leaving autocast empties its cache under that
-            # lock, which can need the GIL (a cast made while compile traces is a Python
-            # object), while another thread tracing holds the GIL and waits for the lock: a
-            # deadlock (seen under train.compile with bf16). One piece's forward casts each
-            # weight about once, so the cache saved little here.
+            # autocast and grad mode are per thread; autocast's cache of casts is one map for
+            # all threads, and with it on, compiled bf16 pieces deadlocked (docs/performance.md,
+            # pieces side by side). A piece's forward casts each weight about once anyway.
             with self.autocast(cache=False):
                 logits, _ = self.forward(piece.inputs, pos)
             loss = masked_loss(logits.float(), piece, reduction="sum") / n_answer
