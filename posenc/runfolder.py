@@ -161,7 +161,7 @@ def read_config(run_dir: Path):
     with open_dict(saved):
         for key in RETIRED_KEYS:
             saved.pop(key, None)
-        sections = ("task", "model", "train")
+        sections = ("task", "model", "train", "eval")  # encoding's: by encoding, below
         missing = [(s, k, v) for s in sections for k, v in legacy_values(s).items()]
         tree = OmegaConf.to_container(saved, resolve=False)
         missing += _named_legacy(tree)  # encoding options too: they differ by encoding

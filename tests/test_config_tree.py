@@ -89,11 +89,15 @@ def test_a_config_yaml_without_newer_keys_reads_back_on_the_schema(tmp_path):
     for section, key in (("train", "batching"), ("train", "buckets"), ("model", "embed_init")):
         del old[section][key]
     del old["task"]["answer"]
+    for key in ("val_share", "val_samples", "val_seed"):  # saved before validation lengths
+        del old["eval"][key]
     old["compare"] = {"encodings": ["rope"], "tasks": ["copy"], "seeds": 3, "experiment": "x"}
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
     cfg = read_config(tmp_path)
     assert (cfg.train.batching, cfg.train.buckets) == ("mixed", 4)  # legacy, then default
     assert cfg.model.embed_init == "scaled" and cfg.task.answer == "eos"
+    # no validation lengths, as it was trained: every evaluated length stays a test length
+    assert (cfg.eval.val_share, cfg.eval.val_samples, cfg.eval.val_seed) == (0.0, 50, 4321)
     assert "compare" not in cfg
     checks.check_values(cfg)
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from posenc import encodings, schema
@@ -563,6 +564,27 @@ def test_eval_without_overrides_reproduces_metrics_json(rope_run):
     trained = json.loads((rope_run / "metrics.json").read_text())
     assert metrics["per_length"] == trained["per_length"]
     assert set(metrics) == set(trained) and set(metrics["eval"]) >= set(trained["eval"])
+
+
+def test_eval_of_a_run_saved_before_validation_lengths_scores_every_length_it_was_scored_on(
+    tmp_path,
+):
+    """A config.yaml without ``eval.val_share`` is a run trained and scored with no
+    validation lengths: re-evaluated, it keeps all of them as test lengths (it lost 7-9 here,
+    the default share's validation lengths, before ``read_config`` gave eval its legacy
+    values)."""
+    cfg = compose(
+        [*TINY_RUN, "eval.val_share=0", f"run_dir={tmp_path / 'old'}", f"data_dir={tmp_path}"]
+    )
+    trained = run(cfg)
+    assert sorted(map(int, trained["per_length"])) == list(range(1, 10))
+    saved = tmp_path / "old" / "config.yaml"
+    config = OmegaConf.load(saved)
+    for key in ("val_share", "val_samples", "val_seed"):
+        del config.eval[key]
+    saved.write_text(OmegaConf.to_yaml(config))
+    metrics, _ = reevaluate(tmp_path / "old", [])
+    assert metrics["per_length"] == trained["per_length"]
 
 
 def test_eval_with_position_interpolation_writes_its_own_file(rope_run):
