@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from posenc.cli.common import Overrides, error_line, fail
+from posenc.cli.common import Overrides, error_line, fail, train_run
 from posenc.cli.data import app as data_app
 
 app = typer.Typer(
@@ -35,26 +35,7 @@ def _compose(overrides: list[str] | None):
 def train(overrides: Overrides = None) -> None:
     """Train one model on one task with one encoding, evaluate every length, log everything."""
     cfg = _compose(overrides)
-    from posenc.console import Reporter, RichReporter
-    from posenc.errors import PosencError
-    from posenc.run.execute import run
-    from posenc.run.signals import RunStopped, StoppedAtOnce
-
-    reporter = RichReporter() if cfg.progress else Reporter()
-    try:
-        run(cfg, reporter)
-    except PosencError as exc:
-        reporter.close()
-        fail(str(exc))
-    except OSError:  # a disk fault: main() gives its one line once the live display is gone
-        reporter.close()
-        raise
-    except StoppedAtOnce as exc:
-        fail(f"{exc}: run the same command again to resume from the last checkpoint", 130)
-    except KeyboardInterrupt:
-        fail("interrupted; the last checkpoint is saved: run the same command again to resume", 130)
-    except RunStopped as stopped:
-        fail(f"{stopped}: run the same command again to resume", stopped.exit_code)
+    train_run(cfg)
     print(f"run folder: {metrics_dir(cfg)}")
 
 
@@ -155,6 +136,10 @@ tune.register(app)
 from posenc.cli.check_task import check_task  # noqa: E402
 
 app.command("check-task", context_settings={"allow_extra_args": False})(check_task)
+
+from posenc.cli.reproduce import reproduce  # noqa: E402
+
+app.command("reproduce", context_settings={"allow_extra_args": False})(reproduce)
 
 
 def main() -> None:

@@ -76,3 +76,28 @@ def os_error_message(exc: OSError) -> str:
     }
     hint = hints.get(exc.errno or 0)
     return f"{path}: {cause}" + (f"; {hint}" if hint else "")
+
+
+def train_run(cfg) -> dict:
+    """Train and evaluate the run ``cfg`` describes, with progress; its metrics. A fault or
+    a signal ends the command with its one line and exit status (``posenc train``'s)."""
+    from posenc.console import Reporter, RichReporter
+    from posenc.errors import PosencError
+    from posenc.run.execute import run
+    from posenc.run.signals import RunStopped, StoppedAtOnce
+
+    reporter = RichReporter() if cfg.progress else Reporter()
+    try:
+        return run(cfg, reporter)
+    except PosencError as exc:
+        reporter.close()
+        fail(str(exc))
+    except OSError:  # a disk fault: main() gives its one line once the live display is gone
+        reporter.close()
+        raise
+    except StoppedAtOnce as exc:
+        fail(f"{exc}: run the same command again to resume from the last checkpoint", 130)
+    except KeyboardInterrupt:
+        fail("interrupted; the last checkpoint is saved: run the same command again to resume", 130)
+    except RunStopped as stopped:
+        fail(f"{stopped}: run the same command again to resume", stopped.exit_code)

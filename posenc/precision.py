@@ -94,6 +94,34 @@ def machine_key(device: torch.device | str = "cpu") -> str:
     return f"{device.type} | {model} | {','.join(flags) or 'no bf16 flags'} | torch {torch.__version__}"
 
 
+# Environment settings that change which float kernels run, so a run's numbers (the matmul
+# library's reproducibility branch, its instruction sets); torch's own choice,
+# ATEN_CPU_CAPABILITY, shows in the capability `kernels` names.
+KERNEL_ENV = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def kernels() -> str:
+    """Which CPU kernels torch runs here: its dispatch capability (``DEFAULT``, ``AVX2``,
+    ``AVX512``, ...: ``torch.backends.cpu.get_cpu_capability()``, which
+    ``ATEN_CPU_CAPABILITY`` can lower), and any `KERNEL_ENV` setting, e.g. ``AVX512`` or
+    ``AVX2, MKL_CBWR=COMPATIBLE``. The CPU model does not say: an AVX-512 and an AVX2 machine
+    can share a model name, and the two capabilities sum in different orders, so the same
+    run trains to different weights (docs/reliability.md, reproducing a run)."""
+    import torch
+
+    settings = [f"{name}={os.environ[name]}" for name in KERNEL_ENV if os.environ.get(name)]
+    return ", ".join([torch.backends.cpu.get_cpu_capability(), *settings])
+
+
+def run_machine(device: torch.device | str = "cpu") -> str:
+    """Where a run trained, as its ``metrics.json`` records it: `machine_key` and, on a
+    CPU, its `kernels`. (`machine_key` alone keys the speed records.)"""
+    import torch
+
+    key = machine_key(device)
+    return f"{key} | kernels {kernels()}" if torch.device(device).type == "cpu" else key
+
+
 def load_records() -> dict:
     path = record_path()
     try:

@@ -4,6 +4,7 @@ accuracy check passed; fp32 otherwise; the run records what it used."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -133,9 +134,28 @@ def test_an_unreadable_record_means_fp32(record_file):
 def test_a_run_records_the_precision_it_used(tiny_cfg, record_file):
     metrics = run(tiny_cfg("train.precision=auto"))
     assert metrics["train"]["precision_used"] == "fp32"
-    # and the machine it ran on, as the precision records key it (CPU model, torch version)
-    assert metrics["train"]["machine"] == precision.machine_key("cpu")
+    # and the machine it ran on: as the precision records key it (CPU model, torch version),
+    # and the CPU kernels torch ran
+    assert metrics["train"]["machine"] == precision.run_machine("cpu")
+    kernels = f" | kernels {torch.backends.cpu.get_cpu_capability()}"
+    assert metrics["train"]["machine"].startswith(precision.machine_key("cpu") + kernels)
     assert (
         metrics["train"]["machine"].startswith("cpu | ")
         and torch.__version__ in (metrics["train"]["machine"])
     )
+
+
+def test_a_run_records_the_cpu_kernels_torch_ran_and_the_matmul_library_s_settings():
+    """Torch's dispatch capability, lowered by ATEN_CPU_CAPABILITY, and MKL's reproducibility
+    branch: both change a run's numbers, and neither shows in the CPU model."""
+    import subprocess
+    import sys
+
+    code = "from posenc.precision import run_machine; print(run_machine('cpu'))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}
+    for name in precision.KERNEL_ENV[1:]:
+        env.pop(name, None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == f"{precision.machine_key('cpu')} | kernels AVX2, MKL_CBWR=COMPATIBLE"

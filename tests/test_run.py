@@ -14,7 +14,7 @@ from posenc import tasks
 from posenc.console import Reporter
 from posenc.data import TrainStream, length_buckets
 from posenc.errors import ConfigError, RunExistsError
-from posenc.precision import machine_key
+from posenc.precision import run_machine
 from posenc.run.evaluate import evaluate_pairs
 from posenc.run.execute import plan, run
 from posenc.tasks.format import PAD
@@ -109,7 +109,7 @@ def test_ctrl_c_leaves_a_checkpoint_and_no_metrics_and_resume_matches(tiny_cfg, 
     assert "resumed from step 5" in (d / "train.log").read_text()
     assert resumed["train"]["final_loss"] == reference["train"]["final_loss"]
     assert resumed["per_length"] == reference["per_length"]
-    here = machine_key("cpu")
+    here = run_machine("cpu")
     assert reference["train"]["attempts"] == [{"from_step": 0, "machine": here}]
     assert resumed["train"]["attempts"] == [
         {"from_step": 0, "machine": here},
@@ -131,7 +131,7 @@ def test_a_run_resumed_from_a_checkpoint_without_attempts_says_the_first_machine
     resumed = run(tiny_cfg())
     assert resumed["train"]["attempts"] == [
         {"from_step": 0, "machine": None},
-        {"from_step": 4, "machine": machine_key("cpu")},
+        {"from_step": 4, "machine": run_machine("cpu")},
     ]
 
 

@@ -102,7 +102,7 @@ def write_phase(
 ) -> dict[str, Any]:
     """TensorBoard summaries and attention maps, then ``metrics.json`` last, atomically."""
     from posenc import attention, tblog
-    from posenc.precision import machine_key
+    from posenc.precision import run_machine
 
     cfg, tr, model = s.p.cfg, s.p.cfg.train, s.p.model
     step = s.trainer.step_count
@@ -115,9 +115,9 @@ def write_phase(
         "final_loss": s.loss,
         "parameters": model.num_parameters(),
         "precision_used": s.trainer.precision,  # what train.precision (e.g. auto) became
-        # where it ran (device, CPU model, bf16 flags, torch): float kernels differ between
-        # machine kinds, so a run re-made elsewhere can differ without any bug
-        "machine": machine_key(next(model.parameters()).device),
+        # where it ran (device, CPU model, bf16 flags, torch, CPU kernels): float kernels
+        # differ between machine kinds, so a run re-made elsewhere can differ without any bug
+        "machine": run_machine(next(model.parameters()).device),
         # each attempt: the step it started from and its machine (two or more: resumed)
         "attempts": s.attempts,
     }

@@ -69,7 +69,7 @@ class Session:
     fits_now: bool = False  # the last until_fit check found the run fitting
     checked_at: int | None = None  # the step of the last until_fit check
     # each attempt at training this run: the step it started from and the machine it ran on
-    # (`posenc.precision.machine_key`); more than one when the run was resumed
+    # (`posenc.precision.run_machine`); more than one when the run was resumed
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -180,9 +180,9 @@ def previous_attempts(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def this_attempt(step: int, device) -> dict[str, Any]:
-    from posenc.precision import machine_key
+    from posenc.precision import run_machine
 
-    return {"from_step": int(step), "machine": machine_key(device)}
+    return {"from_step": int(step), "machine": run_machine(device)}
 
 
 def validation_groups(p: Plan) -> dict[int, list]:

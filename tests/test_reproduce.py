@@ -1,0 +1,136 @@
+"""``posenc reproduce``: a finished run trained again from its own config, and compared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from posenc.cli.app import app
+from posenc.config import compose
+from posenc.run import reproduce as rp
+from posenc.run.execute import run
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A finished tiny run, saved as a published one is: its config names a data cache on
+    the machine that made it, which the reproduction must not need."""
+    root = tmp_path_factory.mktemp("made")
+    cfg = compose([*TINY, "experiment=made", f"runs_root={root}", "seed=3"])
+    run(cfg)
+    folder = root / "made" / "copy" / "rope" / "seed3"
+    published = tmp_path_factory.mktemp("published") / "seed3"
+    published.mkdir()
+    for name in ("config.yaml", "metrics.json"):  # no checkpoint, logs or events
+        shutil.copy(folder / name, published / name)
+    shutil.rmtree(root)  # the making machine's folders are gone
+    return published
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["reproduce", *args, "--no-progress"])
+
+
+def test_a_run_reproduces_bit_for_bit_and_a_second_call_only_compares(source, tmp_path):
+    result = invoke(str(source), "--runs-root", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "reproduced bit for bit: all" in result.output
+    folder = tmp_path / "_reproduce" / "made" / "copy" / "rope" / "seed3"
+    here = json.loads((folder / "metrics.json").read_text())
+    there = json.loads((source / "metrics.json").read_text())
+    assert here["per_length"] == there["per_length"]
+    assert here["train"]["final_loss"] == there["train"]["final_loss"]
+    assert (tmp_path / "_data").is_dir()  # the frozen sets cached under --runs-root
+    log = (folder / "train.log").read_bytes()
+    again = invoke(str(source), "--runs-root", str(tmp_path))
+    assert again.exit_code == 0, again.output
+    assert "already holds the finished reproduction" in again.output
+    assert (folder / "train.log").read_bytes() == log  # not trained again
+
+
+def test_a_run_that_differs_is_exit_1_with_what_differs(source, tmp_path):
+    changed = tmp_path / "changed"
+    shutil.copytree(source, changed)
+    metrics = json.loads((changed / "metrics.json").read_text())
+    first = metrics["per_length"]["2"]["examples"]
+    metrics["per_length"]["2"]["examples"] = ("0" if first[0] == "1" else "1") + first[1:]
+    metrics["train"]["final_loss"] += 1e-9
+    (changed / "metrics.json").write_text(json.dumps(metrics))
+    result = invoke(str(changed), "--into", str(tmp_path / "again"))
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert "not reproduced bit for bit; 1 of " in out and "at lengths 2" in out
+    assert "final training loss" in out and "no" in out
+
+
+def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(source, tmp_path):
+    for args, expected in (
+        ([str(tmp_path / "missing")], "is not a run folder"),
+        ([str(tmp_path)], "holds no config.yaml"),
+    ):
+        result = invoke(*args, "--runs-root", str(tmp_path / "root"))
+        assert result.exit_code == 2 and expected in result.output, result.output
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(source / "config.yaml", unfinished / "config.yaml")
+    result = invoke(str(unfinished), "--runs-root", str(tmp_path / "root"))
+    assert result.exit_code == 2 and "not a finished run" in result.output
+    assert not (tmp_path / "root").exists()
+
+
+def test_a_folder_holding_another_run_is_refused(source, tmp_path):
+    other = tmp_path / "other"
+    run(compose([*TINY, f"run_dir={other}", f"data_dir={tmp_path / 'data'}", "seed=4"]))
+    before = (other / "metrics.json").read_bytes()
+    result = invoke(str(source), "--into", str(other))
+    assert result.exit_code == 2 and "holds another run (seed: 4 there, 3 here" in " ".join(
+        result.output.split()
+    )
+    assert (other / "metrics.json").read_bytes() == before
+
+
+def test_the_reproduction_trains_what_the_run_trained(source, tmp_path):
+    """Same config, the folders its own, a precision of auto pinned to what the run used
+    (this machine's records could choose otherwise)."""
+    src = rp.source_run(source)
+    src.cfg.train.precision = "auto"
+    src.metrics["train"]["precision_used"] = "bf16"
+    cfg = rp.reproduction(src, tmp_path / "into", tmp_path, progress=False)
+    assert cfg.train.precision == "bf16"
+    assert (cfg.run_dir, cfg.data_dir) == (str(tmp_path / "into"), str(tmp_path / "_data"))
+    saved = OmegaConf.to_container(OmegaConf.load(source / "config.yaml"), resolve=True)
+    mine = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("run_dir", "runs_root", "data_dir", "progress", "overwrite"):
+        saved.pop(key), mine.pop(key)
+    mine["train"]["precision"] = saved["train"]["precision"]
+    assert mine == saved
+
+
+def test_the_comparison_names_lengths_scored_on_one_side_and_validation_differences():
+    there = {
+        "per_length": {
+            "1": {"exact_match": 1.0, "token_accuracy": 1.0, "examples": "11"},
+            "2": {"exact_match": 0.5, "token_accuracy": 0.75, "examples": "10"},
+            "3": {"exact_match": 0.0, "token_accuracy": 0.5, "examples": "00"},
+        },
+        "validation": {"per_length": {"1": {"exact_match": 1.0}, "4": {"exact_match": 0.5}}},
+        "train": {"final_loss": 0.25, "steps": 10, "machine": "cpu | X | kernels AVX2"},
+    }
+    here = json.loads(json.dumps(there))
+    del here["per_length"]["3"]
+    here["per_length"]["2"]["token_accuracy"] = 0.5  # the same examples right, other tokens
+    here["validation"]["per_length"]["4"]["exact_match"] = 1.0
+    here["train"]["machine"] = "cpu | X | kernels AVX512"
+    c = rp.compare_runs(there, here)
+    assert not c.same and c.differing_lengths == [2, 3] and c.unmatched_lengths == [3]
+    assert ("validation exact match", "2 lengths", "differs at 4", False) in c.rows
+    line = rp.verdict(c)
+    assert "0 of 4 test examples differ, at lengths 2" in line
+    assert "lengths scored on one side only: 3" in line
+    assert "Float kernels differ between machine kinds" in rp.machines_line(c)
+    assert rp.compare_runs(there, json.loads(json.dumps(there))).same
