@@ -98,16 +98,19 @@ def test_the_reproduction_trains_what_the_run_trained(source, tmp_path):
     """Same config, the folders its own, a precision of auto pinned to what the run used
     (this machine's records could choose otherwise)."""
     src = rp.source_run(source)
+    assert src.metrics["train"]["attempts"][0]["threads"] == 1  # TINY's threads=1
     src.cfg.train.precision = "auto"
     src.metrics["train"]["precision_used"] = "bf16"
+    src.cfg.threads = None  # torch's default there: the threads it recorded
+    src.metrics["train"]["attempts"][0]["threads"] = 3
     cfg = rp.reproduction(src, tmp_path / "into", tmp_path, progress=False)
-    assert cfg.train.precision == "bf16"
+    assert (cfg.train.precision, cfg.threads) == ("bf16", 3)
     assert (cfg.run_dir, cfg.data_dir) == (str(tmp_path / "into"), str(tmp_path / "_data"))
     saved = OmegaConf.to_container(OmegaConf.load(source / "config.yaml"), resolve=True)
     mine = OmegaConf.to_container(cfg, resolve=True)
     for key in ("run_dir", "runs_root", "data_dir", "progress", "overwrite"):
         saved.pop(key), mine.pop(key)
-    mine["train"]["precision"] = saved["train"]["precision"]
+    mine["train"]["precision"], mine["threads"] = saved["train"]["precision"], saved["threads"]
     assert mine == saved
 
 
@@ -133,4 +136,9 @@ def test_the_comparison_names_lengths_scored_on_one_side_and_validation_differen
     assert "0 of 4 test examples differ, at lengths 2" in line
     assert "lengths scored on one side only: 3" in line
     assert "Float kernels differ between machine kinds" in rp.machines_line(c)
+    for side, count in (("there", 1), ("here", 2)):  # the threads each side recorded
+        setattr(c, f"threads_{side}", count)
+    assert "kernels AVX2 (1 thread); reproduced on: cpu | X | kernels AVX512 (2 threads)" in (
+        rp.machines_line(c)
+    )
     assert rp.compare_runs(there, json.loads(json.dumps(there))).same

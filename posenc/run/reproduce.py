@@ -29,7 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from posenc.errors import ConfigError
+from posenc.errors import ConfigError, first_line
 from posenc.report.records import read_config_dict, read_metrics
 from posenc.runfolder import CONFIG, METRICS, read_config, run_folder
 from posenc.schema import encoding_label
@@ -59,6 +59,8 @@ class Comparison:
     unmatched_lengths: list[int] = field(default_factory=list)  # scored on one side only
     machine_there: str | None = None
     machine_here: str | None = None
+    threads_there: int | None = None
+    threads_here: int | None = None
 
     @property
     def same(self) -> bool:
@@ -89,7 +91,9 @@ def source_run(folder: str | Path) -> Source:
     try:
         cfg = read_config(folder)
     except Exception as exc:  # noqa: BLE001 - whatever the schema refuses, in one line
-        raise ConfigError(f"{folder / CONFIG} cannot be read as a run's config: {exc}") from exc
+        raise ConfigError(
+            f"{folder / CONFIG} cannot be read as a run's config: {first_line(exc)}"
+        ) from exc
     return Source(folder, cfg, metrics)
 
 
@@ -111,7 +115,9 @@ def reproduction(
     """The source run's config, training into ``into``: its frozen evaluation sets cached
     under ``runs_root`` (the source's ``data_dir`` is the making machine's path), never
     replacing a finished run there, and a precision of ``auto`` pinned to what the source
-    used (``auto`` reads this machine's records, which may choose otherwise)."""
+    used (``auto`` reads this machine's records, which may choose otherwise), as are
+    ``threads=null`` (torch's default: the cores of whichever machine) to the threads it
+    recorded."""
     cfg = source.cfg.copy()
     used = (source.metrics.get("train") or {}).get("precision_used")
     with open_dict(cfg):
@@ -122,7 +128,19 @@ def reproduction(
         cfg.progress = progress
         if cfg.train.precision == "auto" and used in ("fp32", "bf16"):
             cfg.train.precision = used
+        threads = recorded_threads(source.metrics)
+        if cfg.threads is None and threads is not None:
+            cfg.threads = threads  # torch's default there: the making machine's cores
     return cfg
+
+
+def recorded_threads(metrics: dict[str, Any]) -> int | None:
+    """The torch threads the run trained with, where every attempt records the same count
+    (runs before 2026-12-08 record none)."""
+    attempts = (metrics.get("train") or {}).get("attempts") or []
+    counts = {a.get("threads") for a in attempts if isinstance(a, dict)}
+    (count,) = counts if len(counts) == 1 else (None,)
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def _same_number(a: Any, b: Any) -> bool:
@@ -147,6 +165,8 @@ def compare_runs(there: dict[str, Any], here: dict[str, Any]) -> Comparison:
     out = Comparison(
         machine_there=(there.get("train") or {}).get("machine"),
         machine_here=(here.get("train") or {}).get("machine"),
+        threads_there=recorded_threads(there),
+        threads_here=recorded_threads(here),
     )
     a_lengths, b_lengths = there.get("per_length") or {}, here.get("per_length") or {}
     for n in sorted(a_lengths.keys() | b_lengths.keys(), key=int):
@@ -221,8 +241,15 @@ def verdict(c: Comparison) -> str:
 def machines_line(c: Comparison, attempts: list | None = None) -> str:
     """Where each side trained, and what that can explain of a difference (``attempts``:
     the source's, when it records them)."""
+
+    def threads(count: int | None) -> str:
+        return f" ({count} thread{'s' if count != 1 else ''})" if count is not None else ""
+
     there = c.machine_there or "not recorded (runs made before 2026-12-07 do not say)"
-    line = f"trained on: {there}; reproduced on: {c.machine_here}"
+    line = (
+        f"trained on: {there}{threads(c.threads_there)}; "
+        f"reproduced on: {c.machine_here}{threads(c.threads_here)}"
+    )
     if c.same:
         return line
     kernels = (

@@ -68,8 +68,8 @@ class Session:
     steps_to_fit: int | None = None  # the first check of the fitting streak ending training
     fits_now: bool = False  # the last until_fit check found the run fitting
     checked_at: int | None = None  # the step of the last until_fit check
-    # each attempt at training this run: the step it started from and the machine it ran on
-    # (`posenc.precision.run_machine`); more than one when the run was resumed
+    # each attempt at training this run: the step it started from, the machine it ran on
+    # (`posenc.precision.run_machine`) and its threads; more than one when it was resumed
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -180,9 +180,16 @@ def previous_attempts(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def this_attempt(step: int, device) -> dict[str, Any]:
+    """The attempt starting now: its first step, machine and torch threads (``threads=null``
+    is torch's default, the machine's cores: a count the config does not say, and the
+    threads change the sums' order)."""
     from posenc.precision import run_machine
 
-    return {"from_step": int(step), "machine": run_machine(device)}
+    return {
+        "from_step": int(step),
+        "machine": run_machine(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def validation_groups(p: Plan) -> dict[int, list]:
