@@ -3,6 +3,7 @@ came out the same (`posenc.run.reproduce`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,7 +40,7 @@ def reproduce(
 
     try:
         source = rp.source_run(run_dir)
-        folder = rp.default_folder(source, runs_root) if into is None else into
+        folder = rp.default_folder(source, runs_root) if into is None else Path(into)
         cfg = rp.reproduction(source, folder, runs_root, progress=progress)
         status = run_status(folder, cfg)
     except PosencError as exc:
@@ -77,6 +78,13 @@ def _show(c, there: str, here: str) -> None:
     table = Table()
     for column in ("", "run", "reproduction", "same"):
         table.add_column(column, justify="left" if not column else "right")
+    marks = {True: "yes", False: "[bold red]no[/]", None: "—"}
     for name, a, b, same in c.rows:
-        table.add_row(name, escape(a), escape(b), "yes" if same else "[bold red]no[/]")
+        table.add_row(name, escape(a), escape(b), marks[same])
     console.print(table)
+    if c.summary_versions:
+        console.print(
+            "—: the run's summary was written under older definitions (summary_version "
+            f"{c.summary_versions[0]}, here {c.summary_versions[1]}; posenc report recomputes "
+            "it), so its figures are shown, not compared: the examples decide"
+        )

@@ -66,6 +66,8 @@ def test_a_run_that_differs_is_exit_1_with_what_differs(source, tmp_path):
     out = " ".join(result.output.split())
     assert "not reproduced bit for bit; 1 of " in out and "at lengths 2" in out
     assert "final training loss" in out and "no" in out
+    again = invoke(str(changed), "--into", str(tmp_path / "again"))  # compared, not trained
+    assert again.exit_code == 1 and "already holds the finished reproduction" in again.output
 
 
 def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(source, tmp_path):
@@ -142,3 +144,9 @@ def test_the_comparison_names_lengths_scored_on_one_side_and_validation_differen
         rp.machines_line(c)
     )
     assert rp.compare_runs(there, json.loads(json.dumps(there))).same
+    # a summary under older definitions is shown, not judged: the examples decide
+    there["summary"], there["summary_version"] = {"extrapolation_horizon": 20}, 1
+    same = json.loads(json.dumps(there)) | {"summary": {}, "summary_version": 3}
+    c = rp.compare_runs(there, same)
+    assert c.same and c.summary_versions == (1, 3)
+    assert ("extrapolation horizon", "20", "—", None) in c.rows

@@ -34,6 +34,7 @@ from posenc.report.records import read_config_dict, read_metrics
 from posenc.runfolder import CONFIG, METRICS, read_config, run_folder
 from posenc.schema import encoding_label
 
+SUMMARY_FIGURES = ("ID exact match", "OOD exact match", "extrapolation horizon")
 FOLDER = "_reproduce"  # under the runs root: a report passes over folders starting with "_"
 
 
@@ -50,8 +51,8 @@ class Source:
 class Comparison:
     """What differs between a run and its reproduction (`compare_runs`)."""
 
-    # (figure, the run's, the reproduction's, the same?)
-    rows: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    # (figure, the run's, the reproduction's, the same? None: not judged)
+    rows: list[tuple[str, str, str, bool | None]] = field(default_factory=list)
     lengths: int = 0  # test lengths compared
     examples: int = 0  # test examples compared
     differing_lengths: list[int] = field(default_factory=list)
@@ -62,9 +63,11 @@ class Comparison:
     threads_there: int | None = None
     threads_here: int | None = None
 
+    summary_versions: tuple[int, int] | None = None  # (there, here) when they differ
+
     @property
     def same(self) -> bool:
-        return all(same for *_, same in self.rows) and not self.differing_lengths
+        return all(same is not False for *_, same in self.rows) and not self.differing_lengths
 
 
 def source_run(folder: str | Path) -> Source:
@@ -202,9 +205,15 @@ def compare_runs(there: dict[str, Any], here: dict[str, Any]) -> Comparison:
         ("extrapolation horizon", a_sum.get("extrapolation_horizon"),
          b_sum.get("extrapolation_horizon")),
     ]  # fmt: skip
+    # A summary written under older definitions (`posenc.run.record.SUMMARY_VERSION`) is
+    # shown, not judged: the examples and the loss decide, and the report recomputes it.
+    versions = (there.get("summary_version", 1), here.get("summary_version", 1))
+    out.summary_versions = versions if versions[0] != versions[1] else None
     for name, a, b in figures:  # the loss in full: a reproduction is bit for bit or not
         exact = name == "final training loss"
-        out.rows.append((name, _shown(a, exact), _shown(b, exact), _same_number(a, b)))
+        judged = not (out.summary_versions and name in SUMMARY_FIGURES)
+        same = _same_number(a, b) if judged else None
+        out.rows.append((name, _shown(a, exact), _shown(b, exact), same))
     if a_val:  # a run saved before validation lengths has none to compare
         shown = ", ".join(map(str, val_wrong[:8])) + (" …" if len(val_wrong) > 8 else "")
         out.rows.append(
@@ -266,6 +275,11 @@ def machines_line(c: Comparison, attempts: list | None = None) -> str:
         return (
             f"{line}. The same machine kind, but the run does not record its CPU kernels "
             f"(runs before 2026-12-08), which ATEN_CPU_CAPABILITY can change; {kernels}"
+        )
+    if not c.machine_there:
+        return (
+            f"{line}. Where it trained is not known, nor whether code since the commit that "
+            f"made it computes otherwise (git log names it); {kernels}"
         )
     if c.machine_there != c.machine_here:
         return f"{line}. {kernels[0].upper()}{kernels[1:]}"
