@@ -30,14 +30,23 @@ def reproduce(
         str, typer.Option(help="the runs root: the default --into and the frozen sets' cache")
     ] = "runs",
     progress: Annotated[bool, typer.Option(help="show training progress")] = True,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="for a folder of runs: how many reproduce at once")
+    ] = 1,
 ) -> None:
     """Train a finished run again from its saved config (the same seeds, threads and
     buckets) and compare: exit 0 if every test example, the validation scores, the final
-    loss and the steps are the same, 1 if not (with what differs and where each trained)."""
+    loss and the steps are the same, 1 if not (with what differs and where each trained).
+    Given a folder of runs (an experiment, a published one), every run in it, --jobs at a
+    time, then a table: exit 0 if all reproduced."""
     from posenc.errors import PosencError
     from posenc.run import reproduce as rp
     from posenc.run.spec import FINISHED, FOREIGN, differences, run_status
 
+    if Path(run_dir).is_dir() and not (Path(run_dir) / "config.yaml").exists():
+        from posenc.cli.reproduce_all import reproduce_all
+
+        raise typer.Exit(reproduce_all(Path(run_dir), into, runs_root, jobs))
     try:
         source = rp.source_run(run_dir)
         folder = rp.default_folder(source, runs_root) if into is None else Path(into)

@@ -73,7 +73,7 @@ def test_a_run_that_differs_is_exit_1_with_what_differs(source, tmp_path):
 def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(source, tmp_path):
     for args, expected in (
         ([str(tmp_path / "missing")], "is not a run folder"),
-        ([str(tmp_path)], "holds no config.yaml"),
+        ([str(tmp_path)], "holds no finished run"),  # nor a run below it
     ):
         result = invoke(*args, "--runs-root", str(tmp_path / "root"))
         assert result.exit_code == 2 and expected in result.output, result.output
@@ -150,3 +150,65 @@ def test_the_comparison_names_lengths_scored_on_one_side_and_validation_differen
     c = rp.compare_runs(there, same)
     assert c.same and c.summary_versions == (1, 3)
     assert ("extrapolation horizon", "20", "—", None) in c.rows
+
+
+def test_a_folder_of_runs_reproduces_run_by_run_then_one_table(source, tmp_path):
+    """An experiment folder: every finished run in it, two at a time, each by its own
+    process; a second call only compares, and one run that differs makes it exit 1."""
+    folder = tmp_path / "experiment" / "copy" / "rope"
+    shutil.copytree(source, folder / "seed3")
+    other = tmp_path / "made"
+    run(compose([*TINY, f"run_dir={other}", f"data_dir={tmp_path / 'data'}", "seed=4"]))
+    (folder / "seed4").mkdir()
+    for name in ("config.yaml", "metrics.json"):
+        shutil.copy(other / name, folder / "seed4" / name)
+    (folder / "_ignored").mkdir()  # a folder starting with "_" is passed over
+    shutil.copy(source / "config.yaml", folder / "_ignored" / "config.yaml")
+    args = (str(tmp_path / "experiment"), "--into", str(tmp_path / "again"), "--jobs", "2")
+    result = invoke(*args)
+    out = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "2 runs under" in out and "2 of 2 runs reproduced bit for bit" in out
+    assert (tmp_path / "again" / "copy" / "rope" / "seed4" / "metrics.json").is_file()
+    metrics = json.loads((folder / "seed4" / "metrics.json").read_text())
+    metrics["train"]["final_loss"] += 1e-9
+    (folder / "seed4" / "metrics.json").write_text(json.dumps(metrics))
+    again = invoke(*args)
+    assert again.exit_code == 1, again.output
+    assert "1 of 2 runs reproduced bit for bit" in " ".join(again.output.split())
+    assert not list((tmp_path / "again").rglob("_ignored"))
+
+
+def test_sigterm_stops_a_folder_s_reproductions_with_checkpoints_and_the_same_command_resumes(
+    tmp_path,
+):
+    """SIGTERM to ``posenc reproduce FOLDER``: each running reproduction is sent SIGTERM,
+    saves its checkpoint at its next step and stops; the command exits 143, and run again
+    it resumes them and they still reproduce bit for bit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    made = tmp_path / "experiment" / "copy" / "rope" / "seed0"
+    long = [*TINY, "train.steps=300", "train.log_every=1"]  # time to stop it midway
+    run(compose([*long, f"run_dir={made}", f"data_dir={tmp_path / 'data'}"]))
+    into = tmp_path / "again"
+    command = [sys.executable, "-m", "posenc.cli", "reproduce", str(tmp_path / "experiment"),
+               "--into", str(into), "--runs-root", str(tmp_path / "root")]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = into / "copy" / "rope" / "seed0" / "train.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and " step 50 " not in (
+        log.read_text() if log.exists() else ""
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "interrupted; finished reproductions are kept and checkpoints saved" in out
+    assert (log.parent / "checkpoint.pt").is_file() and not (log.parent / "metrics.json").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed from step" in log.read_text()
+    assert "1 of 1 runs reproduced bit for bit" in again.stdout

@@ -100,6 +100,20 @@ def source_run(folder: str | Path) -> Source:
     return Source(folder, cfg, metrics)
 
 
+def runs_under(folder: str | Path) -> list[Path]:
+    """The finished runs in an experiment folder (a published one too): every folder below
+    holding ``config.yaml`` and ``metrics.json``, but those under a folder whose name starts
+    with ``_`` or ``.`` (a sweep's logs, a reproduction's own folder), in path order."""
+    folder = Path(folder)
+    found = []
+    for metrics in folder.rglob(METRICS):
+        run = metrics.parent
+        hidden = any(part.startswith(("_", ".")) for part in run.relative_to(folder).parts)
+        if not hidden and (run / CONFIG).is_file():
+            found.append(run)
+    return sorted(found)
+
+
 def default_folder(source: Source, runs_root: str | Path) -> Path:
     """``RUNS_ROOT/_reproduce/<experiment>/<task>/<label>/seed<N>``."""
     cfg = source.cfg
