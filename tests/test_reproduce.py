@@ -82,6 +82,8 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(source, tmp
     shutil.copy(source / "config.yaml", unfinished / "config.yaml")
     result = invoke(str(unfinished), "--runs-root", str(tmp_path / "root"))
     assert result.exit_code == 2 and "not a finished run" in result.output
+    result = invoke(str(source), "--into", str(source))  # would compare it with itself
+    assert result.exit_code == 2 and "is the run itself" in result.output
     assert not (tmp_path / "root").exists()
 
 

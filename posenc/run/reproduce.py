@@ -135,6 +135,8 @@ def reproduction(
     used (``auto`` reads this machine's records, which may choose otherwise), as are
     ``threads=null`` (torch's default: the cores of whichever machine) to the threads it
     recorded."""
+    if Path(into).resolve() == source.folder.resolve():  # it would "reproduce" itself
+        raise ConfigError(f"--into {into} is the run itself; give a folder of its own")
     cfg = source.cfg.copy()
     used = (source.metrics.get("train") or {}).get("precision_used")
     with open_dict(cfg):
