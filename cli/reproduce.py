@@ -16,7 +16,8 @@ def reproduce(
         str,
         typer.Argument(
             help="a finished run's folder (config.yaml and metrics.json), e.g. "
-            "docs/experiments/compare_protocol/copy/rope/seed0"
+            "docs/experiments/compare_protocol/copy/rope/seed0, or a folder of runs (an "
+            "experiment: every run in it)"
         ),
     ],
     into: Annotated[
