@@ -101,7 +101,8 @@ def _summary(root: Path, plans, exits) -> int:
 
     table = Table(title=f"reproductions of {root}")
     for column in ("run", "result", "test examples differing", "final loss: run", "here"):
-        table.add_column(column, justify="left" if column in ("run", "result") else "right")
+        justify = "left" if column in ("run", "result") else "right"
+        table.add_column(column, justify=justify, overflow="fold")  # names and losses whole
     same = 0
     for run, source, folder in plans:
         code, last = exits[run]
