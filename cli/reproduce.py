@@ -43,8 +43,9 @@ def reproduce(
     from posenc.errors import PosencError
     from posenc.run import reproduce as rp
     from posenc.run.spec import FINISHED, FOREIGN, differences, run_status
+    from posenc.runfolder import CONFIG, METRICS
 
-    if Path(run_dir).is_dir() and not (Path(run_dir) / "config.yaml").exists():
+    if Path(run_dir).is_dir() and not (Path(run_dir) / CONFIG).exists():
         from posenc.cli.reproduce_all import reproduce_all
 
         raise typer.Exit(reproduce_all(Path(run_dir), into, runs_root, jobs))
@@ -65,7 +66,7 @@ def reproduce(
         from posenc.report.records import read_metrics
 
         try:
-            here = read_metrics(folder / "metrics.json")
+            here = read_metrics(folder / METRICS)
         except PosencError as exc:
             fail(str(exc))
         print(f"{folder} already holds the finished reproduction: comparing it")

@@ -91,13 +91,13 @@ def _said(code: int, lines: list[str]) -> str:
 
 
 def _summary(root: Path, plans, exits) -> int:
-    import json
-
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from posenc.report.records import read_metrics
     from posenc.run import reproduce as rp
+    from posenc.runfolder import METRICS
 
     table = Table(title=f"reproductions of {root}")
     for column in ("run", "result", "test examples differing", "final loss: run", "here"):
@@ -110,7 +110,7 @@ def _summary(root: Path, plans, exits) -> int:
         if code not in (0, 1):
             table.add_row(name, f"[bold red]failed (exit {code})[/]", "", "", escape(last))
             continue
-        here = json.loads((Path(folder) / "metrics.json").read_text())
+        here = read_metrics(Path(folder) / METRICS)
         c = rp.compare_runs(source.metrics, here)
         same += c.same
         result = "bit for bit" if c.same else "[bold red]differs[/]"

@@ -104,14 +104,11 @@ def runs_under(folder: str | Path) -> list[Path]:
     """The finished runs in an experiment folder (a published one too): every folder below
     holding ``config.yaml`` and ``metrics.json``, but those under a folder whose name starts
     with ``_`` or ``.`` (a sweep's logs, a reproduction's own folder), in path order."""
+    from posenc.report.records import _skipped  # the report's rule for such folders
+
     folder = Path(folder)
-    found = []
-    for metrics in folder.rglob(METRICS):
-        run = metrics.parent
-        hidden = any(part.startswith(("_", ".")) for part in run.relative_to(folder).parts)
-        if not hidden and (run / CONFIG).is_file():
-            found.append(run)
-    return sorted(found)
+    found = [m.parent for m in folder.rglob(METRICS) if (m.parent / CONFIG).is_file()]
+    return sorted(run for run in found if not _skipped(run, folder))
 
 
 def default_folder(source: Source, runs_root: str | Path) -> Path:
